@@ -1,0 +1,41 @@
+"""patternc: write a sparse-attention pattern as one line of text, compile it exactly to blocks.
+
+>>> import patternc
+>>> cp = patternc.compile("causal & (window(512) | global(4))", n=8192)
+>>> cp.stats().per_head[0].block_density  # doctest: +SKIP
+0.0708
+"""
+
+from patternc.compiled import CompiledPattern, PatternStats, compile
+from patternc.errors import (
+    PatternError,
+    PatternMeaningError,
+    PatternSizeError,
+    PatternSyntaxError,
+    StackError,
+)
+from patternc.lang import ast, parse, unparse
+from patternc.layout import HeadStats, Layout
+from patternc.stack import Override, Stack, load_stack
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompiledPattern",
+    "HeadStats",
+    "Layout",
+    "Override",
+    "PatternError",
+    "PatternMeaningError",
+    "PatternSizeError",
+    "PatternStats",
+    "PatternSyntaxError",
+    "Stack",
+    "StackError",
+    "__version__",
+    "ast",
+    "compile",
+    "load_stack",
+    "parse",
+    "unparse",
+]

@@ -1,0 +1,7 @@
+"""The pattern language: text -> syntax tree -> canonical text."""
+
+from patternc.lang import ast
+from patternc.lang.parser import parse
+from patternc.lang.unparse import unparse
+
+__all__ = ["ast", "parse", "unparse"]

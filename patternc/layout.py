@@ -1,0 +1,125 @@
+"""A compiled (layer, head): block CSR with FULL/PARTIAL kinds, and its statistics.
+
+``indptr[nbq + 1]`` and ``indices[nnz]`` list, row by row in increasing column order, the key
+blocks each query block touches; ``full[nnz]`` says which of them are FULL (every pair allowed);
+the others are PARTIAL and take the token predicate. EMPTY blocks are not stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from patternc.lower.algebra import Complement, Intersect
+from patternc.lower.diffs import Band
+from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
+from patternc.lower.node import Lowered, pair_counts
+
+__all__ = ["HeadStats", "Layout", "head_stats", "is_causal"]
+
+INFLATION_WARNING = 2.0  # warn when stored blocks hold more than this many pairs per allowed pair
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Block CSR of one (layer, head); arrays are read-only."""
+
+    grid: Grid
+    indptr: np.ndarray  # int64 (nbq + 1,)
+    indices: np.ndarray  # int32 (nnz,) key-block columns
+    full: np.ndarray  # bool (nnz,)
+
+    @staticmethod
+    def from_blocks(blocks: Blocks, grid: Grid) -> Layout:
+        indptr = np.zeros(grid.nbq + 1, np.int64)
+        np.cumsum(np.bincount(blocks.rows, minlength=grid.nbq), out=indptr[1:])
+        layout = Layout(grid, indptr, blocks.cols.astype(np.int32), blocks.kinds == FULL)
+        for array in (layout.indptr, layout.indices, layout.full):
+            array.flags.writeable = False
+        return layout
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    def rows(self) -> np.ndarray:
+        """Block row of each stored block (int64)."""
+        return np.repeat(np.arange(self.grid.nbq, dtype=np.int64), np.diff(self.indptr))
+
+    def kind_of(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Kind (EMPTY/PARTIAL/FULL, int8) of arbitrary blocks ``(i, j)``, by binary search."""
+        wanted = np.asarray(i, np.int64) * self.grid.nbk + np.asarray(j, np.int64)
+        if self.nnz == 0:
+            return np.zeros(wanted.shape, KIND)
+        keys = self.rows() * self.grid.nbk + self.indices
+        pos = np.minimum(np.searchsorted(keys, wanted), self.nnz - 1)
+        found = keys[pos] == wanted
+        return np.where(found, np.where(self.full[pos], FULL, PARTIAL), EMPTY).astype(KIND)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadStats:
+    """Statistics of one (layer, head). Densities are fractions; pairs are exact counts."""
+
+    layer: int
+    head: int
+    nnz_blocks: int
+    full_blocks: int
+    partial_blocks: int
+    block_density: float  # stored blocks / all blocks
+    allowed_pairs: int
+    token_density: float  # allowed pairs / envelope (n(n+1)/2 for causal patterns, else n^2)
+    partial_share: float  # partial blocks / stored blocks
+    max_blocks_per_row: int
+    stored_pairs: int  # pairs inside stored blocks: what a block-sparse kernel computes
+    inflation: float  # stored_pairs / allowed_pairs
+    waste_blocks: int  # PARTIAL blocks that are in fact full or empty (0 from our compiler)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def head_stats(node: Lowered, layout: Layout, layer: int, head: int, causal: bool) -> HeadStats:
+    """Exact statistics of one compiled (layer, head)."""
+    grid = layout.grid
+    rows, cols = layout.rows(), layout.indices.astype(np.int64)
+    q0, q1 = grid.q_bounds(rows)
+    k0, k1 = grid.k_bounds(cols)
+    area = (q1 - q0) * (k1 - k0)
+    partial = ~layout.full
+    counts = pair_counts(node, grid, rows[partial], cols[partial])
+    allowed = int(area[layout.full].sum() + counts.sum())
+    stored = int(area.sum())
+    n = grid.n
+    envelope = n * (n + 1) // 2 if causal else n * n
+    nnz = layout.nnz
+    return HeadStats(
+        layer=layer,
+        head=head,
+        nnz_blocks=nnz,
+        full_blocks=int(layout.full.sum()),
+        partial_blocks=int(partial.sum()),
+        block_density=nnz / (grid.nbq * grid.nbk),
+        allowed_pairs=allowed,
+        token_density=allowed / envelope,
+        partial_share=float(partial.sum()) / nnz if nnz else 0.0,
+        max_blocks_per_row=int(np.diff(layout.indptr).max(initial=0)),
+        stored_pairs=stored,
+        inflation=stored / allowed if allowed else float("inf") if stored else 1.0,
+        waste_blocks=int(((counts == 0) | (counts == area[partial])).sum()),
+    )
+
+
+def is_causal(node: Lowered, layout: Layout) -> bool:
+    """True when the pattern allows no pair with ``k > q``; only blocks crossing the diagonal are
+    examined pair by pair."""
+    grid = layout.grid
+    rows, cols = layout.rows(), layout.indices.astype(np.int64)
+    q0, q1 = grid.q_bounds(rows)
+    k0, k1 = grid.k_bounds(cols)
+    if np.any(k0 > q1 - 1):  # a stored block wholly above the diagonal
+        return False
+    crossing = k1 - 1 > q0
+    future = Intersect(node, Complement(Band(0, grid.n)))
+    return not pair_counts(future, grid, rows[crossing], cols[crossing]).any()

@@ -1,0 +1,193 @@
+"""Primitives that depend only on the offset ``d = q - k``: causal, window, band, dilated, stride,
+diagonals.
+
+Within a block the offsets form one contiguous interval ``[q0 - (k1 - 1), (q1 - 1) - k0]`` and every
+offset in it occurs, so a block's kind follows from how many allowed offsets the interval holds:
+none (EMPTY), all (FULL) or some (PARTIAL). Each primitive therefore gives ``count(dmin, dmax)``,
+and a list of offset intervals to enumerate from; nothing looks at individual pairs.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from patternc.lower.grid import Grid, expand_ranges, lookup
+from patternc.lower.node import Lowered, kinds_from_counts
+
+__all__ = ["Band", "Diagonals", "Dilated", "Stride"]
+
+
+class _OffsetSet(Lowered):
+    """A set of allowed offsets ``q - k``; subclasses give ``count`` and ``intervals``."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def count(self, dmin: np.ndarray, dmax: np.ndarray) -> np.ndarray:
+        """Number of allowed offsets in each inclusive interval ``[dmin, dmax]``."""
+
+    @abstractmethod
+    def intervals(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """Inclusive offset intervals covering the allowed set, gaps narrower than a block merged."""
+
+    def hull(self, grid: Grid) -> tuple[int, int]:
+        a, b = self.intervals(grid)
+        return (int(a[0]), int(b[-1])) if len(a) else (0, -1)
+
+    def classify(self, grid, i, j):
+        q0, q1 = grid.q_bounds(i)
+        k0, k1 = grid.k_bounds(j)
+        dmin, dmax = q0 - (k1 - 1), (q1 - 1) - k0
+        return kinds_from_counts(self.count(dmin, dmax), dmax - dmin + 1)
+
+    def candidates(self, grid):
+        n, bq, bk = grid.n, grid.bq, grid.bk
+        a, b = self.intervals(grid)
+        # Rows a line q - k = d in [a, b] can reach: q in [max(0, a), min(n - 1, n - 1 + b)].
+        row_lo = np.maximum(a, 0) // bq
+        row_hi = np.minimum(n - 1, n - 1 + b) // bq
+        owner, rows = expand_ranges(np.arange(len(a)), row_lo, row_hi)
+        q0, q1 = grid.q_bounds(rows)
+        # Keys those queries reach through [a, b]: k in [q0 - b, q1 - 1 - a].
+        col_lo = np.maximum(q0 - b[owner], 0) // bk
+        col_hi = np.minimum(q1 - 1 - a[owner], n - 1) // bk
+        pair, cols = expand_ranges(np.arange(len(rows)), col_lo, col_hi)
+        rows = rows[pair]
+        if len(a) > 1:  # neighbouring intervals may reach the same block
+            keys = np.unique(rows * grid.nbk + cols)
+            rows, cols = keys // grid.nbk, keys % grid.nbk
+        return rows, cols
+
+    def size_hint(self, grid):
+        a, b = self.intervals(grid)
+        rows = (np.minimum(grid.n - 1, grid.n - 1 + b) - np.maximum(a, 0)) / grid.bq + 1
+        per_row = (b - a + grid.bq) / grid.bk + 1
+        return float(np.sum(np.maximum(rows, 0) * np.minimum(per_row, grid.nbk)))
+
+    def block_key(self, grid, i, j):
+        # Blocks wholly outside the hull all hold nothing; inside, the content is fixed by q0 - k0.
+        lo, hi = self.hull(grid)
+        q0, _ = grid.q_bounds(i)
+        k0, _ = grid.k_bounds(j)
+        return (np.clip(q0 - k0, lo - grid.bq - grid.bk, hi + grid.bq + grid.bk),)
+
+
+def _lattice(step: int, m: int, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Intervals for the offsets ``step * t``, ``|t| <= m``: one interval when they are dense."""
+    if step <= grid.bq + grid.bk - 1:
+        return np.array([-m * step], np.int64), np.array([m * step], np.int64)
+    return _merge_points(np.arange(-m, m + 1, dtype=np.int64) * step, grid)
+
+
+def _merge_points(points: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted offsets -> intervals, merging runs closer than a block's offset span.
+
+    Any block's offsets span ``bq + bk - 1`` values, so offsets closer than that reach the same
+    blocks anyway: merging them keeps the candidate set proportional to the output.
+    """
+    if len(points) == 0:
+        z = np.zeros(0, np.int64)
+        return z, z
+    breaks = np.flatnonzero(np.diff(points) > grid.bq + grid.bk - 1)
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [len(points) - 1]))
+    return points[starts], points[ends]
+
+
+@dataclass(frozen=True, slots=True)
+class Band(_OffsetSet):
+    """``lo <= q - k <= hi``; ``causal`` is ``Band(0, n - 1)``, ``window(w)`` is ``Band(1 - w, w - 1)``."""
+
+    lo: int
+    hi: int
+
+    def count(self, dmin, dmax):
+        return np.maximum(np.minimum(dmax, self.hi) - np.maximum(dmin, self.lo) + 1, 0)
+
+    def intervals(self, grid):
+        lo, hi = max(self.lo, 1 - grid.n), min(self.hi, grid.n - 1)
+        if lo > hi:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.array([lo], np.int64), np.array([hi], np.int64)
+
+    def predicate(self, q, k):
+        d = q - k
+        return (d >= self.lo) & (d <= self.hi)
+
+
+@dataclass(frozen=True, slots=True)
+class Stride(_OffsetSet):
+    """``(q - k) % s == 0``."""
+
+    s: int
+
+    def count(self, dmin, dmax):
+        return np.maximum(dmax // self.s - (dmin - 1) // self.s, 0)
+
+    def intervals(self, grid):
+        return _lattice(self.s, (grid.n - 1) // self.s, grid)
+
+    def predicate(self, q, k):
+        return (q - k) % self.s == 0
+
+    def block_key(self, grid, i, j):
+        q0, _ = grid.q_bounds(i)
+        k0, _ = grid.k_bounds(j)
+        return ((q0 - k0) % self.s,)  # the lines repeat every s offsets
+
+
+@dataclass(frozen=True, slots=True)
+class Dilated(_OffsetSet):
+    """``(q - k) % d == 0`` and ``|q - k| < w * d``: every d-th offset, w of them each side."""
+
+    w: int
+    d: int
+
+    @property
+    def reach(self) -> int:
+        return (self.w - 1) * self.d
+
+    def count(self, dmin, dmax):
+        lo, hi = np.maximum(dmin, -self.reach), np.minimum(dmax, self.reach)
+        return np.where(lo <= hi, hi // self.d - (lo - 1) // self.d, 0)
+
+    def intervals(self, grid):
+        return _lattice(self.d, min(self.w - 1, (grid.n - 1) // self.d), grid)
+
+    def predicate(self, q, k):
+        d = q - k
+        return (d % self.d == 0) & (abs(d) <= self.reach)
+
+
+@dataclass(frozen=True, slots=True)
+class Diagonals(_OffsetSet):
+    """``q - k`` in a set of offsets (MInference's slash lines), each with ``|o| < n``."""
+
+    offsets: tuple[int, ...]  # sorted, unique
+    n: int
+
+    def count(self, dmin, dmax):
+        points = _offset_array(self.offsets)
+        return np.searchsorted(points, dmax, "right") - np.searchsorted(points, dmin, "left")
+
+    def intervals(self, grid):
+        return _merge_points(_offset_array(self.offsets), grid)
+
+    def predicate(self, q, k):
+        return lookup(_offset_table(self.offsets, self.n), q - k + (self.n - 1))
+
+
+@lru_cache(maxsize=64)
+def _offset_array(offsets: tuple[int, ...]) -> np.ndarray:
+    return np.array(offsets, np.int64)
+
+
+@lru_cache(maxsize=64)
+def _offset_table(offsets: tuple[int, ...], n: int) -> np.ndarray:
+    table = np.zeros(2 * n - 1, bool)  # entry d + n - 1 says whether offset d is allowed
+    table[_offset_array(offsets) + n - 1] = True
+    return table

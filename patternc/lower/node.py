@@ -1,0 +1,101 @@
+"""The lowered form of a pattern: bound values that know their blocks.
+
+After binding (``n``, layer, head and parameters known), every pattern becomes a tree of
+``Lowered`` nodes. Each node answers four questions about the block grid, all vectorised:
+
+- ``candidates(grid)``: a superset of its non-empty blocks, in time proportional to their number;
+- ``classify(grid, i, j)``: the exact kind (EMPTY, PARTIAL, FULL) of arbitrary blocks ``(i, j)``;
+- ``predicate(q, k)``: the token predicate, on numpy arrays or torch tensors alike;
+- ``block_key(grid, i, j)``: integers such that two blocks with equal keys (and equal shape) hold
+  the same pattern of allowed pairs.
+
+``enumerate`` = candidates, classified, empties dropped. Composites that cannot decide a block from
+its children's kinds (a PARTIAL | PARTIAL may be FULL) settle it by counting allowed pairs with
+``pair_counts``, which evaluates each distinct block content once (``block_key``): a window's
+edge blocks all look alike, so resolving thousands of them costs one evaluation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
+
+__all__ = ["PAIR_BUDGET", "Lowered", "kinds_from_counts", "pair_counts", "resolve"]
+
+PAIR_BUDGET = 1 << 22  # token pairs evaluated per batch when counting: bounds memory to ~100 MB
+
+
+class Lowered(ABC):
+    """Base of lowered pattern nodes (frozen dataclasses, so equal nodes share compiled blocks)."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def candidates(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) sorted by row then col, no duplicates: every non-empty block, maybe more."""
+
+    @abstractmethod
+    def classify(self, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Exact kinds (int8) of blocks ``(i, j)``."""
+
+    @abstractmethod
+    def predicate(self, q, k):
+        """Boolean array: is ``(q, k)`` allowed? ``q`` and ``k`` broadcast (numpy or torch)."""
+
+    @abstractmethod
+    def block_key(self, grid: Grid, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Content key columns for blocks ``(i, j)`` (see module docstring)."""
+
+    @abstractmethod
+    def size_hint(self, grid: Grid) -> float:
+        """About how many blocks ``candidates`` yields; intersections enumerate the smaller side."""
+
+    def enumerate(self, grid: Grid) -> Blocks:
+        """Non-empty blocks with exact kinds, sorted by (row, col)."""
+        rows, cols = self.candidates(grid)
+        return Blocks(rows, cols, self.classify(grid, rows, cols)).nonempty()
+
+
+def kinds_from_counts(count: np.ndarray, length: np.ndarray) -> np.ndarray:
+    return np.where(count == 0, EMPTY, np.where(count == length, FULL, PARTIAL)).astype(KIND)
+
+
+def pair_counts(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Exact number of allowed pairs in each block ``(i, j)`` (int64)."""
+    if len(i) == 0:
+        return np.zeros(0, np.int64)
+    q0, q1 = grid.q_bounds(i)
+    k0, k1 = grid.k_bounds(j)
+    key = np.stack([*node.block_key(grid, i, j), q1 - q0, k1 - k0], axis=1)
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    unique_counts = _count_by_evaluation(node, grid, q0[first], q1[first], k0[first], k1[first])
+    return unique_counts[inverse.reshape(-1)]
+
+
+def _count_by_evaluation(node: Lowered, grid: Grid, q0, q1, k0, k1) -> np.ndarray:
+    """Count allowed pairs block by block, evaluating the predicate in bounded batches."""
+    per_block = grid.bq * grid.bk
+    batch = max(1, PAIR_BUDGET // per_block)
+    ar_q = np.arange(grid.bq, dtype=np.int64)[None, :, None]
+    ar_k = np.arange(grid.bk, dtype=np.int64)[None, None, :]
+    counts = np.empty(len(q0), np.int64)
+    for s in range(0, len(q0), batch):
+        e = s + batch
+        q = q0[s:e, None, None] + ar_q  # (b, bq, 1)
+        k = k0[s:e, None, None] + ar_k  # (b, 1, bk)
+        top_q = q1[s:e, None, None] - 1
+        top_k = k1[s:e, None, None] - 1
+        valid = (q <= top_q) & (k <= top_k)  # short last blocks: padding never counts
+        allowed = node.predicate(np.minimum(q, top_q), np.minimum(k, top_k))  # (b, bq, bk)
+        counts[s:e] = np.count_nonzero(allowed & valid, axis=(1, 2))
+    return counts
+
+
+def resolve(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Exact kinds of blocks whose kind the children could not decide."""
+    q0, q1 = grid.q_bounds(i)
+    k0, k1 = grid.k_bounds(j)
+    return kinds_from_counts(pair_counts(node, grid, i, j), (q1 - q0) * (k1 - k0))

@@ -1,0 +1,256 @@
+"""Stacks: a pattern for every layer and head of a model, as written in ``conf/pattern/*.yaml``.
+
+.. code-block:: yaml
+
+    layers: 12
+    heads: 8
+    block: 128                 # may be [bq, bk]
+    causal: true               # declared; the checker flags any allowed pair with k > q
+    default: causal & window(round(sqrt(n)))
+    overrides:                 # applied in order, later wins; ranges are half-open "a:b" or one int
+      - heads: "4:8"
+        expr: causal & stride(round(sqrt(n)))
+    params: {w: 512}           # default values of $parameters
+
+A bare expression is a stack of one layer and one head.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from numbers import Real
+
+import yaml
+
+from patternc.errors import PatternError, PatternMeaningError, StackError
+from patternc.lang import ast, parse, unparse
+
+__all__ = ["Override", "Stack", "load_stack"]
+
+_KEYS = ("layers", "heads", "block", "causal", "default", "overrides", "params", "description")
+_OVERRIDE_KEYS = ("layers", "heads", "expr")
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """``expr`` on layers ``[layers[0], layers[1])`` and heads likewise; None means all."""
+
+    expr: str
+    layers: tuple[int, int] | None = None
+    heads: tuple[int, int] | None = None
+
+    def covers(self, layer: int, head: int) -> bool:
+        return (self.layers is None or self.layers[0] <= layer < self.layers[1]) and (
+            self.heads is None or self.heads[0] <= head < self.heads[1]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """Layers x heads of patterns: a default expression and overrides by layer and head ranges."""
+
+    default: str
+    layers: int = 1
+    heads: int = 1
+    block: tuple[int, int] | None = None  # None: the compiler's default, 128 x 128
+    causal: bool | None = None  # declared causality; None: inferred from the pattern
+    overrides: tuple[Override, ...] = ()
+    params: tuple[tuple[str, int | float], ...] = ()  # default values of $parameters, sorted
+    description: str = ""
+    source: str | None = field(default=None, compare=False)  # file it was read from
+
+    def __post_init__(self) -> None:
+        where = self.source or "stack"
+        _positive_int(self.layers, f"{where}: layers")
+        _positive_int(self.heads, f"{where}: heads")
+        bare = self.source is None and not self.overrides and self.layers == self.heads == 1
+        _checked_parse(self.default, None if bare else f"{where}: default")
+        for index, rule in enumerate(self.overrides):
+            _checked_parse(rule.expr, f"{where}: overrides[{index}].expr")
+            for axis, count in (("layers", self.layers), ("heads", self.heads)):
+                span = getattr(rule, axis)
+                if span is not None and not 0 <= span[0] < span[1] <= count:
+                    raise StackError(
+                        f"overrides[{index}].{axis} = {span[0]}:{span[1]} is outside 0:{count}",
+                        where=where,
+                    )
+
+    @staticmethod
+    def single(expr: str | ast.Pattern) -> Stack:
+        """A one-layer, one-head stack of a bare expression."""
+        return Stack(expr if isinstance(expr, str) else unparse(expr))
+
+    def rule_at(self, layer: int, head: int) -> tuple[str, str]:
+        """(expression text, where it is written) for one (layer, head); later overrides win."""
+        for index in range(len(self.overrides) - 1, -1, -1):
+            if self.overrides[index].covers(layer, head):
+                return self.overrides[index].expr, f"overrides[{index}].expr"
+        return self.default, "default"
+
+    def expressions(self) -> set[str]:
+        return {self.default, *(rule.expr for rule in self.overrides)}
+
+    # ---- YAML --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def from_dict(data: Mapping, source: str | None = None) -> Stack:
+        """A stack from parsed YAML; every fault names the file and the key."""
+        where = source or "stack"
+        if not isinstance(data, Mapping):
+            raise StackError(f"a stack is a mapping with keys {', '.join(_KEYS)}", where=where)
+        unknown = [key for key in data if key not in _KEYS]
+        if unknown:
+            raise StackError(f"unknown key '{unknown[0]}'; a stack has {', '.join(_KEYS)}", where=where)
+        if "default" not in data:
+            raise StackError("missing key 'default' (the expression used where no override applies)",
+                             where=where)
+        layers = _positive_int(data.get("layers", 1), f"{where}: layers")
+        heads = _positive_int(data.get("heads", 1), f"{where}: heads")
+        overrides = data.get("overrides") or []
+        if not isinstance(overrides, list):
+            raise StackError("overrides must be a list of {layers, heads, expr}", where=where)
+        return Stack(
+            default=_expression(data["default"], f"{where}: default"),
+            layers=layers,
+            heads=heads,
+            block=None if data.get("block") is None else parse_block(data["block"], f"{where}: block"),
+            causal=_optional_bool(data.get("causal"), f"{where}: causal"),
+            overrides=tuple(_override(rule, i, layers, heads, where) for i, rule in enumerate(overrides)),
+            params=_params(data.get("params") or {}, f"{where}: params"),
+            description=str(data.get("description", "")),
+            source=source,
+        )
+
+    def to_dict(self) -> dict:
+        """The stack as YAML-ready data; ``Stack.from_dict(s.to_dict()) == s``."""
+        data: dict = {"layers": self.layers, "heads": self.heads}
+        if self.block is not None:
+            data["block"] = self.block[0] if self.block[0] == self.block[1] else list(self.block)
+        if self.causal is not None:
+            data["causal"] = self.causal
+        data["default"] = self.default
+        if self.overrides:
+            data["overrides"] = [
+                {**({"layers": _range_text(r.layers)} if r.layers else {}),
+                 **({"heads": _range_text(r.heads)} if r.heads else {}), "expr": r.expr}
+                for r in self.overrides
+            ]
+        if self.params:
+            data["params"] = dict(self.params)
+        if self.description:
+            data["description"] = self.description
+        return data
+
+
+def load_stack(path: str | os.PathLike) -> Stack:
+    """Read a stack from a YAML file.
+
+    >>> load_stack("conf/pattern/longformer.yaml").rule_at(0, 0)  # doctest: +SKIP
+    ('causal & (window(256) | global(16))', 'default')
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as err:
+        raise StackError(f"cannot read stack file: {err.strerror}", where=path) from None
+    except yaml.YAMLError as err:
+        raise StackError(f"not valid YAML: {err}", where=path) from None
+    return Stack.from_dict(data, source=path)
+
+
+def parse_block(value, where: str = "block") -> tuple[int, int]:
+    """``128``, ``[64, 128]`` or ``"64,128"`` -> ``(bq, bk)``."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+        try:
+            value = [int(part) for part in value]
+        except ValueError:
+            raise PatternMeaningError(f"block must be an integer or BQ,BK, got {value!r}", where=where) from None
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise PatternMeaningError(f"block must be one size or [bq, bk], got {list(value)}", where=where)
+        return _block_size(value[0], where), _block_size(value[1], where)
+    size = _block_size(value, where)
+    return size, size
+
+
+def _block_size(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PatternMeaningError(f"a block size must be a positive integer, got {value!r}", where=where)
+    return value
+
+
+def _checked_parse(text: str, where: str | None) -> ast.Pattern:
+    try:
+        return parse(text)
+    except PatternError as err:
+        raise err.with_source(where=where) from None
+
+
+def _expression(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise StackError(f"expected a pattern expression (text), got {value!r}", where=where)
+    return value.strip()
+
+
+def _positive_int(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StackError(f"expected a positive integer, got {value!r}", where=where)
+    return value
+
+
+def _optional_bool(value, where: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise StackError(f"expected true or false, got {value!r}", where=where)
+    return value
+
+
+def _range(value, count: int, where: str) -> tuple[int, int]:
+    """``3`` -> (3, 4); ``"4:8"`` -> (4, 8); ``"4:"`` -> (4, count); ``":2"`` -> (0, 2)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value + 1
+    if isinstance(value, str) and value.count(":") == 1:
+        start, stop = (part.strip() for part in value.split(":"))
+        try:
+            return int(start) if start else 0, int(stop) if stop else count
+        except ValueError:
+            pass
+    raise StackError(f"expected an index or a half-open range \"a:b\", got {value!r}", where=where)
+
+
+def _range_text(span: tuple[int, int]) -> int | str:
+    return span[0] if span[1] == span[0] + 1 else f"{span[0]}:{span[1]}"
+
+
+def _override(rule, index: int, layers: int, heads: int, where: str) -> Override:
+    at = f"{where}: overrides[{index}]"
+    if not isinstance(rule, Mapping):
+        raise StackError("expected a mapping with keys layers, heads, expr", where=at)
+    unknown = [key for key in rule if key not in _OVERRIDE_KEYS]
+    if unknown:
+        raise StackError(f"unknown key '{unknown[0]}'; an override has layers, heads, expr", where=at)
+    if "expr" not in rule:
+        raise StackError("missing key 'expr'", where=at)
+    return Override(
+        expr=_expression(rule["expr"], f"{at}.expr"),
+        layers=None if rule.get("layers") is None else _range(rule["layers"], layers, f"{at}.layers"),
+        heads=None if rule.get("heads") is None else _range(rule["heads"], heads, f"{at}.heads"),
+    )
+
+
+def _params(values, where: str) -> tuple[tuple[str, int | float], ...]:
+    if not isinstance(values, Mapping):
+        raise StackError("params must map parameter names to numbers", where=where)
+    out = []
+    for name, value in values.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise StackError(f"parameter name {name!r} is not an identifier (write w, not $w)", where=where)
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise StackError(f"parameter {name} must be a number, got {value!r}", where=where)
+        out.append((name, value))
+    return tuple(sorted(out))
