@@ -133,7 +133,7 @@ class CompiledPattern:
         q, k = np.broadcast_arrays(q, k)
         kind = layout.kind_of(q // self.block[0], k // self.block[1])
         partial = kind == PARTIAL
-        out = kind == FULL
+        out = np.array(kind == FULL)  # an array even for scalar q and k, so it can be assigned to
         if partial.any():
             out[partial] = self.node(layer, head).predicate(q[partial], k[partial])
         return out

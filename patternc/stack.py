@@ -72,10 +72,10 @@ class Stack:
             for axis, count in (("layers", self.layers), ("heads", self.heads)):
                 span = getattr(rule, axis)
                 if span is not None and not 0 <= span[0] < span[1] <= count:
-                    raise StackError(
-                        f"overrides[{index}].{axis} = {span[0]}:{span[1]} is outside 0:{count}",
-                        where=where,
-                    )
+                    problem = ("is empty (a half-open range a:b needs a < b)" if span[0] >= span[1]
+                               else f"is outside 0:{count}")
+                    raise StackError(f"{span[0]}:{span[1]} {problem}",
+                                     where=f"{where}: overrides[{index}].{axis}")
 
     @staticmethod
     def single(expr: str | ast.Pattern) -> Stack:
@@ -115,7 +115,7 @@ class Stack:
             default=_expression(data["default"], f"{where}: default"),
             layers=layers,
             heads=heads,
-            block=None if data.get("block") is None else parse_block(data["block"], f"{where}: block"),
+            block=_stack_block(data.get("block"), f"{where}: block"),
             causal=_optional_bool(data.get("causal"), f"{where}: causal"),
             overrides=tuple(_override(rule, i, layers, heads, where) for i, rule in enumerate(overrides)),
             params=_params(data.get("params") or {}, f"{where}: params"),
@@ -164,11 +164,12 @@ def load_stack(path: str | os.PathLike) -> Stack:
 def parse_block(value, where: str = "block") -> tuple[int, int]:
     """``128``, ``[64, 128]`` or ``"64,128"`` -> ``(bq, bk)``."""
     if isinstance(value, str):
-        value = [part.strip() for part in value.split(",")]
         try:
-            value = [int(part) for part in value]
+            value = [int(part.strip()) for part in value.split(",")]
         except ValueError:
-            raise PatternMeaningError(f"block must be an integer or BQ,BK, got {value!r}", where=where) from None
+            raise PatternMeaningError(
+                f"block must be an integer or BQ,BK, got {value!r}", where=where
+            ) from None
     if isinstance(value, (list, tuple)) and len(value) == 1:
         value = value[0]
     if isinstance(value, (list, tuple)):
@@ -177,6 +178,16 @@ def parse_block(value, where: str = "block") -> tuple[int, int]:
         return _block_size(value[0], where), _block_size(value[1], where)
     size = _block_size(value, where)
     return size, size
+
+
+def _stack_block(value, where: str) -> tuple[int, int] | None:
+    """``parse_block`` for a stack file: a bad block is a malformed file, so a ``StackError``."""
+    if value is None:
+        return None
+    try:
+        return parse_block(value, where)
+    except PatternMeaningError as err:
+        raise StackError(err.message, where=err.where) from None
 
 
 def _block_size(value, where: str) -> int:

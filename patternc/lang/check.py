@@ -76,8 +76,9 @@ def bind_arguments(prim: ast.Primitive) -> dict[str, ast.Arg]:
     {'r': Num(2), 'seed': Num(7)}
     """
     if prim.name not in SIGNATURES:
+        hint = _did_you_mean(prim.name, SIGNATURES) or f"; primitives: {', '.join(SIGNATURES)}"
         raise PatternMeaningError(
-            f"unknown primitive '{prim.name}'{_did_you_mean(prim.name, SIGNATURES)}",
+            f"unknown primitive '{prim.name}'{hint}",
             pos=prim.span[0], end=prim.span[0] + len(prim.name),
         )
     spec = SIGNATURES[prim.name]

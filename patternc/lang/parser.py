@@ -18,9 +18,10 @@ Intersect(left=Primitive(name='causal', ...), right=Union(...))
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
-from patternc.errors import PatternError, PatternSyntaxError
+from patternc.errors import PatternError, PatternMeaningError, PatternSyntaxError
 from patternc.lang import ast
 from patternc.lang.check import check_pattern
 from patternc.lang.tokens import Token, tokenize
@@ -208,9 +209,18 @@ class _Parser:
     def atom(self) -> ast.Number:
         tok = self.tok
         if tok.kind == "number":
-            self._take()
             is_float = any(c in tok.text for c in ".eE")
-            return ast.Num(float(tok.text) if is_float else int(tok.text), (tok.pos, tok.end))
+            try:
+                value = float(tok.text) if is_float else int(tok.text)
+            except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+                value = math.inf
+            if value == math.inf:  # 1e400 would print back as 'inf', which does not parse
+                raise PatternMeaningError(
+                    f"number {_shorten(tok.text)} is too large (magnitude above 1e18)",
+                    pos=tok.pos, end=tok.end,
+                )
+            self._take()
+            return ast.Num(value, (tok.pos, tok.end))
         if tok.kind == "param":
             self._take()
             return ast.Param(tok.text[1:], (tok.pos, tok.end))
@@ -227,15 +237,15 @@ class _Parser:
             return ast.Call(tok.text, tuple(args), (tok.pos, close.end))
         if self._is("("):
             start = self._take().pos
-            self._enter()
-            try:
-                inner = self.number()
-            finally:
-                self.depth -= 1
+            inner = self.number()  # depth is counted once per level, in signed()
             close = self._expect(")", "to close the '('")
             return _respan(inner, (start, close.end))
         self._fail("expected a number, a name such as n, or a parameter such as $w")
         raise AssertionError  # unreachable: _fail raises
+
+
+def _shorten(text: str, keep: int = 20) -> str:
+    return repr(text) if len(text) <= keep else f"'{text[:keep]}...' ({len(text)} characters)"
 
 
 def _respan(node, span: ast.Span):

@@ -18,6 +18,7 @@ _OPERATORS = ("**", "//", "|", "&", "-", "~", "(", ")", "[", "]", ",", "=", "+",
 _NUMBER = re.compile(r"(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\w*")
 MAX_TEXT = 100_000  # characters; a pattern is a line of config, not a data file
 
 
@@ -47,9 +48,12 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(Token("number", m.group(), pos, m.end()))
             pos = m.end()
             if pos < len(text) and (text[pos].isalnum() or text[pos] == "_"):
+                stop = _WORD.match(text, pos).end()  # name the whole bad token, '1abc' not '1a'
                 raise PatternSyntaxError(
-                    f"malformed number {text[tokens[-1].pos : pos + 1]!r}",
-                    text=text, pos=tokens[-1].pos, end=pos + 1,
+                    f"malformed number {text[tokens[-1].pos : stop]!r}: expected digits with an"
+                    " optional fraction and exponent (512, 0.5, 1e-3); names cannot start with a"
+                    " digit",
+                    text=text, pos=tokens[-1].pos, end=stop,
                 )
             continue
         if m := _IDENT.match(text, pos):
@@ -71,6 +75,10 @@ def tokenize(text: str) -> list[Token]:
                 pos += len(op)
                 break
         else:
-            raise PatternSyntaxError(f"unexpected character {text[pos]!r}", text=text, pos=pos)
+            raise PatternSyntaxError(
+                f"unexpected character {text[pos]!r}: expected a name, a number, a $parameter"
+                " or one of | & - ~ ( ) [ ] , = + * / // % **",
+                text=text, pos=pos,
+            )
     tokens.append(Token("end", "", len(text), len(text)))
     return tokens

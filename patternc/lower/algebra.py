@@ -11,6 +11,7 @@ those blocks only; a difference enumerates its left side. Only a complement is d
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,111 +23,107 @@ from patternc.lower.regions import Everything
 __all__ = ["Complement", "Difference", "Intersect", "Union"]
 
 
-def _settle(node: Lowered, grid: Grid, i, j, kinds: np.ndarray, undecided: np.ndarray) -> np.ndarray:
-    if undecided.any():
-        kinds = kinds.copy()
-        kinds[undecided] = resolve(node, grid, i[undecided], j[undecided])
-    return kinds
+class _Binary(Lowered):
+    """A set operation on two lowered patterns, ``left`` and ``right``."""
 
-
-@dataclass(frozen=True, slots=True)
-class Union(Lowered):
+    __slots__ = ()
     left: Lowered
     right: Lowered
 
-    def _combine(self, grid, i, j, a, b):
-        return _settle(self, grid, i, j, np.maximum(a, b), (a == PARTIAL) & (b == PARTIAL))
+    @abstractmethod
+    def _table(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Kinds from the children's kinds; PARTIAL where the table cannot decide."""
+
+    def _combine(self, grid: Grid, i, j, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        kinds = self._table(a, b).astype(KIND)
+        undecided = (a == PARTIAL) & (b == PARTIAL)  # the one undecided cell of every table
+        if undecided.any():
+            kinds[undecided] = resolve(self, grid, i[undecided], j[undecided])
+        return kinds
 
     def classify(self, grid, i, j):
         return self._combine(grid, i, j, self.left.classify(grid, i, j), self.right.classify(grid, i, j))
 
-    def enumerate(self, grid):
-        a, b = self.left.enumerate(grid), self.right.enumerate(grid)
-        keys = np.concatenate([a.keys(grid), b.keys(grid)])
-        kinds = np.concatenate([a.kinds, b.kinds])
-        order = np.argsort(keys, kind="stable")  # two sorted runs: a linear merge
-        keys, kinds = keys[order], kinds[order]
-        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        merged = np.maximum.reduceat(kinds, starts) if len(keys) else kinds
-        both = np.diff(np.append(starts, len(keys))) == 2
-        keys = keys[starts]
-        rows, cols = keys // grid.nbk, keys % grid.nbk
-        kinds = _settle(self, grid, rows, cols, merged, both & (merged == PARTIAL))
-        return Blocks(rows, cols, kinds)
+    def _classify_against(self, base: Blocks, other: Lowered, grid: Grid, base_is_left: bool) -> Blocks:
+        """Kinds of ``base``'s blocks, classifying the other operand on those blocks only."""
+        theirs = other.classify(grid, base.rows, base.cols)
+        a, b = (base.kinds, theirs) if base_is_left else (theirs, base.kinds)
+        return Blocks(base.rows, base.cols, self._combine(grid, base.rows, base.cols, a, b)).nonempty()
 
     def candidates(self, grid):
         blocks = self.enumerate(grid)
         return blocks.rows, blocks.cols
 
-    def predicate(self, q, k):
-        return self.left.predicate(q, k) | self.right.predicate(q, k)
-
     def block_key(self, grid, i, j):
         return (*self.left.block_key(grid, i, j), *self.right.block_key(grid, i, j))
+
+
+@dataclass(frozen=True, slots=True)
+class Union(_Binary):
+    left: Lowered
+    right: Lowered
+
+    def _table(self, a, b):
+        return np.maximum(a, b)
+
+    def enumerate(self, grid):
+        a, b = self.left.enumerate(grid), self.right.enumerate(grid)
+        if not len(a) + len(b):  # nothing to merge (reduceat needs a non-empty input)
+            return Blocks.empty()
+        keys = np.concatenate([a.keys(grid), b.keys(grid)])
+        kinds = np.concatenate([a.kinds, b.kinds])
+        order = np.argsort(keys, kind="stable")  # two sorted runs: a linear merge
+        keys, kinds = keys[order], kinds[order]
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        merged = np.maximum.reduceat(kinds, starts)
+        in_both = np.diff(np.append(starts, len(keys))) == 2
+        keys = keys[starts]
+        rows, cols = keys // grid.nbk, keys % grid.nbk
+        undecided = in_both & (merged == PARTIAL)  # stored by both sides, full in neither
+        if undecided.any():
+            merged[undecided] = resolve(self, grid, rows[undecided], cols[undecided])
+        return Blocks(rows, cols, merged)
+
+    def predicate(self, q, k):
+        return self.left.predicate(q, k) | self.right.predicate(q, k)
 
     def size_hint(self, grid):
         return min(self.left.size_hint(grid) + self.right.size_hint(grid), grid.nbq * grid.nbk)
 
 
 @dataclass(frozen=True, slots=True)
-class Intersect(Lowered):
+class Intersect(_Binary):
     left: Lowered
     right: Lowered
 
-    def _combine(self, grid, i, j, a, b):
-        return _settle(self, grid, i, j, np.minimum(a, b), (a == PARTIAL) & (b == PARTIAL))
-
-    def classify(self, grid, i, j):
-        return self._combine(grid, i, j, self.left.classify(grid, i, j), self.right.classify(grid, i, j))
+    def _table(self, a, b):
+        return np.minimum(a, b)
 
     def enumerate(self, grid):
-        sparse, other = self.left, self.right
-        if other.size_hint(grid) < sparse.size_hint(grid):
-            sparse, other = other, sparse
-        base = sparse.enumerate(grid)
-        kinds = self._combine(grid, base.rows, base.cols, base.kinds, other.classify(grid, base.rows, base.cols))
-        return Blocks(base.rows, base.cols, kinds).nonempty()
-
-    def candidates(self, grid):
-        blocks = self.enumerate(grid)
-        return blocks.rows, blocks.cols
+        if self.right.size_hint(grid) < self.left.size_hint(grid):
+            return self._classify_against(self.right.enumerate(grid), self.left, grid, base_is_left=False)
+        return self._classify_against(self.left.enumerate(grid), self.right, grid, base_is_left=True)
 
     def predicate(self, q, k):
         return self.left.predicate(q, k) & self.right.predicate(q, k)
-
-    def block_key(self, grid, i, j):
-        return (*self.left.block_key(grid, i, j), *self.right.block_key(grid, i, j))
 
     def size_hint(self, grid):
         return min(self.left.size_hint(grid), self.right.size_hint(grid))
 
 
 @dataclass(frozen=True, slots=True)
-class Difference(Lowered):
+class Difference(_Binary):
     left: Lowered
     right: Lowered
 
-    def _combine(self, grid, i, j, a, b):
-        kinds = np.where(b == FULL, EMPTY, np.where(b == EMPTY, a, np.minimum(a, PARTIAL)))
-        return _settle(self, grid, i, j, kinds.astype(KIND), (a == PARTIAL) & (b == PARTIAL))
-
-    def classify(self, grid, i, j):
-        return self._combine(grid, i, j, self.left.classify(grid, i, j), self.right.classify(grid, i, j))
+    def _table(self, a, b):
+        return np.where(b == FULL, EMPTY, np.where(b == EMPTY, a, np.minimum(a, PARTIAL)))
 
     def enumerate(self, grid):
-        base = self.left.enumerate(grid)
-        kinds = self._combine(grid, base.rows, base.cols, base.kinds, self.right.classify(grid, base.rows, base.cols))
-        return Blocks(base.rows, base.cols, kinds).nonempty()
-
-    def candidates(self, grid):
-        blocks = self.enumerate(grid)
-        return blocks.rows, blocks.cols
+        return self._classify_against(self.left.enumerate(grid), self.right, grid, base_is_left=True)
 
     def predicate(self, q, k):
         return self.left.predicate(q, k) & ~self.right.predicate(q, k)
-
-    def block_key(self, grid, i, j):
-        return (*self.left.block_key(grid, i, j), *self.right.block_key(grid, i, j))
 
     def size_hint(self, grid):
         return self.left.size_hint(grid)

@@ -6,7 +6,7 @@ Values past ``n`` mean the same as ``n`` (``window(10**9)`` is every pair within
 they are clamped, which keeps every later computation inside int64.
 
 >>> lower(parse("causal & window(4)"), Grid(64, 16, 16))
-Intersect(left=Band(lo=0, hi=63), right=Band(lo=-3, hi=3))
+Band(lo=0, hi=3)
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from patternc.lower.regions import (
     Sink,
     Tokens,
 )
+from patternc.lower.rules import simplify
 
 __all__ = ["Scope", "lower"]
 
@@ -40,7 +41,7 @@ __all__ = ["Scope", "lower"]
 class Scope:
     """What names mean while binding: the grid, layer/head indices and counts, parameters."""
 
-    __slots__ = ("grid", "layer", "head", "layers", "heads", "params")
+    __slots__ = ("grid", "head", "heads", "layer", "layers", "params")
 
     def __init__(self, grid: Grid, layer: int = 0, head: int = 0, layers: int = 1, heads: int = 1,
                  params: Mapping[str, Value] | None = None) -> None:
@@ -59,10 +60,10 @@ def lower(tree: ast.Pattern, grid: Grid, scope: Scope | None = None) -> Lowered:
     if isinstance(tree, ast.Primitive):
         return _primitive(tree, scope)
     if isinstance(tree, ast.Complement):
-        return algebra.Complement(lower(tree.operand, grid, scope))
+        return simplify(algebra.Complement(lower(tree.operand, grid, scope)))
     combine = {ast.Union: algebra.Union, ast.Intersect: algebra.Intersect,
                ast.Difference: algebra.Difference}[type(tree)]
-    return combine(lower(tree.left, grid, scope), lower(tree.right, grid, scope))
+    return simplify(combine(lower(tree.left, grid, scope), lower(tree.right, grid, scope)))
 
 
 def _fail(message: str, node) -> PatternMeaningError:

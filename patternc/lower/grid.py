@@ -106,7 +106,7 @@ def lookup(table: np.ndarray, index):
     if tensor is None:
         import torch
 
-        tensor = torch.from_numpy(np.ascontiguousarray(table)).to(device)
+        tensor = torch.from_numpy(np.array(table)).to(device)  # a copy: tables are read-only
         _TORCH_TABLES[cache_key] = tensor
         weakref.finalize(table, _TORCH_TABLES.pop, cache_key, None)
     return tensor[index]

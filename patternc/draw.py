@@ -1,0 +1,72 @@
+"""Pictures of a block layout: text for terminals and logs, PNG for papers and reviews.
+
+Large layouts are drawn in cells of several blocks each, counted from the stored blocks alone (a
+million-token layout has 67 million blocks; the picture never builds that matrix).
+
+>>> print(draw_text(compile("causal & window(300)", n=1024).block_layout()))  # doctest: +SKIP
+#.......
+##......
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from patternc.layout import Layout
+
+__all__ = ["cell_fill", "draw_png", "draw_text"]
+
+TEXT_LEGEND = "# full   + partial (or mixed)   . empty"
+
+
+def cell_fill(layout: Layout, max_cells: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Aggregate blocks into at most ``max_cells`` cells a side.
+
+    Returns ``(full, stored, (ci, cj))``: per cell, the fraction of its blocks that are FULL and
+    the fraction that are stored at all, and how many block rows and columns a cell spans.
+    """
+    grid = layout.grid
+    ci, cj = -(-grid.nbq // max_cells), -(-grid.nbk // max_cells)
+    rows_c, cols_c = -(-grid.nbq // ci), -(-grid.nbk // cj)
+    cell = (layout.rows() // ci) * cols_c + layout.indices // cj
+    stored = np.bincount(cell, minlength=rows_c * cols_c).reshape(rows_c, cols_c)
+    full = np.bincount(cell, weights=layout.full, minlength=rows_c * cols_c).reshape(rows_c, cols_c)
+    # Blocks per cell: the last row and column of cells may be short.
+    height = np.minimum(ci, grid.nbq - np.arange(rows_c) * ci)
+    width = np.minimum(cj, grid.nbk - np.arange(cols_c) * cj)
+    area = height[:, None] * width[None, :]
+    return full / area, stored / area, (ci, cj)
+
+
+def draw_text(layout: Layout, max_width: int = 96) -> str:
+    """The layout as characters, one per cell: ``#`` all full, ``.`` none stored, ``+`` otherwise."""
+    full, stored, (ci, cj) = cell_fill(layout, max_width)
+    chars = np.where(full == 1.0, "#", np.where(stored == 0.0, ".", "+"))
+    lines = ["".join(row) for row in chars]
+    if ci > 1 or cj > 1:
+        lines.append(f"(each character is {ci} x {cj} blocks)")
+    return "\n".join(lines)
+
+
+def draw_png(layout: Layout, path: str | os.PathLike, title: str = "", max_pixels: int = 1024) -> None:
+    """Save the layout as a PNG: black FULL, grey PARTIAL, white EMPTY (shaded by mixture)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    full, stored, (ci, cj) = cell_fill(layout, max_pixels)
+    darkness = 0.5 * stored + 0.5 * full  # full -> 1, partial -> 0.5, empty -> 0
+    grid = layout.grid
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=150)
+    ax.imshow(darkness, cmap="Greys", vmin=0, vmax=1, interpolation="nearest",
+              extent=(0, grid.n, grid.n, 0))
+    ax.set_xlabel("key position")
+    ax.set_ylabel("query position")
+    cells = f", {ci}x{cj} blocks per pixel" if ci > 1 or cj > 1 else ""
+    ax.set_title(f"{title}\nblock {grid.bq}x{grid.bk}: black full, grey partial{cells}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
