@@ -8,12 +8,15 @@
 
 from patternc.compiled import CompiledPattern, PatternStats, compile
 from patternc.errors import (
+    LayoutFileError,
     PatternError,
     PatternMeaningError,
     PatternSizeError,
     PatternSyntaxError,
     StackError,
 )
+from patternc.export.bsr import BlockCSR
+from patternc.export.file import load
 from patternc.lang import ast, parse, unparse
 from patternc.layout import HeadStats, Layout
 from patternc.stack import Override, Stack, load_stack
@@ -21,9 +24,11 @@ from patternc.stack import Override, Stack, load_stack
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockCSR",
     "CompiledPattern",
     "HeadStats",
     "Layout",
+    "LayoutFileError",
     "Override",
     "PatternError",
     "PatternMeaningError",
@@ -35,6 +40,7 @@ __all__ = [
     "__version__",
     "ast",
     "compile",
+    "load",
     "load_stack",
     "parse",
     "unparse",

@@ -2,6 +2,7 @@
 
     patternc compile "causal & (window(512) | global(4))" --n 131072 --json
     patternc show conf/pattern/longformer.yaml --n 8192 --layer 6 --head 0 --png longformer.png
+    patternc export conf/pattern/bigbird.yaml --n 65536 --format bsr -o outputs/bigbird.safetensors
 
 Bad input exits with status 2 and the error, caret included, on stderr.
 """
@@ -11,11 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from patternc import __version__
 from patternc.compiled import CompiledPattern, compile
 from patternc.draw import TEXT_LEGEND, draw_png, draw_text
 from patternc.errors import PatternError
+from patternc.export.bsr import save_bsr
 from patternc.layout import head_stats
 
 __all__ = ["main"]
@@ -59,7 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head", type=int, default=0)
     p.add_argument("--png", metavar="FILE", help="also save the picture as a PNG")
     p.add_argument("--width", type=int, default=96, help="characters per row of the text drawing")
+
+    p = commands.add_parser("export", help="write the compiled layout for a kernel, or to a file")
+    _common(p)
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help="; ".join(f"{name}: {what}" for name, what in EXPORT_FORMATS.items()))
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="file to write (parents are made)")
+    p.add_argument("--masks", action="store_true", help="bsr: also write per-block token masks")
     return parser
+
+
+EXPORT_FORMATS = {
+    "file": "safetensors that patternc.load reads back",
+    "bsr": "safetensors of layer{l}.head{h}.indptr/indices/full(/masks), FlashInfer's block CSR",
+    "layout": ".npy int64 (L, H, nbq, nbk), 1 where a block is stored (DeepSpeed / Triton)",
+    "dense": ".npy bool (L, H, n, n), refused above 2**28 elements",
+}
 
 
 def _compile(args) -> CompiledPattern:
@@ -99,12 +119,33 @@ def _show(cp: CompiledPattern, args) -> None:
         print(f"wrote {args.png}")
 
 
+def _export(cp: CompiledPattern, args) -> None:
+    path = Path(args.output)
+    if args.masks and args.format != "bsr":
+        raise PatternError(f"--masks applies to --format bsr, not {args.format}")
+    # arrays are built before the file is opened, so a refused size leaves no file behind
+    array = {"layout": cp.to_block_layout, "dense": cp.to_dense}.get(args.format, lambda: None)()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "file":
+        cp.save(path)
+    elif args.format == "bsr":
+        save_bsr(cp, path, with_masks=args.masks)
+    else:
+        with open(path, "wb") as f:  # np.save(f, ...) writes exactly PATH, with no ".npy" added
+            np.save(f, array)
+    bq, bk = cp.block
+    print(f"wrote {path} ({args.format}: {cp.layers} layers x {cp.heads} heads, n = {cp.n}, "
+          f"block {bq}x{bk})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cp = _compile(args)
         if args.command == "compile":
             _print_stats(cp, args.json)
+        elif args.command == "export":
+            _export(cp, args)
         else:
             if not (0 <= args.layer < cp.layers and 0 <= args.head < cp.heads):
                 raise PatternError(f"--layer {args.layer} --head {args.head} is outside this stack of "

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from numbers import Real
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,11 @@ from patternc.lower import Grid, Scope, lower
 from patternc.lower.grid import FULL, PARTIAL
 from patternc.lower.node import Lowered
 from patternc.stack import Stack, load_stack, parse_block
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from patternc.export.bsr import BlockCSR
 
 __all__ = ["DEFAULT_BLOCK", "DENSE_LIMIT", "MAX_N", "CompiledPattern", "PatternStats", "compile"]
 
@@ -172,21 +178,54 @@ class CompiledPattern:
         predicate = np.broadcast_to(self.node(layer, head).predicate(q, k), (self.n, self.n))
         return (per_token == FULL) | ((per_token == PARTIAL) & predicate)
 
-    def mask_mod(self, layer: int = 0, head: int = 0):
+    def mask_mod(self, layer: int = 0, head: int = 0, device: str = "cpu"):
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for one (layer, head).
 
-        It is the exact token predicate; FlexAttention applies it to PARTIAL blocks.
+        It is the exact token predicate; FlexAttention applies it to PARTIAL blocks. Lookup tables
+        (``tokens``, ``columns``, ``diagonals``, ``random``) live on ``device``, so ask for the
+        device it will run on. For every head of a layer at once, use ``to_block_mask(layer)``.
         """
-        node = self.node(layer, head)
+        from patternc.export.flex import head_mask_mod
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            return node.predicate(q_idx, kv_idx)
+        return head_mask_mod(self, layer, head, device)
 
-        mask_mod.__name__ = _identifier(self.expression(layer, head))
-        import torch
+    # ---- exports (patternc/export/) ------------------------------------------------------------------
 
-        node.predicate(torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32))  # tables
-        return mask_mod
+    def to_block_mask(self, layer: int = 0, device: str = "cpu") -> BlockMask:
+        """A FlexAttention ``BlockMask`` of shape ``(1, heads, n, n)`` for every head of ``layer``:
+        FULL blocks as ``full_kv_*``, PARTIAL ones as ``kv_*`` with one ``mask_mod`` exact for every
+        head, ``BLOCK_SIZE = (bq, bk)``. Build it on the device it runs on: ``BlockMask.to`` moves
+        the block tables but not the ``mask_mod``'s lookup tables.
+
+        >>> flex_attention(q, k, v, block_mask=cp.to_block_mask(3))  # doctest: +SKIP
+        """
+        from patternc.export.flex import to_block_mask
+
+        return to_block_mask(self, layer, device)
+
+    def to_bsr(self, layer: int = 0, head: int = 0, with_masks: bool = False) -> BlockCSR:
+        """Block CSR of one (layer, head) as FlashInfer's ``BlockSparseAttentionWrapper.plan`` takes
+        it: int32 ``indptr``/``indices``, ``block``, ``full`` and, with ``with_masks``, a
+        ``(nnz, bq, bk)`` token mask per block (see ``patternc.export.bsr``)."""
+        from patternc.export.bsr import to_bsr
+
+        return to_bsr(self, layer, head, with_masks)
+
+    def to_block_layout(self, max_elements: int | None = None) -> np.ndarray:
+        """int64 ``(L, H, nbq, nbk)``, 1 where a block is stored: DeepSpeed's / Triton's layout.
+        Dense in blocks, so refused above 2**25 elements unless ``max_elements`` says otherwise."""
+        from patternc.export.layout_array import LAYOUT_LIMIT, to_block_layout
+
+        return to_block_layout(self, LAYOUT_LIMIT if max_elements is None else max_elements)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write this compiled pattern to a safetensors file that ``patternc.load`` reads back.
+
+        >>> patternc.compile("conf/pattern/longformer.yaml", n=8192).save("lf.safetensors")  # doctest: +SKIP
+        """
+        from patternc.export.file import save
+
+        save(self, path)
 
     def stats(self) -> PatternStats:
         """Exact statistics per (layer, head), with a warning where blocking inflates density."""

@@ -9,13 +9,15 @@ text and the span of the fault, and prints the offending line with a caret under
 
 Subclasses say which phase found the fault: :class:`PatternSyntaxError` (the text does not parse),
 :class:`PatternMeaningError` (it parses but means nothing: unknown names, bad counts, unbound
-parameters), :class:`PatternSizeError` (a request too large to honour) and :class:`StackError`
-(a stack file is malformed).
+parameters), :class:`PatternSizeError` (a request too large to honour), :class:`StackError`
+(a stack file is malformed) and :class:`LayoutFileError` (a saved layout file is unreadable, corrupted
+or does not match what it claims to hold).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "LayoutFileError",
     "PatternError",
     "PatternMeaningError",
     "PatternSizeError",
@@ -100,3 +102,8 @@ class PatternSizeError(PatternError):
 
 class StackError(PatternError):
     """A stack file (YAML) is malformed: a missing key, a bad range, an unknown field."""
+
+
+class LayoutFileError(PatternError):
+    """A saved layout file (``CompiledPattern.save``) cannot be loaded: unreadable, truncated,
+    corrupted, of another format, or its arrays differ from what its metadata compiles to."""

@@ -63,6 +63,9 @@ class Stack:
 
     def __post_init__(self) -> None:
         where = self.source or "stack"
+        # A description is one line of prose: fold its white space (YAML would fold line breaks
+        # such as U+0085 on the way back, and a stack must survive a round trip through YAML).
+        object.__setattr__(self, "description", " ".join(str(self.description).split()))
         _positive_int(self.layers, f"{where}: layers")
         _positive_int(self.heads, f"{where}: heads")
         bare = self.source is None and not self.overrides and self.layers == self.heads == 1

@@ -45,22 +45,23 @@ class _OffsetSet(Lowered):
         return kinds_from_counts(self.count(dmin, dmax), dmax - dmin + 1)
 
     def candidates(self, grid):
-        n, bq, bk = grid.n, grid.bq, grid.bk
+        n, bk = grid.n, grid.bk
         a, b = self.intervals(grid)
-        # Rows a line q - k = d in [a, b] can reach: q in [max(0, a), min(n - 1, n - 1 + b)].
-        row_lo = np.maximum(a, 0) // bq
-        row_hi = np.minimum(n - 1, n - 1 + b) // bq
-        owner, rows = expand_ranges(np.arange(len(a)), row_lo, row_hi)
+        rows = np.arange(grid.nbq, dtype=np.int64)
         q0, q1 = grid.q_bounds(rows)
-        # Keys those queries reach through [a, b]: k in [q0 - b, q1 - 1 - a].
-        col_lo = np.maximum(q0 - b[owner], 0) // bk
-        col_hi = np.minimum(q1 - 1 - a[owner], n - 1) // bk
-        pair, cols = expand_ranges(np.arange(len(rows)), col_lo, col_hi)
-        rows = rows[pair]
-        if len(a) > 1:  # neighbouring intervals may reach the same block
-            keys = np.unique(rows * grid.nbk + cols)
-            rows, cols = keys // grid.nbk, keys % grid.nbk
-        return rows, cols
+        # Block row i reaches offsets in [q0 - (n - 1), q1 - 1]: a contiguous run of intervals.
+        first = np.searchsorted(b, q0 - (n - 1), "left")
+        last = np.searchsorted(a, q1 - 1, "right") - 1
+        row, ascending = expand_ranges(rows, first, last)
+        # Larger offsets reach smaller keys: walk the run backwards so columns come out ascending.
+        iv = np.repeat(first + last, np.maximum(last - first + 1, 0)) - ascending
+        q0, q1 = q0[row], q1[row]
+        col_lo = np.maximum(q0 - b[iv], 0) // bk
+        col_hi = np.minimum(q1 - 1 - a[iv], n - 1) // bk
+        owner, cols = expand_ranges(np.arange(len(row)), col_lo, col_hi)
+        # Intervals are at least bq + bk - 1 apart (see _merge_points), so within one block row
+        # their key ranges lie more than a block apart: no block is produced twice.
+        return row[owner], cols
 
     def size_hint(self, grid):
         a, b = self.intervals(grid)

@@ -23,7 +23,8 @@ import numpy as np
 
 from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
 
-__all__ = ["PAIR_BUDGET", "Lowered", "kinds_from_counts", "pair_counts", "resolve"]
+__all__ = ["PAIR_BUDGET", "Lowered", "block_masks", "distinct_blocks", "kinds_from_counts", "pair_counts",
+           "resolve"]
 
 PAIR_BUDGET = 1 << 22  # token pairs evaluated per batch when counting: bounds memory to ~100 MB
 
@@ -63,34 +64,58 @@ def kinds_from_counts(count: np.ndarray, length: np.ndarray) -> np.ndarray:
     return np.where(count == 0, EMPTY, np.where(count == length, FULL, PARTIAL)).astype(KIND)
 
 
+def distinct_blocks(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Group blocks by content: ``(first, inverse)`` such that block ``m`` holds the same allowed
+    pairs as block ``first[inverse[m]]`` (by ``block_key`` and the block's shape)."""
+    q0, q1 = grid.q_bounds(i)
+    k0, k1 = grid.k_bounds(j)
+    columns = [np.asarray(c, np.int64) for c in (*node.block_key(grid, i, j), q1 - q0, k1 - k0)]
+    # Fold the key columns into one integer when their ranges allow it (a 1-D unique is far
+    # faster than a unique over rows); fall back to rows otherwise.
+    ids = np.zeros(len(i), np.int64)
+    scale = 1
+    for column in columns:
+        low = int(column.min())
+        span = int(column.max()) - low + 1
+        if scale * span >= 1 << 62:
+            key = np.stack(columns, axis=1)
+            _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+            return first, inverse.reshape(-1)
+        ids += (column - low) * scale
+        scale *= span
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
 def pair_counts(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Exact number of allowed pairs in each block ``(i, j)`` (int64)."""
     if len(i) == 0:
         return np.zeros(0, np.int64)
+    first, inverse = distinct_blocks(node, grid, i, j)
+    return _count_by_evaluation(node, grid, i[first], j[first])[inverse]
+
+
+def block_masks(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """(m, bq, bk) bool: the allowed pairs of each block, False past the end of the sequence.
+
+    Memory is m * bq * bk: callers pass distinct blocks (``distinct_blocks``) or batches.
+    """
     q0, q1 = grid.q_bounds(i)
     k0, k1 = grid.k_bounds(j)
-    key = np.stack([*node.block_key(grid, i, j), q1 - q0, k1 - k0], axis=1)
-    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    unique_counts = _count_by_evaluation(node, grid, q0[first], q1[first], k0[first], k1[first])
-    return unique_counts[inverse.reshape(-1)]
+    q = q0[:, None, None] + np.arange(grid.bq)[None, :, None]
+    k = k0[:, None, None] + np.arange(grid.bk)[None, None, :]
+    q_top, k_top = q1[:, None, None] - 1, k1[:, None, None] - 1
+    return node.predicate(np.minimum(q, q_top), np.minimum(k, k_top)) & (q <= q_top) & (k <= k_top)
 
 
-def _count_by_evaluation(node: Lowered, grid: Grid, q0, q1, k0, k1) -> np.ndarray:
+def _count_by_evaluation(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Count allowed pairs block by block, evaluating the predicate in bounded batches."""
-    per_block = grid.bq * grid.bk
-    batch = max(1, PAIR_BUDGET // per_block)
-    ar_q = np.arange(grid.bq, dtype=np.int64)[None, :, None]
-    ar_k = np.arange(grid.bk, dtype=np.int64)[None, None, :]
-    counts = np.empty(len(q0), np.int64)
-    for s in range(0, len(q0), batch):
-        e = s + batch
-        q = q0[s:e, None, None] + ar_q  # (b, bq, 1)
-        k = k0[s:e, None, None] + ar_k  # (b, 1, bk)
-        top_q = q1[s:e, None, None] - 1
-        top_k = k1[s:e, None, None] - 1
-        valid = (q <= top_q) & (k <= top_k)  # short last blocks: padding never counts
-        allowed = node.predicate(np.minimum(q, top_q), np.minimum(k, top_k))  # (b, bq, bk)
-        counts[s:e] = np.count_nonzero(allowed & valid, axis=(1, 2))
+    batch = max(1, PAIR_BUDGET // (grid.bq * grid.bk))
+    counts = np.empty(len(i), np.int64)
+    for s in range(0, len(i), batch):
+        counts[s : s + batch] = np.count_nonzero(block_masks(node, grid, i[s : s + batch], j[s : s + batch]),
+                                                 axis=(1, 2))
     return counts
 
 

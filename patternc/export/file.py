@@ -1,0 +1,204 @@
+"""A compiled layout as a file: safetensors tensors plus JSON metadata, loaded back identically.
+
+Tensors (each distinct layout stored once, however many heads share it):
+
+- ``layout.{u}.indptr`` int64 (nbq + 1,), ``layout.{u}.indices`` int32 (nnz,),
+  ``layout.{u}.full`` bool (nnz,): the block CSR of distinct layout ``u``;
+- ``table`` int32 (layers, heads): which ``u`` each (layer, head) uses.
+
+Header metadata (strings): ``format`` (``patternc-layout``), ``format_version``,
+``patternc_version``, ``stack`` (the stack as JSON, expressions included), ``n``, ``block``
+(JSON ``[bq, bk]``), ``layers``, ``heads``, ``params`` (JSON), and ``content_hash``: the sha256 of the
+canonical metadata and every tensor's name, dtype, shape and bytes.
+
+``load`` checks the hash, recompiles the stored stack (the token predicates come from there) and
+verifies that every stored array equals the recompiled one, so a loaded pattern is the saved one.
+
+>>> cp.save("outputs/longformer.safetensors")                      # doctest: +SKIP
+>>> patternc.load("outputs/longformer.safetensors").layout(6, 0)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+import safetensors.numpy
+from safetensors import SafetensorError
+
+from patternc.errors import LayoutFileError, PatternError
+from patternc.stack import Stack
+
+if TYPE_CHECKING:
+    from patternc.compiled import CompiledPattern
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "content_hash", "load", "pack", "save", "write"]
+
+FORMAT = "patternc-layout"
+FORMAT_VERSION = "1"
+_DTYPES = {"indptr": np.dtype(np.int64), "indices": np.dtype(np.int32), "full": np.dtype(np.bool_)}
+
+
+def save(cp: CompiledPattern, path: str | os.PathLike) -> None:
+    """Write ``cp`` to ``path`` (atomically: a crash leaves the old file or none, never half)."""
+    write(path, *pack(cp))
+
+
+def pack(cp: CompiledPattern) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and metadata (without its hash) that ``save`` writes."""
+    from patternc import __version__
+
+    tensors: dict[str, np.ndarray] = {}
+    table = np.zeros((cp.layers, cp.heads), np.int32)  # (L, H) -> distinct layout
+    seen: dict[bytes, int] = {}
+    for l in range(cp.layers):
+        for h in range(cp.heads):
+            arrays = dict(zip(_DTYPES, cp.layout(l, h), strict=True))
+            digest = hashlib.sha256(b"".join(a.tobytes() for a in arrays.values())).digest()
+            if digest not in seen:  # indptr has a fixed length, so the concatenation is unambiguous
+                seen[digest] = len(seen)
+                tensors.update({f"layout.{seen[digest]}.{name}": a for name, a in arrays.items()})
+            table[l, h] = seen[digest]
+    tensors["table"] = table
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "patternc_version": __version__,
+        "stack": json.dumps(cp.stack.to_dict(), sort_keys=True),
+        "n": str(cp.n),
+        "block": json.dumps(list(cp.block)),
+        "layers": str(cp.layers),
+        "heads": str(cp.heads),
+        "params": json.dumps(cp.params, sort_keys=True),
+    }
+    return tensors, metadata
+
+
+def write(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write tensors and metadata, adding the content hash."""
+    metadata = {**metadata, "content_hash": content_hash(tensors, metadata)}
+    data = safetensors.numpy.save(tensors, metadata=metadata)
+    path = os.fspath(path)
+    partial = f"{path}.{os.getpid()}.tmp"  # written in full first, then renamed over the target
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+
+
+def content_hash(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
+    """sha256 (hex) of the metadata (less its hash) and every tensor's name, dtype, shape, bytes."""
+    digest = hashlib.sha256()
+    canonical = {key: value for key, value in metadata.items() if key != "content_hash"}
+    digest.update(json.dumps(canonical, sort_keys=True).encode())
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+# ---- load ----------------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike) -> CompiledPattern:
+    """Read a file written by ``save``; every fault is a ``LayoutFileError`` naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise LayoutFileError(f"cannot read layout file: {err.strerror}", where=path) from None
+    try:
+        tensors = safetensors.numpy.load(data)
+    except (SafetensorError, ValueError, TypeError, OverflowError) as err:  # its parser's words
+        raise LayoutFileError(f"not a readable safetensors file ({err}); truncated or corrupted?",
+                              where=path) from None
+    metadata = _metadata(data, path)
+    if metadata.get("format") != FORMAT:
+        raise LayoutFileError(f"not a patternc layout file (metadata 'format' is "
+                              f"{metadata.get('format')!r}, expected {FORMAT!r})", where=path)
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise LayoutFileError(f"format version {metadata.get('format_version')!r} is not supported; "
+                              f"this patternc reads version {FORMAT_VERSION}", where=path)
+    if metadata.get("content_hash") != content_hash(tensors, metadata):
+        raise LayoutFileError("content hash mismatch: the file was modified or corrupted after it was"
+                              " written", where=path)
+    cp = _recompile(metadata, path)
+    _verify(cp, tensors, metadata, path)
+    return cp
+
+
+def _metadata(data: bytes, path: str) -> dict[str, str]:
+    # safetensors has already validated the header: 8 bytes of length, then JSON
+    header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict):
+        raise LayoutFileError("not a patternc layout file (no metadata in its header)", where=path)
+    return metadata
+
+
+def _field(metadata: dict[str, str], key: str, path: str, parse):
+    if key not in metadata:
+        raise LayoutFileError(f"metadata '{key}' is missing", where=path)
+    try:
+        return parse(metadata[key])
+    except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+        raise LayoutFileError(f"metadata '{key}' is malformed: {err}", where=path) from None
+
+
+def _recompile(metadata: dict[str, str], path: str) -> CompiledPattern:
+    from patternc.compiled import compile
+
+    n = _field(metadata, "n", path, int)
+    block = _field(metadata, "block", path, json.loads)
+    params = _field(metadata, "params", path, json.loads)
+    stack_data = _field(metadata, "stack", path, json.loads)
+    try:
+        stack = Stack.from_dict(stack_data)
+        if not isinstance(params, dict):
+            raise PatternError(f"parameters must be a JSON object, got {params!r}")
+        cp = compile(stack, n, block=block, params=params)
+    except PatternError as err:
+        raise LayoutFileError(f"the stored pattern does not compile: {err}", where=path) from None
+    for key, value in (("layers", cp.layers), ("heads", cp.heads)):
+        if _field(metadata, key, path, int) != value:
+            raise LayoutFileError(f"metadata '{key}' is {metadata[key]} but the stored stack has "
+                                  f"{value}", where=path)
+    return cp
+
+
+def _verify(cp: CompiledPattern, tensors: dict[str, np.ndarray], metadata: dict[str, str],
+            path: str) -> None:
+    """Every (layer, head) must read back exactly the layout this compiler gives the stored stack."""
+    table = tensors.get("table")
+    if table is None or table.dtype != np.int32 or table.shape != (cp.layers, cp.heads):
+        shape = None if table is None else f"{table.dtype} {table.shape}"
+        raise LayoutFileError(f"tensor 'table' is {shape}, expected int32 ({cp.layers}, {cp.heads})",
+                              where=path)
+    distinct = sorted({int(u) for u in table.flat})
+    expected = {f"layout.{u}.{name}" for u in distinct for name in _DTYPES} | {"table"}
+    if set(tensors) != expected:
+        odd = sorted(set(tensors) ^ expected)
+        raise LayoutFileError(f"tensors do not match the table: unexpected or missing {odd[:3]}",
+                              where=path)
+    for l in range(cp.layers):
+        for h in range(cp.heads):
+            for name, want in zip(_DTYPES, cp.layout(l, h), strict=True):
+                got = tensors[f"layout.{table[l, h]}.{name}"]
+                if got.dtype != _DTYPES[name] or not np.array_equal(got, want):
+                    from patternc import __version__
+
+                    raise LayoutFileError(
+                        f"the stored {name} of layer {l}, head {h} differs from what patternc "
+                        f"{__version__} compiles from the stored stack (the file was written by "
+                        f"patternc {metadata.get('patternc_version')}); recompile and save it again",
+                        where=path,
+                    )

@@ -1,0 +1,240 @@
+"""``reach``: does a stack still let every position hear from every position it should?
+
+>>> report = reach(compile("conf/pattern/sparse_transformer_strided.yaml", n=4096))
+>>> report.mixing_depth, report.covered_fraction
+(2, 1.0)
+
+In layer l, ``q`` hears from ``k`` when some head allows ``(q, k)``; the residual stream keeps what a
+position already holds. The envelope is what a dense stack of the same causality reaches (``k <= q``
+for a causal stack, every pair otherwise). Up to ``exact_limit`` tokens the analysis is exact, bit
+by bit; beyond, it gives sound block-level bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from patternc.compiled import CompiledPattern, compile
+from patternc.errors import PatternSizeError
+from patternc.reach.bits import prefix_mask, words
+from patternc.reach.bounds import run_lower, run_upper
+from patternc.reach.exact import run_exact
+from patternc.reach.findings import empty_rows, future_pair
+from patternc.reach.layers import layer_flows
+from patternc.reach.path import closest_path
+
+__all__ = ["EXACT_LIMIT", "ReachReport", "reach"]
+
+EXACT_LIMIT = 8192  # tokens; the exact state takes n^2 / 8 bytes (8 MiB here, 128 MiB at 32k)
+EXACT_BLOCK = 16  # block of the exact run: small, so most pairs travel through FULL blocks
+MAX_EMPTY_LISTED = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ReachReport:
+    """What a stack lets through, layer by layer.
+
+    ``covered_fraction`` is exact when ``exact``, else a certified lower bound (``covered_bounds``
+    gives both bounds). ``mixing_depth`` is the depth at which the stack (repeated past its own
+    depth if need be) covers its envelope: exact when ``exact``; else known only when the bounds
+    meet (``mixing_depth_bounds``). ``never`` says it provably never does.
+    """
+
+    n: int
+    block: tuple[int, int]
+    layers: int
+    heads: int
+    causal: bool
+    exact: bool
+    mixing_depth: int | None
+    mixing_depth_bounds: tuple[int | None, int | None]
+    never: bool
+    covered_fraction: float
+    covered_bounds: tuple[float, float]
+    growth: tuple[tuple[float, float], ...]  # (lower, upper) covered fraction after each layer
+    unreachable: tuple[int, int] | None  # an envelope pair (q, k) not covered at the stack's depth
+    closest_path: tuple[tuple[int, int, int], ...] | None  # (layer, first, last token) from k on
+    empty_rows: tuple[tuple[int, int, int], ...]  # (layer, head, q), the first few
+    empty_row_count: int
+    causal_leak: tuple[int, int, int, int] | None  # (layer, head, q, k) with k > q
+
+    @property
+    def covered(self) -> bool:
+        """The envelope is certainly covered at the stack's own depth."""
+        return self.covered_bounds[0] == 1.0
+
+    @property
+    def errors(self) -> list[str]:
+        """Error-level findings: rows with no key, causal leaks."""
+        found = []
+        if self.empty_row_count:
+            layer, head, q = self.empty_rows[0]
+            found.append(f"{self.empty_row_count} query rows attend no key (softmax is undefined "
+                         f"there), e.g. layer {layer} head {head} query {q}")
+        if self.causal_leak:
+            layer, head, q, k = self.causal_leak
+            found.append(f"the stack is declared causal but layer {layer} head {head} lets query {q} "
+                         f"see key {k} > {q}")
+        return found
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["covered"] = self.covered
+        data["errors"] = self.errors
+        return data
+
+
+def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: int | None = None,
+          ) -> ReachReport:
+    """Reachability of a compiled stack across its layers.
+
+    ``exact_limit``: largest ``n`` analysed token by token. ``max_depth``: how many layers to run
+    (the stack repeated) when looking for the mixing depth; default ``max(2 * layers, 8)``.
+    """
+    cp = compiled
+    if not isinstance(cp, CompiledPattern):
+        raise PatternSizeError(f"reach() takes a CompiledPattern (from patternc.compile), got "
+                               f"{type(cp).__name__}")
+    max_depth = max(2 * cp.layers, 8) if max_depth is None else max_depth
+    causal = cp.causal
+    exact = cp.n <= exact_limit
+    block = max(cp.block)  # square blocks for the layered graph and the bounds
+    square = _square(cp, block)
+    flows = layer_flows(square, causal)
+    empty, empty_count = _empty_rows(cp)
+    leak = _causal_leak(cp) if cp.stack.causal else None
+    if exact:
+        fine = _square(cp, min(EXACT_BLOCK, block))
+        run = run_exact(layer_flows(fine, causal), fine.grid, causal, max_depth)
+        growth = tuple((g, g) for g in run.growth)
+        depth_bounds = (run.mixing_depth, run.mixing_depth) if run.mixing_depth else (None, None)
+        unreachable = _missing_pair(run.state, run.envelope, cp.n)
+        mixing, never = run.mixing_depth, run.never
+    else:
+        low = run_lower(flows, square.grid, causal, max_depth)
+        high = run_upper(layer_flows(_coarse(cp, block), causal), _coarse(cp, block).grid, causal,
+                         max_depth)
+        growth = tuple(zip(low.growth, high.growth, strict=True))
+        depth_bounds = (high.depth, low.depth)
+        mixing = low.depth if low.depth is not None and low.depth == high.depth else None
+        never = high.stalled
+        unreachable = _missing_block_pair(high.state, _coarse(cp, block), causal)
+    path = closest_path(flows, square.grid, unreachable) if unreachable else None
+    lower, upper = growth[-1]
+    return ReachReport(
+        n=cp.n, block=(block, block), layers=cp.layers, heads=cp.heads, causal=causal, exact=exact,
+        mixing_depth=mixing, mixing_depth_bounds=depth_bounds, never=never,
+        covered_fraction=lower, covered_bounds=(lower, upper), growth=growth,
+        unreachable=unreachable, closest_path=path, empty_rows=empty, empty_row_count=empty_count,
+        causal_leak=leak,
+    )
+
+
+def _square(cp: CompiledPattern, block: int) -> CompiledPattern:
+    """The same stack compiled with square blocks of ``block`` tokens (reachability needs them)."""
+    return cp if cp.block == (block, block) else compile(cp.stack, cp.n, (block, block), cp.params)
+
+
+UPPER_BUDGET = 1 << 27  # words OR-ed per layer by the upper bound (about a second here)
+
+
+def _coarse(cp: CompiledPattern, block: int) -> CompiledPattern:
+    """The stack at the finest square block (from ``block``, doubling) whose layers the upper
+    bound can afford: stored blocks x words per row within ``UPPER_BUDGET``."""
+    while True:
+        square = _square(cp, block)
+        stored = max(len(square.layout(l, h)[1]) for l in range(cp.layers) for h in range(cp.heads))
+        if stored * cp.heads * words(square.grid.nbq) <= UPPER_BUDGET or block >= cp.n:
+            return square
+        block *= 2
+
+
+def _empty_rows(cp: CompiledPattern) -> tuple[tuple[tuple[int, int, int], ...], int]:
+    listed: list[tuple[int, int, int]] = []
+    count = 0
+    seen: dict = {}
+    for l in range(cp.layers):
+        for h in range(cp.heads):
+            node = cp.node(l, h)
+            if node not in seen:
+                seen[node] = empty_rows(node, cp.block_layout(l, h))
+            rows = seen[node]
+            count += len(rows)
+            listed += [(l, h, int(q)) for q in rows[: MAX_EMPTY_LISTED - len(listed)]]
+    return tuple(listed), count
+
+
+def _causal_leak(cp: CompiledPattern) -> tuple[int, int, int, int] | None:
+    checked = set()
+    for l in range(cp.layers):
+        for h in range(cp.heads):
+            node = cp.node(l, h)
+            if node in checked:
+                continue
+            checked.add(node)
+            pair = future_pair(node, cp.block_layout(l, h))
+            if pair:
+                return l, h, *pair
+    return None
+
+
+def _lowest_and_highest_bits(rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the index of the lowest and highest set bit (-1 where none)."""
+    nonzero = rows != 0
+    has = nonzero.any(axis=1)
+    first_word = np.argmax(nonzero, axis=1)
+    last_word = rows.shape[1] - 1 - np.argmax(nonzero[:, ::-1], axis=1)
+    idx = np.arange(len(rows))
+    low_word = np.maximum(rows[idx, first_word], np.uint64(1))  # rows with no bit: any value, masked
+    lowest = low_word & (~low_word + np.uint64(1))  # isolate the lowest set bit: an exact power of 2
+    low_bit = np.log2(lowest.astype(np.float64)).astype(np.int64)
+    high_word = np.maximum(rows[idx, last_word], np.uint64(1))
+    # Shift before converting: float64 rounds 2**64 - 1 up to 2**64, which would read as bit 64.
+    upper_half = high_word >> np.uint64(32)
+    high_bit = np.where(upper_half != 0,
+                        32 + np.floor(np.log2(np.maximum(upper_half, np.uint64(1)).astype(np.float64))),
+                        np.floor(np.log2(high_word.astype(np.float64)))).astype(np.int64)
+    low = np.where(has, first_word * 64 + low_bit, -1)
+    high = np.where(has, np.minimum(last_word * 64 + high_bit, width - 1), -1)
+    return low, high
+
+
+def _farthest(missing: np.ndarray, width: int) -> tuple[int, int] | None:
+    """The set bit (row, col) farthest from the diagonal, or None."""
+    low, high = _lowest_and_highest_bits(missing, width)
+    rows = np.arange(len(missing))
+    gaps = np.maximum(np.where(low >= 0, np.abs(rows - low), -1),
+                      np.where(high >= 0, np.abs(rows - high), -1))
+    if gaps.max(initial=-1) < 0:
+        return None
+    r = int(np.argmax(gaps))
+    c = int(low[r]) if abs(r - low[r]) >= abs(r - high[r]) else int(high[r])
+    return r, c
+
+
+def _missing_pair(state: np.ndarray, envelope: np.ndarray | None, n: int) -> tuple[int, int] | None:
+    missing = (envelope & ~state) if envelope is not None else ~state
+    missing[:, -1] &= _valid_tail(n)
+    return _farthest(missing, n)
+
+
+def _missing_block_pair(upper: np.ndarray, cp: CompiledPattern, causal: bool) -> tuple[int, int] | None:
+    """A token pair in an envelope block the upper bound never reaches (certainly unreachable)."""
+    nb = cp.grid.nbq
+    envelope = prefix_mask(nb, nb) if causal else ~np.zeros((nb, words(nb)), np.uint64)
+    missing = envelope & ~upper
+    missing[:, -1] &= _valid_tail(nb)
+    pair = _farthest(missing, nb)
+    if pair is None:
+        return None
+    qb, kb = pair
+    b = cp.block[0]
+    return min((qb + 1) * b, cp.n) - 1, kb * b
+
+
+def _valid_tail(width: int) -> np.uint64:
+    used = width - (words(width) - 1) * 64
+    return ~np.uint64(0) if used == 64 else (np.uint64(1) << np.uint64(used)) - np.uint64(1)
+
