@@ -19,6 +19,7 @@ from patternc.export.bsr import BlockCSR
 from patternc.export.file import load
 from patternc.lang import ast, parse, unparse
 from patternc.layout import HeadStats, Layout
+from patternc.reach import ReachReport, reach
 from patternc.stack import Override, Stack, load_stack
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "PatternSizeError",
     "PatternStats",
     "PatternSyntaxError",
+    "ReachReport",
     "Stack",
     "StackError",
     "__version__",
@@ -43,5 +45,6 @@ __all__ = [
     "load",
     "load_stack",
     "parse",
+    "reach",
     "unparse",
 ]

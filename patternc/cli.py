@@ -18,10 +18,11 @@ import numpy as np
 
 from patternc import __version__
 from patternc.compiled import CompiledPattern, compile
-from patternc.draw import TEXT_LEGEND, draw_png, draw_text
+from patternc.draw import TEXT_LEGEND, draw_growth_png, draw_png, draw_text
 from patternc.errors import PatternError
 from patternc.export.bsr import save_bsr
 from patternc.layout import head_stats
+from patternc.reach import EXACT_LIMIT, reach
 
 __all__ = ["main"]
 
@@ -64,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head", type=int, default=0)
     p.add_argument("--png", metavar="FILE", help="also save the picture as a PNG")
     p.add_argument("--width", type=int, default=96, help="characters per row of the text drawing")
+
+    p = commands.add_parser("check", help="check that every position hears every other across the layers")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--require-mixing", action="store_true",
+                   help="exit 1 unless the envelope is certainly covered at the stack's own depth")
+    p.add_argument("--png", metavar="FILE", help="plot the receptive field's growth per layer")
+    p.add_argument("--exact-limit", type=int, default=EXACT_LIMIT,
+                   help=f"largest n analysed token by token (default {EXACT_LIMIT}); above: block bounds")
+    p.add_argument("--max-depth", type=int, default=None,
+                   help="layers to run (the stack repeated) looking for the mixing depth")
 
     p = commands.add_parser("export", help="write the compiled layout for a kernel, or to a file")
     _common(p)
@@ -138,12 +150,58 @@ def _export(cp: CompiledPattern, args) -> None:
           f"block {bq}x{bk})")
 
 
+def _percent(low: float, high: float) -> str:
+    return f"{100 * low:.2f}%" if low == high else f"between {100 * low:.2f}% and {100 * high:.2f}%"
+
+
+def _check(cp: CompiledPattern, args) -> int:
+    report = reach(cp, exact_limit=args.exact_limit, max_depth=args.max_depth)
+    if args.png:
+        draw_growth_png(report, args.png)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        how = "exact, token by token" if report.exact else f"block-level bounds (blocks of {report.block[0]})"
+        print(f"n = {cp.n}, {cp.layers} layers x {cp.heads} heads, "
+              f"{'causal' if report.causal else 'not causal'} envelope; {how}")
+        low, high = report.mixing_depth_bounds
+        if report.mixing_depth is not None:
+            print(f"mixing depth: {report.mixing_depth} layers")
+        elif report.never:
+            print("mixing depth: never (repeating the stack stops adding anything short of the envelope)")
+        elif report.exact or low is None:
+            print(f"mixing depth: more than {report.max_depth} layers (raise --max-depth to look further)")
+        else:
+            most = f"at most {high}" if high else f"not certified within {report.max_depth}"
+            print(f"mixing depth: at least {low} layers, {most} (block-level bounds; raise --exact-limit)")
+        print(f"covered at depth {cp.layers}: {_percent(*report.covered_bounds)}")
+        print("growth per layer: " + "  ".join(
+            f"{t}: {_percent(lo, hi)}" for t, (lo, hi) in enumerate(report.growth, start=1)))
+        if report.unreachable:
+            q, k = report.unreachable
+            print(f"unreachable: query {q} never hears key {k} within {cp.layers} layers")
+            if report.closest_path:
+                steps = " -> ".join(f"[{a}..{b}]@{t}" for t, a, b in report.closest_path)
+                print(f"closest: tokens reached from key {k} (layer by layer): {steps}")
+        for error in report.errors:
+            print(f"error: {error}")
+    if args.png:
+        print(f"wrote {args.png}", file=sys.stderr if args.json else sys.stdout)
+    failed = bool(report.errors) or (args.require_mixing and not report.covered)
+    if args.require_mixing and not report.covered:
+        print("patternc: the stack does not certainly cover its envelope at its own depth",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cp = _compile(args)
         if args.command == "compile":
             _print_stats(cp, args.json)
+        elif args.command == "check":
+            return _check(cp, args)
         elif args.command == "export":
             _export(cp, args)
         else:

@@ -16,7 +16,7 @@ import numpy as np
 
 from patternc.layout import Layout
 
-__all__ = ["cell_fill", "draw_png", "draw_text"]
+__all__ = ["cell_fill", "draw_growth_png", "draw_png", "draw_text"]
 
 TEXT_LEGEND = "# full   + partial (or mixed)   . empty"
 
@@ -67,6 +67,36 @@ def draw_png(layout: Layout, path: str | os.PathLike, title: str = "", max_pixel
     ax.set_ylabel("query position")
     cells = f", {ci}x{cj} blocks per pixel" if ci > 1 or cj > 1 else ""
     ax.set_title(f"{title}\nblock {grid.bq}x{grid.bk}: black full, grey partial{cells}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def draw_growth_png(report, path: str | os.PathLike) -> None:
+    """Plot a ``ReachReport``'s covered fraction of the envelope after each layer (a band between
+    the bounds when the report is not exact)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = np.arange(1, len(report.growth) + 1)
+    low = np.array([g[0] for g in report.growth])
+    high = np.array([g[1] for g in report.growth])
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
+    if report.exact:
+        ax.plot(layers, low, marker="o", label="covered (exact)")
+    else:
+        ax.fill_between(layers, low, high, alpha=0.3, step="mid", label="between the bounds")
+        ax.plot(layers, low, marker="o", label="lower bound (certain)")
+        ax.plot(layers, high, marker=".", linestyle="--", label="upper bound (possible)")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("fraction of the envelope covered")
+    ax.set_ylim(0, 1.05)
+    depth = report.mixing_depth
+    ax.set_title(f"receptive field, n = {report.n}: mixing depth "
+                 f"{depth if depth is not None else 'never' if report.never else 'unknown'}", fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
+from patternc.lower.grid import KIND, Blocks, Grid
 
 __all__ = ["PAIR_BUDGET", "Lowered", "block_masks", "distinct_blocks", "kinds_from_counts", "pair_counts",
            "resolve"]
@@ -61,7 +61,8 @@ class Lowered(ABC):
 
 
 def kinds_from_counts(count: np.ndarray, length: np.ndarray) -> np.ndarray:
-    return np.where(count == 0, EMPTY, np.where(count == length, FULL, PARTIAL)).astype(KIND)
+    """EMPTY where nothing of ``length`` is allowed, FULL where all of it is, PARTIAL between."""
+    return ((count > 0).astype(KIND) + (count == length)).astype(KIND)
 
 
 def distinct_blocks(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray

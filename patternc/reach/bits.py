@@ -7,9 +7,11 @@ Row ``q`` of a state has bit ``k`` set when ``q`` has heard from ``k``. A layer'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["GATHER_BUDGET", "count_bits", "identity", "or_rows_into", "prefix_mask", "words"]
+__all__ = ["GATHER_BUDGET", "OrPlan", "count_bits", "identity", "or_rows_into", "prefix_mask", "words"]
 
 GATHER_BUDGET = 1 << 24  # words gathered per chunk (128 MiB): bounds memory for any pattern
 
@@ -45,33 +47,46 @@ def count_bits(rows: np.ndarray) -> int:
     return int(np.bitwise_count(rows).sum(dtype=np.int64))
 
 
-def or_rows_into(out: np.ndarray, source: np.ndarray, targets: np.ndarray, picks: np.ndarray) -> None:
-    """``out[targets[i]] |= source[picks[i]]`` for every i; ``targets`` sorted ascending.
+@dataclass(frozen=True, slots=True)
+class OrPlan:
+    """How to apply ``out[targets[i]] |= source[picks[i]]`` fast, worked out once per layer.
 
     Links along a diagonal (``targets - picks`` constant over a run of consecutive targets, as in
-    every window, band or stride) are applied as one OR of two slices: no gather, no copy. The rest
-    are gathered in chunks (``GATHER_BUDGET`` words at most) and OR-reduced per target.
+    every window, band or stride) become one OR of two slices: no gather, no copy. The rest are
+    gathered in chunks and OR-reduced per target.
     """
-    if len(targets) == 0:
-        return
-    offsets = targets - picks
-    order = np.lexsort((targets, offsets))  # by diagonal, then by target
-    t_sorted, d_sorted = targets[order], offsets[order]
-    # Runs of one diagonal over consecutive targets.
-    breaks = np.flatnonzero((np.diff(d_sorted) != 0) | (np.diff(t_sorted) != 1)) + 1
-    starts = np.concatenate(([0], breaks))
-    lengths = np.diff(np.concatenate((starts, [len(order)])))
-    long_runs = lengths >= _SLICE_MIN
-    for start, length in zip(starts[long_runs], lengths[long_runs], strict=True):
-        first, d = int(t_sorted[start]), int(d_sorted[start])
-        out[first : first + length] |= source[first - d : first - d + length]
-    rest = np.ones(len(order), bool)
-    rest[np.repeat(starts[long_runs], lengths[long_runs]) + _ranks(lengths[long_runs])] = False
-    if rest.all():
-        _gather_or(out, source, targets, picks)
-    elif rest.any():
+
+    slices: tuple[tuple[int, int, int], ...]  # (first target, first pick, length)
+    targets: np.ndarray  # the remaining links, sorted by target
+    picks: np.ndarray
+
+    @staticmethod
+    def of(targets: np.ndarray, picks: np.ndarray) -> OrPlan:
+        if len(targets) == 0:
+            return OrPlan((), targets, picks)
+        offsets = targets - picks
+        order = np.lexsort((targets, offsets))  # by diagonal, then by target
+        t_sorted, d_sorted = targets[order], offsets[order]
+        breaks = np.flatnonzero((np.diff(d_sorted) != 0) | (np.diff(t_sorted) != 1)) + 1
+        starts = np.concatenate(([0], breaks))
+        lengths = np.diff(np.concatenate((starts, [len(order)])))
+        long_runs = lengths >= _SLICE_MIN
+        slices = tuple((int(t_sorted[s]), int(t_sorted[s] - d_sorted[s]), int(length))
+                       for s, length in zip(starts[long_runs], lengths[long_runs], strict=True))
+        rest = np.ones(len(order), bool)
+        rest[np.repeat(starts[long_runs], lengths[long_runs]) + _ranks(lengths[long_runs])] = False
         keep = np.sort(order[rest])  # back to target order
-        _gather_or(out, source, targets[keep], picks[keep])
+        return OrPlan(slices, targets[keep], picks[keep])
+
+    def apply(self, out: np.ndarray, source: np.ndarray) -> None:
+        for first, pick, length in self.slices:
+            out[first : first + length] |= source[pick : pick + length]
+        _gather_or(out, source, self.targets, self.picks)
+
+
+def or_rows_into(out: np.ndarray, source: np.ndarray, targets: np.ndarray, picks: np.ndarray) -> None:
+    """``out[targets[i]] |= source[picks[i]]`` for every i; ``targets`` sorted ascending."""
+    OrPlan.of(targets, picks).apply(out, source)
 
 
 _SLICE_MIN = 32  # rows a diagonal run needs before a slice beats the gather
@@ -84,6 +99,8 @@ def _ranks(lengths: np.ndarray) -> np.ndarray:
 
 
 def _gather_or(out: np.ndarray, source: np.ndarray, targets: np.ndarray, picks: np.ndarray) -> None:
+    if len(targets) == 0:
+        return
     chunk = max(1, GATHER_BUDGET // max(1, source.shape[1]))
     for s in range(0, len(targets), chunk):
         t, p = targets[s : s + chunk], picks[s : s + chunk]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from patternc.lower.grid import Grid
-from patternc.reach.bits import identity, or_rows_into, prefix_mask, words
+from patternc.reach.bits import OrPlan, identity, prefix_mask, words
 from patternc.reach.layers import LayerFlow
 
 __all__ = ["BoundRun", "run_lower", "run_upper"]
@@ -86,10 +86,10 @@ def _run(flows: list[LayerFlow], grid: Grid, causal: bool, max_depth: int, lower
         if id(flow) not in steps:
             pick = flow.envelope_full if lower else slice(None)
             rows, cols = flow.blocks.rows[pick], flow.blocks.cols[pick]
-            steps[id(flow)] = (rows, cols, _bits(rows, cols, nb) if lower else None)
-        rows, cols, own = steps[id(flow)]
+            steps[id(flow)] = (OrPlan.of(rows, cols), _bits(rows, cols, nb) if lower else None)
+        plan, own = steps[id(flow)]
         new = state | own if lower else state.copy()  # lower: the layer's own blocks count at once
-        or_rows_into(new, state, rows, cols)
+        plan.apply(new, state)
         t += 1
         unchanged = unchanged + 1 if np.array_equal(new, state) else 0
         state = new

@@ -12,11 +12,12 @@ from functools import reduce
 
 import numpy as np
 
-from patternc.lower.algebra import Union
-from patternc.lower.diffs import Band
+from patternc.lower.algebra import Intersect, Union
+from patternc.lower.diffs import Band, Dilated, Stride
 from patternc.lower.grid import FULL, Grid
 from patternc.lower.node import Lowered
-from patternc.reach.bits import count_bits, identity, or_rows_into, prefix_mask
+from patternc.lower.rules import simplify
+from patternc.reach.bits import OrPlan, count_bits, identity, prefix_mask
 from patternc.reach.layers import LayerFlow, pairs_in_blocks
 
 __all__ = ["ExactRun", "run_exact"]
@@ -24,14 +25,12 @@ __all__ = ["ExactRun", "run_exact"]
 
 @dataclass(frozen=True, slots=True)
 class _Step:
-    """A layer ready to apply: its bands (a window, causal attention), then whatever else it
-    allows as FULL blocks by block row and the pairs of its PARTIAL blocks."""
+    """A layer ready to apply: its offset progressions (windows, dilations, strides), then
+    whatever else it allows as FULL blocks by block row and the pairs of its PARTIAL blocks."""
 
-    bands: tuple[Band, ...]
-    full_rows: np.ndarray
-    full_cols: np.ndarray
-    pair_q: np.ndarray
-    pair_k: np.ndarray
+    progressions: tuple[tuple[int, int, int], ...]  # (step, m_lo, m_hi): see _progression
+    full: OrPlan | None  # block row <- key block, for FULL blocks
+    pairs: OrPlan  # query <- key, for the pairs of PARTIAL blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,32 +46,62 @@ class ExactRun:
 
 
 def _union_terms(node: Lowered) -> list[Lowered]:
-    return [*_union_terms(node.left), *_union_terms(node.right)] if isinstance(node, Union) else [node]
+    """Terms whose union is ``node``; ``band & (a | b)`` is split into ``band & a``, ``band & b``
+    so that ``causal & (window(w) | global(g))`` yields the band ``causal & window(w)``."""
+    if isinstance(node, Union):
+        return [*_union_terms(node.left), *_union_terms(node.right)]
+    if isinstance(node, Intersect):
+        for band, other in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(band, Band) and isinstance(other, Union):
+                return [*_union_terms(simplify(Intersect(band, other.left))),
+                        *_union_terms(simplify(Intersect(band, other.right)))]
+    return [node]
+
+
+def _progression(term: Lowered, n: int) -> tuple[int, int, int] | None:
+    """(step, m_lo, m_hi) when ``term`` allows exactly the offsets ``q - k = step * m``,
+    ``m_lo <= m <= m_hi``: bands, dilations, strides and their intersections with bands."""
+    if isinstance(term, Band):
+        return 1, term.lo, term.hi
+    if isinstance(term, Dilated):
+        return term.d, 1 - term.w, term.w - 1
+    if isinstance(term, Stride):
+        return term.s, -((n - 1) // term.s), (n - 1) // term.s
+    if isinstance(term, Intersect):
+        for band, other in ((term.left, term.right), (term.right, term.left)):
+            inner = _progression(other, n) if isinstance(band, Band) else None
+            if inner is not None:
+                step, m_lo, m_hi = inner
+                return step, max(m_lo, -(-band.lo // step)), min(m_hi, band.hi // step)
+    return None
 
 
 def _prepare(flow: LayerFlow, grid: Grid) -> _Step:
-    # OR distributes over union: bands go through sliding ORs, the other terms through blocks.
-    terms = _union_terms(flow.node)
-    bands = tuple(t for t in terms if isinstance(t, Band))
-    others = [t for t in terms if not isinstance(t, Band)]
+    # OR distributes over union: offset progressions (windows, dilations, strides) go through
+    # sliding ORs, the other terms through blocks and pairs.
+    progressions, others = [], []
+    for term in _union_terms(flow.node):
+        found = _progression(term, grid.n)
+        (progressions if found else others).append(found or term)
+    z = np.zeros(0, np.int64)
     if not others:
-        z = np.zeros(0, np.int64)
-        return _Step(bands, z, z, z, z)
+        return _Step(tuple(progressions), None, OrPlan.of(z, z))
     rest = reduce(Union, others)
-    blocks = rest.enumerate(grid) if bands else flow.blocks
+    blocks = rest.enumerate(grid) if progressions else flow.blocks
     full = blocks.kinds == FULL
     pair_q, pair_k = pairs_in_blocks(rest, grid, blocks.rows[~full], blocks.cols[~full])
-    return _Step(bands, blocks.rows[full], blocks.cols[full], pair_q, pair_k)
+    full_plan = OrPlan.of(blocks.rows[full], blocks.cols[full]) if full.any() else None
+    return _Step(tuple(progressions), full_plan, OrPlan.of(pair_q, pair_k))
 
 
-def _or_over_band(state: np.ndarray, band: Band) -> np.ndarray:
+def _or_over_band(state: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Row q: OR of rows k with lo <= q - k <= hi (van Herk / Gil-Werman: O(n) whatever the width).
 
     Rows are cut in runs of the band's width; within each run a forward and a backward running OR
     are kept, and any window of exactly that width is one backward OR | one forward OR.
     """
     n, w = state.shape
-    lo, hi = max(band.lo, 1 - n), min(band.hi, n - 1)
+    lo, hi = max(lo, 1 - n), min(hi, n - 1)
     width = hi - lo + 1
     if width <= 0:
         return np.zeros_like(state)
@@ -88,16 +117,24 @@ def _or_over_band(state: np.ndarray, band: Band) -> np.ndarray:
     return backward[first] | forward[first + width - 1]
 
 
+def _or_over_progression(state: np.ndarray, step: int, m_lo: int, m_hi: int) -> np.ndarray:
+    """Row q: OR of rows q - step * m for m_lo <= m <= m_hi: a band within each residue class."""
+    out = np.zeros_like(state)
+    for r in range(min(step, len(state))):
+        out[r::step] = _or_over_band(state[r::step], m_lo, m_hi)
+    return out
+
+
 def _apply(state: np.ndarray, step: _Step, grid: Grid) -> np.ndarray:
     new = state.copy()
-    for band in step.bands:
-        new |= _or_over_band(state, band)
-    if len(step.full_rows):
+    for progression in step.progressions:
+        new |= _or_over_progression(state, *progression)
+    if step.full is not None:
         key_blocks = np.bitwise_or.reduceat(state, np.arange(0, grid.n, grid.bk), axis=0)  # (nbk, W)
         heard = np.zeros((grid.nbq, state.shape[1]), np.uint64)
-        or_rows_into(heard, key_blocks, step.full_rows, step.full_cols)
+        step.full.apply(heard, key_blocks)
         new |= np.repeat(heard, grid.bq, axis=0)[: grid.n]
-    or_rows_into(new, state, step.pair_q, step.pair_k)
+    step.pairs.apply(new, state)
     return new
 
 

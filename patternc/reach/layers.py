@@ -13,10 +13,11 @@ from functools import reduce
 import numpy as np
 
 from patternc.compiled import CompiledPattern
+from patternc.layout import Layout
 from patternc.lower.algebra import Difference, Union
 from patternc.lower.diffs import Band
-from patternc.lower.grid import EMPTY, FULL, Blocks, Grid
-from patternc.lower.node import Lowered, block_masks, distinct_blocks
+from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
+from patternc.lower.node import Lowered, block_masks, distinct_blocks, resolve
 from patternc.lower.rules import simplify
 
 __all__ = ["LayerFlow", "layer_flows", "pairs_in_blocks"]
@@ -37,17 +38,39 @@ def layer_flows(cp: CompiledPattern, causal: bool) -> list[LayerFlow]:
     flows: dict[frozenset, LayerFlow] = {}
     out = []
     for layer in range(cp.layers):
-        heads = frozenset(cp.node(layer, h) for h in range(cp.heads))
-        if heads not in flows:
-            flows[heads] = _flow(heads, cp.grid, causal)
-        out.append(flows[heads])
+        heads = {cp.node(layer, h): cp.block_layout(layer, h) for h in range(cp.heads)}
+        key = frozenset(heads)
+        if key not in flows:
+            flows[key] = _flow(heads, cp.grid, causal)
+        out.append(flows[key])
     return out
 
 
-def _flow(heads: frozenset, grid: Grid, causal: bool) -> LayerFlow:
-    # Sort by repr so the union is built the same way every run (frozenset order is not stable).
+def _merge(heads: dict[Lowered, Layout], node: Lowered, grid: Grid) -> Blocks:
+    """The union's blocks from the heads' compiled layouts: a block is FULL if any head's is,
+    and a block several heads hold only partially is settled by counting pairs."""
+    if len(heads) == 1:
+        (layout,) = heads.values()
+        return Blocks(layout.rows(), layout.indices.astype(np.int64),
+                      np.where(layout.full, FULL, PARTIAL).astype(KIND))
+    keys = np.concatenate([l.rows() * grid.nbk + l.indices for l in heads.values()])
+    kinds = np.concatenate([np.where(l.full, FULL, PARTIAL).astype(KIND) for l in heads.values()])
+    order = np.argsort(keys, kind="stable")
+    keys, kinds = keys[order], kinds[order]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    merged = np.maximum.reduceat(kinds, starts) if len(keys) else kinds
+    shared = np.diff(np.append(starts, len(keys))) > 1
+    rows, cols = keys[starts] // grid.nbk, keys[starts] % grid.nbk
+    undecided = shared & (merged == PARTIAL)
+    if undecided.any():
+        merged[undecided] = resolve(node, grid, rows[undecided], cols[undecided])
+    return Blocks(rows, cols, merged)
+
+
+def _flow(heads: dict[Lowered, Layout], grid: Grid, causal: bool) -> LayerFlow:
+    # Sort by repr so the union is built the same way every run (dict order follows the heads).
     node = reduce(lambda a, b: simplify(Union(a, b)), sorted(heads, key=repr))
-    blocks = node.enumerate(grid)
+    blocks = _merge(heads, node, grid)
     full = blocks.kinds == FULL
     if not causal:
         return LayerFlow(node, blocks, full)

@@ -51,6 +51,7 @@ class ReachReport:
     mixing_depth: int | None
     mixing_depth_bounds: tuple[int | None, int | None]
     never: bool
+    max_depth: int  # layers run (the stack repeated) looking for the mixing depth
     covered_fraction: float
     covered_bounds: tuple[float, float]
     growth: tuple[tuple[float, float], ...]  # (lower, upper) covered fraction after each layer
@@ -80,7 +81,10 @@ class ReachReport:
         return found
 
     def to_dict(self) -> dict:
+        """JSON-ready: ``empty_rows`` is the count, ``empty_row_examples`` the first few."""
         data = asdict(self)
+        data["empty_row_examples"] = data.pop("empty_rows")
+        data["empty_rows"] = data.pop("empty_row_count")
         data["covered"] = self.covered
         data["errors"] = self.errors
         return data
@@ -126,6 +130,7 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
     return ReachReport(
         n=cp.n, block=(block, block), layers=cp.layers, heads=cp.heads, causal=causal, exact=exact,
         mixing_depth=mixing, mixing_depth_bounds=depth_bounds, never=never,
+        max_depth=max(max_depth, cp.layers),
         covered_fraction=lower, covered_bounds=(lower, upper), growth=growth,
         unreachable=unreachable, closest_path=path, empty_rows=empty, empty_row_count=empty_count,
         causal_leak=leak,
@@ -137,18 +142,18 @@ def _square(cp: CompiledPattern, block: int) -> CompiledPattern:
     return cp if cp.block == (block, block) else compile(cp.stack, cp.n, (block, block), cp.params)
 
 
-UPPER_BUDGET = 1 << 27  # words OR-ed per layer by the upper bound (about a second here)
+UPPER_BUDGET = 1 << 29  # words OR-ed per layer by the upper bound (mostly streaming slices)
 
 
 def _coarse(cp: CompiledPattern, block: int) -> CompiledPattern:
-    """The stack at the finest square block (from ``block``, doubling) whose layers the upper
-    bound can afford: stored blocks x words per row within ``UPPER_BUDGET``."""
-    while True:
-        square = _square(cp, block)
-        stored = max(len(square.layout(l, h)[1]) for l in range(cp.layers) for h in range(cp.heads))
-        if stored * cp.heads * words(square.grid.nbq) <= UPPER_BUDGET or block >= cp.n:
-            return square
-        block *= 2
+    """The stack at a square block (``block``, doubled as needed) whose layers the upper bound can
+    afford: a head's stored blocks x words per row within ``UPPER_BUDGET``. Doubling the block at
+    least halves the stored blocks, so the size is chosen from ``block``'s layouts, then compiled."""
+    square = _square(cp, block)
+    stored = max(len(square.layout(l, h)[1]) for l in range(cp.layers) for h in range(cp.heads))
+    while stored * words(-(-cp.n // block)) > UPPER_BUDGET and block < cp.n:
+        block, stored = 2 * block, stored / 2
+    return _square(cp, block)
 
 
 def _empty_rows(cp: CompiledPattern) -> tuple[tuple[tuple[int, int, int], ...], int]:
