@@ -75,7 +75,7 @@ def test_block_level_bounds_above_the_exact_limit(capsys):
 
 def test_growth_png(capsys, tmp_path):
     png = tmp_path / "growth.png"
-    code, out, _ = run(capsys, "check", STRIDED, "--n", "1024", "--png", str(png))
+    code, _, _ = run(capsys, "check", STRIDED, "--n", "1024", "--png", str(png))
     assert code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import patternc
 from patternc import Override, Stack
 from patternc.reach import ReachReport, reach
+from patternc.reach.layers import coarsen, drawn_on_blocks, layer_flows
 
 # ---- the oracle ----------------------------------------------------------------------------------
 
@@ -190,6 +192,35 @@ def test_findings_match_dense_heads(case):
     assert bool(report.errors) == bool(empty or report.causal_leak)
 
 
+# The exact run slides ORs along offset progressions (bands, dilations, strides and their
+# intersections with a band) instead of visiting pairs; these pin each shape against the oracle.
+PROGRESSIONS = [
+    pytest.param("window(5) & stride(3)", id="window_and_stride"),
+    pytest.param("band(-5, 7) & dilated(4, 3)", id="band_and_dilated"),
+    pytest.param("band(2, 9) & stride(4)", id="band_past_zero_and_stride"),
+    pytest.param("band(-7, -2) & stride(2)", id="future_band_and_stride"),
+    pytest.param("dilated(3, 4)", id="dilated"),
+    pytest.param("stride(7)", id="stride"),
+    pytest.param("band(-3, 1)", id="band"),
+    pytest.param("causal & (window(6) | stride(5))", id="causal_window_or_stride"),
+    pytest.param("causal & (window(4) | global(2))", id="causal_window_or_global"),
+    pytest.param("(band(-7, -2) & stride(2)) | chunk(5)", id="progression_or_chunk"),
+    pytest.param("causal & (dilated(2, 9) | window(3) | columns([40]))", id="three_terms"),
+]
+
+
+@pytest.mark.parametrize("expr", PROGRESSIONS)
+@pytest.mark.parametrize("n, block", [pytest.param(61, 8, id="n61_b8"),
+                                      pytest.param(100, (4, 16), id="n100_b4x16")])
+def test_offset_progressions_match_oracle(expr, n, block):
+    stack = Stack(expr, layers=3, heads=2, overrides=(Override("causal & window(2)", (1, 2), (1, 2)),))
+    cp = patternc.compile(stack, n=n, block=block)
+    report = reach(cp, max_depth=10)
+    want = oracle(cp, 10)
+    assert [lo for lo, _ in report.growth] == list(want.growth)
+    assert (report.mixing_depth, report.never) == (want.mixing, want.never)
+
+
 # ---- 2. known results ----------------------------------------------------------------------------
 
 
@@ -306,6 +337,18 @@ def test_chunks_interleaved_with_dense_mix_at_the_dense_layer(layers, dense_at):
     assert all(lo == 1.0 for lo, _ in report.growth[dense_at:])
 
 
+@pytest.mark.parametrize("n, want", [pytest.param(57, 8, id="needs_8"), pytest.param(58, None, id="needs_9")])
+def test_default_max_depth_is_eight_layers_for_a_one_layer_stack(n, want):
+    report = reach(patternc.compile("causal & window(8)", n=n, block=8))  # ceil((n - 1) / 7) layers
+    assert report.mixing_depth == want
+    assert not report.never
+
+
+def test_reach_takes_a_compiled_pattern():
+    with pytest.raises(patternc.PatternError, match="CompiledPattern"):
+        reach("causal & window(8)")
+
+
 def test_shipped_llama4_chunked_stack_mixes_at_its_first_global_layer():
     cp = patternc.compile("conf/pattern/chunked_interleaved.yaml", n=2048, params={"c": 256})
     report = reach(cp)
@@ -361,6 +404,23 @@ def test_block_bounds_bracket_exact(case):
         assert want.envelope[q, k] and not want.at_depth[q, k]
 
 
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(cases(), st.sampled_from([1, 2, 3]))
+def test_merging_blocks_equals_recompiling_at_the_coarser_block(case, times):
+    # Stacks with random() are merged, not recompiled; this pins the merge on stacks where
+    # recompiling is the same pattern: both must give the same blocks, kinds and envelope-full marks.
+    cp = case.compile()
+    assume(not drawn_on_blocks(cp))
+    block = math.lcm(*case.block) * times
+    want = layer_flows(patternc.compile(case.stack, n=case.n, block=block), cp.causal)
+    for layer, (fine, coarse) in enumerate(zip(layer_flows(cp, cp.causal), want, strict=True)):
+        got = coarsen(fine, cp.grid, block, cp.causal)
+        for name in ("rows", "cols", "kinds"):
+            assert np.array_equal(getattr(got.blocks, name), getattr(coarse.blocks, name)), (layer, name)
+        assert np.array_equal(got.envelope_full, coarse.envelope_full), layer
+
+
 @pytest.mark.parametrize("spec, n, block", [
     pytest.param("all", 1000, 16, id="all"),
     pytest.param("causal", 1000, 16, id="causal"),
@@ -376,11 +436,64 @@ def test_block_bounds_are_tight_for_dense_patterns(spec, n, block):
     assert report.covered
 
 
+@pytest.mark.parametrize("stack, n, block", [
+    # two heads PARTIAL in every block, FULL together: the layer's union must see it
+    pytest.param(Stack("stride(2)", heads=2, overrides=(Override("~stride(2)", None, (1, 2)),)), 64, 8,
+                 id="complementary_heads"),
+    pytest.param(Stack("causal & stride(3)", heads=3,
+                       overrides=(Override("causal & ~stride(3)", None, (1, 2)),)), 70, 8,
+                 id="complementary_causal_heads"),
+    # random() keeps its own (rectangular) blocks: the bounds merge them instead of recompiling
+    pytest.param(Stack("causal", heads=2,
+                       overrides=(Override("causal & random(1, seed=0)", None, (1, 2)),)), 64, (4, 8),
+                 id="causal_with_random_rect"),
+    pytest.param(Stack("all", heads=2, overrides=(Override("random(2, seed=1)", None, (1, 2)),)),
+                 61, (6, 4), id="all_with_random_rect"),
+])
+def test_block_bounds_are_tight_for_dense_unions(stack, n, block):
+    report = reach(patternc.compile(stack, n=n, block=block), exact_limit=0)
+    assert report.growth == ((1.0, 1.0),)
+    assert report.mixing_depth == 1
+
+
 def test_block_bounds_are_tight_for_block_aligned_chunks():
     # chunk(32) at block 16: every block is FULL or EMPTY, so both bounds are the exact 1/8
     report = reach(patternc.compile("chunk(32)", n=256, block=16), exact_limit=0, max_depth=4)
     assert report.covered_bounds == (1 / 8, 1 / 8)
     assert report.never
+
+
+# Rows 16..23 hear keys 0..7 in full; one future pair (0, 8) lies in a block above the diagonal. A
+# lower bound that counted that block as "every envelope pair covered" (it has none) would claim,
+# after two layers, that 16..23 heard all of 8..15; they heard only key 8.
+_ABOVE = "(~prefix(16) & prefix(24) & sink(8)) | (diagonals([-8]) & sink(9))"
+
+
+@pytest.mark.parametrize("stack, block", [
+    pytest.param(Stack(_ABOVE, layers=2, causal=True), 8, id="recompiled"),
+    pytest.param(Stack(_ABOVE, layers=2, heads=2, causal=True,
+                       overrides=(Override("random(1, seed=0) & diagonals([0])", None, (1, 2)),)),
+                 (4, 8), id="drawn_on_rect_blocks"),
+])
+def test_lower_bound_ignores_blocks_above_the_diagonal(stack, block):
+    cp = patternc.compile(stack, n=32, block=block)
+    exact = reach(cp, max_depth=2)
+    blocks = reach(cp, max_depth=2, exact_limit=0)
+    assert cp.causal and exact.causal_leak is not None
+    for (lo, hi), (truth, _) in zip(blocks.growth, exact.growth, strict=True):
+        assert lo <= truth <= hi
+
+
+@pytest.mark.parametrize("exact_limit", [pytest.param(8192, id="exact"), pytest.param(0, id="bounds")])
+def test_a_layer_that_adds_nothing_is_not_a_fixpoint(exact_limit):
+    # The self-only layer changes nothing; only a whole cycle without change proves "never".
+    stack = Stack("causal & window(8)", layers=2, overrides=(Override("diagonals([0])", (1, 2), None),))
+    report = reach(patternc.compile(stack, n=64, block=8), exact_limit=exact_limit, max_depth=40)
+    assert not report.never
+    first, last = report.mixing_depth_bounds
+    assert first is not None and first <= 17 and (last is None or last >= 17)  # 9 windows: depth 17
+    if exact_limit:
+        assert report.mixing_depth == 17
 
 
 def test_block_bounds_on_a_strided_stack_bracket_depth_two():
@@ -473,9 +586,9 @@ def test_report_to_dict_is_json_ready():
 # ---- 5. the closest path -------------------------------------------------------------------------
 
 
-def stored_blocks(cp: patternc.CompiledPattern) -> np.ndarray:
-    """(L, nb, nb) bool: some head of layer l allows a pair in block (Q, K); square blocks."""
-    b, n = cp.block[0], cp.n
+def stored_blocks(cp: patternc.CompiledPattern, b: int) -> np.ndarray:
+    """(L, nb, nb) bool: some head of layer l allows a pair in square block (Q, K) of side b."""
+    n = cp.n
     nb = -(-n // b)
     pad = np.zeros((cp.layers, nb * b, nb * b), bool)
     pad[:, :n, :n] = cp.to_dense().any(axis=1)
@@ -486,7 +599,7 @@ def check_path(report: ReachReport, cp: patternc.CompiledPattern) -> None:
     """The path starts at k's block before layer 1, takes one edge of the layered block graph per
     layer and ends, at the stack's depth, at the block nearest q's among those k's block reaches."""
     b = report.block[0]
-    assert cp.block == (b, b)
+    assert report.block == (b, b)
     q, k = report.unreachable
     path = report.closest_path
     assert path is not None
@@ -494,9 +607,9 @@ def check_path(report: ReachReport, cp: patternc.CompiledPattern) -> None:
     for _, first, last in path:
         assert first % b == 0 and last == min(first + b, cp.n) - 1
     assert path[0][1] == k // b * b
-    stored = stored_blocks(cp)
+    stored = stored_blocks(cp, b)
     blocks = [first // b for _, first, _ in path]
-    for t, (x, y) in enumerate(zip(blocks, blocks[1:], strict=False), start=1):
+    for t, (x, y) in enumerate(pairwise(blocks), start=1):
         assert y == x or stored[t - 1, y, x], f"layer {t}: no edge from block {x} to block {y}"
     reached = np.zeros(stored.shape[1], bool)
     reached[k // b] = True
@@ -522,7 +635,7 @@ def test_closest_path_of_a_too_shallow_causal_window(n, w, block, layers):
     # a window moves information by at most ceil((w - 1) / b) blocks per layer, and here it does
     hop = -(-(w - 1) // block)
     blocks = [first // block for _, first, _ in report.closest_path]
-    assert all(0 <= y - x <= hop for x, y in zip(blocks, blocks[1:], strict=False))
+    assert all(0 <= y - x <= hop for x, y in pairwise(blocks))
     assert blocks[-1] == min(layers * hop, (n - 1) // block)
 
 
@@ -533,6 +646,9 @@ def test_closest_path_of_a_too_shallow_causal_window(n, w, block, layers):
                  id="window_and_stride"),
     pytest.param(Stack("band(-2, 3) | global(1)"), 70, 4, id="band_global"),
     pytest.param(Stack("causal & chunk(16)", layers=3), 100, 16, id="causal_chunks"),
+    pytest.param(Stack("causal & (window(5) | global(1))", layers=2), 100, (4, 16), id="rect_block"),
+    pytest.param(Stack("causal & (window(3) | random(1, seed=2))", layers=2), 96, (4, 8),
+                 id="random_rect_block"),
 ])
 @pytest.mark.parametrize("exact_limit", [pytest.param(8192, id="exact"), pytest.param(0, id="bounds")])
 def test_closest_path_is_a_path_of_the_block_graph(stack, n, block, exact_limit):

@@ -7,7 +7,7 @@ heads together cover a block, resolved pair by pair where needed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from functools import reduce
 
 import numpy as np
@@ -16,11 +16,12 @@ from patternc.compiled import CompiledPattern
 from patternc.layout import Layout
 from patternc.lower.algebra import Difference, Union
 from patternc.lower.diffs import Band
-from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
+from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid, expand_ranges
 from patternc.lower.node import Lowered, block_masks, distinct_blocks, resolve
+from patternc.lower.random_blocks import RandomBlocks
 from patternc.lower.rules import simplify
 
-__all__ = ["LayerFlow", "layer_flows", "pairs_in_blocks"]
+__all__ = ["LayerFlow", "coarsen", "drawn_on_blocks", "layer_flows", "pairs_in_blocks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +55,13 @@ def _merge(heads: dict[Lowered, Layout], node: Lowered, grid: Grid) -> Blocks:
         return Blocks(layout.rows(), layout.indices.astype(np.int64),
                       np.where(layout.full, FULL, PARTIAL).astype(KIND))
     keys = np.concatenate([l.rows() * grid.nbk + l.indices for l in heads.values()])
+    if len(keys) == 0:  # no head stores a block (none, or emptied by the length)
+        return Blocks.empty()
     kinds = np.concatenate([np.where(l.full, FULL, PARTIAL).astype(KIND) for l in heads.values()])
     order = np.argsort(keys, kind="stable")
     keys, kinds = keys[order], kinds[order]
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    merged = np.maximum.reduceat(kinds, starts) if len(keys) else kinds
+    merged = np.maximum.reduceat(kinds, starts)
     shared = np.diff(np.append(starts, len(keys))) > 1
     rows, cols = keys[starts] // grid.nbk, keys[starts] % grid.nbk
     undecided = shared & (merged == PARTIAL)
@@ -84,6 +87,44 @@ def _flow(heads: dict[Lowered, Layout], grid: Grid, causal: bool) -> LayerFlow:
     covered = np.zeros(len(blocks), bool)
     covered[crossing] = missing.classify(grid, blocks.rows[crossing], blocks.cols[crossing]) == EMPTY
     return LayerFlow(node, blocks, (below & full) | covered)
+
+
+def drawn_on_blocks(cp: CompiledPattern) -> bool:
+    """Whether some head uses ``random()``: its draw is made on ``cp``'s own blocks, so the stack
+    compiled at another block size is another pattern, and ``cp`` must not be recompiled."""
+
+    def drawn(node) -> bool:
+        if isinstance(node, RandomBlocks):
+            return True
+        return is_dataclass(node) and any(drawn(getattr(node, f.name)) for f in fields(node))
+
+    return any(drawn(cp.node(l, h)) for l in range(cp.layers) for h in range(cp.heads))
+
+
+def coarsen(flow: LayerFlow, grid: Grid, block: int, causal: bool) -> LayerFlow:
+    """The same layer on square blocks of ``block`` tokens, a multiple of both sides of ``grid``'s
+    blocks, without recompiling. A coarse block holds whole blocks of ``grid``: it is stored when
+    one of them is, FULL when all are, envelope-full when every one meeting the envelope is."""
+    assert block % grid.bq == 0 and block % grid.bk == 0, "coarse blocks must hold whole blocks"
+    coarse = Grid(grid.n, block, block)
+    fine = flow.blocks
+    key = (fine.rows * grid.bq // block) * coarse.nbk + fine.cols * grid.bk // block
+    keys, inverse = np.unique(key, return_inverse=True)
+    rows, cols = keys // coarse.nbk, keys % coarse.nbk
+    r0, c0 = rows * (block // grid.bq), cols * (block // grid.bk)  # fine blocks inside: [r0, r1)
+    r1 = np.minimum(r0 + block // grid.bq, grid.nbq)
+    c1 = np.minimum(c0 + block // grid.bk, grid.nbk)
+    full = np.bincount(inverse, fine.kinds == FULL, len(keys)) == (r1 - r0) * (c1 - c0)
+    if causal:  # fine blocks meeting k <= q: in fine row r, columns up to (r's last query) // bk
+        owner, r = expand_ranges(np.arange(len(keys)), r0, r1 - 1)
+        last = (np.minimum((r + 1) * grid.bq, grid.n) - 1) // grid.bk
+        meeting = np.bincount(owner, np.clip(last + 1, c0[owner], c1[owner]) - c0[owner], len(keys))
+    else:
+        meeting = (r1 - r0) * (c1 - c0)
+    # A coarse block above the diagonal meets no envelope pair: never envelope-full (0 == 0).
+    envelope_full = (meeting > 0) & (np.bincount(inverse, flow.envelope_full, len(keys)) == meeting)
+    return LayerFlow(flow.node, Blocks(rows, cols, np.where(full, FULL, PARTIAL).astype(KIND)),
+                     envelope_full)
 
 
 def pairs_in_blocks(node: Lowered, grid: Grid, rows: np.ndarray, cols: np.ndarray,

@@ -12,17 +12,19 @@ by bit; beyond, it gives sound block-level bounds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from patternc.compiled import CompiledPattern, compile
 from patternc.errors import PatternSizeError
+from patternc.lower.grid import Grid
 from patternc.reach.bits import prefix_mask, words
 from patternc.reach.bounds import run_lower, run_upper
 from patternc.reach.exact import run_exact
 from patternc.reach.findings import empty_rows, future_pair
-from patternc.reach.layers import layer_flows
+from patternc.reach.layers import LayerFlow, coarsen, drawn_on_blocks, layer_flows
 from patternc.reach.path import closest_path
 
 __all__ = ["EXACT_LIMIT", "ReachReport", "reach"]
@@ -104,28 +106,31 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
     max_depth = max(2 * cp.layers, 8) if max_depth is None else max_depth
     causal = cp.causal
     exact = cp.n <= exact_limit
-    block = max(cp.block)  # square blocks for the layered graph and the bounds
-    square = _square(cp, block)
-    flows = layer_flows(square, causal)
+    # random() is drawn on cp's own blocks: such a stack is analysed on them, never recompiled.
+    own = layer_flows(cp, causal) if drawn_on_blocks(cp) else None
+    block = max(cp.block) if own is None else math.lcm(*cp.block)  # square, for graph and bounds
+    flows, grid = _square_flows(cp, block, causal, own)
     empty, empty_count = _empty_rows(cp)
     leak = _causal_leak(cp) if cp.stack.causal else None
     if exact:
-        fine = _square(cp, min(EXACT_BLOCK, block))
-        run = run_exact(layer_flows(fine, causal), fine.grid, causal, max_depth)
+        if own is None:
+            fine = _square(cp, min(EXACT_BLOCK, block))
+            run = run_exact(layer_flows(fine, causal), fine.grid, causal, max_depth)
+        else:
+            run = run_exact(own, cp.grid, causal, max_depth)
         growth = tuple((g, g) for g in run.growth)
         depth_bounds = (run.mixing_depth, run.mixing_depth) if run.mixing_depth else (None, None)
         unreachable = _missing_pair(run.state, run.envelope, cp.n)
         mixing, never = run.mixing_depth, run.never
     else:
-        low = run_lower(flows, square.grid, causal, max_depth)
-        high = run_upper(layer_flows(_coarse(cp, block), causal), _coarse(cp, block).grid, causal,
-                         max_depth)
+        low = run_lower(flows, grid, causal, max_depth)
+        high = run_upper(*_upper_flows(cp, block, causal, own), causal, max_depth)
         growth = tuple(zip(low.growth, high.growth, strict=True))
         depth_bounds = (high.depth, low.depth)
         mixing = low.depth if low.depth is not None and low.depth == high.depth else None
         never = high.stalled
-        unreachable = _missing_block_pair(high.state, _coarse(cp, block), causal)
-    path = closest_path(flows, square.grid, unreachable) if unreachable else None
+        unreachable = _missing_block_pair(high.state, high.grid, causal)
+    path = closest_path(flows, grid, unreachable) if unreachable else None
     lower, upper = growth[-1]
     return ReachReport(
         n=cp.n, block=(block, block), layers=cp.layers, heads=cp.heads, causal=causal, exact=exact,
@@ -154,6 +159,37 @@ def _coarse(cp: CompiledPattern, block: int) -> CompiledPattern:
     while stored * words(-(-cp.n // block)) > UPPER_BUDGET and block < cp.n:
         block, stored = 2 * block, stored / 2
     return _square(cp, block)
+
+
+def _coarsened(own: list[LayerFlow], grid: Grid, block: int, causal: bool) -> list[LayerFlow]:
+    done: dict[int, LayerFlow] = {}
+    for flow in own:
+        if id(flow) not in done:
+            done[id(flow)] = coarsen(flow, grid, block, causal)
+    return [done[id(flow)] for flow in own]
+
+
+def _square_flows(cp: CompiledPattern, block: int, causal: bool, own: list[LayerFlow] | None,
+                  ) -> tuple[list[LayerFlow], Grid]:
+    """The layers on square blocks of ``block`` tokens: the stack recompiled at that block, or,
+    when it is drawn on its own blocks (``own``, its layers there), those blocks merged."""
+    if own is None:
+        square = _square(cp, block)
+        return layer_flows(square, causal), square.grid
+    return _coarsened(own, cp.grid, block, causal), Grid(cp.n, block, block)
+
+
+def _upper_flows(cp: CompiledPattern, block: int, causal: bool, own: list[LayerFlow] | None,
+                 ) -> tuple[list[LayerFlow], Grid]:
+    """The layers at the square block the upper bound can afford (see ``_coarse``)."""
+    if own is None:
+        coarse = _coarse(cp, block)
+        return layer_flows(coarse, causal), coarse.grid
+    flows = _coarsened(own, cp.grid, block, causal)
+    while max(len(f.blocks) for f in flows) * words(-(-cp.n // block)) > UPPER_BUDGET and block < cp.n:
+        block *= 2  # still a multiple of both block sides
+        flows = _coarsened(own, cp.grid, block, causal)
+    return flows, Grid(cp.n, block, block)
 
 
 def _empty_rows(cp: CompiledPattern) -> tuple[tuple[tuple[int, int, int], ...], int]:
@@ -225,9 +261,9 @@ def _missing_pair(state: np.ndarray, envelope: np.ndarray | None, n: int) -> tup
     return _farthest(missing, n)
 
 
-def _missing_block_pair(upper: np.ndarray, cp: CompiledPattern, causal: bool) -> tuple[int, int] | None:
+def _missing_block_pair(upper: np.ndarray, grid: Grid, causal: bool) -> tuple[int, int] | None:
     """A token pair in an envelope block the upper bound never reaches (certainly unreachable)."""
-    nb = cp.grid.nbq
+    nb = grid.nbq
     envelope = prefix_mask(nb, nb) if causal else ~np.zeros((nb, words(nb)), np.uint64)
     missing = envelope & ~upper
     missing[:, -1] &= _valid_tail(nb)
@@ -235,8 +271,7 @@ def _missing_block_pair(upper: np.ndarray, cp: CompiledPattern, causal: bool) ->
     if pair is None:
         return None
     qb, kb = pair
-    b = cp.block[0]
-    return min((qb + 1) * b, cp.n) - 1, kb * b
+    return min((qb + 1) * grid.bq, grid.n) - 1, kb * grid.bk
 
 
 def _valid_tail(width: int) -> np.uint64:
