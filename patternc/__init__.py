@@ -7,6 +7,7 @@
 """
 
 from patternc.compiled import CompiledPattern, PatternStats, compile
+from patternc.cost import Measurement, measure
 from patternc.errors import (
     LayoutFileError,
     PatternError,
@@ -30,6 +31,7 @@ __all__ = [
     "HeadStats",
     "Layout",
     "LayoutFileError",
+    "Measurement",
     "Override",
     "PatternError",
     "PatternMeaningError",
@@ -44,6 +46,7 @@ __all__ = [
     "compile",
     "load",
     "load_stack",
+    "measure",
     "parse",
     "reach",
     "unparse",

@@ -3,6 +3,7 @@
     patternc compile "causal & (window(512) | global(4))" --n 131072 --json
     patternc show conf/pattern/longformer.yaml --n 8192 --layer 6 --head 0 --png longformer.png
     patternc export conf/pattern/bigbird.yaml --n 65536 --format bsr -o outputs/bigbird.safetensors
+    patternc bench "causal & window(512)" --n 16384 --backend reference --dtype bf16
 
 Bad input exits with status 2 and the error, caret included, on stderr.
 """
@@ -83,7 +84,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{name}: {what}" for name, what in EXPORT_FORMATS.items()))
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="file to write (parents are made)")
     p.add_argument("--masks", action="store_true", help="bsr: also write per-block token masks")
+
+    p = commands.add_parser("bench", help="time one layer on a kernel against dense causal SDPA")
+    _common(p)
+    p.add_argument("--backend", required=True, choices=("reference", "flex", "sdpa"))
+    p.add_argument("--dtype", choices=BENCH_DTYPES, default="bf16")
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=None, help="default: the stack's heads")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--layer", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-cache", action="store_true", help="measure even if a cached result exists")
     return parser
+
+
+BENCH_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 
 EXPORT_FORMATS = {
@@ -194,6 +210,32 @@ def _check(cp: CompiledPattern, args) -> int:
     return 1 if failed else 0
 
 
+def _bench(cp: CompiledPattern, args) -> None:
+    import torch
+
+    from patternc.cost import measure
+
+    for name in ("head_dim", "batch", "repeats"):
+        if getattr(args, name) < 1:
+            raise PatternError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise PatternError(f"--warmup must be at least 0, got {args.warmup}")
+    if not 0 <= args.layer < cp.layers:
+        raise PatternError(f"--layer {args.layer} is outside this stack of {cp.layers} layers")
+    try:
+        m = measure(cp, batch=args.batch, heads=args.heads, head_dim=args.head_dim, backend=args.backend,
+                    dtype=getattr(torch, BENCH_DTYPES[args.dtype]), layer=args.layer,
+                    repeats=args.repeats, warmup=args.warmup, cache=not args.no_cache)
+    except ValueError as err:  # heads that do not fit the stack
+        raise PatternError(str(err)) from None
+    bq, bk = m.block
+    print(f"n = {m.n}, block {bq}x{bk}, layer {m.layer}, batch {m.batch} x {m.heads} heads x d {m.head_dim}, "
+          f"{m.dtype}, {m.threads} threads")
+    print(f"{m.backend}: {1e3 * m.seconds:.3f} ms (median of {m.repeats})")
+    print(f"dense causal sdpa: {1e3 * m.baseline_seconds:.3f} ms")
+    print(f"ratio: {m.ratio:.3f} (speedup {1 / m.ratio:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -204,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(cp, args)
         elif args.command == "export":
             _export(cp, args)
+        elif args.command == "bench":
+            _bench(cp, args)
         else:
             if not (0 <= args.layer < cp.layers and 0 <= args.head < cp.heads):
                 raise PatternError(f"--layer {args.layer} --head {args.head} is outside this stack of "

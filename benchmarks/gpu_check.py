@@ -1,0 +1,91 @@
+"""GPU check: compiled FlexAttention with our BlockMask against dense causal SDPA at 32k-128k in
+bf16, its output against our reference kernel, and FlashInfer's block-sparse wrapper with our BSR
+when ``flashinfer`` imports. Sized to finish in a few minutes on one GPU.
+
+    python benchmarks/gpu_check.py          # prints "CUDA not available: skipping" without CUDA
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import patternc
+from patternc.kernels import block_sparse_attention, causal_sdpa, compiled_flex
+
+PATTERN = "causal & (window(2048) | sink(64))"
+HEADS, D = 8, 64  # (1, 8, n, 64) bf16, as in the CPU benchmark
+TOLERANCE = 2e-2  # bf16 inputs, float32 softmax on both sides
+
+
+def cuda_ms(fn, repeats: int = 5) -> float:
+    """Median milliseconds of ``fn`` after one warm-up call, timed with CUDA events."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def flashinfer_check(cp, q, k, v, ref) -> str:
+    """Run FlashInfer's BlockSparseAttentionWrapper with our BSR; the one layout serves every head."""
+    try:
+        import flashinfer
+    except ImportError:
+        return "flashinfer not installed: skipped"
+    b = cp.to_bsr(0, 0, with_masks=True)
+    M, N = b.nbq * b.block[0], b.nbk * b.block[1]  # whole blocks: pad past n (masks are False there)
+    n = cp.n
+
+    def tokens_first(x, rows):  # (1, H, n, d) -> (rows, H, d), zero-padded
+        return torch.nn.functional.pad(x[0].transpose(0, 1), (0, 0, 0, 0, 0, rows - n)).contiguous()
+
+    workspace = torch.empty(128 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    wrapper = flashinfer.BlockSparseAttentionWrapper(workspace)
+    wrapper.plan(torch.from_numpy(b.indptr).cuda(), torch.from_numpy(b.indices).cuda(), M, N, *b.block,
+                 HEADS, HEADS, D, mask=torch.from_numpy(b.masks).cuda(), q_data_type=q.dtype)
+    qf, kf, vf = tokens_first(q, M), tokens_first(k, N), tokens_first(v, N)
+    ms = cuda_ms(lambda: wrapper.run(qf, kf, vf))
+    out = wrapper.run(qf, kf, vf)[:n].transpose(0, 1)[None]  # (M, H, d) -> (1, H, n, d)
+    err = (out.float() - ref.float()).abs().max().item()
+    return f"flashinfer: {ms:.2f} ms, max |flashinfer - reference| = {err:.2e}" + (
+        "" if err < TOLERANCE else "  MISMATCH")
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("CUDA not available: skipping")
+        return 0
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {PATTERN}, "
+          f"{HEADS} heads x d {D}, bf16")
+    flex = compiled_flex()
+    failed = False
+    for n in (32768, 65536, 131072):
+        cp = patternc.compile(PATTERN, n, block=128)
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(1, HEADS, n, D, device="cuda", generator=gen, dtype=torch.bfloat16)
+                   for _ in range(3))
+        block_mask = cp.to_block_mask(0, device="cuda")
+        with torch.inference_mode():
+            sdpa_ms = cuda_ms(lambda: causal_sdpa(q, k, v))  # noqa: B023 (used in this iteration)
+            flex_ms = cuda_ms(lambda: flex(q, k, v, block_mask=block_mask))  # noqa: B023
+            ref = block_sparse_attention(q, k, v, cp)  # (1, H, n, d); every row has a key here
+            err = (flex(q, k, v, block_mask=block_mask).float() - ref.float()).abs().max().item()
+            line = (f"n {n:>6}: sdpa causal {sdpa_ms:8.2f} ms, flex+ours {flex_ms:7.2f} ms "
+                    f"({sdpa_ms / flex_ms:5.2f}x), max |flex - reference| = {err:.2e}")
+            failed |= err >= TOLERANCE
+            print(line + ("" if err < TOLERANCE else "  MISMATCH"), flush=True)
+            if n == 32768:
+                print("  " + flashinfer_check(cp, q, k, v, ref), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

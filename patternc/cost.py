@@ -1,0 +1,167 @@
+"""``measure``: the forward latency of a compiled layout on a kernel, against dense causal SDPA
+timed in the same process, cached on disk.
+
+The cache key is everything the figure depends on: a sha256 of the layer's block CSR (every head)
+with ``n`` and the block shape, the shapes, backend, dtype, thread count, torch version and CPU
+model. A hit returns the stored result without building tensors or running any kernel. A cache
+file that does not parse is ignored and rewritten. The directory is ``$PATTERNC_CACHE_DIR``, else
+``~/.cache/patternc/cost``.
+
+>>> m = patternc.measure(patternc.compile("causal & window(512)", n=16384), backend="reference")
+... # doctest: +SKIP
+>>> m.ratio  # our latency / dense causal SDPA's; below 1 is faster   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from patternc.compiled import CompiledPattern
+
+__all__ = ["CACHE_ENV", "Measurement", "cache_dir", "layout_hash", "measure"]
+
+CACHE_ENV = "PATTERNC_CACHE_DIR"
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """Median forward seconds of ``backend`` and of dense causal SDPA, and the settings."""
+
+    seconds: float  # median over repeats, after warm-up
+    baseline_seconds: float  # dense causal SDPA, same shapes, same process
+    ratio: float  # seconds / baseline_seconds: below 1 is faster than dense causal
+    backend: str
+    n: int
+    block: tuple[int, int]
+    layer: int
+    batch: int
+    heads: int
+    head_dim: int
+    dtype: str
+    threads: int
+    repeats: int
+    warmup: int
+    torch_version: str
+    cpu: str
+    layout_hash: str
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "block": list(self.block)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Measurement:
+        return cls(**{**data, "block": tuple(data["block"])})
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "patternc" / "cost")
+
+
+def cpu_model() -> str:
+    """The CPU's ``model name`` from /proc/cpuinfo, else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def layout_hash(cp: CompiledPattern, layer: int) -> str:
+    """sha256 over ``n``, the block shape and the block CSR of every head of ``layer``."""
+    digest = hashlib.sha256(f"n={cp.n};block={cp.block};heads={cp.heads}".encode())
+    for h in range(cp.heads):
+        for array in cp.layout(layer, h):
+            digest.update(array.dtype.str.encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _median_seconds(run, q, k, v, repeats: int, warmup: int) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            run(q, k, v)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(q, k, v)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None, head_dim: int = 64,
+            backend: str = "reference", dtype: torch.dtype = torch.bfloat16, layer: int = 0,
+            repeats: int = 5, warmup: int = 2, cache: bool = True) -> Measurement:
+    """Median latency of ``backend`` on layer ``layer`` of ``compiled`` and of dense causal SDPA.
+
+    ``heads`` defaults to the stack's and must equal it, unless the pattern has one head, which
+    then applies to every head. Threads
+    are ``torch.get_num_threads()`` at the call, recorded and part of the cache key.
+
+    >>> measure(patternc.compile("causal & window(256)", n=4096), backend="flex").ratio  # doctest: +SKIP
+    """
+    from patternc.kernels import BACKENDS, causal_sdpa, prepare
+
+    heads = compiled.heads if heads is None else heads
+    if heads != compiled.heads and compiled.heads != 1:
+        raise ValueError(f"heads={heads}, but the pattern has {compiled.heads} heads")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    compiled.node(layer, 0)  # a bad layer is refused before anything is hashed
+    dtype_name = str(dtype).removeprefix("torch.")
+    settings = dict(backend=backend, n=compiled.n, block=compiled.block, layer=layer, batch=batch,
+                    heads=heads, head_dim=head_dim, dtype=dtype_name, threads=torch.get_num_threads(),
+                    repeats=repeats, warmup=warmup, torch_version=torch.__version__, cpu=cpu_model(),
+                    layout_hash=layout_hash(compiled, layer))
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()
+    path = cache_dir() / f"{key[:32]}.json"
+    if cache:
+        hit = _read(path, settings)
+        if hit is not None:
+            return hit
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, compiled.n, head_dim, generator=gen).to(dtype) for _ in range(3))
+    seconds = _median_seconds(prepare(backend, compiled, layer), q, k, v, repeats, warmup)
+    baseline = _median_seconds(lambda q, k, v: causal_sdpa(q, k, v), q, k, v, repeats, warmup)
+    result = Measurement(seconds=seconds, baseline_seconds=baseline, ratio=seconds / baseline, **settings)
+    if cache:
+        _write(path, result)
+    return result
+
+
+def _read(path: Path, settings: dict) -> Measurement | None:
+    """The cached result, or None when absent, unreadable or for other settings (never raises)."""
+    try:
+        result = Measurement.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    stored = result.to_dict()
+    if any(stored[name] != (list(value) if isinstance(value, tuple) else value)
+           for name, value in settings.items()):
+        return None  # a hash-prefix collision or a hand-edited file
+    return result
+
+
+def _write(path: Path, result: Measurement) -> None:
+    """Write atomically (temp file + rename), so a reader never sees half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a re-measure next time

@@ -1,0 +1,91 @@
+"""Attention kernels that run a compiled layout, behind a small registry of backends.
+
+- ``reference``: our block-sparse kernel in plain torch (``reference.block_sparse_attention``);
+- ``flex``: ``torch.compile(flex_attention)``, compiled once per process, with ``cp.to_block_mask``;
+- ``sdpa``: dense SDPA with the pattern's dense mask (small ``n`` only);
+- ``dense_causal`` (``causal_sdpa``): SDPA with ``is_causal=True``, the baseline of every ratio.
+
+``prepare(name, cp, layer)`` does the per-layout work (block mask, dense mask) once, outside any
+timing, and returns ``run(q, k, v) -> out`` on (B, H, n, d) tensors.
+
+>>> run = prepare("reference", patternc.compile("causal & window(256)", n=4096), layer=0)  # doctest: +SKIP
+>>> out = run(q, k, v)                                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from patternc.kernels.reference import block_sparse_attention
+
+if TYPE_CHECKING:
+    from patternc.compiled import CompiledPattern
+
+__all__ = ["BACKENDS", "Run", "block_sparse_attention", "causal_sdpa", "compiled_flex", "prepare"]
+
+Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+_FLEX = None  # torch.compile(flex_attention), built on first use and shared by every call
+
+
+def compiled_flex():
+    """``flex_attention`` compiled once per process: compiling costs seconds, recompiles are cached
+    by torch per block shape and mask_mod."""
+    global _FLEX
+    if _FLEX is None:
+        import torch._dynamo.config as dynamo
+        from torch.nn.attention.flex_attention import flex_attention
+
+        # each pattern's mask_mod and each shape is a new graph; past the default limit of 8,
+        # dynamo silently falls back to eager flex, which is ~100x slower on CPU
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 256)
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Dense causal SDPA, the baseline: (B, H, n, d) -> (B, H, n, d)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _reference(cp: CompiledPattern, layer: int, device: str) -> Run:
+    cp.node(layer, 0)  # refuses a bad layer now, not at the first call
+    return lambda q, k, v: block_sparse_attention(q, k, v, cp, layer)
+
+
+def _flex(cp: CompiledPattern, layer: int, device: str) -> Run:
+    block_mask = cp.to_block_mask(layer, device=device)
+    flex = compiled_flex()
+    return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
+
+
+def _sdpa(cp: CompiledPattern, layer: int, device: str) -> Run:
+    mask = torch.from_numpy(cp.to_dense(layer=layer)).to(device)  # (H, n, n); refused when too big
+    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _dense_causal(cp: CompiledPattern, layer: int, device: str) -> Run:
+    return causal_sdpa
+
+
+BACKENDS: dict[str, Callable[[CompiledPattern, int, str], Run]] = {
+    "reference": _reference,
+    "flex": _flex,
+    "sdpa": _sdpa,
+    "dense_causal": _dense_causal,
+}
+
+
+def prepare(name: str, cp: CompiledPattern, layer: int = 0, device: str = "cpu") -> Run:
+    """``run(q, k, v)`` for backend ``name`` on layer ``layer`` of ``cp``.
+
+    >>> prepare("flex", cp, 0)(q, k, v).shape == q.shape  # doctest: +SKIP
+    True
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return BACKENDS[name](cp, layer, device)

@@ -1,0 +1,67 @@
+"""``patternc bench`` at a tiny size: it prints the latency, the baseline and the ratio; bad input
+exits with status 2 and a clear error."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from patternc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path / "cost"))
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+TINY = ("--n", 128, "--block", 32, "--head-dim", 16, "--repeats", 2, "--warmup", 1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+def test_bench_prints_latency_baseline_and_ratio(capsys, backend):
+    code, out, err = run(capsys, "bench", "causal & window(40)", *TINY, "--backend", backend,
+                         "--dtype", "fp32")
+    assert code == 0, err
+    assert f"{backend}: " in out and "dense causal sdpa: " in out and "ratio: " in out
+    assert "float32" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    pytest.param(("--layer", 3), "--layer 3 is outside this stack of 1 layers", id="layer"),
+    pytest.param(("--head-dim", 0), "--head-dim must be at least 1", id="head_dim"),
+    pytest.param(("--heads", 0, "--set", "w=1"), "unknown parameter 'w'", id="param"),
+])
+def test_bench_bad_input_exits_2(capsys, argv, message):
+    code, out, err = run(capsys, "bench", "causal & window(40)", *TINY, "--backend", "reference", *argv)
+    assert code == 2 and message in err and out == ""
+
+
+def test_bench_bad_pattern_exits_2(capsys):
+    code, _, err = run(capsys, "bench", "causal & windo(40)", *TINY, "--backend", "reference")
+    assert code == 2 and "patternc: error:" in err
+
+
+def test_bench_unknown_backend_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "causal", "--n", "64", "--backend", "nope"])
+    assert exit_info.value.code == 2
+
+
+def test_readme_bench_command_runs(capsys):
+    text = (ROOT / "README.md").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("patternc bench")]
+    argv = shlex.split(line)[1:]
+    argv[argv.index("--n") + 1] = "256"
+    code, out, err = run(capsys, *argv, "--head-dim", 16, "--repeats", 1, "--warmup", 0)
+    assert code == 0, err
+    assert "ratio: " in out

@@ -1,0 +1,90 @@
+"""``patternc.measure``: the on-disk cache (hits run nothing, other keys miss, a corrupt file is
+rewritten). No timing is asserted: times only have to be positive."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import patternc
+import patternc.kernels
+
+N = 256
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path / "cost"))
+    return tmp_path / "cost"
+
+
+def quick(cp, **kw):
+    return patternc.measure(cp, head_dim=16, repeats=2, warmup=1, **kw)
+
+
+def cp_of(expr="causal & window(40)", block=32):
+    return patternc.compile(expr, N, block=block)
+
+
+def forbid_kernels(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a cache hit ran a kernel")
+
+    monkeypatch.setattr(patternc.kernels, "prepare", boom)
+    monkeypatch.setattr(patternc.kernels, "causal_sdpa", boom)
+
+
+def test_result_is_positive_and_recorded(cache):
+    m = quick(cp_of(), dtype=torch.float32)
+    assert m.seconds > 0 and m.baseline_seconds > 0
+    assert m.ratio == pytest.approx(m.seconds / m.baseline_seconds)
+    assert (m.backend, m.n, m.block, m.dtype, m.heads) == ("reference", N, (32, 32), "float32", 1)
+    assert m.threads == torch.get_num_threads()
+    assert len(list(cache.glob("*.json"))) == 1
+
+
+def test_cache_hit_returns_identical_result_without_running(monkeypatch):
+    first = quick(cp_of())
+    forbid_kernels(monkeypatch)
+    assert quick(cp_of()) == first
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(dict(expr="causal & window(80)"), id="layout"),
+    pytest.param(dict(block=16), id="block"),
+    pytest.param(dict(dtype=torch.float32), id="dtype"),
+    pytest.param(dict(batch=2), id="batch"),
+    pytest.param(dict(backend="sdpa"), id="backend"),
+])
+def test_other_keys_miss(cache, change):
+    quick(cp_of())
+    change = dict(change)
+    cp = cp_of(change.pop("expr", "causal & window(40)"), change.pop("block", 32))
+    quick(cp, **change)
+    assert len(list(cache.glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("content", ["", "{not json", json.dumps({"seconds": 1}), "[1, 2]"],
+                         ids=["empty", "truncated", "missing_fields", "wrong_type"])
+def test_corrupt_cache_file_is_ignored_and_rewritten(cache, content):
+    first = quick(cp_of())
+    (path,) = cache.glob("*.json")
+    path.write_text(content)
+    again = quick(cp_of())
+    assert again.seconds > 0 and again.layout_hash == first.layout_hash
+    assert json.loads(path.read_text())["seconds"] == again.seconds
+
+
+def test_layout_hash_depends_on_layout():
+    assert patternc.cost.layout_hash(cp_of(), 0) == patternc.cost.layout_hash(cp_of(), 0)
+    assert patternc.cost.layout_hash(cp_of(), 0) != patternc.cost.layout_hash(cp_of(block=16), 0)
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(ValueError, match="unknown backend"):
+        quick(cp_of(), backend="nope")
+    stack = patternc.Stack(default="causal & window(8 * (h + 1))", heads=2)
+    with pytest.raises(ValueError, match="the pattern has 2 heads"):
+        quick(patternc.compile(stack, N, block=32), heads=3)
