@@ -164,4 +164,5 @@ def _write(path: Path, result: Measurement) -> None:
         tmp.write_text(json.dumps(result.to_dict(), indent=1))
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache only costs a re-measure next time
+        # A read-only or full cache only costs a re-measure next time: not worth failing for.
+        return

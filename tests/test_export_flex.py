@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 import pytest
+from stacks import per_head_stack
 
 import patternc
 
@@ -28,13 +29,6 @@ flex = pytest.importorskip("torch.nn.attention.flex_attention")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 D = 16  # head dimension
-
-
-def per_head_stack():
-    """Two layers of four heads; layer 1 has three distinct patterns, layer 0 four."""
-    return patternc.Stack(default="causal & window(8 * (h + 1))", layers=2, heads=4,
-                          overrides=(patternc.Override(expr="causal & (stride(7) | sink(3))",
-                                                       layers=(1, 2), heads=(2, 4)),))
 
 
 CASES = [

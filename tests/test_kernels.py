@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from stacks import per_head_stack
 from torch.nn.attention import flex_attention as flex
 
 import patternc
@@ -21,13 +22,6 @@ from patternc.kernels import block_sparse_attention, causal_sdpa, compiled_flex,
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 D = 16  # head dimension
-
-
-def per_head_stack():
-    """Two layers of four heads; layer 1 mixes a window and stride | sink across heads."""
-    return patternc.Stack(default="causal & window(8 * (h + 1))", layers=2, heads=4,
-                          overrides=(patternc.Override(expr="causal & (stride(7) | sink(3))",
-                                                       layers=(1, 2), heads=(2, 4)),))
 
 
 CASES = [
