@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from numbers import Real
 from typing import TYPE_CHECKING
 
@@ -84,7 +84,7 @@ class CompiledPattern:
     def heads(self) -> int:
         return self.stack.heads
 
-    @property
+    @cached_property  # undeclared: examines every head once, then remembered
     def causal(self) -> bool:
         """Declared causality of the stack, or, for an undeclared one, whether every head is causal."""
         if self.stack.causal is not None:

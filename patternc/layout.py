@@ -16,7 +16,7 @@ from patternc.lower.diffs import Band
 from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
 from patternc.lower.node import Lowered, pair_counts
 
-__all__ = ["HeadStats", "Layout", "head_stats", "is_causal"]
+__all__ = ["HeadStats", "Layout", "future_pair", "head_stats", "is_causal"]
 
 INFLATION_WARNING = 2.0  # warn when stored blocks hold more than this many pairs per allowed pair
 
@@ -111,15 +111,27 @@ def head_stats(node: Lowered, layout: Layout, layer: int, head: int, causal: boo
     )
 
 
-def is_causal(node: Lowered, layout: Layout) -> bool:
-    """True when the pattern allows no pair with ``k > q``; only blocks crossing the diagonal are
-    examined pair by pair."""
+def future_pair(node: Lowered, layout: Layout) -> tuple[int, int] | None:
+    """Some allowed (q, k) with k > q, or None when the head is causal; only stored blocks that
+    reach past the diagonal are examined, pair by pair where they cross it."""
     grid = layout.grid
     rows, cols = layout.rows(), layout.indices.astype(np.int64)
-    q0, q1 = grid.q_bounds(rows)
-    k0, k1 = grid.k_bounds(cols)
-    if np.any(k0 > q1 - 1):  # a stored block wholly above the diagonal
-        return False
-    crossing = k1 - 1 > q0
+    q0, _ = grid.q_bounds(rows)
+    _, k1 = grid.k_bounds(cols)
+    reaching_future = k1 - 1 > q0
     future = Intersect(node, Complement(Band(0, grid.n)))
-    return not pair_counts(future, grid, rows[crossing], cols[crossing]).any()
+    i, j = rows[reaching_future], cols[reaching_future]
+    kinds = future.classify(grid, i, j)
+    hit = np.flatnonzero(kinds != EMPTY)
+    if len(hit) == 0:
+        return None
+    bi, bj = int(i[hit[0]]), int(j[hit[0]])
+    qs = np.arange(bi * grid.bq, min((bi + 1) * grid.bq, grid.n))[:, None]
+    ks = np.arange(bj * grid.bk, min((bj + 1) * grid.bk, grid.n))[None, :]
+    dq, dk = np.nonzero(np.broadcast_to(future.predicate(qs, ks), (len(qs), ks.shape[1])))
+    return int(qs[dq[0], 0]), int(ks[0, dk[0]])
+
+
+def is_causal(node: Lowered, layout: Layout) -> bool:
+    """True when the pattern allows no pair with ``k > q``."""
+    return future_pair(node, layout) is None

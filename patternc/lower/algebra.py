@@ -20,7 +20,7 @@ from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
 from patternc.lower.node import Lowered, resolve
 from patternc.lower.regions import Everything
 
-__all__ = ["Complement", "Difference", "Intersect", "Union"]
+__all__ = ["Complement", "Difference", "Intersect", "Union", "merge_union"]
 
 
 class _Binary(Lowered):
@@ -58,6 +58,26 @@ class _Binary(Lowered):
         return (*self.left.block_key(grid, i, j), *self.right.block_key(grid, i, j))
 
 
+def merge_union(parts: list[Blocks], union: Lowered, grid: Grid) -> Blocks:
+    """The blocks of ``union`` from the sorted blocks of its operands: FULL where any part is, and
+    a block that several parts hold only partially settled by counting pairs of ``union``."""
+    if not sum(map(len, parts)):  # nothing to merge (reduceat needs a non-empty input)
+        return Blocks.empty()
+    keys = np.concatenate([part.keys(grid) for part in parts])
+    kinds = np.concatenate([part.kinds for part in parts])
+    order = np.argsort(keys, kind="stable")  # sorted runs: a linear merge
+    keys, kinds = keys[order], kinds[order]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    merged = np.maximum.reduceat(kinds, starts)
+    shared = np.diff(np.append(starts, len(keys))) > 1
+    keys = keys[starts]
+    rows, cols = keys // grid.nbk, keys % grid.nbk
+    undecided = shared & (merged == PARTIAL)  # stored by several parts, full in none
+    if undecided.any():
+        merged[undecided] = resolve(union, grid, rows[undecided], cols[undecided])
+    return Blocks(rows, cols, merged)
+
+
 @dataclass(frozen=True, slots=True)
 class Union(_Binary):
     left: Lowered
@@ -67,22 +87,7 @@ class Union(_Binary):
         return np.maximum(a, b)
 
     def enumerate(self, grid):
-        a, b = self.left.enumerate(grid), self.right.enumerate(grid)
-        if not len(a) + len(b):  # nothing to merge (reduceat needs a non-empty input)
-            return Blocks.empty()
-        keys = np.concatenate([a.keys(grid), b.keys(grid)])
-        kinds = np.concatenate([a.kinds, b.kinds])
-        order = np.argsort(keys, kind="stable")  # two sorted runs: a linear merge
-        keys, kinds = keys[order], kinds[order]
-        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        merged = np.maximum.reduceat(kinds, starts)
-        in_both = np.diff(np.append(starts, len(keys))) == 2
-        keys = keys[starts]
-        rows, cols = keys // grid.nbk, keys % grid.nbk
-        undecided = in_both & (merged == PARTIAL)  # stored by both sides, full in neither
-        if undecided.any():
-            merged[undecided] = resolve(self, grid, rows[undecided], cols[undecided])
-        return Blocks(rows, cols, merged)
+        return merge_union([self.left.enumerate(grid), self.right.enumerate(grid)], self, grid)
 
     def predicate(self, q, k):
         return self.left.predicate(q, k) | self.right.predicate(q, k)

@@ -14,10 +14,10 @@ import numpy as np
 
 from patternc.compiled import CompiledPattern
 from patternc.layout import Layout
-from patternc.lower.algebra import Difference, Union
+from patternc.lower.algebra import Difference, Union, merge_union
 from patternc.lower.diffs import Band
 from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid, expand_ranges
-from patternc.lower.node import Lowered, block_masks, distinct_blocks, resolve
+from patternc.lower.node import Lowered, block_masks, distinct_blocks
 from patternc.lower.random_blocks import RandomBlocks
 from patternc.lower.rules import simplify
 
@@ -47,33 +47,15 @@ def layer_flows(cp: CompiledPattern, causal: bool) -> list[LayerFlow]:
     return out
 
 
-def _merge(heads: dict[Lowered, Layout], node: Lowered, grid: Grid) -> Blocks:
-    """The union's blocks from the heads' compiled layouts: a block is FULL if any head's is,
-    and a block several heads hold only partially is settled by counting pairs."""
-    if len(heads) == 1:
-        (layout,) = heads.values()
-        return Blocks(layout.rows(), layout.indices.astype(np.int64),
-                      np.where(layout.full, FULL, PARTIAL).astype(KIND))
-    keys = np.concatenate([l.rows() * grid.nbk + l.indices for l in heads.values()])
-    if len(keys) == 0:  # no head stores a block (none, or emptied by the length)
-        return Blocks.empty()
-    kinds = np.concatenate([np.where(l.full, FULL, PARTIAL).astype(KIND) for l in heads.values()])
-    order = np.argsort(keys, kind="stable")
-    keys, kinds = keys[order], kinds[order]
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    merged = np.maximum.reduceat(kinds, starts)
-    shared = np.diff(np.append(starts, len(keys))) > 1
-    rows, cols = keys[starts] // grid.nbk, keys[starts] % grid.nbk
-    undecided = shared & (merged == PARTIAL)
-    if undecided.any():
-        merged[undecided] = resolve(node, grid, rows[undecided], cols[undecided])
-    return Blocks(rows, cols, merged)
+def _head_blocks(layout: Layout) -> Blocks:
+    return Blocks(layout.rows(), layout.indices.astype(np.int64),
+                  np.where(layout.full, FULL, PARTIAL).astype(KIND))
 
 
 def _flow(heads: dict[Lowered, Layout], grid: Grid, causal: bool) -> LayerFlow:
     # Sort by repr so the union is built the same way every run (dict order follows the heads).
     node = reduce(lambda a, b: simplify(Union(a, b)), sorted(heads, key=repr))
-    blocks = _merge(heads, node, grid)
+    blocks = merge_union([_head_blocks(layout) for layout in heads.values()], node, grid)
     full = blocks.kinds == FULL
     if not causal:
         return LayerFlow(node, blocks, full)

@@ -19,11 +19,12 @@ import numpy as np
 
 from patternc.compiled import CompiledPattern, compile
 from patternc.errors import PatternSizeError
+from patternc.layout import future_pair
 from patternc.lower.grid import Grid
 from patternc.reach.bits import prefix_mask, words
 from patternc.reach.bounds import run_lower, run_upper
 from patternc.reach.exact import run_exact
-from patternc.reach.findings import empty_rows, future_pair
+from patternc.reach.findings import empty_rows
 from patternc.reach.layers import LayerFlow, coarsen, drawn_on_blocks, layer_flows
 from patternc.reach.path import closest_path
 
