@@ -1,0 +1,28 @@
+"""The search around patternc: proxy tasks, the tiny model, evaluation, and the ``patternc-search``
+Hydra app.
+
+>>> import search
+>>> result = search.evaluate("causal & window(16)", search.MQARConfig(), seed=0)   # doctest: +SKIP
+>>> result.accuracy, result.buckets                                              # doctest: +SKIP
+"""
+
+from search.config import MajorityConfig, ModelConfig, MQARConfig, PatternConfig, TaskConfig, TrainConfig
+from search.evaluate import EvalResult, evaluate, resolve_pattern
+from search.model import TinyTransformer, masks_of
+from search.tasks import TASKS, make_task
+
+__all__ = [
+    "TASKS",
+    "EvalResult",
+    "MQARConfig",
+    "MajorityConfig",
+    "ModelConfig",
+    "PatternConfig",
+    "TaskConfig",
+    "TinyTransformer",
+    "TrainConfig",
+    "evaluate",
+    "make_task",
+    "masks_of",
+    "resolve_pattern",
+]

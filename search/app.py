@@ -1,0 +1,106 @@
+"""``patternc-search``: the Hydra app.
+
+``mode=search`` (the default) runs an Optuna study over a space and writes the report;
+``mode=evaluate`` trains and scores one pattern on one task.
+
+    patternc-search                                   # the default search (README)
+    patternc-search space=window_global search.n_trials=40 search.storage=postgresql://...
+    patternc-search experiment=large
+    patternc-search mode=evaluate pattern=longformer task=mqar
+    patternc-search mode=evaluate pattern.expr='causal & window(16)' task=majority seed=1
+    patternc-search -m mode=evaluate pattern.expr='causal','causal & window(16)' task=mqar,majority
+
+A search leaves its report (trials.csv, pareto.csv/md/png, patterns/, summary.md) in the run
+directory (``outputs/<mode>/<date>_<time>/``, Hydra's ``hydra.run.dir``); an evaluation prints its
+result as JSON and writes it to ``result.json`` there. A bad pattern or value ends the
+run with ``patternc-search: error: ...`` and exit status 2, like ``patternc``.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from patternc.errors import PatternError
+from search.config import MODES, PatternConfig, register_configs
+from search.evaluate import evaluate
+from search.report import write_report
+from search.study import run_search
+
+__all__ = ["main"]
+
+CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"  # the repository's conf/ (editable install)
+
+register_configs()
+
+
+def run_search_mode(cfg: DictConfig, out_dir: pathlib.Path):
+    """The study from the composed config, then its report in ``out_dir``."""
+    task = OmegaConf.to_object(cfg.task)
+    space = OmegaConf.to_object(cfg.space)
+    study = run_search(task, space, OmegaConf.to_object(cfg.kernel), OmegaConf.to_object(cfg.search),
+                       seed=cfg.seed)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return write_report(study, space, out_dir, task.name)
+
+
+def run_evaluate(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
+    """One evaluation from the composed config; the result's dict, also written to ``result.json``."""
+    task = OmegaConf.to_object(cfg.task)
+    pattern: PatternConfig = OmegaConf.to_object(cfg.pattern)
+    result = evaluate(pattern, task, seed=cfg.seed).to_dict()
+    result["config"] = OmegaConf.to_container(cfg, resolve=True)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def quote_expressions(args: list[str]) -> list[str]:
+    """Quote the value of ``...expr=`` overrides for Hydra's override parser.
+
+    A pattern is full of characters that parser reserves (``&``, ``|``, ``(``, ``,``), so the
+    natural ``pattern.expr='causal & window(16)'`` (the shell drops the quotes) would be a Hydra
+    syntax error. Values that already start with a quote, as in multirun sweeps
+    (``"pattern.expr='causal','causal & window(16)'"``), are left as they are.
+
+    >>> quote_expressions(["pattern.expr=causal & window(16)", "seed=1"])
+    ["pattern.expr='causal & window(16)'", 'seed=1']
+    """
+    quoted = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key.split(".")[-1].lstrip("+~") == "expr" and value[:1] not in ("'", '"'):
+            value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        quoted.append(f"{key}{eq}{value}")
+    return quoted
+
+
+def main() -> None:
+    """The console script: quote pattern expressions, then hand over to Hydra."""
+    sys.argv[1:] = quote_expressions(sys.argv[1:])
+    _app()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
+def _app(cfg: DictConfig) -> None:
+    out_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
+    try:
+        if cfg.mode not in MODES:
+            raise ValueError(f"unknown mode={cfg.mode}; choose from "
+                             + ", ".join(f"{name} ({what})" for name, what in MODES.items()))
+        if cfg.mode == "search":
+            report = run_search_mode(cfg, out_dir)
+            print(f"report: {out_dir}/summary.md ({len(report.front)} patterns on the front)")
+        else:
+            print(json.dumps(run_evaluate(cfg, out_dir), indent=2))
+    except (PatternError, ValueError, TypeError) as error:
+        print(f"patternc-search: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

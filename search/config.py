@@ -1,0 +1,214 @@
+"""Config schemas: what a task, the tiny model, training and the app accept, with defaults and why.
+
+Each schema is a dataclass registered with Hydra's ConfigStore, so a YAML file under ``conf/`` that
+names a key the schema lacks, or gives a value of the wrong type, fails at start-up with the key and
+the file, never inside a run. The same dataclasses are the Python API:
+
+>>> search.evaluate("causal & window(16)", MQARConfig(n=128), seed=0)    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "MODES",
+    "AppConfig",
+    "KernelConfig",
+    "MQARConfig",
+    "MajorityConfig",
+    "ModelConfig",
+    "ParamSpec",
+    "PatternConfig",
+    "SearchConfig",
+    "SpaceConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "register_configs",
+]
+
+
+@dataclass
+class ModelConfig:
+    """The tiny decoder. ``layers`` and ``heads`` are used for a bare expression; a stack brings its
+    own."""
+
+    d_model: int = 64  # residual width: enough for 64 keys and 64 values, small enough for 2 cores
+    layers: int = 2  # recall needs two hops: the value learns its key, the query finds the value
+    heads: int = 4
+    head_dim: int = 16  # per head, so that any head count works with any width
+    mlp_ratio: int = 4  # GPT-2's 4x hidden width
+
+
+@dataclass
+class TrainConfig:
+    """AdamW with linear warm-up and cosine decay; every batch freshly drawn."""
+
+    steps: int = 400
+    batch: int = 32
+    lr: float = 5e-3  # tiny models learn these tasks fastest at a high rate, once warmed up
+    warmup: int = 30  # steps of linear warm-up: without it the first large updates stall recall
+    weight_decay: float = 0.01
+    clip: float = 1.0  # gradient-norm clip
+    eval_sequences: int = 512  # held-out sequences (from a different seed) for the reported accuracy
+    log_every: int = 10  # one point of the loss curve per this many steps (their mean loss)
+    threads: int | None = None  # torch threads during the run; None keeps the process's setting
+
+
+@dataclass
+class TaskConfig:
+    """Fields every task has; each task adds its own."""
+
+    name: str = "?"
+    n: int = 256  # proxy sequence length
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class MQARConfig(TaskConfig):
+    """Multi-query associative recall: key-value pairs at random positions, each key asked once
+    later; the answer is its value. Query-to-key distances are drawn evenly over ``distances``
+    buckets, so accuracy per bucket shows how far a pattern can route."""
+
+    name: str = "mqar"
+    n: int = 128  # long enough that distances 48-127 are out of reach of a 16-token window in 2 layers
+    pairs: int = 8  # pairs per sequence, each queried once: 8 answers per sequence
+    keys: int = 32  # key vocabulary; the keys of one sequence are distinct
+    values: int = 32  # value vocabulary; chance is 1 / values
+    distances: list[int] = field(default_factory=lambda: [2, 16, 48, 128])  # bucket edges, half-open
+
+
+@dataclass
+class MajorityConfig(TaskConfig):
+    """Aggregation: marker tokens of several groups are scattered over the sequence; at the end, one
+    question per group asks which of its markers occurred most often. The answer depends on every
+    position, so it rewards full mixing rather than point-to-point recall."""
+
+    name: str = "majority"
+    groups: int = 4  # questions per sequence, one per group, asked in the last positions
+    markers: int = 4  # marker types per group; chance is 1 / markers
+    n: int = 128
+    count: list[int] = field(default_factory=lambda: [6, 12])  # markers per group, drawn in [lo, hi]
+    noise: int = 16  # filler token types between the markers
+    margins: list[int] = field(default_factory=lambda: [1, 2, 3])  # buckets of max - runner-up: 1, 2, 3+
+
+
+@dataclass
+class PatternConfig:
+    """A stack as in ``conf/pattern/*.yaml`` (``pattern=longformer``) or one inline expression
+    (``pattern.expr='causal & window(16)'``), which then gets the model's layers and heads."""
+
+    expr: str | None = None
+    description: str | None = None
+    layers: int | None = None
+    heads: int | None = None
+    block: Any = None  # an int or [bq, bk]
+    causal: bool | None = None
+    default: str | None = None
+    overrides: list[Any] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParamSpec:
+    """One ``$param`` of a space and its distribution (Optuna's suggest_* arguments).
+
+    ``{type: float, low: 0.01, high: 0.5, log: true}``, ``{type: int, low: 1, high: 16}``,
+    ``{type: int, low: 2, high: 64, log: true}`` (log-int), ``{type: categorical, choices: [1, 2]}``.
+    """
+
+    type: str = "float"  # float, int or categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+
+@dataclass
+class SpaceConfig:
+    """A search space: a template expression over ``$params``, per-layer choices, limits, lengths.
+
+    Templates are written relative to ``n`` (``window(ceil($w * n))``), so the proxy length and the
+    target length see the same shape of pattern.
+    """
+
+    name: str = "?"
+    description: str = ""
+    template: str = "causal"  # the pattern of every layer and head, over $params and n, l, h, L, H
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    layer_choices: list[str] = field(default_factory=list)  # per layer: "template" or an expression
+    layers: int = 2  # the proxy model's depth, and the depth at which reach is required
+    heads: int = 4
+    block: int = 16  # block size at the proxy length (random() is drawn on these blocks)
+    target_block: int = 128  # block size at the target length (the kernel's tile)
+    n_proxy: int = 128  # where accuracy is measured (the task's n)
+    n_target: int = 8192  # where cost is measured (the deployment length)
+    density_budget: float = 0.5  # max mean block density at n_target, as a fraction of dense causal's
+    require_mixing: bool = True  # reject patterns that do not mix within `layers` at n_proxy
+    references: dict[str, Any] = field(default_factory=dict)  # name -> {params: ...} or {expr: ...}
+
+
+@dataclass
+class KernelConfig:
+    """How cost is measured at n_target (``patternc.measure``), per distinct layer, cached on disk."""
+
+    backend: str = "reference"  # reference (our block-sparse kernel), flex, sdpa
+    dtype: str = "float32"  # float32 on CPUs without fast bf16 matmuls; bfloat16 on GPU
+    batch: int = 1
+    head_dim: int = 64
+    repeats: int = 3
+    warmup: int = 1
+
+
+@dataclass
+class SearchConfig:
+    """The Optuna study: budget, sampler, storage, study name."""
+
+    study: str = "patternc"  # the study name; a rerun with the same name and storage resumes it
+    n_trials: int = 12  # total finished trials in the study (all workers, all runs together)
+    sampler: str = "tpe"  # tpe, nsga2, gp, random
+    seed: int = 0
+    storage: str | None = None  # an Optuna storage URL; None: sqlite under outputs/search/
+    heartbeat: int = 30  # seconds between a running trial's heartbeats; a silent one is failed
+    retries: int = 1  # how many times a trial whose worker died is retried
+    references: bool = True  # enqueue the space's classic patterns as the first trials
+    timeout: float | None = None  # seconds for this worker, or None
+    max_rejected: int = 500  # rejected candidates in this worker before it gives up on the space
+
+
+MODES = {"evaluate": "train and score one pattern on one task",
+         "search": "an Optuna study over a space: accuracy up, measured cost down"}
+
+
+@dataclass
+class AppConfig:
+    """``patternc-search``: the top-level config (``conf/config.yaml``)."""
+
+    mode: str = "search"  # one of MODES
+    seed: int = 0
+    task: Any = None  # a task schema, chosen by the task group
+    pattern: PatternConfig = field(default_factory=PatternConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+TASK_SCHEMAS: dict[str, type[TaskConfig]] = {"mqar": MQARConfig, "majority": MajorityConfig}
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra: ``app_schema`` for ``conf/config.yaml``, one
+    ``<task>_schema`` per task, and ``space_schema``, ``kernel_schema``, ``search_schema``, which
+    the group files name in their defaults lists."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="app_schema", node=AppConfig)
+    cs.store(group="space", name="space_schema", node=SpaceConfig)
+    cs.store(group="kernel", name="kernel_schema", node=KernelConfig)
+    cs.store(group="search", name="search_schema", node=SearchConfig)
+    for name, schema in TASK_SCHEMAS.items():
+        cs.store(group="task", name=f"{name}_schema", node=schema)

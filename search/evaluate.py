@@ -1,0 +1,246 @@
+"""Train the tiny model under a pattern on a proxy task and report held-out accuracy.
+
+``evaluate(pattern, task, seed)`` compiles the pattern at the task's length, builds the tiny model
+with one exact mask per layer and head, trains it on batches drawn from ``seed`` and scores it on
+``task.train.eval_sequences`` sequences drawn from another stream of the same seed, never seen in
+training. Same pattern, config, seed and thread count give the same numbers.
+
+A NaN or infinite loss ends training at once: the result says ``status: diverged``, at which step,
+and has no accuracy; nothing is raised, so a search can record the trial and move on.
+
+>>> r = evaluate("causal & window(16)", MQARConfig(n=128), seed=0)   # doctest: +SKIP
+>>> r.accuracy, r.buckets["48-127"]                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import patternc
+from patternc.compiled import CompiledPattern
+from patternc.stack import Stack
+from search.config import ModelConfig, PatternConfig, TaskConfig
+from search.model import TinyTransformer, masks_of
+from search.tasks import IGNORE, Task, make_task
+
+__all__ = ["EvalResult", "evaluate", "resolve_pattern"]
+
+_TRAIN_STREAM, _EVAL_STREAM = 0, 1  # numpy seed sequences [seed, stream]: disjoint data per seed
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation found; ``to_dict`` is its JSON form."""
+
+    status: str  # "ok" or "diverged"
+    accuracy: float | None  # held-out accuracy over every answer; None when diverged
+    buckets: dict[str, float | None]  # accuracy per bucket (None: no answer fell in it)
+    bucket_counts: dict[str, int]
+    chance: float  # accuracy of guessing without reading the sequence
+    loss_curve: list[tuple[int, float]]  # (step, mean training loss over the last log_every steps)
+    steps: int  # training steps done
+    train_seconds: float
+    eval_seconds: float
+    task: str
+    n: int
+    layers: int
+    heads: int
+    parameters: int
+    seed: int
+    threads: int
+    pattern: str  # the expression, or the stack's description
+    failure: str | None = None  # why a diverged run stopped
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.train_seconds + self.eval_seconds
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["wall_seconds"] = round(self.wall_seconds, 3)
+        out["loss_curve"] = [[step, loss] for step, loss in self.loss_curve]
+        return out
+
+
+def resolve_pattern(pattern: str | os.PathLike | Stack | PatternConfig | CompiledPattern,
+                    model: ModelConfig) -> Stack | CompiledPattern:
+    """A stack (or an already compiled pattern) from what a user or a config gave.
+
+    A bare expression gets the model's ``layers`` and ``heads``; a stack or a YAML file keeps its
+    own. ``PatternConfig`` is the ``pattern`` node of ``patternc-search``: either ``expr`` (with
+    optional ``layers``, ``heads``, ``block``, ``params``) or the keys of a stack file, not both.
+    """
+    if isinstance(pattern, (Stack, CompiledPattern)):
+        return pattern
+    if isinstance(pattern, PatternConfig):
+        return _from_config(pattern, model)
+    text = os.fspath(pattern)
+    if text.endswith((".yaml", ".yml")) or os.path.isfile(text):
+        return patternc.load_stack(text)
+    return Stack(default=text, layers=model.layers, heads=model.heads)
+
+
+def _from_config(cfg: PatternConfig, model: ModelConfig) -> Stack:
+    stack_keys = {"default": cfg.default, "overrides": cfg.overrides or None, "causal": cfg.causal,
+                  "description": cfg.description}
+    if cfg.expr is not None:
+        clash = [key for key, value in stack_keys.items() if value is not None]
+        if clash:
+            raise patternc.StackError(
+                f"the pattern has both expr and the stack keys {', '.join(clash)}: give either "
+                f"pattern=<file in conf/pattern> or pattern.expr='...', not both", where="pattern")
+        data = {"default": cfg.expr, "layers": cfg.layers or model.layers, "heads": cfg.heads or model.heads}
+        if cfg.block is not None:
+            data["block"] = cfg.block
+        if cfg.params:
+            data["params"] = dict(cfg.params)
+        return Stack.from_dict(data, source="pattern.expr")
+    if cfg.default is None:
+        raise patternc.StackError("no pattern given: choose pattern=<name> (a file in conf/pattern/) or "
+                                  "pattern.expr='causal & window(16)'", where="pattern")
+    data = {key: value for key, value in {
+        "default": cfg.default, "layers": cfg.layers, "heads": cfg.heads, "block": cfg.block,
+        "causal": cfg.causal, "overrides": list(cfg.overrides), "params": dict(cfg.params),
+        "description": cfg.description}.items() if value is not None}
+    return Stack.from_dict(data, source="pattern")
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[int]:
+    before = torch.get_num_threads()
+    if count is not None:
+        if count < 1:
+            raise ValueError(f"train.threads must be at least 1, got {count}")
+        torch.set_num_threads(count)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = None) -> EvalResult:
+    """Train the tiny model under ``pattern`` on ``task`` from ``seed``; held-out accuracy.
+
+    ``pattern``: an expression (``"causal & window(16)"``), a stack YAML path, a ``Stack``, a
+    ``PatternConfig`` or a ``CompiledPattern`` compiled at ``task.n``. ``params`` bind ``$names``.
+
+    >>> evaluate("causal", MQARConfig(), seed=1).accuracy   # doctest: +SKIP
+    0.997
+    """
+    problem = make_task(task)
+    spec = resolve_pattern(pattern, task.model)
+    if isinstance(spec, CompiledPattern):
+        if spec.n != task.n:
+            raise ValueError(f"the pattern is compiled at n = {spec.n} but task.n = {task.n}")
+        cp = spec
+    else:
+        cp = patternc.compile(spec, task.n, params=params)
+    _check_train(task)
+    with _threads(task.train.threads) as threads, torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = TinyTransformer(problem.vocab, masks_of(cp), task.model)
+        start = time.perf_counter()
+        curve, steps, failure = _train(model, problem, task, np.random.default_rng([seed, _TRAIN_STREAM]))
+        trained = time.perf_counter()
+        if failure is None:
+            correct, total = _score(model, problem, task, np.random.default_rng([seed, _EVAL_STREAM]))
+        else:
+            correct = total = np.zeros(len(problem.bucket_names), np.int64)
+        scored = time.perf_counter()
+    names = problem.bucket_names
+    return EvalResult(
+        status="ok" if failure is None else "diverged",
+        accuracy=float(correct.sum() / total.sum()) if failure is None else None,
+        buckets={name: (float(c / t) if t else None)
+                 for name, c, t in zip(names, correct, total, strict=True)},
+        bucket_counts={name: int(t) for name, t in zip(names, total, strict=True)},
+        chance=problem.chance, loss_curve=curve, steps=steps,
+        train_seconds=trained - start, eval_seconds=scored - trained,
+        task=problem.name, n=task.n, layers=cp.layers, heads=cp.heads,
+        parameters=sum(p.numel() for p in model.parameters()), seed=seed, threads=threads,
+        pattern=_describe(cp), failure=failure)
+
+
+def _check_train(task: TaskConfig) -> None:
+    t = task.train
+    for key in ("steps", "batch", "eval_sequences", "log_every"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    if not 0 < t.lr <= 1:
+        raise ValueError(f"train.lr must be in (0, 1] (AdamW diverges at once above), got {t.lr}")
+    if not (t.clip > 0 and math.isfinite(t.clip)) or t.warmup < 0 or not 0 <= t.weight_decay <= 1:
+        raise ValueError(f"train.clip must be positive and finite, train.warmup >= 0 and "
+                         f"0 <= train.weight_decay <= 1; got clip={t.clip}, warmup={t.warmup}, "
+                         f"weight_decay={t.weight_decay}")
+
+
+def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator):
+    """Train in place; returns (loss curve, steps done, failure or None)."""
+    t = task.train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    curve: list[tuple[int, float]] = []
+    window: list[float] = []
+    model.train()
+    for step in range(t.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, t.steps, t.lr, t.warmup)
+        batch = problem.batch(rng, t.batch)
+        logits = model(torch.from_numpy(batch.tokens))  # (B, n, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(batch.labels).flatten(),
+                               ignore_index=IGNORE)
+        value = loss.item()
+        if not math.isfinite(value):
+            return curve, step, f"training loss became {value} at step {step} (train.lr = {t.lr})"
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip)
+        optimizer.step()
+        window.append(value)
+        if len(window) == t.log_every or step == t.steps - 1:
+            curve.append((step + 1, round(float(np.mean(window)), 5)))
+            window.clear()
+    return curve, t.steps, None
+
+
+@torch.no_grad()
+def _score(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator):
+    """Correct answers and answers per bucket on held-out sequences."""
+    model.eval()
+    k = len(problem.bucket_names)
+    correct, total = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    remaining = task.train.eval_sequences
+    while remaining:
+        size = min(remaining, task.train.batch * 4)
+        batch = problem.batch(rng, size)
+        predicted = model(torch.from_numpy(batch.tokens)).argmax(-1).numpy()  # (B, n)
+        answer = batch.labels != IGNORE
+        hit = predicted[answer] == batch.labels[answer]
+        bucket = batch.buckets[answer]
+        correct += np.bincount(bucket, weights=hit, minlength=k).astype(np.int64)
+        total += np.bincount(bucket, minlength=k)
+        remaining -= size
+    return correct, total
+
+
+def _describe(cp: CompiledPattern) -> str:
+    if cp.stack.description:
+        return cp.stack.description
+    expressions = {cp.expression(layer, head) for layer in range(cp.layers) for head in range(cp.heads)}
+    return next(iter(expressions)) if len(expressions) == 1 else f"{len(expressions)} expressions"

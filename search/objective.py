@@ -1,0 +1,147 @@
+"""One trial of the search: candidate -> checks -> measured cost -> proxy accuracy.
+
+1. the space suggests a stack (or a reference trial names a classic pattern);
+2. it is compiled at ``n_target`` (the kernel's block) and at ``n_proxy`` (the model's);
+3. constraints, in milliseconds: mean block density at ``n_target`` within the budget (as a
+   fraction of dense causal's), and, when required, every causal pair reached within the model's
+   depth at ``n_proxy`` (``patternc.reach``, exact). A failing candidate is recorded with its reason
+   and pruned: it never reaches the kernel or the training;
+4. cost: ``patternc.measure`` on every distinct layer at ``n_target`` (cached on disk), the mean
+   latency as a fraction of dense causal SDPA's;
+5. accuracy: ``search.evaluate`` on the proxy task at ``n_proxy``.
+
+Everything found is a trial attribute (keys in ``search.record``).
+
+>>> study.optimize(Objective(task, space, kernel, seed=0), n_trials=10)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import optuna
+import torch
+
+import patternc
+from patternc.compiled import CompiledPattern
+from patternc.cost import layout_hash
+from patternc.errors import PatternError
+from patternc.stack import Stack
+from search import record
+from search.config import KernelConfig, SpaceConfig, TaskConfig
+from search.evaluate import evaluate
+from search.space import reference_stack, suggest
+
+__all__ = ["Diverged", "Objective", "describe"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Diverged(RuntimeError):
+    """Training under the candidate ended with a NaN or infinite loss (the trial is FAIL)."""
+
+
+def describe(stack: Stack) -> str:
+    """One line for a stack: its expression, or each layer's when they differ."""
+    by_layer = []
+    for l in range(stack.layers):
+        exprs = {stack.rule_at(l, h)[0] for h in range(stack.heads)}
+        by_layer.append(next(iter(exprs)) if len(exprs) == 1 else " / ".join(sorted(exprs)))
+    if len(set(by_layer)) == 1:
+        return by_layer[0]
+    return "; ".join(f"layer {l}: {text}" for l, text in enumerate(by_layer))
+
+
+class Objective:
+    """Callable for ``study.optimize``: returns ``(accuracy, cost)``."""
+
+    def __init__(self, task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed: int = 0):
+        if kernel.dtype not in DTYPES:
+            raise ValueError(f"kernel.dtype must be one of {', '.join(DTYPES)}, got {kernel.dtype!r}")
+        self.task = dataclasses.replace(task, n=space.n_proxy)
+        self.space, self.kernel, self.seed = space, kernel, seed
+        dense = patternc.compile("causal", space.n_target, block=space.target_block)
+        self.dense_density = dense.stats().per_head[0].block_density
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        durations: dict[str, float] = {}
+        start = time.perf_counter()
+        reference = trial.user_attrs.get(record.REFERENCE)
+        stack = reference_stack(self.space, reference, trial) if reference else suggest(trial, self.space)
+        trial.set_user_attr(record.STACK, stack.to_dict())
+        trial.set_user_attr(record.EXPRESSION, describe(stack))
+        try:
+            target = patternc.compile(stack, self.space.n_target, block=self.space.target_block)
+            proxy = patternc.compile(stack, self.space.n_proxy, block=self.space.block)
+            density = self._density(target)
+        except PatternError as error:  # e.g. a parameter that makes a window 0 wide
+            self._reject(trial, f"does not compile: {error.message}")
+        durations["compile"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        depth = patternc.reach(proxy, max_depth=self.space.layers).mixing_depth
+        durations["reach"] = time.perf_counter() - start
+        mixes = depth is not None and depth <= self.space.layers
+        trial.set_user_attr(record.DENSITY, density)
+        trial.set_user_attr(record.MIXING_DEPTH, depth)
+        trial.set_constraint("density", density - self.space.density_budget)
+        trial.set_constraint("mixing", 0.0 if mixes or not self.space.require_mixing else 1.0)
+        reasons = []
+        if density > self.space.density_budget:
+            reasons.append(f"density {density:.3f} of dense causal at n = {self.space.n_target} is over "
+                           f"the budget {self.space.density_budget}")
+        if self.space.require_mixing and not mixes:
+            reasons.append(f"does not reach every causal pair within {self.space.layers} layers at "
+                           f"n = {self.space.n_proxy}")
+        trial.set_user_attr(record.DURATIONS, durations)
+        if reasons and not reference:
+            self._reject(trial, "; ".join(reasons))
+
+        start = time.perf_counter()
+        cost = self._cost(target)
+        durations["cost"] = time.perf_counter() - start
+        trial.set_user_attr(record.COST, cost)
+        trial.set_user_attr(record.DURATIONS, durations)
+
+        result = evaluate(proxy, self.task, seed=self.seed)
+        durations["train"] = result.wall_seconds
+        trial.set_user_attr(record.DURATIONS, durations)
+        trial.set_user_attr(record.BUCKETS, result.buckets)
+        trial.set_user_attr(record.CHANCE, result.chance)
+        if result.status != "ok":
+            trial.set_user_attr(record.STATUS, "diverged")
+            raise Diverged(result.failure)
+        trial.set_user_attr(record.STATUS, "ok")
+        trial.set_user_attr(record.ACCURACY, result.accuracy)
+        return result.accuracy, cost["ratio"]
+
+    def _density(self, cp: CompiledPattern) -> float:
+        """Mean block density over every layer and head, as a fraction of dense causal's."""
+        per_head = cp.stats().per_head
+        return sum(s.block_density for s in per_head) / len(per_head) / self.dense_density
+
+    def _cost(self, cp: CompiledPattern) -> dict:
+        """Mean measured latency over the layers (each distinct layer timed once), against dense."""
+        k = self.kernel
+        by_layout: dict[str, patternc.Measurement] = {}
+        ratios, seconds, baseline = [], [], []
+        for layer in range(cp.layers):
+            key = layout_hash(cp, layer)
+            if key not in by_layout:
+                by_layout[key] = patternc.measure(cp, batch=k.batch, head_dim=k.head_dim, backend=k.backend,
+                                                  dtype=DTYPES[k.dtype], layer=layer, repeats=k.repeats,
+                                                  warmup=k.warmup)
+            m = by_layout[key]
+            ratios.append(m.ratio)
+            seconds.append(m.seconds)
+            baseline.append(m.baseline_seconds)
+        return {"ratio": sum(ratios) / len(ratios), "seconds": sum(seconds),
+                "baseline_seconds": sum(baseline), "backend": k.backend, "n": cp.n, "dtype": k.dtype,
+                "distinct_layers": len(by_layout)}
+
+    @staticmethod
+    def _reject(trial: optuna.Trial, reason: str):
+        trial.set_user_attr(record.STATUS, "rejected")
+        trial.set_user_attr(record.REJECTED, reason)
+        raise optuna.TrialPruned(reason)

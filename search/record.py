@@ -1,0 +1,32 @@
+"""What a search trial records: the user-attribute keys shared by the objective and the report.
+
+Values: ``[accuracy, cost]``, directions ``[maximize, minimize]``, where cost is the measured
+latency at ``n_target`` as a fraction of dense causal attention's (mean over the stack's layers).
+Feasibility is Optuna's own: ``trial.set_constraint("density", density - budget)`` and
+``trial.set_constraint("mixing", 0 or 1)``; a trial is feasible when every constraint is <= 0.
+
+A sampled candidate that fails a constraint is rejected before any training: its constraints and
+``REJECTED`` reason are recorded and the trial is PRUNED (no made-up objective values). Reference
+trials (classic patterns, ``REFERENCE`` set) are always trained and scored, so they can be plotted
+beside the front; an infeasible one is COMPLETE with its constraints > 0 and never on the front.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACCURACY", "BUCKETS", "CHANCE", "COST", "DENSITY", "DIRECTIONS", "DURATIONS", "EXPRESSION",
+           "MIXING_DEPTH", "REFERENCE", "REJECTED", "STACK", "STATUS"]
+
+DIRECTIONS = ("maximize", "minimize")  # accuracy, cost
+
+REFERENCE = "reference"  # name of the classic pattern a reference trial reproduces (absent otherwise)
+STACK = "stack"  # the candidate as a stack dict (patternc.Stack.to_dict()): drops into conf/pattern/
+EXPRESSION = "expression"  # one line: the expression, or "layer l: expr; ..." when layers differ
+STATUS = "status"  # "ok", "rejected" (failed a constraint, never trained) or "diverged" (NaN loss)
+REJECTED = "rejected"  # why a candidate was rejected, in words
+DENSITY = "density"  # mean block density at n_target, as a fraction of dense causal's block density
+MIXING_DEPTH = "mixing_depth"  # layers until every causal pair is reached at n_proxy; None: not within
+COST = "cost"  # {"ratio", "seconds", "baseline_seconds", "backend", "n", "dtype"}
+ACCURACY = "accuracy"  # held-out proxy accuracy (also the first objective value)
+BUCKETS = "buckets"  # {bucket name: accuracy}
+CHANCE = "chance"  # the task's chance accuracy
+DURATIONS = "durations"  # {"compile", "reach", "cost", "train"}: seconds of each stage

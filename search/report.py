@@ -1,0 +1,371 @@
+"""The outputs of a search run: every trial as CSV, the Pareto front as CSV, markdown, a picture and
+ready-to-use pattern files, and a short summary.
+
+    out_dir/trials.csv  pareto.csv  pareto.md  pareto.png  summary.md
+    out_dir/patterns/01_<slug>.yaml           # drops into conf/pattern/
+    out_dir/patterns/01_<slug>.safetensors    # its layout at n_target (patternc.load)
+
+The front is taken among COMPLETE feasible trials only: rejected candidates are PRUNED with no
+values, and infeasible reference trials are scored to be drawn beside the front, never on it.
+
+>>> report = write_report(study, space, pathlib.Path("outputs/run"), "mqar")   # doctest: +SKIP
+>>> [t.user_attrs["expression"] for t in report.front]                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import math
+import pathlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+import yaml
+from matplotlib.figure import Figure  # no pyplot: no global figure state; savefig renders with Agg
+from optuna.trial import FrozenTrial, TrialState
+
+import patternc
+from patternc.stack import Stack
+from search import record as R
+from search.config import SpaceConfig
+from search.pareto import dominated_pairs, pareto_front
+
+__all__ = ["Report", "feasible", "front_trials", "pareto_figure", "pareto_markdown", "scored",
+           "summary_markdown", "trial_rows", "write_report"]
+
+_STAGES = ("compile", "reach", "cost", "train")  # the objective's stages, in the order they run
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What ``write_report`` wrote, and the front it found (sorted by cost, cheapest first)."""
+
+    out_dir: pathlib.Path
+    trials_csv: pathlib.Path
+    pareto_csv: pathlib.Path
+    pareto_md: pathlib.Path
+    pareto_png: pathlib.Path
+    summary_md: pathlib.Path
+    patterns: tuple[pathlib.Path, ...]  # per front member in rank order: its .yaml, then .safetensors
+    front: tuple[FrozenTrial, ...]
+    dominated: dict[int, list[str]]  # front trial number -> names of the references it dominates
+
+
+def feasible(trial: FrozenTrial) -> bool | None:
+    """Optuna's feasibility (every constraint <= 0); a COMPLETE trial without constraints counts as
+    feasible, as Optuna's samplers count it; None when a trial has not got that far."""
+    if trial.constraints:
+        return all(v <= 0 for v in trial.constraints.values())
+    return True if trial.state == TrialState.COMPLETE else None
+
+
+def scored(trial: FrozenTrial) -> bool:
+    """COMPLETE with finite [accuracy, cost]: something that can be plotted and compared."""
+    return (trial.state == TrialState.COMPLETE and trial.values is not None
+            and all(math.isfinite(v) for v in trial.values))
+
+
+def front_trials(trials: list[FrozenTrial], directions: Sequence[str] = R.DIRECTIONS) -> list[FrozenTrial]:
+    """The Pareto front among scored feasible trials, cheapest first (ties: more accurate first).
+
+    >>> [t.number for t in front_trials(study.trials)]   # doctest: +SKIP
+    [4, 11, 2]
+    """
+    pool = [t for t in trials if scored(t) and feasible(t)]
+    front = [pool[i] for i in pareto_front([t.values for t in pool], directions)]
+    return sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
+
+
+def _cost(trial: FrozenTrial) -> float | None:
+    if trial.values is not None:
+        return trial.values[1]
+    cost = trial.user_attrs.get(R.COST)
+    return cost.get("ratio") if isinstance(cost, dict) else None
+
+
+def _ordered(names: list[str], first: tuple[str, ...] = ()) -> list[str]:
+    """Distinct names, ``first`` ones in that order, then the rest as first seen (bucket names run in
+    distance order, which sorting the strings would scramble)."""
+    seen = dict.fromkeys(n for n in first if n in names)
+    seen.update(dict.fromkeys(names))
+    return list(seen)
+
+
+def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
+    """(columns, one dict per trial) for ``trials.csv``; columns depend only on the trials' keys.
+
+    >>> columns, rows = trial_rows(study.trials)   # doctest: +SKIP
+    >>> columns[:5]                                # doctest: +SKIP
+    ['number', 'state', 'reference', 'status', 'expression']
+    """
+    params = sorted({p for t in trials for p in t.params})
+    constraints = sorted({c for t in trials for c in t.constraints})
+    buckets = _ordered([b for t in trials for b in t.user_attrs.get(R.BUCKETS) or {}])
+    stages = _ordered([s for t in trials for s in t.user_attrs.get(R.DURATIONS) or {}], _STAGES)
+    columns = (["number", "state", "reference", "status", "expression"]
+               + [f"param_{p}" for p in params]
+               + ["accuracy", "cost", "density", "mixing_depth", "feasible"]
+               + [f"constraint_{c}" for c in constraints] + ["rejected_reason"]
+               + [f"bucket_{b}" for b in buckets] + [f"seconds_{s}" for s in stages]
+               + ["datetime_start", "datetime_complete"])
+    rows = []
+    for t in trials:
+        a = t.user_attrs
+        row = {"number": t.number, "state": t.state.name, "reference": a.get(R.REFERENCE),
+               "status": a.get(R.STATUS), "expression": a.get(R.EXPRESSION),
+               "accuracy": t.values[0] if t.values else a.get(R.ACCURACY), "cost": _cost(t),
+               "density": a.get(R.DENSITY), "mixing_depth": a.get(R.MIXING_DEPTH),
+               "feasible": feasible(t), "rejected_reason": a.get(R.REJECTED),
+               "datetime_start": t.datetime_start and t.datetime_start.isoformat(),
+               "datetime_complete": t.datetime_complete and t.datetime_complete.isoformat()}
+        row.update({f"param_{k}": v for k, v in t.params.items()})
+        row.update({f"constraint_{k}": v for k, v in t.constraints.items()})
+        row.update({f"bucket_{k}": v for k, v in (a.get(R.BUCKETS) or {}).items()})
+        row.update({f"seconds_{k}": v for k, v in (a.get(R.DURATIONS) or {}).items()})
+        rows.append({c: "" if row.get(c) is None else row[c] for c in columns})
+    return columns, rows
+
+
+def _write_csv(path: pathlib.Path, columns: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    """``causal & window(16)`` -> ``causal_window_16``: a file name that survives any filesystem."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].rstrip("_") or "pattern"
+
+
+def _pattern_files(trial: FrozenTrial, rank: str, study: str, space: SpaceConfig, task: str,
+                   folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path] | None:
+    """Write one front member's stack YAML and its compiled layout at n_target; None without a stack."""
+    data = trial.user_attrs.get(R.STACK)
+    if not isinstance(data, dict):
+        return None
+    acc, cost = trial.values
+    name = trial.user_attrs.get(R.REFERENCE) or trial.user_attrs.get(R.EXPRESSION) or data.get("default", "")
+    stem = f"{rank}_{_slug(name)}"
+    density = trial.user_attrs.get(R.DENSITY)
+    description = (f"Pareto #{int(rank)} of study {study} (trial {trial.number}; space {space.name}, task "
+                   f"{task}): accuracy {acc:.3f}, cost {cost:.2f}x dense causal at n={space.n_target}"
+                   + ("" if density is None else f", block density {density:.3f}"))
+    # The cost was measured on target_block tiles, so the file carries that block: loaded as is, it
+    # compiles to the layout that was timed.
+    stack = Stack.from_dict({**data, "block": space.target_block, "description": description})
+    yaml_path, layout_path = folder / f"{stem}.yaml", folder / f"{stem}.safetensors"
+    header = f"# Found by patternc-search; copy into conf/pattern/ to use it as pattern={stem}\n"
+    yaml_path.write_text(header + yaml.safe_dump(stack.to_dict(), sort_keys=False, width=100),
+                         encoding="utf-8")
+    patternc.compile(stack, space.n_target, block=space.target_block).save(layout_path)
+    return yaml_path, layout_path
+
+
+def pareto_figure(trials: list[FrozenTrial], front: list[FrozenTrial], title: str) -> Figure:
+    """Accuracy against measured cost: feasible trials grey, infeasible hollow, references labelled,
+    the front as a step line (the best accuracy any budget up to that cost buys).
+
+    >>> pareto_figure(study.trials, front_trials(study.trials), "tpe").savefig("p.png")  # doctest: +SKIP
+    """
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.subplots()
+    pts = [t for t in trials if scored(t)]
+    groups = {  # (is a reference, is feasible) -> how it is drawn; hollow means infeasible
+        (False, True): {"s": 18, "color": "0.6", "label": "sampled pattern"},
+        (False, False): {"s": 30, "facecolors": "none", "edgecolors": "0.4", "label": "sampled, infeasible"},
+        (True, True): {"s": 40, "marker": "D", "color": "C3", "label": "classic pattern"},
+        (True, False): {"s": 40, "marker": "D", "facecolors": "none", "edgecolors": "C3",
+                        "label": "classic, infeasible (over budget or no mixing)"},
+    }
+    for (ref, ok), style in groups.items():
+        members = [t for t in pts if bool(t.user_attrs.get(R.REFERENCE)) == ref and bool(feasible(t)) == ok]
+        if members:
+            ax.scatter([t.values[1] for t in members], [t.values[0] for t in members], zorder=2, **style)
+    for t in pts:
+        if t.user_attrs.get(R.REFERENCE):
+            ax.annotate(t.user_attrs[R.REFERENCE], (t.values[1], t.values[0]), xytext=(5, -10),
+                        textcoords="offset points", fontsize=8, color="C3")
+    if front:
+        xs, ys = [t.values[1] for t in front], [t.values[0] for t in front]
+        ax.step(xs, ys, where="post", color="C0", marker="o", markersize=7, zorder=3, label="Pareto front",
+                markerfacecolor="none", markeredgewidth=1.5)
+        for rank, (x, y) in enumerate(zip(xs, ys, strict=True), 1):
+            ax.annotate(f"#{rank}", (x, y), xytext=(-4, 6), textcoords="offset points", fontsize=8,
+                        color="C0", ha="right")
+    chance = next((t.user_attrs[R.CHANCE] for t in trials if t.user_attrs.get(R.CHANCE) is not None), None)
+    if chance is not None:
+        ax.axhline(chance, color="0.5", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
+    costs = [t.values[1] for t in pts]
+    if costs and min(costs) > 0 and max(costs) / min(costs) > 10:
+        ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+    if not any(feasible(t) for t in pts):
+        ax.text(0.5, 0.5, "no feasible trial", transform=ax.transAxes, ha="center", fontsize=14)
+    ax.set_xlabel("measured cost (fraction of dense causal attention's time)")
+    ax.set_ylabel("proxy accuracy (held out)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if pts or chance is not None:
+        ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def _code(text, table: bool = False) -> str:
+    """An expression as inline code; in a table cell a bare ``|`` would end the cell, so it is escaped
+    there (GitHub's tables unescape it inside code) and only there (elsewhere it would show)."""
+    text = str(text or "")
+    return "`" + (text.replace("|", "\\|") if table else text) + "`"
+
+
+def _who(t: FrozenTrial) -> str:
+    return t.user_attrs.get(R.REFERENCE) or f"trial {t.number}"
+
+
+def _beats(front: list[FrozenTrial], dominated: dict[int, list[str]], refs: list[FrozenTrial]) -> list[str]:
+    """One line per front member that dominates a classic pattern, or one line saying none does."""
+    if not refs:
+        return ["The study has no scored reference (classic) pattern to compare with."]
+    by_name = {_who(t): t for t in refs}
+    lines = []
+    for rank, t in enumerate(front, 1):
+        if dominated.get(t.number):
+            beaten = ", ".join(f"{n} ({by_name[n].values[0]:.3f}, {by_name[n].values[1]:.2f}x)"
+                               for n in dominated[t.number])
+            lines.append(f"- #{rank} ({_who(t)}: {t.values[0]:.3f}, {t.values[1]:.2f}x) dominates {beaten}")
+    return lines or [f"No front pattern dominates any of the {len(refs)} classic patterns off the front."]
+
+
+def pareto_markdown(front: list[FrozenTrial], files: list[str], dominated: dict[int, list[str]],
+                    refs: list[FrozenTrial], title: str) -> str:
+    """``pareto.md``: the front as a table, cheapest first, then which classic patterns it beats."""
+    head = [f"# Pareto front: {title}", ""]
+    if not front:
+        return "\n".join([*head, "No feasible trial has finished, so there is no Pareto front yet.", ""])
+    rows = ["| rank | expression | accuracy | cost | density | mixing depth | pattern file |",
+            "|---:|---|---:|---:|---:|---:|---|"]
+    for rank, (t, name) in enumerate(zip(front, files, strict=True), 1):
+        a = t.user_attrs
+        density = "" if a.get(R.DENSITY) is None else f"{a[R.DENSITY]:.3f}"
+        depth = a.get(R.MIXING_DEPTH)
+        label = _code(a.get(R.EXPRESSION), table=True)
+        label += f" ({a[R.REFERENCE]})" if a.get(R.REFERENCE) else ""
+        link = f"[{name}](patterns/{name})" if name else ""
+        rows.append(f"| {rank} | {label} | {t.values[0]:.3f} | {t.values[1]:.2f}x dense | {density} | "
+                    f"{'none' if depth is None else depth} | {link} |")
+    return "\n".join([*head, *rows, "", "Classic patterns dominated by the front:", "",
+                      *_beats(front, dominated, refs), ""])
+
+
+def _rejections(trials: list[FrozenTrial]) -> list[str]:
+    """Rejected candidates grouped by reason; numbers are masked for the grouping, so "density 0.61 >
+    0.5" and "density 0.72 > 0.5" count as one reason, shown by its first example."""
+    rejected = [t for t in trials if t.user_attrs.get(R.STATUS) == "rejected"]
+    if not rejected:
+        return ["Rejected before training: none."]
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for t in rejected:
+        reason = str(t.user_attrs.get(R.REJECTED) or "no reason recorded")
+        groups[re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", reason)].append(reason)
+    violated = collections.Counter(c for t in rejected for c, v in t.constraints.items() if v > 0)
+    by_constraint = ", ".join(f"{c} {k}" for c, k in violated.most_common())
+    violations = f" (constraints violated: {by_constraint})" if by_constraint else ""
+    lines = [f"Rejected before training: {len(rejected)}{violations}; commonest reasons:"]
+    for examples in sorted(groups.values(), key=len, reverse=True)[:3]:
+        lines.append(f"  - {len(examples)} x {examples[0]}" + (" (numbers vary)" if len(set(examples)) > 1
+                                                                else ""))
+    return lines
+
+
+def _describe(t: FrozenTrial) -> str:
+    return (f"{_who(t)} {_code(t.user_attrs.get(R.EXPRESSION))}: accuracy {t.values[0]:.3f}, "
+            f"cost {t.values[1]:.2f}x dense")
+
+
+def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[FrozenTrial],
+                     front: list[FrozenTrial], dominated: dict[int, list[str]], refs: list[FrozenTrial],
+                     tolerance: float = 0.02) -> str:
+    """``summary.md``: counts, rejections, the front, the best and the cheapest good-enough pattern,
+    what beats the classics, and the time taken."""
+    states = collections.Counter(t.state.name for t in trials)
+    statuses = collections.Counter(str(t.user_attrs[R.STATUS]) for t in trials if R.STATUS in t.user_attrs)
+    facts = [f"Trials: {len(trials)}" + (" (" + ", ".join(f"{s} {k}" for s, k in sorted(states.items())) + ")"
+                                         if trials else ""),
+             "Status: " + (", ".join(f"{s} {k}" for s, k in sorted(statuses.items())) or "none recorded"),
+             *_rejections(trials)]
+    pool = [t for t in trials if scored(t)]
+    good = [t for t in pool if feasible(t)]
+    beats = []
+    if not good:
+        facts.append("No feasible trial has finished: no Pareto front, no pattern files.")
+    else:
+        best = max(pool, key=lambda t: (t.values[0], -t.values[1]))  # infeasible references count: dense
+        near = [t for t in good if t.values[0] >= best.values[0] - tolerance]
+        facts += [f"Pareto front: {len(front)} patterns (see pareto.md, pareto.png, patterns/).",
+                  f"Best accuracy: {_describe(best)}" + ("" if feasible(best) else " (infeasible)") + ".",
+                  f"Best feasible accuracy: {_describe(max(good, key=lambda t: t.values[0]))}.",
+                  f"Cheapest feasible within {tolerance} of the best accuracy: "
+                  + (f"{_describe(min(near, key=lambda t: t.values[1]))}." if near else "none.")]
+        beats = ["", "Classic patterns dominated by the front:", "", *_beats(front, dominated, refs)]
+    times = [t.datetime_start for t in trials if t.datetime_start] + [
+        t.datetime_complete for t in trials if t.datetime_complete]
+    if times:
+        facts.append(f"Elapsed: {(max(times) - min(times)).total_seconds():.1f} s from the first trial's "
+                     "start to the last one's end.")
+    return "\n".join([
+        f"# Search summary: space {space.name}, task {task}, study {study}", "",
+        f"Cost is measured at n_target={space.n_target} on {space.target_block}-token blocks, as a "
+        "fraction of dense causal attention's time; accuracy is held-out proxy accuracy.", "",
+        # each fact a bullet, so that it renders on its own line; the reasons are already sub-bullets
+        *(fact if fact.startswith("  ") else f"- {fact}" for fact in facts), *beats, ""])
+
+
+def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path, task_name: str) -> Report:
+    """Write every output of a search run into ``out_dir`` and return where, with the front.
+
+    >>> write_report(study, SpaceConfig(name="window_global"), pathlib.Path("out"), "mqar").front
+    ... # doctest: +SKIP
+    """
+    directions = tuple(d.name.lower() for d in study.directions)
+    if directions != R.DIRECTIONS:
+        raise ValueError(f"a search study has directions {R.DIRECTIONS} (accuracy, cost), got {directions}")
+    out_dir = pathlib.Path(out_dir)
+    (out_dir / "patterns").mkdir(parents=True, exist_ok=True)
+    for old in (out_dir / "patterns").glob("[0-9]*_*"):  # an earlier report here: its ranks are stale
+        if old.suffix in (".yaml", ".safetensors"):
+            old.unlink()
+    trials = study.get_trials(deepcopy=False)
+    front = front_trials(trials, directions)
+    on_front = {t.number for t in front}
+    refs = [t for t in trials if scored(t) and t.user_attrs.get(R.REFERENCE) and t.number not in on_front]
+    dominated: dict[int, list[str]] = collections.defaultdict(list)
+    for i, j in dominated_pairs([t.values for t in front], [t.values for t in refs], directions):
+        dominated[front[i].number].append(refs[j].user_attrs[R.REFERENCE])
+
+    columns, rows = trial_rows(trials)  # first, so the raw data is on disk whatever follows
+    paths = {name: out_dir / name for name in ("trials.csv", "pareto.csv", "pareto.md", "pareto.png",
+                                                "summary.md")}
+    _write_csv(paths["trials.csv"], columns, rows)
+
+    width = max(2, len(str(len(front))))
+    files = [_pattern_files(t, f"{rank:0{width}d}", study.study_name, space, task_name, out_dir / "patterns")
+             for rank, t in enumerate(front, 1)]
+    names = [f.name if f else "" for f in (pair[0] if pair else None for pair in files)]
+    by_number = {r["number"]: r for r in rows}
+    front_columns = ["rank", *columns[:5], "accuracy", "cost", "density", "mixing_depth", "yaml",
+                     "safetensors", "dominates"]
+    _write_csv(paths["pareto.csv"], front_columns, [
+        {**{c: by_number[t.number][c] for c in front_columns[1:-3]}, "rank": rank, "yaml": name,
+         "safetensors": pair[1].name if pair else "", "dominates": ";".join(dominated.get(t.number, []))}
+        for rank, (t, name, pair) in enumerate(zip(front, names, files, strict=True), 1)])
+
+    title = f"{space.name} on {task_name}: accuracy vs measured cost at n_target={space.n_target}"
+    paths["pareto.md"].write_text(pareto_markdown(front, names, dominated, refs, title), encoding="utf-8")
+    pareto_figure(trials, front, title).savefig(paths["pareto.png"], dpi=120)
+    summary = summary_markdown(study.study_name, space, task_name, trials, front, dominated, refs)
+    paths["summary.md"].write_text(summary, encoding="utf-8")
+    return Report(out_dir, *paths.values(), tuple(p for pair in files if pair for p in pair), tuple(front),
+                  dict(dominated))

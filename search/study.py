@@ -1,0 +1,189 @@
+"""The Optuna study: storage, sampler, reference trials, budget, progress, resumption.
+
+``run_search(task, space, kernel, settings)`` opens (or resumes) the study named ``settings.study``
+in ``settings.storage`` (default: sqlite under ``outputs/search/``), enqueues the space's classic
+patterns once, and runs trials until the study holds ``settings.n_trials`` counted trials in all
+(scored or diverged; every worker and every earlier run counted), so a rerun of a killed search,
+or a second worker on the same storage, finishes the same budget and never repeats a trial. With
+several workers the study may end a trial or so past the budget: each worker checks the budget
+before it starts a trial, and others may finish theirs meanwhile.
+
+Workers send heartbeats; a trial whose worker died (SIGKILL, a lost machine) is marked FAIL by the
+next worker that starts a trial once ``2 * heartbeat`` seconds passed, and retried
+``settings.retries`` times with the same parameters.
+
+>>> study = run_search(task, space, kernel, settings, seed=0)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+import warnings
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from search import record
+from search.config import KernelConfig, SearchConfig, SpaceConfig, TaskConfig
+from search.objective import Diverged, Objective
+from search.space import check_space, enqueue_params
+
+__all__ = ["DEFAULT_STORAGE_DIR", "SAMPLERS", "counted", "make_sampler", "make_storage", "open_study",
+           "run_search", "spent"]
+
+DEFAULT_STORAGE_DIR = pathlib.Path("outputs/search")
+
+log = logging.getLogger("patternc.search")
+
+
+def make_sampler(settings: SearchConfig, n_startup: int) -> optuna.samplers.BaseSampler:
+    """The sampler named in ``search.sampler``, seeded."""
+    name, seed = settings.sampler, settings.seed
+    if name == "tpe":
+        # constant_liar: parallel workers do not all sample the same point while trials run
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True,
+                                          constant_liar=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown search.sampler={name!r}; choose from {', '.join(SAMPLERS)}")
+
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
+
+def make_storage(settings: SearchConfig) -> RDBStorage:
+    """The study's storage: ``search.storage`` (any SQLAlchemy URL Optuna takes, e.g.
+    ``postgresql://user@host/db``) or a sqlite file per study under ``outputs/search/``."""
+    url = settings.storage
+    if url is None:
+        DEFAULT_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{DEFAULT_STORAGE_DIR / settings.study}.db"
+    if settings.heartbeat < 1 or settings.retries < 0:
+        raise ValueError(f"search.heartbeat must be >= 1 second and search.retries >= 0, got "
+                         f"{settings.heartbeat} and {settings.retries}")
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.retries)
+            return RDBStorage(url, heartbeat_interval=settings.heartbeat, grace_period=2 * settings.heartbeat,
+                              heartbeat_stale_trial_callback=retry)
+    except Exception as error:  # SQLAlchemy's errors name the driver or the server that failed
+        raise ValueError(f"cannot open search.storage={url}: {type(error).__name__}: {error}") from None
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Does a trial spend the budget? Scored trials do, and so do trials whose training diverged
+    (an outcome of the candidate). Rejected candidates (PRUNED, milliseconds) do not, nor do trials
+    failed because their worker died: those are retried."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get(record.STATUS) == "diverged")
+
+
+def spent(study: optuna.Study) -> int:
+    return sum(counted(t) for t in study.get_trials(deepcopy=False))
+
+
+def open_study(settings: SearchConfig, sampler: optuna.samplers.BaseSampler,
+               space: SpaceConfig) -> optuna.Study:
+    """Create the study, or load it when it exists (a resumed run, a second worker).
+
+    Only the worker that creates the study enqueues the reference trials, so two workers starting
+    together never enqueue them twice.
+    """
+    storage = make_storage(settings)
+    try:
+        study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler,
+                                    directions=list(record.DIRECTIONS))
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler)
+        directions = tuple(d.name.lower() for d in study.directions)
+        if directions != record.DIRECTIONS:
+            raise ValueError(f"study {settings.study!r} in {settings.storage or 'outputs/search/'} has "
+                             f"objectives {directions}, not {record.DIRECTIONS}: choose another "
+                             f"search.study") from None
+        return study
+    if settings.references:
+        for name in space.references:
+            study.enqueue_trial(enqueue_params(space, name), user_attrs={record.REFERENCE: name})
+    return study
+
+
+class _Budgeted:
+    """The objective, refusing to start a trial once the study's budget is spent (another worker
+    may have spent it while this one was training): the trial is pruned as "over budget"."""
+
+    def __init__(self, objective: Objective, budget: int):
+        self.objective, self.budget = objective, budget
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        if spent(trial.study) >= self.budget:
+            trial.set_user_attr(record.STATUS, "over budget")
+            trial.study.stop()
+            raise optuna.TrialPruned("the study's budget was spent by other trials")
+        return self.objective(trial)
+
+
+def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, settings: SearchConfig,
+               seed: int = 0, progress: bool = True) -> optuna.Study:
+    """Run (or resume) the study until it holds ``settings.n_trials`` finished trials."""
+    check_space(space)
+    if settings.n_trials < 1:
+        raise ValueError(f"search.n_trials must be at least 1, got {settings.n_trials}")
+    objective = _Budgeted(Objective(task, space, kernel, seed=seed), settings.n_trials)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
+    study = open_study(settings, make_sampler(settings, n_startup=max(4, settings.n_trials // 3)), space)
+    done = spent(study)
+    bar = tqdm(total=settings.n_trials, initial=min(done, settings.n_trials), unit="trial",
+               desc=f"study {settings.study}", disable=not progress, dynamic_ncols=True)
+    started = time.perf_counter()
+    rejected_here = 0
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal rejected_here
+        finished = spent(study)
+        bar.n = min(finished, settings.n_trials)
+        bar.refresh()
+        line = trial_line(trial, finished, settings.n_trials)
+        bar.write(line) if progress else log.info(line)
+        if finished >= settings.n_trials:
+            study.stop()
+        elif trial.state == TrialState.PRUNED:
+            rejected_here += 1
+            if rejected_here >= settings.max_rejected:
+                bar.write(f"stopping: {rejected_here} candidates rejected in this worker "
+                          f"(search.max_rejected); the space's density budget or depth rules out "
+                          f"almost everything in it")
+                study.stop()
+
+    if done < settings.n_trials:
+        study.optimize(objective, timeout=settings.timeout, catch=(Diverged,), gc_after_trial=False,
+                       callbacks=[after_trial])
+    bar.close()
+    log.info("search ran %.0f s in this worker", time.perf_counter() - started)
+    return study
+
+
+def trial_line(trial: FrozenTrial, finished: int, budget: int) -> str:
+    """One log line per finished trial: state, objectives, checks, expression, seconds."""
+    attrs = trial.user_attrs
+    name = f" [{attrs[record.REFERENCE]}]" if record.REFERENCE in attrs else ""
+    seconds = sum(attrs.get(record.DURATIONS, {}).values())
+    head = f"trial {trial.number:>3} ({finished}/{budget}){name}"
+    if trial.state == TrialState.PRUNED:
+        return (f"{head} rejected in {1e3 * seconds:.0f} ms: {attrs.get(record.REJECTED)} | "
+                f"{attrs.get(record.EXPRESSION)}")
+    if trial.state == TrialState.FAIL:
+        return f"{head} failed ({attrs.get(record.STATUS, 'error')}) | {attrs.get(record.EXPRESSION)}"
+    accuracy, cost = trial.values
+    feasible = all(v <= 0 for v in trial.constraints.values())
+    return (f"{head} accuracy {accuracy:.3f} cost {cost:.3f}x density {attrs.get(record.DENSITY, 0):.3f} "
+            f"mixing {attrs.get(record.MIXING_DEPTH)}{'' if feasible else ' (infeasible)'} "
+            f"in {seconds:.0f} s | {attrs.get(record.EXPRESSION)}")

@@ -1,0 +1,34 @@
+"""Proxy tasks: seeded generators of token sequences with answers in buckets.
+
+- ``mqar``: multi-query associative recall at controlled query-to-key distances;
+- ``majority``: which marker of a group occurred most often, asked at the end (aggregation).
+
+A new task is a ``Task`` subclass here, its config dataclass in ``search.config.TASK_SCHEMAS`` and
+a YAML under ``conf/task/``; ``make_task`` finds it by the config's ``name``.
+
+>>> make_task(MQARConfig(n=128)).batch(np.random.default_rng(0), 8).tokens.shape   # doctest: +SKIP
+(8, 128)
+"""
+
+from __future__ import annotations
+
+from search.config import TASK_SCHEMAS, TaskConfig
+from search.tasks.base import IGNORE, Batch, Task, bucket_of
+from search.tasks.majority import Majority
+from search.tasks.mqar import MQAR
+
+__all__ = ["IGNORE", "MQAR", "TASKS", "Batch", "Majority", "Task", "bucket_of", "make_task"]
+
+TASKS: dict[str, type[Task]] = {"mqar": MQAR, "majority": Majority}  # their schemas: config.TASK_SCHEMAS
+
+
+def make_task(cfg: TaskConfig) -> Task:
+    """The task a config describes, its values checked (bad ones raise ``ValueError`` naming the key)."""
+    if cfg.name not in TASKS:
+        raise ValueError(f"unknown task {cfg.name!r}; choose from {', '.join(TASKS)}")
+    schema = TASK_SCHEMAS[cfg.name]
+    if not isinstance(cfg, schema):
+        raise TypeError(f"task {cfg.name!r} takes a {schema.__name__}, got {type(cfg).__name__}")
+    if cfg.n < 8:
+        raise ValueError(f"task.n must be at least 8, got {cfg.n}")
+    return TASKS[cfg.name](cfg)

@@ -1,0 +1,82 @@
+"""The tiny model attends exactly under the compiled pattern, layer by layer and head by head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import patternc
+from patternc.stack import Override, Stack
+from search import ModelConfig, TinyTransformer, masks_of
+
+N, VOCAB = 24, 11
+
+
+def model_for(spec, layers=1, heads=2, seed=0, **model):
+    stack = spec if isinstance(spec, Stack) else Stack(default=spec, layers=layers, heads=heads)
+    cp = patternc.compile(stack, N, block=8)
+    torch.manual_seed(seed)
+    return TinyTransformer(VOCAB, masks_of(cp), ModelConfig(d_model=16, head_dim=4, heads=heads, **model)), cp
+
+
+def influence(model, tokens, position):
+    """Which outputs change when the token at ``position`` changes: (n,) bool."""
+    with torch.no_grad():
+        base = model(tokens)
+        changed = tokens.clone()
+        changed[0, position] = (changed[0, position] + 1) % VOCAB
+        return (model(changed) - base).abs().amax(-1)[0] > 1e-6
+
+
+def reach_of(cp):
+    """Pairs (q, k) where k can reach q through the layers, the token shift included (k -> k + 1)."""
+    dense = cp.to_dense().any(axis=1)  # (L, n, n) union of heads
+    reach = np.eye(N, dtype=bool) | np.eye(N, k=-1, dtype=bool)  # the previous-token embedding
+    for layer in dense:
+        reach = reach | (layer.astype(int) @ reach.astype(int) > 0)
+    return reach
+
+
+@pytest.mark.parametrize("spec, layers", [
+    pytest.param("causal & window(3)", 1, id="window_1_layer"),
+    pytest.param("causal & window(3)", 2, id="window_2_layers"),
+    pytest.param("causal & (stride(7) | diagonals([0]))", 2, id="stride"),
+    pytest.param("causal & (sink(2) | window(2))", 1, id="sink"),
+])
+def test_outputs_depend_exactly_on_what_the_pattern_reaches(spec, layers):
+    model, cp = model_for(spec, layers=layers)
+    tokens = torch.randint(VOCAB, (1, N), generator=torch.Generator().manual_seed(1))
+    reach = reach_of(cp)
+    for k in range(N):
+        assert (influence(model, tokens, k).numpy() == reach[:, k]).all(), f"key {k}"
+
+
+def test_heads_use_their_own_masks():
+    stack = Stack(default="causal & window(2)", layers=1, heads=2,
+                  overrides=(Override("causal & diagonals([0, 9])", heads=(1, 2)),))
+    model, cp = model_for(stack)
+    attn = model.blocks[0].attn
+    assert attn.mask.shape == (1, 2, N, N)
+    assert (attn.mask[0].numpy() == cp.to_dense(layer=0)).all()
+    tokens = torch.randint(VOCAB, (1, N), generator=torch.Generator().manual_seed(2))
+    assert influence(model, tokens, 3)[12]  # only head 1 links 12 to 3 (offset 9)
+
+
+def test_rows_without_keys_give_finite_values_and_gradients():
+    model, cp = model_for("causal & window(4) - diagonals([0]) - tokens([5])")
+    assert not cp.to_dense().any(-1).all()  # some query has no key at all
+    tokens = torch.randint(VOCAB, (3, N), generator=torch.Generator().manual_seed(3))
+    out = model(tokens)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_wrong_length_and_odd_head_dim_are_refused():
+    model, _ = model_for("causal")
+    with pytest.raises(ValueError, match="masks are for n = 24, got sequences of 10"):
+        model(torch.zeros(1, 10, dtype=torch.long))
+    cp = patternc.compile("causal", N)
+    with pytest.raises(ValueError, match=r"model\.head_dim must be even"):
+        TinyTransformer(VOCAB, masks_of(cp), ModelConfig(head_dim=5))

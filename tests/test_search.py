@@ -1,0 +1,125 @@
+"""patternc-search mode=search, end to end at tiny sizes: study, rejection before training, report."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import patternc
+import search.objective
+from search import record
+from search.app import CONF, run_search_mode
+from search.pareto import dominates
+from search.study import counted, run_search
+
+
+@pytest.fixture(autouse=True)
+def cost_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path / "cost-cache"))
+
+
+def tiny(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=["experiment=tiny", f"search.storage=sqlite:///{tmp_path}/s.db",
+                                            *overrides])
+
+
+def objects(cfg):
+    return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]
+
+
+def test_tiny_search_end_to_end(tmp_path):
+    cfg = tiny(tmp_path, "search.n_trials=5")
+    report = run_search_mode(cfg, tmp_path)
+    for name in ("trials.csv", "pareto.csv", "pareto.md", "pareto.png", "summary.md", "config.yaml"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    with open(tmp_path / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(row["state"] == "COMPLETE" for row in rows) >= 5
+    references = {row["reference"] for row in rows}
+    assert references >= {"dense_causal", "sparse_transformer_fixed", "sliding_window"}
+    front = report.front
+    assert front and all(t.state.name == "COMPLETE" for t in front)
+    for a in front:
+        assert not any(dominates(b.values, a.values, record.DIRECTIONS) for b in front)
+    for path in report.patterns:
+        if path.suffix == ".yaml":
+            patternc.compile(patternc.load_stack(path), 256)  # drops into conf/pattern/ and compiles
+        else:
+            patternc.load(path)
+
+
+def test_infeasible_candidates_never_reach_cost_or_training(tmp_path, monkeypatch):
+    trained, measured = [], []
+    evaluate, measure = search.objective.evaluate, patternc.measure
+
+    def spy_evaluate(cp, task, seed):
+        trained.append(cp)
+        return evaluate(cp, task, seed=seed)
+
+    def spy_measure(cp, **kwargs):
+        measured.append(cp)
+        return measure(cp, **kwargs)
+
+    monkeypatch.setattr(search.objective, "evaluate", spy_evaluate)
+    monkeypatch.setattr(patternc, "measure", spy_measure)
+    # at n_target = 1024 on 128-token blocks every candidate exceeds a 0.3 budget; references still train
+    task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=4", "space.density_budget=0.3",
+                                                 "search.max_rejected=6"))
+    study = run_search(task, space, kernel, settings, progress=False)
+    rejected = [t for t in study.trials if t.user_attrs.get(record.STATUS) == "rejected"]
+    assert rejected, "the budget should reject some candidates"
+    for t in rejected:
+        assert t.state.name == "PRUNED" and t.user_attrs[record.REJECTED]
+        assert record.COST not in t.user_attrs and record.ACCURACY not in t.user_attrs
+        assert max(t.constraints.values()) > 0
+    scored = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(trained) == len(measured) == len(scored) == sum(counted(t) for t in study.trials) == 3
+    for t in scored:
+        feasible = max(t.constraints.values()) <= 0
+        assert feasible or record.REFERENCE in t.user_attrs  # only yardsticks train when infeasible
+
+
+def test_rerun_with_the_same_study_resumes_it(tmp_path):
+    task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=3"))
+    first = run_search(task, space, kernel, settings, progress=False)
+    before = {t.number: t.values for t in first.trials if t.state.name == "COMPLETE"}
+    settings.n_trials = 4
+    again = run_search(task, space, kernel, settings, progress=False)
+    after = {t.number: t.values for t in again.trials if t.state.name == "COMPLETE"}
+    assert {k: after[k] for k in before} == before and len(after) == 4
+    references = [t.user_attrs[record.REFERENCE] for t in again.trials if record.REFERENCE in t.user_attrs]
+    assert sorted(references) == sorted(set(references))  # enqueued once, by the run that created it
+
+
+def test_a_hopeless_space_stops_with_a_message(tmp_path, capsys):
+    task, space, kernel, settings = objects(tiny(
+        tmp_path, "search.n_trials=2", "search.references=false", "search.max_rejected=5",
+        "space.density_budget=0.01"))
+    study = run_search(task, space, kernel, settings, progress=True)
+    assert len(study.trials) == 5 and all(t.state.name == "PRUNED" for t in study.trials)
+    assert "stopping: 5 candidates rejected" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, message", [
+    pytest.param("search.sampler=bogus", "unknown search.sampler='bogus'; choose from tpe, nsga2, gp, random",
+                 id="sampler"),
+    pytest.param("search.n_trials=0", "search.n_trials must be at least 1", id="n_trials"),
+    pytest.param("space.template='causal & windw(ceil($w * n))'", "unknown primitive 'windw'", id="template"),
+    pytest.param("kernel.dtype=float64", "kernel.dtype must be one of float32, bfloat16, float16",
+                 id="dtype"),
+    pytest.param("search.storage=nosuchdb://x", "cannot open search.storage=nosuchdb://x", id="storage"),
+])
+def test_bad_config_values_raise_clear_errors(tmp_path, override, message):
+    cfg = tiny(tmp_path, override)
+    with pytest.raises(ValueError) as error:
+        run_search(*objects(cfg), progress=False)
+    assert message in str(error.value)
+
+
+def test_typo_in_a_search_key_fails_at_composition(tmp_path):
+    with pytest.raises(Exception, match="n_trails"):
+        tiny(tmp_path, "search.n_trails=3")
