@@ -23,6 +23,7 @@ import time
 import warnings
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
@@ -36,6 +37,7 @@ __all__ = ["DEFAULT_STORAGE_DIR", "SAMPLERS", "counted", "make_sampler", "make_s
            "run_search", "spent"]
 
 DEFAULT_STORAGE_DIR = pathlib.Path("outputs/search")
+SCHEMA_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
 
 log = logging.getLogger("patternc.search")
 
@@ -69,14 +71,22 @@ def make_storage(settings: SearchConfig) -> RDBStorage:
     if settings.heartbeat < 1 or settings.retries < 0:
         raise ValueError(f"search.heartbeat must be >= 1 second and search.retries >= 0, got "
                          f"{settings.heartbeat} and {settings.retries}")
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; we rely on them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.retries)
-            return RDBStorage(url, heartbeat_interval=settings.heartbeat, grace_period=2 * settings.heartbeat,
-                              heartbeat_stale_trial_callback=retry)
-    except Exception as error:  # SQLAlchemy's errors name the driver or the server that failed
-        raise ValueError(f"cannot open search.storage={url}: {type(error).__name__}: {error}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" (Optuna 2.8); we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.retries)
+                return RDBStorage(url, heartbeat_interval=settings.heartbeat,
+                                  grace_period=2 * settings.heartbeat, heartbeat_stale_trial_callback=retry)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers started together on an empty database race to create Optuna's tables; PostgreSQL
+            # fails the loser's CREATE TYPE/TABLE (duplicate key in pg_type). The tables exist next time.
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise ValueError(f"cannot create Optuna's tables in search.storage={url} after "
+                                 f"{SCHEMA_ATTEMPTS} attempts (other workers creating them?)") from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as error:  # SQLAlchemy's errors name the driver or the server that failed
+            raise ValueError(f"cannot open search.storage={url}: {type(error).__name__}: {error}") from None
 
 
 def counted(trial: FrozenTrial) -> bool:
@@ -103,6 +113,9 @@ def open_study(settings: SearchConfig, sampler: optuna.samplers.BaseSampler,
         study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler,
                                     directions=list(record.DIRECTIONS))
     except optuna.exceptions.DuplicatedStudyError:
+        # a second worker or a rerun must not redraw the first worker's candidates: only the worker
+        # that creates the study samples from search.seed
+        sampler.reseed_rng()
         study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler)
         directions = tuple(d.name.lower() for d in study.directions)
         if directions != record.DIRECTIONS:

@@ -1,0 +1,204 @@
+"""patternc-search as separate processes: a worker killed with SIGKILL mid-study and a rerun that
+resumes it; two workers sharing one study on a real PostgreSQL server.
+
+Each search is a real ``python -m search experiment=tiny`` process (3 s of imports, then trials of a
+second or two), so these tests check what a user gets, storage and heartbeats included. Every wait
+has a deadline and every child is killed in a ``finally``: a stuck search fails the test, never
+hangs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from optuna.trial import FrozenTrial, TrialState
+
+from search.app import CONF
+from search.record import REFERENCE
+from search.study import counted
+
+DEADLINE = 600  # seconds for one search process: generous, for a slow 2-core machine shared with others
+HEARTBEAT = 1  # search.heartbeat in the resume test: a killed trial is stale after 2 s
+POSTGRES = os.environ.get("PATTERNC_TEST_POSTGRES")  # e.g. postgresql+psycopg2://patternc:patternc@localhost/patternc
+TRIAL_LINE = re.compile(r"^trial\s+(\d+) \(", re.MULTILINE)  # one line per finished trial (search.study)
+
+
+def reference_names() -> set[str]:
+    """The classic patterns the tiny search enqueues (its space's ``references``)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return set(compose("config", overrides=["experiment=tiny"]).space.references)
+
+
+def start(tmp_path, name: str, *overrides: str) -> subprocess.Popen:
+    """``python -m search experiment=tiny ...`` in its own process group, output to ``<name>.out/.err``
+    (files, not pipes: nothing blocks while the test polls) and its report in ``<name>/``."""
+    env = {**os.environ, "PATTERNC_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "search", "experiment=tiny", *overrides,
+               f"hydra.run.dir={tmp_path / name}"]
+    with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+        return subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=tmp_path,
+                                env=env, start_new_session=True)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the search's process group (a no-op once it has exited and been reaped)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+def tail(tmp_path, name: str) -> str:
+    return (tmp_path / f"{name}.err").read_text()[-3000:]
+
+
+def finish(proc: subprocess.Popen, tmp_path, name: str, deadline: float) -> str:
+    """Wait for a search to exit 0 before ``deadline`` (time.monotonic()); its stdout."""
+    try:
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        kill(proc)
+        pytest.fail(f"search {name} did not finish within {DEADLINE} s; stderr:\n{tail(tmp_path, name)}")
+    assert proc.returncode == 0, f"search {name} exited {proc.returncode}; stderr:\n{tail(tmp_path, name)}"
+    return (tmp_path / f"{name}.out").read_text()
+
+
+def read_trials(storage: optuna.storages.RDBStorage | str, study: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=storage).get_trials()
+
+
+def originals(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that are not heartbeat retries (RetryHeartbeatStaleTrialCallback marks those)."""
+    return [t for t in trials if "failed_trial" not in t.system_attrs]
+
+
+def assert_references_once(trials: list[FrozenTrial]) -> None:
+    names = [t.user_attrs[REFERENCE] for t in originals(trials) if REFERENCE in t.user_attrs]
+    assert sorted(names) == sorted(reference_names()), f"reference trials enqueued: {names}"
+
+
+def sampled_params(trials: list[FrozenTrial]) -> list[tuple]:
+    """The parameters of each sampled candidate (not a classic pattern, not a retry, not a trial
+    refused before sampling because the budget was spent)."""
+    return [tuple(sorted(t.params.items())) for t in originals(trials)
+            if REFERENCE not in t.user_attrs and t.params]
+
+
+def test_a_search_killed_mid_trial_resumes_and_finishes_the_budget(tmp_path):
+    """SIGKILL once the classic patterns are scored, while the first sampled candidate trains; the
+    rerun keeps the scored trials, fails the stale one once its heartbeat is 2 s old, retries it with
+    its parameters, samples new candidates and finishes the budget of 6."""
+    url, study, budget = f"sqlite:///{tmp_path / 's.db'}", "resume", 6
+    kill_after = len(reference_names())  # scored trials before the kill: the references, run first
+    assert 2 <= kill_after <= budget - 2, "the tiny search should leave sampled trials on both sides"
+    args = (f"search.n_trials={budget}", f"search.heartbeat={HEARTBEAT}", f"search.storage={url}",
+            f"search.study={study}")
+    first = start(tmp_path, "run1", *args)
+    second = None
+    try:
+        # Poll read-only (the child creates the tables) until the references are scored and the next
+        # trial runs. Between trials (nothing RUNNING) is a valid test of resuming too, if we miss it.
+        deadline, storage = time.monotonic() + DEADLINE, None
+        while True:
+            if first.poll() is not None:
+                pytest.fail(f"run1 exited {first.returncode} before it could be killed mid-study; "
+                            f"stderr:\n{tail(tmp_path, 'run1')}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"run1 scored fewer than {kill_after} trials in {DEADLINE} s; "
+                            f"stderr:\n{tail(tmp_path, 'run1')}")
+            try:
+                if storage is None and (tmp_path / "s.db").exists():
+                    storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True,
+                                                         skip_table_creation=True)
+                states = [t.state for t in read_trials(storage, study)] if storage else []
+            except Exception:  # no study yet, or the child holds the database's lock: poll again
+                states = []
+            complete = states.count(TrialState.COMPLETE)
+            if (complete >= kill_after and TrialState.RUNNING in states) or complete >= budget - 2:
+                break
+            time.sleep(0.05)
+        kill(first)
+
+        before = read_trials(storage, study)
+        done = {t.number: (t.params, t.values, t.user_attrs)
+                for t in before if t.state == TrialState.COMPLETE}
+        killed = [t for t in before if t.state == TrialState.RUNNING]
+        assert len(done) >= kill_after and len(killed) <= 1, [(t.number, t.state) for t in before]
+        time.sleep(2 * HEARTBEAT + 1)  # past the grace period: the killed trial's heartbeat is stale
+
+        second = start(tmp_path, "run2", *args)
+        finish(second, tmp_path, "run2", time.monotonic() + DEADLINE)
+    finally:
+        kill(first)
+        if second is not None:
+            kill(second)
+
+    after = read_trials(url, study)
+    by_number = {t.number: t for t in after}
+    for number, (params, values, attrs) in done.items():
+        kept = by_number[number]
+        assert (kept.state, kept.params, kept.values, kept.user_attrs) == (
+            TrialState.COMPLETE, params, values, attrs), f"trial {number} changed by the rerun"
+    assert budget <= sum(map(counted, after)) <= budget + 1
+    assert not [t.number for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    sampled = sampled_params(after)  # run2 must not redraw run1's candidates
+    assert len(sampled) == len(set(sampled)), f"a candidate was sampled twice: {sorted(sampled)}"
+    for stale in killed:  # failed by run2's heartbeat check, retried once with its parameters
+        assert by_number[stale.number].state == TrialState.FAIL
+        retries = [t for t in after if t.system_attrs.get("failed_trial") == stale.number]
+        assert len(retries) == 1, f"trial {stale.number} retried {len(retries)} times"
+        retry = retries[0]
+        assert retry.system_attrs["retry_history"] == [stale.number]
+        assert {key: retry.params.get(key) for key in stale.params} == stale.params
+        assert retry.user_attrs.get(REFERENCE) == stale.user_attrs.get(REFERENCE)
+        assert counted(retry), f"the retry of trial {stale.number} ended {retry.state}"
+    assert_references_once(after)  # run2 resumed the study: it did not enqueue the classics again
+    for name in ("summary.md", "trials.csv", "pareto.png"):
+        assert (tmp_path / "run2" / name).stat().st_size > 0, f"run2 left no {name}"
+
+
+@pytest.mark.skipif(not POSTGRES, reason="set PATTERNC_TEST_POSTGRES to a PostgreSQL URL, e.g. "
+                    "postgresql+psycopg2://patternc:patternc@localhost:5432/patternc (.ci/run does)")
+def test_two_workers_share_one_study_on_postgresql(tmp_path):
+    """Two workers started together on one study: the budget of 8 is spent once (a trial over at
+    most: each worker checks it before a trial), each trial is run by exactly one worker, no
+    candidate is sampled twice and each classic pattern is trained once."""
+    study, budget = f"workers-{uuid.uuid4().hex[:12]}", 8
+    args = (f"search.n_trials={budget}", f"search.storage={POSTGRES}", f"search.study={study}")
+    workers = {}
+    try:
+        for name in ("worker1", "worker2"):
+            workers[name] = start(tmp_path, name, *args)
+        deadline = time.monotonic() + DEADLINE
+        printed = {name: finish(proc, tmp_path, name, deadline) for name, proc in workers.items()}
+        trials = read_trials(POSTGRES, study)
+    finally:
+        for proc in workers.values():
+            kill(proc)
+        with contextlib.suppress(KeyError):  # KeyError: neither worker got as far as creating it
+            optuna.delete_study(study_name=study, storage=POSTGRES)
+
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) and set(numbers) == set(range(len(numbers)))
+    assert budget <= sum(map(counted, trials)) <= budget + 1
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    sampled = sampled_params(trials)
+    assert len(sampled) == len(set(sampled)), f"a candidate was sampled twice: {sorted(sampled)}"
+    assert_references_once(trials)
+
+    # Each worker logs one line per trial it ran: together every trial, each by one worker only.
+    ran = {name: {int(n) for n in TRIAL_LINE.findall(out)} for name, out in printed.items()}
+    assert not ran["worker1"] & ran["worker2"], f"trials run by both workers: {ran}"
+    assert ran["worker1"] | ran["worker2"] == set(numbers), f"trials by worker: {ran}"
+    scored = {t.number for t in trials if counted(t)}
+    for name, numbers_run in ran.items():
+        assert numbers_run & scored, f"{name} ran no counted trial: {ran}"
