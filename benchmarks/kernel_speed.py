@@ -3,12 +3,14 @@ our BlockMask and with ``create_block_mask``'s, each as a fraction of the ideal 
 
     python benchmarks/kernel_speed.py            # n = 8k .. 64k, block densities ~1% .. 50%
     python benchmarks/kernel_speed.py --quick    # n = 4k, 8k, three densities, two heads (a smoke run)
+    python benchmarks/kernel_speed.py --threads 1 --n 16384 32768 --fractions 0.01 0.02 0.05 0.1
 
 Patterns are ``causal & (window(W) | sink(64))`` with W a fraction of n. The ideal speedup is the
 dense causal block density over the pattern's block density (the work skipped, if every stored
-block cost what a dense block costs). Every figure of a row is timed in one process, one after the
-other, so machine noise affects all alike; times are medians after an untimed warm-up, which also
-holds FlexAttention's compile. The last table is the fastest block size per pattern for our kernel.
+block cost what a dense block costs). Every figure of a row, the dense baseline included, is timed
+in one process, the kernels taking turns repeat by repeat, so machine noise affects all alike;
+times are medians after an untimed warm-up, which also holds FlexAttention's compile. The last
+table is the fastest block size per pattern for our kernel. On a busy machine use ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -27,15 +29,19 @@ from patternc.kernels import block_sparse_attention, causal_sdpa, compiled_flex
 SINKS = 64  # attention sinks, as StreamingLLM keeps
 
 
-def median_seconds(fn, repeats: int) -> float:
+def median_seconds(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed in turns (one repeat of each, then the next), so a
+    burst of load on a shared machine hits all of them rather than one."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.inference_mode():
-        fn()  # warm-up: compiles flex, faults in memory
-        times = []
+        for fn in fns.values():
+            fn()  # warm-up: compiles flex, faults in memory
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def their_block_mask(window: int, n: int, block: int):
@@ -50,19 +56,20 @@ def block_density(cp) -> float:
     return cp.stats().per_head[0].block_density
 
 
-def row(n: int, window: int, heads: int, d: int, dtype, block: int, repeats: int, flex: bool,
-        baseline: float, qkv) -> dict:
+def row(n: int, window: int, block: int, repeats: int, flex: bool, qkv) -> dict:
+    """Speedups over dense causal SDPA of one pattern, with the baseline timed alongside."""
     q, k, v = qkv  # (1, H, n, d) each
     cp = patternc.compile(f"causal & (window({window}) | sink({SINKS}))", n, block=block)
     ideal = block_density(patternc.compile("causal", n, block=block)) / block_density(cp)
-    out = {"n": n, "window": window, "density": block_density(cp), "ideal": ideal}
-    out["ours"] = baseline / median_seconds(lambda: block_sparse_attention(q, k, v, cp), repeats)
+    fns = {"dense": lambda: causal_sdpa(q, k, v), "ours": lambda: block_sparse_attention(q, k, v, cp)}
     if flex:
         fx = compiled_flex()
         ours_bm, theirs_bm = cp.to_block_mask(0), their_block_mask(window, n, block)
-        out["flex_ours"] = baseline / median_seconds(lambda: fx(q, k, v, block_mask=ours_bm), repeats)
-        out["flex_cbm"] = baseline / median_seconds(lambda: fx(q, k, v, block_mask=theirs_bm), repeats)
-    return out
+        fns["flex_ours"] = lambda: fx(q, k, v, block_mask=ours_bm)
+        fns["flex_cbm"] = lambda: fx(q, k, v, block_mask=theirs_bm)
+    seconds = median_seconds(fns, repeats)
+    out = {"n": n, "window": window, "density": block_density(cp), "ideal": ideal}
+    return out | {name: seconds["dense"] / t for name, t in seconds.items() if name != "dense"}
 
 
 def best_block(n: int, window: int, qkv, repeats: int) -> tuple[int, dict[int, float]]:
@@ -70,7 +77,8 @@ def best_block(n: int, window: int, qkv, repeats: int) -> tuple[int, dict[int, f
     times = {}
     for block in (64, 128, 256):
         cp = patternc.compile(f"causal & (window({window}) | sink({SINKS}))", n, block=block)
-        times[block] = median_seconds(lambda cp=cp: block_sparse_attention(q, k, v, cp), repeats)
+        times[block] = median_seconds({"ours": lambda cp=cp: block_sparse_attention(q, k, v, cp)},
+                                      repeats)["ours"]
     return min(times, key=times.get), times
 
 
@@ -84,9 +92,14 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=128)  # FlexAttention's default tile
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (2 with --quick)")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile is slow)")
+    parser.add_argument("--fractions", type=float, nargs="*", help="window / n (default 0.01 .. 0.5)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 on a busy machine")
+    parser.add_argument("--no-best-block", action="store_true", help="skip the block size table")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ns = args.n or ([4096, 8192] if args.quick else [8192, 16384, 32768, 65536])
-    fractions = [0.02, 0.1, 0.5] if args.quick else [0.01, 0.02, 0.05, 0.1, 0.25, 0.5]
+    fractions = args.fractions or ([0.02, 0.1, 0.5] if args.quick else [0.01, 0.02, 0.05, 0.1, 0.25, 0.5])
     heads = args.heads or (2 if args.quick else 8)
     repeats = args.repeats or (2 if args.quick else 3)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -100,11 +113,9 @@ def main() -> None:
     for n in ns:
         gen = torch.Generator().manual_seed(0)
         qkv = [torch.randn(1, heads, n, args.head_dim, generator=gen).to(dtype) for _ in range(3)]
-        baseline = median_seconds(lambda qkv=qkv: causal_sdpa(*qkv), repeats)
         for fraction in fractions:
             window = max(64, round(fraction * n / 64) * 64)
-            r = row(n, window, heads, args.head_dim, dtype, args.block, repeats, not args.no_flex,
-                    baseline, qkv)
+            r = row(n, window, args.block, repeats, not args.no_flex, qkv)
 
             def cell(name, r=r):
                 return f"{r[name]:6.2f}x ({r[name] / r['ideal']:.2f})" if name in r else f"{'-':>14}"
@@ -112,8 +123,10 @@ def main() -> None:
             ratio = f"{r['flex_ours'] / r['flex_cbm']:8.2f}" if "flex_ours" in r else f"{'-':>8}"
             print(f"{n:>6} {window:>6} {r['density']:7.3f} {r['ideal']:6.2f}  {cell('ours')}  "
                   f"{cell('flex_ours')}  {cell('flex_cbm')}  {ratio}", flush=True)
-            if n == ns[0]:
+            if n == ns[0] and not args.no_best_block:
                 best.append((n, window, *best_block(n, window, qkv, repeats)))
+    if not best:
+        return
     print("\nbest block size for our kernel (median ms at 64 / 128 / 256)")
     for n, window, block, times in best:
         print(f"n {n:>6} window {window:>6}: {block:>4}   "

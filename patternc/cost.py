@@ -1,6 +1,10 @@
 """``measure``: the forward latency of a compiled layout on a kernel, against dense causal SDPA
 timed in the same process, cached on disk.
 
+The kernel and the baseline take turns, repeat by repeat, so a burst of load on a shared machine
+slows both rather than one; the ratio is the median of the per-repeat ratios, which cancels slow
+drifts that the two medians alone would not.
+
 The cache key is everything the figure depends on: a sha256 of the layer's block CSR (every head)
 with ``n`` and the block shape, the shapes, backend, dtype, thread count, torch version and CPU
 model. A hit returns the stored result without building tensors or running any kernel. A cache
@@ -40,8 +44,8 @@ class Measurement:
     """Median forward seconds of ``backend`` and of dense causal SDPA, and the settings."""
 
     seconds: float  # median over repeats, after warm-up
-    baseline_seconds: float  # dense causal SDPA, same shapes, same process
-    ratio: float  # seconds / baseline_seconds: below 1 is faster than dense causal
+    baseline_seconds: float  # dense causal SDPA, same shapes, same process, timed in turns
+    ratio: float  # median of the repeats' seconds / baseline seconds: below 1 is faster
     backend: str
     n: int
     block: tuple[int, int]
@@ -91,26 +95,40 @@ def layout_hash(cp: CompiledPattern, layer: int) -> str:
     return digest.hexdigest()
 
 
-def _median_seconds(run, q, k, v, repeats: int, warmup: int) -> float:
+def _seconds(run, q, k, v) -> float:
+    start = time.perf_counter()
+    run(q, k, v)
+    return time.perf_counter() - start
+
+
+def _timed_in_turns(run, baseline, q, k, v, repeats: int, warmup: int) -> tuple[float, float, float]:
+    """Median seconds of ``run`` and ``baseline``, timed alternately (the order flips each repeat,
+    so neither always runs on the other's warm cache), and the median of the per-repeat ratios."""
     with torch.inference_mode():
         for _ in range(warmup):
             run(q, k, v)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(q, k, v)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            baseline(q, k, v)
+        ours, theirs = [], []
+        for i in range(repeats):
+            if i % 2:
+                theirs.append(_seconds(baseline, q, k, v))
+                ours.append(_seconds(run, q, k, v))
+            else:
+                ours.append(_seconds(run, q, k, v))
+                theirs.append(_seconds(baseline, q, k, v))
+    ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+    return statistics.median(ours), statistics.median(theirs), ratio
 
 
 def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None, head_dim: int = 64,
             backend: str = "reference", dtype: torch.dtype = torch.bfloat16, layer: int = 0,
-            repeats: int = 5, warmup: int = 2, cache: bool = True) -> Measurement:
+            repeats: int = 9, warmup: int = 2, cache: bool = True) -> Measurement:
     """Median latency of ``backend`` on layer ``layer`` of ``compiled`` and of dense causal SDPA.
 
     ``heads`` defaults to the stack's and must equal it, unless the pattern has one head, which
-    then applies to every head. Threads
-    are ``torch.get_num_threads()`` at the call, recorded and part of the cache key.
+    then applies to every head. Threads are ``torch.get_num_threads()`` at the call, recorded and
+    part of the cache key. ``repeats`` 9: on a shared 2-core machine, repeated calls' ratios then
+    agree within ~3% (5 repeats: ~6-12%; ``benchmarks/cost_repeat.py``).
 
     >>> measure(patternc.compile("causal & window(256)", n=4096), backend="flex").ratio  # doctest: +SKIP
     """
@@ -135,9 +153,9 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
             return hit
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, compiled.n, head_dim, generator=gen).to(dtype) for _ in range(3))
-    seconds = _median_seconds(prepare(backend, compiled, layer), q, k, v, repeats, warmup)
-    baseline = _median_seconds(lambda q, k, v: causal_sdpa(q, k, v), q, k, v, repeats, warmup)
-    result = Measurement(seconds=seconds, baseline_seconds=baseline, ratio=seconds / baseline, **settings)
+    seconds, baseline, ratio = _timed_in_turns(prepare(backend, compiled, layer),
+                                               lambda q, k, v: causal_sdpa(q, k, v), q, k, v, repeats, warmup)
+    result = Measurement(seconds=seconds, baseline_seconds=baseline, ratio=ratio, **settings)
     if cache:
         _write(path, result)
     return result

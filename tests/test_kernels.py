@@ -1,8 +1,9 @@
-"""The reference block-sparse kernel against dense masked SDPA and eager FlexAttention, and the
-backend registry.
+"""The reference block-sparse kernel against dense masked SDPA and eager FlexAttention, its plan
+(runs of key blocks read in place), and the backend registry.
 
 Rows with no allowed key are compared nowhere with SDPA (it gives NaN there); our kernel must give
-exactly 0 on them.
+exactly 0 on them. Every case runs both attention paths: SDPA's fused CPU kernel and the unfused
+one used off CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from stacks import per_head_stack
 from torch.nn.attention import flex_attention as flex
 
 import patternc
-from patternc.kernels import block_sparse_attention, causal_sdpa, compiled_flex, prepare
+from patternc.kernels import block_sparse_attention, causal_sdpa, compiled_flex, prepare, reference
+from patternc.kernels.plan import MASK_SPAN, partial_kinds, segments
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 D = 16  # head dimension
@@ -35,6 +37,13 @@ CASES = [
     pytest.param("diagonals([5]) | tokens([70])", 90, 16, 0, id="empty_first_rows"),
     pytest.param("causal", 77, (8, 24), 0, id="causal_non_multiple"),
     pytest.param(str(ROOT / "conf/pattern/longformer.yaml"), 256, None, 6, id="longformer_layer6"),
+    # the band-and-sink shapes the plan reads in place: sliding keys, a folded sink, cut-off key
+    # columns, queries with no key in a window's edge block (window a multiple of the block)
+    pytest.param("causal & (window(32) | sink(4))", 300, 16, 0, id="band_sink_dead_edge"),
+    pytest.param("causal & (window(48) | sink(20))", 333, (16, 32), 0, id="band_rows_step2"),
+    pytest.param("causal & (window(100) | global(3))", 250, (32, 8), 0, id="band_tall_blocks"),
+    pytest.param("diagonals([-40, 0, 40]) | sink(8)", 210, 16, 0, id="bands_not_causal"),
+    pytest.param("causal", 16 * (MASK_SPAN + 5) - 3, 16, 0, id="long_full_runs"),
 ]
 
 
@@ -49,9 +58,17 @@ def dense_reference(q, k, v, cp, layer):
     return out, mask.any(-1)  # (B, H, n, d), (H, n) rows with a key
 
 
+@pytest.fixture(params=["fused", "unfused"])
+def attend_path(request, monkeypatch):
+    """Run the kernel with SDPA's fused CPU kernel, or with the unfused path of other devices."""
+    if request.param == "unfused":
+        monkeypatch.setattr(reference, "_attend_flash", reference.attend_math)
+    return request.param
+
+
 @pytest.mark.parametrize("spec, n, block, layer", CASES)
 @pytest.mark.parametrize("budget", [1 << 24, 3000], ids=["one_chunk", "many_chunks"])
-def test_matches_dense_sdpa_float32(spec, n, block, layer, budget):
+def test_matches_dense_sdpa_float32(spec, n, block, layer, budget, attend_path):
     cp = patternc.compile(spec, n, block=block)
     q, k, v = qkv(cp.heads, n)
     out = block_sparse_attention(q, k, v, cp, layer, score_budget=budget)
@@ -62,11 +79,13 @@ def test_matches_dense_sdpa_float32(spec, n, block, layer, budget):
     assert (out[:, ~valid] == 0).all()  # no allowed key: 0, not NaN
 
 
-@pytest.mark.parametrize("spec, n, block, layer", [CASES[1], CASES[3], CASES[5]])
-def test_matches_dense_sdpa_bfloat16(spec, n, block, layer):
+@pytest.mark.parametrize("spec, n, block, layer", [CASES[1], CASES[3], CASES[5], CASES[10], CASES[11]])
+@pytest.mark.parametrize("budget", [1 << 24, 3000], ids=["one_chunk", "many_chunks"])
+def test_matches_dense_sdpa_bfloat16(spec, n, block, layer, budget, attend_path):
+    """bfloat16 stays bfloat16 on CPU (SDPA's kernel accumulates in float32); merges round it."""
     cp = patternc.compile(spec, n, block=block)
     q, k, v = qkv(cp.heads, n, dtype=torch.bfloat16)
-    out = block_sparse_attention(q, k, v, cp, layer)
+    out = block_sparse_attention(q, k, v, cp, layer, score_budget=budget)
     ref, valid = dense_reference(q, k, v, cp, layer)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out[:, valid].float(), ref[:, valid], atol=2e-2, rtol=2e-2)
@@ -82,6 +101,55 @@ def test_matches_eager_flex_attention(spec, n, block, layer):
     out = block_sparse_attention(q, k, v, cp, layer)
     valid = torch.from_numpy(cp.to_dense(layer=layer).any(-1))
     torch.testing.assert_close(out[:, valid], ref[:, valid], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec, n, block, layer", CASES)
+@pytest.mark.parametrize("max_blocks", [1, 3, 64])
+def test_plan_covers_every_stored_block_once(spec, n, block, layer, max_blocks):
+    cp = patternc.compile(spec, n, block=block)
+    grid = cp.grid
+    for head in range(cp.heads):
+        indptr, indices, full = cp.layout(layer, head)
+        _, masks = partial_kinds(cp, layer, head)
+        seen = np.zeros((grid.nbq, grid.nbk), int)
+        is_full = np.zeros((grid.nbq, grid.nbk), bool)
+        stored = np.zeros(grid.nbq, bool)
+        plan = segments(cp, layer, head, max_blocks)
+        for seg in plan.segments:
+            assert seg.k_len > 0 and (seg.kinds is None or len(seg.kinds) <= max_blocks)
+            for r in range(seg.rows):
+                row = seg.row0 + r * seg.row_step
+                start = seg.k_start + r * seg.k_step
+                assert start % grid.bk == 0 and start + seg.k_len <= n
+                assert seg.q_len == min(grid.bq, n - row * grid.bq)
+                cols = np.arange(start // grid.bk, -(-(start + seg.k_len) // grid.bk))
+                seen[row, cols] += 1
+                is_full[row, cols] = seg.kinds is None or np.array(seg.kinds) < 0
+                stored[row] |= seg.fresh
+        rows = np.repeat(np.arange(grid.nbq), np.diff(indptr))
+        expected = np.zeros((grid.nbq, grid.nbk), int)
+        expected[rows, indices] = 1
+        np.testing.assert_array_equal(seen, expected)
+        np.testing.assert_array_equal(is_full[rows, indices], full)
+        unstored = np.zeros(n, bool)
+        for start, end in plan.unstored:
+            unstored[start:end] = True
+        np.testing.assert_array_equal(unstored, np.repeat(~stored, grid.bq)[:n])
+        assert len(masks) == len(np.unique(masks.reshape(len(masks), -1), axis=0))  # one id per content
+
+
+def test_band_and_sink_read_keys_in_place():
+    """The benchmark's pattern: one sliding call for the band, one shared-key call for the sink,
+    a handful of calls for the first rows; the band stores, the sink merges."""
+    cp = patternc.compile("causal & (window(512) | sink(64))", 8192, block=128)
+    plan = segments(cp, 0, 0, 64)
+    band, sink = plan.segments[:2]
+    assert (band.rows, band.row_step, band.k_step, band.k_len) == (58, 1, 128, 5 * 128)  # rows 6..63
+    assert (sink.rows, sink.row_step, sink.k_step, sink.k_start) == (58, 1, 0, 0)
+    assert band.fresh and not sink.fresh
+    assert len(plan.segments) == 2 + 6  # and one call for each of rows 0..5
+    _, masks = partial_kinds(cp, 0, 0)
+    assert len(masks) <= 6  # edge, diagonal, sink and the first rows' blocks; not one per row
 
 
 def test_mask_matters():
