@@ -93,6 +93,9 @@ def _app(cfg: DictConfig) -> None:
             raise ValueError(f"unknown mode={cfg.mode}; choose from "
                              + ", ".join(f"{name} ({what})" for name, what in MODES.items()))
         if cfg.mode == "search":
+            if cfg.pattern.expr is not None or cfg.pattern.default is not None:
+                raise ValueError("pattern.expr is for mode=evaluate (pattern=<name> too); mode=search "
+                                 "draws its patterns from the space: choose space=<name> instead")
             report = run_search_mode(cfg, out_dir)
             print(f"report: {out_dir}/summary.md ({len(report.front)} patterns on the front)")
         else:

@@ -148,7 +148,9 @@ def _pattern_files(trial: FrozenTrial, rank: str, study: str, space: SpaceConfig
     if not isinstance(data, dict):
         return None
     acc, cost = trial.values
-    name = trial.user_attrs.get(R.REFERENCE) or trial.user_attrs.get(R.EXPRESSION) or data.get("default", "")
+    # a sampled candidate's expression is the space's template (its values are in params): name it by
+    # space and trial, which trials.csv and the study resolve
+    name = trial.user_attrs.get(R.REFERENCE) or f"{space.name}_trial{trial.number}"
     stem = f"{rank}_{_slug(name)}"
     density = trial.user_attrs.get(R.DENSITY)
     description = (f"Pareto #{int(rank)} of study {study} (trial {trial.number}; space {space.name}, task "

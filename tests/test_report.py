@@ -173,11 +173,12 @@ def test_pareto_csv_and_markdown(report):
     assert [int(r["number"]) for r in rows] == FRONT
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
     assert [r["dominates"] for r in rows] == ["", "", "longformer", ""]
-    assert rows[0]["yaml"] == "01_causal_window_32.yaml"
+    assert rows[0]["yaml"] == "01_window_global_trial4.yaml"
     md = report.pareto_md.read_text()
     assert "| 1 | `causal & window(32)` | 0.450 | 0.12x dense |" in md
     assert r"`causal & (window(64) \| global(32))`" in md  # a bare | would split the table cell
-    assert "(sliding_window)" in md and "[01_causal_window_32.yaml](patterns/01_causal_window_32.yaml)" in md
+    assert "(sliding_window)" in md
+    assert "[01_window_global_trial4.yaml](patterns/01_window_global_trial4.yaml)" in md
     assert "- #3 (trial 3: 0.850, 0.35x) dominates longformer (0.800, 0.40x)" in md
 
 

@@ -18,11 +18,11 @@ TINY = ["task.n=32", "task.pairs=3", "task.keys=8", "task.values=6", "task.dista
 
 def compose_app(overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=["mode=evaluate", *overrides])
 
 
 def cli(*args, tmp_path):
-    command = [sys.executable, "-m", "search", *args, f"hydra.run.dir={tmp_path}"]
+    command = [sys.executable, "-m", "search", "mode=evaluate", *args, f"hydra.run.dir={tmp_path}"]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
@@ -69,6 +69,8 @@ def test_cli_prints_json_and_writes_the_result(tmp_path):
     pytest.param([], "no pattern given", id="no_pattern"),
     pytest.param(["pattern.expr=causal", "mode=serch"], "unknown mode=serch; choose from evaluate",
                  id="bad_mode"),
+    pytest.param(["pattern.expr=causal", "mode=search"], "pattern.expr is for mode=evaluate",
+                 id="pattern_in_search_mode"),
     pytest.param(["pattern.expr=causal", "task.pairs=30"], "task.pairs must be in [1, task.keys = 8]",
                  id="bad_task_value"),
 ])
