@@ -43,14 +43,21 @@ class Diverged(RuntimeError):
 
 
 def describe(stack: Stack) -> str:
-    """One line for a stack: its expression, or each layer's when they differ."""
+    """One line for a stack: its expression, or each layer's when they differ, and its parameters.
+
+    >>> describe(Stack(default="causal & window(ceil($w * n))", layers=2, params=(("w", 0.05),)))
+    'causal & window(ceil($w * n)) with $w = 0.05'
+    """
     by_layer = []
     for l in range(stack.layers):
         exprs = {stack.rule_at(l, h)[0] for h in range(stack.heads)}
         by_layer.append(next(iter(exprs)) if len(exprs) == 1 else " / ".join(sorted(exprs)))
-    if len(set(by_layer)) == 1:
-        return by_layer[0]
-    return "; ".join(f"layer {l}: {text}" for l, text in enumerate(by_layer))
+    text = by_layer[0] if len(set(by_layer)) == 1 else "; ".join(
+        f"layer {l}: {text}" for l, text in enumerate(by_layer))
+    if stack.params:
+        text += " with " + ", ".join(f"${name} = {value:.4g}" if isinstance(value, float) else
+                                      f"${name} = {value}" for name, value in stack.params)
+    return text
 
 
 class Objective:

@@ -188,15 +188,15 @@ def trial_line(trial: FrozenTrial, finished: int, budget: int) -> str:
     """One log line per finished trial: state, objectives, checks, expression, seconds."""
     attrs = trial.user_attrs
     name = f" [{attrs[record.REFERENCE]}]" if record.REFERENCE in attrs else ""
+    pattern = attrs.get(record.EXPRESSION)
     seconds = sum(attrs.get(record.DURATIONS, {}).values())
     head = f"trial {trial.number:>3} ({finished}/{budget}){name}"
     if trial.state == TrialState.PRUNED:
-        return (f"{head} rejected in {1e3 * seconds:.0f} ms: {attrs.get(record.REJECTED)} | "
-                f"{attrs.get(record.EXPRESSION)}")
+        return f"{head} rejected in {1e3 * seconds:.0f} ms: {attrs.get(record.REJECTED)} | {pattern}"
     if trial.state == TrialState.FAIL:
-        return f"{head} failed ({attrs.get(record.STATUS, 'error')}) | {attrs.get(record.EXPRESSION)}"
+        return f"{head} failed ({attrs.get(record.STATUS, 'error')}) | {pattern}"
     accuracy, cost = trial.values
     feasible = all(v <= 0 for v in trial.constraints.values())
     return (f"{head} accuracy {accuracy:.3f} cost {cost:.3f}x density {attrs.get(record.DENSITY, 0):.3f} "
             f"mixing {attrs.get(record.MIXING_DEPTH)}{'' if feasible else ' (infeasible)'} "
-            f"in {seconds:.0f} s | {attrs.get(record.EXPRESSION)}")
+            f"in {seconds:.0f} s | {pattern}")
