@@ -123,3 +123,13 @@ def test_bad_config_values_raise_clear_errors(tmp_path, override, message):
 def test_typo_in_a_search_key_fails_at_composition(tmp_path):
     with pytest.raises(Exception, match="n_trails"):
         tiny(tmp_path, "search.n_trails=3")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
+def test_every_sampler_runs_a_constrained_study(tmp_path, sampler):
+    task, space, kernel, settings = objects(tiny(
+        tmp_path, f"search.sampler={sampler}", "search.n_trials=5", "search.references=false",
+        "space.density_budget=0.8", "search.max_rejected=40"))
+    study = run_search(task, space, kernel, settings, progress=False)
+    assert sum(counted(t) for t in study.trials) == 5
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
