@@ -3,7 +3,9 @@
 1. the space suggests a stack (or a reference trial names a classic pattern);
 2. it is compiled at ``n_target`` (the kernel's block) and at ``n_proxy`` (the model's);
 3. constraints, in milliseconds: mean block density at ``n_target`` within the budget (as a
-   fraction of dense causal's), and, when required, every causal pair reached within the model's
+   fraction of dense causal's), the share of causal pairs allowed at ``n_proxy`` within it too (a
+   pattern that rounds to dense at the proxy length would get dense accuracy there), and, when
+   required, every causal pair reached within the model's
    depth at ``n_proxy`` (``patternc.reach``, exact). A failing candidate is recorded with its reason
    and pruned: it never reaches the kernel or the training;
 4. cost: ``patternc.measure`` on every distinct layer at ``n_target`` (cached on disk), the mean
@@ -82,6 +84,8 @@ class Objective:
             target = patternc.compile(stack, self.space.n_target, block=self.space.target_block)
             proxy = patternc.compile(stack, self.space.n_proxy, block=self.space.block)
             density = self._density(target)
+            proxy_per_head = proxy.stats().per_head
+            proxy_density = sum(s.token_density for s in proxy_per_head) / len(proxy_per_head)
         except PatternError as error:  # e.g. a parameter that makes a window 0 wide
             self._reject(trial, f"does not compile: {error.message}")
         durations["compile"] = time.perf_counter() - start
@@ -91,13 +95,21 @@ class Objective:
         durations["reach"] = time.perf_counter() - start
         mixes = depth is not None and depth <= self.space.layers
         trial.set_user_attr(record.DENSITY, density)
+        trial.set_user_attr(record.PROXY_DENSITY, proxy_density)
         trial.set_user_attr(record.MIXING_DEPTH, depth)
         trial.set_constraint("density", density - self.space.density_budget)
+        trial.set_constraint("proxy_density", proxy_density - self.space.density_budget)
         trial.set_constraint("mixing", 0.0 if mixes or not self.space.require_mixing else 1.0)
         reasons = []
         if density > self.space.density_budget:
             reasons.append(f"density {density:.3f} of dense causal at n = {self.space.n_target} is over "
                            f"the budget {self.space.density_budget}")
+        if proxy_density > self.space.density_budget:
+            # a pattern that rounds to (nearly) dense at the proxy length would be credited with dense
+            # accuracy while it is sparse at n_target: its proxy accuracy says nothing
+            reasons.append(f"allows {proxy_density:.3f} of the causal pairs at n = {self.space.n_proxy}, "
+                           f"over the budget {self.space.density_budget}: its proxy accuracy would not "
+                           f"speak for n = {self.space.n_target}")
         if self.space.require_mixing and not mixes:
             reasons.append(f"does not reach every causal pair within {self.space.layers} layers at "
                            f"n = {self.space.n_proxy}")

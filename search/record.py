@@ -2,7 +2,8 @@
 
 Values: ``[accuracy, cost]``, directions ``[maximize, minimize]``, where cost is the measured
 latency at ``n_target`` as a fraction of dense causal attention's (mean over the stack's layers).
-Feasibility is Optuna's own: ``trial.set_constraint("density", density - budget)`` and
+Feasibility is Optuna's own: ``trial.set_constraint("density", density - budget)``,
+``trial.set_constraint("proxy_density", proxy_density - budget)`` and
 ``trial.set_constraint("mixing", 0 or 1)``; a trial is feasible when every constraint is <= 0.
 
 A sampled candidate that fails a constraint is rejected before any training: its constraints and
@@ -14,7 +15,7 @@ beside the front; an infeasible one is COMPLETE with its constraints > 0 and nev
 from __future__ import annotations
 
 __all__ = ["ACCURACY", "BUCKETS", "CHANCE", "COST", "DENSITY", "DIRECTIONS", "DURATIONS", "EXPRESSION",
-           "MIXING_DEPTH", "REFERENCE", "REJECTED", "STACK", "STATUS"]
+           "MIXING_DEPTH", "PROXY_DENSITY", "REFERENCE", "REJECTED", "STACK", "STATUS"]
 
 DIRECTIONS = ("maximize", "minimize")  # accuracy, cost
 
@@ -24,6 +25,7 @@ EXPRESSION = "expression"  # one line: the expression, or "layer l: expr; ..." w
 STATUS = "status"  # "ok", "rejected" (failed a constraint, never trained) or "diverged" (NaN loss)
 REJECTED = "rejected"  # why a candidate was rejected, in words
 DENSITY = "density"  # mean block density at n_target, as a fraction of dense causal's block density
+PROXY_DENSITY = "proxy_density"  # share of the causal pairs allowed at n_proxy (what the model sees)
 MIXING_DEPTH = "mixing_depth"  # layers until every causal pair is reached at n_proxy; None: not within
 COST = "cost"  # {"ratio", "seconds", "baseline_seconds", "backend", "n", "dtype"}
 ACCURACY = "accuracy"  # held-out proxy accuracy (also the first objective value)

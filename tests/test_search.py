@@ -133,3 +133,21 @@ def test_every_sampler_runs_a_constrained_study(tmp_path, sampler):
     study = run_search(task, space, kernel, settings, progress=False)
     assert sum(counted(t) for t in study.trials) == 5
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+
+
+def test_a_pattern_dense_at_the_proxy_length_is_rejected(tmp_path):
+    """fixed(n // 16, 8) is dense at n = 128 (chunks of 8, all summaries) but sparse at 8192: its
+    proxy accuracy would be dense accuracy, so the objective rejects it before training."""
+    import optuna
+
+    from search.config import KernelConfig, MQARConfig, ParamSpec, SpaceConfig
+    from search.objective import Objective
+
+    space = SpaceConfig(name="t", template="causal & fixed(n // 16, $s)",
+                        params={"s": ParamSpec(type="int", low=1, high=8)}, layers=2, heads=1,
+                        n_proxy=128, n_target=8192, density_budget=0.5)
+    trial = optuna.trial.FixedTrial({"s": 8})
+    with pytest.raises(optuna.TrialPruned, match=r"allows 1\.000 of the causal pairs at n = 128"):
+        Objective(MQARConfig(), space, KernelConfig())(trial)
+    assert trial.constraints["proxy_density"] == pytest.approx(0.5)
+    assert trial.constraints["density"] < 0  # within budget at n_target: only the proxy is dense
