@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from search.app import CONF, quote_expressions, run_evaluate
 
-TINY = ["task.n=32", "task.pairs=3", "task.keys=8", "task.values=6", "task.distances=[2,8,32]",
+TINY = ["task=mqar", "task.n=32", "task.pairs=3", "task.keys=8", "task.values=6", "task.distances=[2,8,32]",
         "task.model.d_model=16", "task.model.head_dim=4", "task.train.steps=3", "task.train.batch=4",
         "task.train.eval_sequences=8", "task.train.threads=1"]
 
@@ -51,9 +51,9 @@ def test_majority_task_group(tmp_path):
 
 def test_typo_in_a_key_fails_at_composition():
     with pytest.raises(Exception, match="pairz"):
-        compose_app(["pattern.expr=causal", "task.pairz=3"])
+        compose_app(["task=mqar", "pattern.expr=causal", "task.pairz=3"])
     with pytest.raises(Exception, match=r"Error merging override task\.pairs=many"):
-        compose_app(["pattern.expr=causal", "task.pairs=many"])
+        compose_app(["task=mqar", "pattern.expr=causal", "task.pairs=many"])
 
 
 def test_cli_prints_json_and_writes_the_result(tmp_path):
