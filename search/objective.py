@@ -87,33 +87,23 @@ class Objective:
             proxy_per_head = proxy.stats().per_head
             proxy_density = sum(s.token_density for s in proxy_per_head) / len(proxy_per_head)
         except PatternError as error:  # e.g. a parameter that makes a window 0 wide
+            durations["compile"] = time.perf_counter() - start
+            trial.set_user_attr(record.DURATIONS, durations)
             self._reject(trial, f"does not compile: {error.message}")
         durations["compile"] = time.perf_counter() - start
 
         start = time.perf_counter()
         depth = patternc.reach(proxy, max_depth=self.space.layers).mixing_depth
         durations["reach"] = time.perf_counter() - start
-        mixes = depth is not None and depth <= self.space.layers
         trial.set_user_attr(record.DENSITY, density)
         trial.set_user_attr(record.PROXY_DENSITY, proxy_density)
         trial.set_user_attr(record.MIXING_DEPTH, depth)
-        trial.set_constraint("density", density - self.space.density_budget)
-        trial.set_constraint("proxy_density", proxy_density - self.space.density_budget)
-        trial.set_constraint("mixing", 0.0 if mixes or not self.space.require_mixing else 1.0)
-        reasons = []
-        if density > self.space.density_budget:
-            reasons.append(f"density {density:.3f} of dense causal at n = {self.space.n_target} is over "
-                           f"the budget {self.space.density_budget}")
-        if proxy_density > self.space.density_budget:
-            # a pattern that rounds to (nearly) dense at the proxy length would be credited with dense
-            # accuracy while it is sparse at n_target: its proxy accuracy says nothing
-            reasons.append(f"allows {proxy_density:.3f} of the causal pairs at n = {self.space.n_proxy}, "
-                           f"over the budget {self.space.density_budget}: its proxy accuracy would not "
-                           f"speak for n = {self.space.n_target}")
-        if self.space.require_mixing and not mixes:
-            reasons.append(f"does not reach every causal pair within {self.space.layers} layers at "
-                           f"n = {self.space.n_proxy}")
         trial.set_user_attr(record.DURATIONS, durations)
+        reasons = []
+        for name, excess, reason in self._constraints(density, proxy_density, depth):
+            trial.set_constraint(name, excess)
+            if excess > 0:
+                reasons.append(reason)
         if reasons and not reference:
             self._reject(trial, "; ".join(reasons))
 
@@ -134,6 +124,25 @@ class Objective:
         trial.set_user_attr(record.STATUS, "ok")
         trial.set_user_attr(record.ACCURACY, result.accuracy)
         return result.accuracy, cost["ratio"]
+
+    def _constraints(self, density: float, proxy_density: float,
+                     depth: int | None) -> list[tuple[str, float, str]]:
+        """(name, value, reason): Optuna's constraint values (feasible when <= 0) and, for each, why
+        a candidate exceeding it is rejected."""
+        space = self.space
+        mixes = depth is not None and depth <= space.layers
+        return [
+            ("density", density - space.density_budget,
+             f"density {density:.3f} of dense causal at n = {space.n_target} is over the budget "
+             f"{space.density_budget}"),
+            # a pattern that rounds to (nearly) dense at the proxy length would be credited with dense
+            # accuracy while it is sparse at n_target: its proxy accuracy says nothing
+            ("proxy_density", proxy_density - space.density_budget,
+             f"allows {proxy_density:.3f} of the causal pairs at n = {space.n_proxy}, over the budget "
+             f"{space.density_budget}: its proxy accuracy would not speak for n = {space.n_target}"),
+            ("mixing", 0.0 if mixes or not space.require_mixing else 1.0,
+             f"does not reach every causal pair within {space.layers} layers at n = {space.n_proxy}"),
+        ]
 
     def _density(self, cp: CompiledPattern) -> float:
         """Mean block density over every layer and head, as a fraction of dense causal's."""

@@ -91,8 +91,12 @@ def test_majority_end_to_end():
 
 def test_threads_are_restored():
     before = torch.get_num_threads()
-    evaluate("causal", tiny_mqar(steps=1, threads=1), seed=0)
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)  # differs from the run's 1 thread on any machine, so a leak would show
+    try:
+        evaluate("causal", tiny_mqar(steps=1, threads=1), seed=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_pattern_forms():
