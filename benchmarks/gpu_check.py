@@ -1,6 +1,8 @@
 """GPU check: compiled FlexAttention with our BlockMask against dense causal SDPA at 32k-128k in
 bf16, its output against our reference kernel, and FlashInfer's block-sparse wrapper with our BSR
-when ``flashinfer`` imports. Sized to finish in a few minutes on one GPU.
+when ``flashinfer`` imports; then what the search sees on a GPU: ``patternc.measure`` ratios with
+``device="cuda"`` (``kernel=gpu``) for the default space's references at 32k, and the proxy
+model's training speed with ``train.device=cuda``. Sized to finish in a few minutes on one GPU.
 
     python benchmarks/gpu_check.py          # prints "CUDA not available: skipping" without CUDA
 """
@@ -84,7 +86,32 @@ def main() -> int:
             print(line + ("" if err < TOLERANCE else "  MISMATCH"), flush=True)
             if n == 32768:
                 print("  " + flashinfer_check(cp, q, k, v, ref), flush=True)
+    search_on_gpu()
     return 1 if failed else 0
+
+
+def search_on_gpu(device: str = "cuda", n: int = 32768, steps: int = 200) -> None:
+    """The search's two GPU paths: measured cost (kernel=gpu) and proxy training (train.device=cuda)."""
+    import time
+
+    from search import MajorityConfig, evaluate
+
+    dense = patternc.compile("causal", n, block=128).stats().per_head[0].block_density
+    for name, expr in (("dense causal", "causal"),
+                       ("sparse transformer fixed", "causal & fixed(n // 16, max(1, n // 1024))"),
+                       ("sliding window n/8", "causal & window(ceil(n / 8))")):
+        cp = patternc.compile(expr, n, block=128)
+        m = patternc.measure(cp, heads=HEADS, backend="flex", device=device, cache=False)
+        density = cp.stats().per_head[0].block_density / dense
+        print(f"measure flex on {m.device}, n {n}: {name:<25} ratio {m.ratio:.3f} at block density "
+              f"{density:.3f} of dense causal ({1e3 * m.seconds:.2f} vs {1e3 * m.baseline_seconds:.2f} ms)",
+              flush=True)
+    task = MajorityConfig()
+    task.train.steps, task.train.device = steps, device
+    start = time.perf_counter()
+    r = evaluate("causal", task, seed=0)
+    print(f"proxy training on {device}: {1e3 * r.train_seconds / r.steps:.1f} ms/step (majority, batch "
+          f"{task.train.batch}), {time.perf_counter() - start:.1f} s with scoring", flush=True)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-cache", action="store_true", help="measure even if a cached result exists")
+    p.add_argument("--device", default="cpu", help="where both kernels run: cpu (default), cuda, cuda:1")
     return parser
 
 
@@ -225,12 +226,12 @@ def _bench(cp: CompiledPattern, args) -> None:
     try:
         m = measure(cp, batch=args.batch, heads=args.heads, head_dim=args.head_dim, backend=args.backend,
                     dtype=getattr(torch, BENCH_DTYPES[args.dtype]), layer=args.layer,
-                    repeats=args.repeats, warmup=args.warmup, cache=not args.no_cache)
-    except ValueError as err:  # heads that do not fit the stack
+                    repeats=args.repeats, warmup=args.warmup, cache=not args.no_cache, device=args.device)
+    except ValueError as err:  # heads that do not fit the stack, a device that is not here
         raise PatternError(str(err)) from None
     bq, bk = m.block
     print(f"n = {m.n}, block {bq}x{bk}, layer {m.layer}, batch {m.batch} x {m.heads} heads x d {m.head_dim}, "
-          f"{m.dtype}, {m.threads} threads")
+          f"{m.dtype}, " + (f"{m.threads} threads" if m.device == "cpu" else m.device))
     print(f"{m.backend}: {1e3 * m.seconds:.3f} ms (median of {m.repeats})")
     print(f"dense causal sdpa: {1e3 * m.baseline_seconds:.3f} ms")
     print(f"ratio: {m.ratio:.3f} (speedup {1 / m.ratio:.2f}x)")

@@ -7,7 +7,9 @@ drifts that the two medians alone would not.
 
 The cache key is everything the figure depends on: a sha256 of the layer's block CSR (every head)
 with ``n`` and the block shape, the shapes, backend, dtype, thread count, torch version and CPU
-model. A hit returns the stored result without building tensors or running any kernel. A cache
+model (on a GPU, its name). A hit returns the stored result without building tensors or running any
+kernel. On a GPU each repeat is timed between two ``torch.cuda.synchronize()`` calls, so the figure
+is the kernel's, not its launch's. A cache
 file that does not parse is ignored and rewritten. The directory is ``$PATTERNC_CACHE_DIR``, else
 ``~/.cache/patternc/cost``.
 
@@ -34,7 +36,7 @@ import torch
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["CACHE_ENV", "Measurement", "cache_dir", "layout_hash", "measure"]
+__all__ = ["CACHE_ENV", "Measurement", "cache_dir", "layout_hash", "measure", "resolve_device"]
 
 CACHE_ENV = "PATTERNC_CACHE_DIR"
 
@@ -60,6 +62,7 @@ class Measurement:
     torch_version: str
     cpu: str
     layout_hash: str
+    device: str = "cpu"  # "cpu", or the GPU's type and name ("cuda: NVIDIA H200")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "block": list(self.block)}
@@ -95,9 +98,21 @@ def layout_hash(cp: CompiledPattern, layer: int) -> str:
     return digest.hexdigest()
 
 
+def _device_name(device: torch.device) -> str:
+    """``cpu``, or the accelerator's type and name (``cuda: NVIDIA H200``): part of the cache key."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
 def _seconds(run, q, k, v) -> float:
+    gpu = q.device.type == "cuda"
+    if gpu:
+        torch.cuda.synchronize(q.device)
     start = time.perf_counter()
     run(q, k, v)
+    if gpu:
+        torch.cuda.synchronize(q.device)  # kernels run asynchronously: wait for them to finish
     return time.perf_counter() - start
 
 
@@ -122,12 +137,13 @@ def _timed_in_turns(run, baseline, q, k, v, repeats: int, warmup: int) -> tuple[
 
 def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None, head_dim: int = 64,
             backend: str = "reference", dtype: torch.dtype = torch.bfloat16, layer: int = 0,
-            repeats: int = 9, warmup: int = 2, cache: bool = True) -> Measurement:
+            repeats: int = 9, warmup: int = 2, cache: bool = True, device: str = "cpu") -> Measurement:
     """Median latency of ``backend`` on layer ``layer`` of ``compiled`` and of dense causal SDPA.
 
     ``heads`` defaults to the stack's and must equal it, unless the pattern has one head, which
     then applies to every head. Threads are ``torch.get_num_threads()`` at the call, recorded and
-    part of the cache key. ``repeats`` 9: on a shared 2-core machine, repeated calls' ratios then
+    part of the cache key. ``device``: where the kernel and the baseline run (``"cuda"``, ``"cuda:1"``).
+    ``repeats`` 9: on a shared 2-core machine, repeated calls' ratios then
     agree within ~3% (5 repeats: ~6-12%; ``benchmarks/cost_repeat.py``).
 
     >>> measure(patternc.compile("causal & window(256)", n=4096), backend="flex").ratio  # doctest: +SKIP
@@ -140,11 +156,12 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     compiled.node(layer, 0)  # a bad layer is refused before anything is hashed
+    target = resolve_device(device)
     dtype_name = str(dtype).removeprefix("torch.")
     settings = dict(backend=backend, n=compiled.n, block=compiled.block, layer=layer, batch=batch,
                     heads=heads, head_dim=head_dim, dtype=dtype_name, threads=torch.get_num_threads(),
                     repeats=repeats, warmup=warmup, torch_version=torch.__version__, cpu=cpu_model(),
-                    layout_hash=layout_hash(compiled, layer))
+                    layout_hash=layout_hash(compiled, layer), device=_device_name(target))
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()
     path = cache_dir() / f"{key[:32]}.json"
     if cache:
@@ -152,13 +169,31 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
         if hit is not None:
             return hit
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, compiled.n, head_dim, generator=gen).to(dtype) for _ in range(3))
-    seconds, baseline, ratio = _timed_in_turns(prepare(backend, compiled, layer),
+    q, k, v = (torch.randn(batch, heads, compiled.n, head_dim, generator=gen).to(target, dtype)
+               for _ in range(3))
+    seconds, baseline, ratio = _timed_in_turns(prepare(backend, compiled, layer, str(target)),
                                                lambda q, k, v: causal_sdpa(q, k, v), q, k, v, repeats, warmup)
     result = Measurement(seconds=seconds, baseline_seconds=baseline, ratio=ratio, **settings)
     if cache:
         _write(path, result)
     return result
+
+
+def resolve_device(device: str) -> torch.device:
+    """``device`` as a torch device, refused with the reason when it is not usable here.
+
+    >>> resolve_device("cuda:0")   # ValueError on a machine without a CUDA GPU  # doctest: +SKIP
+    """
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1): {exc}") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch build or machine has no CUDA GPU "
+                         f"(torch.cuda.is_available() is False)")
+    if target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: patternc's kernels and proxy training run on cpu or cuda only")
+    return target
 
 
 def _read(path: Path, settings: dict) -> Measurement | None:

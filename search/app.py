@@ -1,11 +1,13 @@
 """``patternc-search``: the Hydra app.
 
 ``mode=search`` (the default) runs an Optuna study over a space and writes the report;
-``mode=evaluate`` trains and scores one pattern on one task.
+``mode=evaluate`` trains and scores one pattern on one task; ``mode=report`` writes the report of
+an existing study without running a trial (the last step of a search with several workers).
 
     patternc-search                                   # the default search (README)
     patternc-search space=window_global search.n_trials=40 search.storage=postgresql://...
     patternc-search experiment=large
+    patternc-search mode=report experiment=large          # the study as it stands, from its storage
     patternc-search mode=evaluate pattern=longformer task=mqar
     patternc-search mode=evaluate pattern.expr='causal & window(16)' task=majority seed=1
     patternc-search -m mode=evaluate pattern.expr='causal','causal & window(16)' task=mqar,majority
@@ -30,7 +32,7 @@ from patternc.errors import PatternError
 from search.config import MODES, PatternConfig, register_configs
 from search.evaluate import evaluate
 from search.report import write_report
-from search.study import run_search
+from search.study import load_existing, run_search
 
 __all__ = ["main"]
 
@@ -45,8 +47,18 @@ def run_search_mode(cfg: DictConfig, out_dir: pathlib.Path):
     space = OmegaConf.to_object(cfg.space)
     study = run_search(task, space, OmegaConf.to_object(cfg.kernel), OmegaConf.to_object(cfg.search),
                        seed=cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     return write_report(study, space, out_dir, task.name)
+
+
+def run_report_mode(cfg: DictConfig, out_dir: pathlib.Path):
+    """The report of an existing study (``search.study`` in ``search.storage``) in ``out_dir``:
+    what a distributed search ends with once every worker has stopped."""
+    study = load_existing(OmegaConf.to_object(cfg.search))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return write_report(study, OmegaConf.to_object(cfg.space), out_dir, cfg.task.name)
 
 
 def run_evaluate(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
@@ -92,11 +104,12 @@ def _app(cfg: DictConfig) -> None:
         if cfg.mode not in MODES:
             raise ValueError(f"unknown mode={cfg.mode}; choose from "
                              + ", ".join(f"{name} ({what})" for name, what in MODES.items()))
-        if cfg.mode == "search":
+        if cfg.mode in ("search", "report"):
             if cfg.pattern.expr is not None or cfg.pattern.default is not None:
-                raise ValueError("pattern.expr is for mode=evaluate (pattern=<name> too); mode=search "
+                raise ValueError(f"pattern.expr is for mode=evaluate (pattern=<name> too); mode={cfg.mode} "
                                  "draws its patterns from the space: choose space=<name> instead")
-            report = run_search_mode(cfg, out_dir)
+            run = run_search_mode if cfg.mode == "search" else run_report_mode
+            report = run(cfg, out_dir)
             print(f"report: {out_dir}/summary.md ({len(report.front)} patterns on the front)")
         else:
             print(json.dumps(run_evaluate(cfg, out_dir), indent=2))

@@ -54,6 +54,7 @@ class TrainConfig:
     eval_sequences: int = 512  # held-out sequences (from a different seed) for the reported accuracy
     log_every: int = 10  # one point of the loss curve per this many steps (their mean loss)
     threads: int | None = None  # torch threads during the run; None keeps the process's setting
+    device: str = "cpu"  # cpu or cuda: where the proxy model trains (bit-exact reruns on cpu only)
 
 
 @dataclass
@@ -161,6 +162,7 @@ class KernelConfig:
     head_dim: int = 64
     repeats: int = 9  # median of 9 kernel/baseline ratios taken in turns: repeat calls agree within 5%
     warmup: int = 1
+    device: str = "cpu"  # where cost is measured: cpu, or cuda for the GPU you deploy on
 
 
 @dataclass
@@ -180,7 +182,8 @@ class SearchConfig:
 
 
 MODES = {"evaluate": "train and score one pattern on one task",
-         "search": "an Optuna study over a space: accuracy up, measured cost down"}
+         "search": "an Optuna study over a space: accuracy up, measured cost down",
+         "report": "the report of search.study as it stands (after workers finished), running no trial"}
 
 
 @dataclass

@@ -3,7 +3,9 @@
 ``evaluate(pattern, task, seed)`` compiles the pattern at the task's length, builds the tiny model
 with one exact mask per layer and head, trains it on batches drawn from ``seed`` and scores it on
 ``task.train.eval_sequences`` sequences drawn from another stream of the same seed, never seen in
-training. Same pattern, config, seed and thread count give the same numbers.
+training. Same pattern, config, seed and thread count give the same numbers on the CPU; with
+``train.device=cuda`` the model trains on the GPU (the same initial weights and batches; GPU kernels
+may sum in another order, so reruns agree closely rather than bit for bit).
 
 A NaN or infinite loss ends training at once: the result says ``status: diverged``, at which step,
 and has no accuracy; nothing is raised, so a search can record the trial and move on.
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 import patternc
 from patternc.compiled import CompiledPattern
+from patternc.cost import resolve_device
 from patternc.stack import Stack
 from search.config import ModelConfig, PatternConfig, TaskConfig
 from search.model import TinyTransformer, masks_of
@@ -153,14 +156,20 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
     else:
         cp = patternc.compile(spec, task.n, params=params)
     _check_train(task)
+    try:
+        device = resolve_device(task.train.device)
+    except ValueError as err:
+        raise ValueError(f"train.device: {err}") from None
     with _threads(task.train.threads) as threads, torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = TinyTransformer(problem.vocab, masks_of(cp), task.model)
+        model = TinyTransformer(problem.vocab, masks_of(cp), task.model).to(device)  # CPU init: same weights
         start = time.perf_counter()
-        curve, steps, failure = _train(model, problem, task, np.random.default_rng([seed, _TRAIN_STREAM]))
+        curve, steps, failure = _train(model, problem, task, np.random.default_rng([seed, _TRAIN_STREAM]),
+                                       device)
         trained = time.perf_counter()
         if failure is None:
-            correct, total = _score(model, problem, task, np.random.default_rng([seed, _EVAL_STREAM]))
+            correct, total = _score(model, problem, task, np.random.default_rng([seed, _EVAL_STREAM]),
+                                    device)
         else:
             correct = total = np.zeros(len(problem.bucket_names), np.int64)
         scored = time.perf_counter()
@@ -191,7 +200,8 @@ def _check_train(task: TaskConfig) -> None:
                          f"weight_decay={t.weight_decay}")
 
 
-def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator):
+def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator,
+           device: torch.device):
     """Train in place; returns (loss curve, steps done, failure or None)."""
     t = task.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -202,8 +212,8 @@ def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.rand
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, t.steps, t.lr, t.warmup)
         batch = problem.batch(rng, t.batch)
-        logits = model(torch.from_numpy(batch.tokens))  # (B, n, vocab)
-        loss = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(batch.labels).flatten(),
+        logits = model(torch.from_numpy(batch.tokens).to(device))  # (B, n, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(batch.labels).to(device).flatten(),
                                ignore_index=IGNORE)
         value = loss.item()
         if not math.isfinite(value):
@@ -220,7 +230,8 @@ def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.rand
 
 
 @torch.no_grad()
-def _score(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator):
+def _score(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator,
+           device: torch.device):
     """Correct answers and answers per bucket on held-out sequences."""
     model.eval()
     k = len(problem.bucket_names)
@@ -229,7 +240,7 @@ def _score(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.rand
     while remaining:
         size = min(remaining, task.train.batch * 4)
         batch = problem.batch(rng, size)
-        predicted = model(torch.from_numpy(batch.tokens)).argmax(-1).numpy()  # (B, n)
+        predicted = model(torch.from_numpy(batch.tokens).to(device)).argmax(-1).cpu().numpy()  # (B, n)
         answer = batch.labels != IGNORE
         hit = predicted[answer] == batch.labels[answer]
         bucket = batch.buckets[answer]

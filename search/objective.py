@@ -27,7 +27,7 @@ import torch
 
 import patternc
 from patternc.compiled import CompiledPattern
-from patternc.cost import layout_hash
+from patternc.cost import layout_hash, resolve_device
 from patternc.errors import PatternError
 from patternc.stack import Stack
 from search import record
@@ -68,6 +68,11 @@ class Objective:
     def __init__(self, task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed: int = 0):
         if kernel.dtype not in DTYPES:
             raise ValueError(f"kernel.dtype must be one of {', '.join(DTYPES)}, got {kernel.dtype!r}")
+        for key, device in (("kernel.device", kernel.device), ("task.train.device", task.train.device)):
+            try:
+                resolve_device(device)
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
         self.task = dataclasses.replace(task, n=space.n_proxy)
         self.space, self.kernel, self.seed = space, kernel, seed
         dense = patternc.compile("causal", space.n_target, block=space.target_block)
@@ -159,13 +164,14 @@ class Objective:
             if key not in by_layout:
                 by_layout[key] = patternc.measure(cp, batch=k.batch, head_dim=k.head_dim, backend=k.backend,
                                                   dtype=DTYPES[k.dtype], layer=layer, repeats=k.repeats,
-                                                  warmup=k.warmup)
+                                                  warmup=k.warmup, device=k.device)
             m = by_layout[key]
             ratios.append(m.ratio)
             seconds.append(m.seconds)
             baseline.append(m.baseline_seconds)
         return {"ratio": sum(ratios) / len(ratios), "seconds": sum(seconds),
                 "baseline_seconds": sum(baseline), "backend": k.backend, "n": cp.n, "dtype": k.dtype,
+                "device": next(iter(by_layout.values())).device,
                 "distinct_layers": len(by_layout)}
 
     @staticmethod

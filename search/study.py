@@ -33,8 +33,8 @@ from search.config import KernelConfig, SearchConfig, SpaceConfig, TaskConfig
 from search.objective import Diverged, Objective
 from search.space import check_space, enqueue_params
 
-__all__ = ["DEFAULT_STORAGE_DIR", "SAMPLERS", "counted", "make_sampler", "make_storage", "open_study",
-           "run_search", "spent"]
+__all__ = ["DEFAULT_STORAGE_DIR", "SAMPLERS", "counted", "load_existing", "make_sampler", "make_storage",
+           "open_study", "run_search", "spent"]
 
 DEFAULT_STORAGE_DIR = pathlib.Path("outputs/search")
 SCHEMA_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
@@ -87,6 +87,27 @@ def make_storage(settings: SearchConfig) -> RDBStorage:
             time.sleep(0.5 * (attempt + 1))
         except Exception as error:  # SQLAlchemy's errors name the driver or the server that failed
             raise ValueError(f"cannot open search.storage={url}: {type(error).__name__}: {error}") from None
+
+
+def load_existing(settings: SearchConfig) -> optuna.Study:
+    """The study ``settings.study`` as it stands, for a report: never creates a storage or a study.
+
+    >>> load_existing(SearchConfig(study="large_fixed_window_majority")).trials   # doctest: +SKIP
+    """
+    if settings.storage is None:
+        path = DEFAULT_STORAGE_DIR / f"{settings.study}.db"
+        if not path.is_file():
+            found = sorted(p.stem for p in DEFAULT_STORAGE_DIR.glob("*.db"))
+            raise ValueError(f"no study {settings.study!r}: {path} does not exist (studies under "
+                             f"{DEFAULT_STORAGE_DIR}/: {', '.join(found) or 'none'}); set search.study, "
+                             f"or search.storage for a study elsewhere")
+    storage = make_storage(settings)
+    try:
+        return optuna.load_study(study_name=settings.study, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        raise ValueError(f"no study {settings.study!r} in {settings.storage or 'outputs/search/'}; "
+                         f"studies there: {', '.join(names) or 'none'}") from None
 
 
 def counted(trial: FrozenTrial) -> bool:

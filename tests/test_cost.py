@@ -112,3 +112,36 @@ def test_bad_requests_are_refused():
     stack = patternc.Stack(default="causal & window(8 * (h + 1))", heads=2)
     with pytest.raises(ValueError, match="the pattern has 2 heads"):
         quick(patternc.compile(stack, N, block=32), heads=3)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device, message", [
+    pytest.param("tpu", "is not a torch device", id="unknown"),
+    pytest.param("cuda:x", "is not a torch device", id="bad-index"),
+    pytest.param("meta", "run on cpu or cuda only", id="meta"),
+])
+def test_bad_devices_are_refused(device, message):
+    with pytest.raises(ValueError, match=message):
+        quick(cp_of(), device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        quick(cp_of(), device="cuda")
+
+
+def test_cpu_result_names_its_device(cache):
+    assert quick(cp_of()).device == "cpu"
+
+
+@CUDA
+@pytest.mark.parametrize("backend", ["reference", "flex", "sdpa"])
+def test_cuda_measure_times_on_the_gpu_and_keys_the_cache_by_it(cache, backend):
+    cpu = quick(cp_of())
+    gpu = quick(cp_of(), backend=backend, device="cuda")
+    assert gpu.device.startswith("cuda: ") and gpu.seconds > 0 and gpu.baseline_seconds > 0
+    assert len(list(cache.glob("*.json"))) == 2 and cpu.device == "cpu"
+    assert quick(cp_of(), backend=backend, device="cuda") == gpu  # a hit

@@ -129,8 +129,20 @@ def test_bad_patterns_raise_clear_errors(pattern, message):
     pytest.param(dict(steps=0), "train.steps must be at least 1", id="steps"),
     pytest.param(dict(threads=0), "train.threads must be at least 1", id="threads"),
     pytest.param(dict(clip=float("inf")), "train.clip must be positive and finite", id="clip"),
-])
+    pytest.param(dict(device="tpu"), "train.device: device 'tpu' is not a torch device", id="device"),
+] + ([] if torch.cuda.is_available() else [
+    pytest.param(dict(device="cuda"), "train.device: device 'cuda': this torch build or machine has no CUDA",
+                 id="no-gpu")]))
 def test_bad_training_values(train, message):
     with pytest.raises(ValueError) as error:
         evaluate("causal", tiny_mqar(**train), seed=0)
     assert message in str(error.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_the_gpu_starts_from_the_same_weights_and_learns_alike():
+    cpu = evaluate("causal & window(8)", tiny_mqar(steps=60), seed=3)
+    gpu = evaluate("causal & window(8)", tiny_mqar(steps=60, device="cuda"), seed=3)
+    assert gpu.status == "ok" and gpu.steps == cpu.steps
+    assert gpu.loss_curve[0][1] == pytest.approx(cpu.loss_curve[0][1], rel=1e-3)  # same init and batches
+    assert abs(gpu.accuracy - cpu.accuracy) < 0.1

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 import patternc
 import search.objective
 from search import record
-from search.app import CONF, run_search_mode
+from search.app import CONF, run_report_mode, run_search_mode
 from search.pareto import dominates
 from search.study import counted, run_search
 
@@ -50,6 +50,26 @@ def test_tiny_search_end_to_end(tmp_path):
             patternc.compile(patternc.load_stack(path), 256)  # drops into conf/pattern/ and compiles
         else:
             patternc.load(path)
+
+
+def test_report_mode_reports_the_study_as_it_stands_and_runs_nothing(tmp_path, monkeypatch):
+    run_search_mode(tiny(tmp_path, "search.n_trials=3"), tmp_path / "worker")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("mode=report trained or measured")
+
+    monkeypatch.setattr(search.objective, "evaluate", boom)
+    monkeypatch.setattr(patternc, "measure", boom)
+    report = run_report_mode(tiny(tmp_path, "mode=report"), tmp_path / "final")
+    worker, final = ((tmp_path / d / "trials.csv").read_text() for d in ("worker", "final"))
+    assert final == worker and report.front
+    assert (tmp_path / "final" / "pareto.png").stat().st_size > 0
+
+
+def test_report_mode_names_the_studies_it_could_have_meant(tmp_path):
+    run_search_mode(tiny(tmp_path, "search.n_trials=1", "search.references=false"), tmp_path / "w")
+    with pytest.raises(ValueError, match=r"no study 'nope' in .*studies there: tiny"):
+        run_report_mode(tiny(tmp_path, "mode=report", "search.study=nope"), tmp_path / "final")
 
 
 def test_infeasible_candidates_never_reach_cost_or_training(tmp_path, monkeypatch):
@@ -112,6 +132,10 @@ def test_a_hopeless_space_stops_with_a_message(tmp_path, capsys):
     pytest.param("kernel.dtype=float64", "kernel.dtype must be one of float32, bfloat16, float16",
                  id="dtype"),
     pytest.param("search.storage=nosuchdb://x", "cannot open search.storage=nosuchdb://x", id="storage"),
+    pytest.param("kernel.device=tpu", "kernel.device: device 'tpu' is not a torch device",
+                 id="kernel-device"),
+    pytest.param("task.train.device=gpu", "task.train.device: device 'gpu' is not a torch device",
+                 id="train-device"),
 ])
 def test_bad_config_values_raise_clear_errors(tmp_path, override, message):
     cfg = tiny(tmp_path, override)
