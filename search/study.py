@@ -33,8 +33,8 @@ from search.config import KernelConfig, SearchConfig, SpaceConfig, TaskConfig
 from search.objective import Diverged, Objective
 from search.space import check_space, enqueue_params
 
-__all__ = ["DEFAULT_STORAGE_DIR", "SAMPLERS", "counted", "load_existing", "make_sampler", "make_storage",
-           "open_study", "run_search", "spent"]
+__all__ = ["DEFAULT_STORAGE_DIR", "SAMPLERS", "EscapeRejections", "counted", "load_existing", "make_sampler",
+           "make_storage", "open_study", "run_search", "spent"]
 
 DEFAULT_STORAGE_DIR = pathlib.Path("outputs/search")
 SCHEMA_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
@@ -43,19 +43,66 @@ log = logging.getLogger("patternc.search")
 
 
 def make_sampler(settings: SearchConfig, n_startup: int) -> optuna.samplers.BaseSampler:
-    """The sampler named in ``search.sampler``, seeded."""
+    """The sampler named in ``search.sampler``, seeded, escaping runs of rejected candidates."""
     name, seed = settings.sampler, settings.seed
     if name == "tpe":
         # constant_liar: parallel workers do not all sample the same point while trials run
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True,
+        base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True,
                                           constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
-    if name == "random":
+    elif name == "nsga2":
+        base = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
+    elif name == "gp":
+        base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    elif name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown search.sampler={name!r}; choose from {', '.join(SAMPLERS)}")
+    else:
+        raise ValueError(f"unknown search.sampler={name!r}; choose from {', '.join(SAMPLERS)}")
+    return EscapeRejections(base, seed=seed)
+
+
+class EscapeRejections(optuna.samplers.BaseSampler):
+    """``base``, except that after ``streak`` rejected candidates in a row the next is drawn at random.
+
+    Why: a rejected candidate is a PRUNED trial, and model-based samplers fit only what they see;
+    GPSampler sees COMPLETE trials alone, so when its model favours a region the checks reject, it
+    proposes that region again and again (seen: 40 rejections in a row, ending the run on
+    ``search.max_rejected``). A random draw lands elsewhere; once scored, it moves the model on.
+
+    >>> EscapeRejections(optuna.samplers.GPSampler(seed=0), seed=0)   # doctest: +SKIP
+    """
+
+    def __init__(self, base: optuna.samplers.BaseSampler, seed: int | None = None, streak: int = 3):
+        self.base, self.streak = base, streak
+        self.random = optuna.samplers.RandomSampler(seed=seed)
+        self._escaping: set[int] = set()  # numbers of the trials being drawn at random
+
+    def _rejected_streak(self, study: optuna.Study) -> bool:
+        done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        last = sorted(done, key=lambda t: t.number)[-self.streak:]
+        return len(last) == self.streak and all(t.user_attrs.get(record.STATUS) == "rejected" for t in last)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._rejected_streak(study):
+            self._escaping.add(trial.number)
+        self.base.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return {} if trial.number in self._escaping else self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return {} if trial.number in self._escaping else self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        sampler = self.random if trial.number in self._escaping else self.base
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._escaping.discard(trial.number)
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self.random.reseed_rng()
 
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")

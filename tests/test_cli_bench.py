@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from patternc.cli import main
 
@@ -57,11 +58,24 @@ def test_bench_unknown_backend_is_an_argparse_error(capsys):
     assert exit_info.value.code == 2
 
 
-def test_readme_bench_command_runs(capsys):
-    text = (ROOT / "README.md").read_text()
-    (line,) = [line for line in text.splitlines() if line.startswith("patternc bench")]
+README_BENCH = [line for line in (ROOT / "README.md").read_text().splitlines()
+                if line.startswith("patternc bench")]
+
+
+@pytest.mark.parametrize("line", README_BENCH)
+def test_readme_bench_commands_run(capsys, line):
     argv = shlex.split(line)[1:]
     argv[argv.index("--n") + 1] = "256"
+    gpu = "--device" in argv and argv[argv.index("--device") + 1].startswith("cuda")
+    if gpu:
+        argv[argv.index("--n") + 1] = "512"  # FlexAttention on CUDA needs whole 128-token blocks
     code, out, err = run(capsys, *argv, "--head-dim", 16, "--repeats", 1, "--warmup", 0)
+    if gpu and not torch.cuda.is_available():  # the GPU line still says clearly why it cannot run
+        assert code == 2 and "no CUDA GPU" in err
+        return
     assert code == 0, err
     assert "ratio: " in out
+
+
+def test_the_readme_shows_a_cpu_and_a_gpu_bench():
+    assert len(README_BENCH) == 2 and "--device cuda" in README_BENCH[1]

@@ -140,8 +140,15 @@ def test_cpu_result_names_its_device(cache):
 @CUDA
 @pytest.mark.parametrize("backend", ["reference", "flex", "sdpa"])
 def test_cuda_measure_times_on_the_gpu_and_keys_the_cache_by_it(cache, backend):
-    cpu = quick(cp_of())
-    gpu = quick(cp_of(), backend=backend, device="cuda")
+    cp = cp_of(block=128)  # FlexAttention's CUDA tiles
+    cpu = quick(cp)
+    gpu = quick(cp, backend=backend, device="cuda")
     assert gpu.device.startswith("cuda: ") and gpu.seconds > 0 and gpu.baseline_seconds > 0
     assert len(list(cache.glob("*.json"))) == 2 and cpu.device == "cpu"
-    assert quick(cp_of(), backend=backend, device="cuda") == gpu  # a hit
+    assert quick(cp, backend=backend, device="cuda") == gpu  # a hit
+
+
+@CUDA
+def test_cuda_flex_refuses_blocks_its_kernel_cannot_tile():
+    with pytest.raises(ValueError, match="multiples of 128"):
+        quick(cp_of(block=32), backend="flex", device="cuda")

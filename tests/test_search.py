@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -13,7 +14,7 @@ import search.objective
 from search import record
 from search.app import CONF, run_report_mode, run_search_mode
 from search.pareto import dominates
-from search.study import counted, run_search
+from search.study import EscapeRejections, counted, run_search
 
 
 @pytest.fixture(autouse=True)
@@ -175,3 +176,34 @@ def test_a_pattern_dense_at_the_proxy_length_is_rejected(tmp_path):
         Objective(MQARConfig(), space, KernelConfig())(trial)
     assert trial.constraints["proxy_density"] == pytest.approx(0.5)
     assert trial.constraints["density"] < 0  # within budget at n_target: only the proxy is dense
+
+
+class StuckSampler(optuna.samplers.BaseSampler):
+    """Proposes the same candidate forever, as GPSampler does when its model favours a rejected region."""
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return 0.95
+
+
+def test_a_run_of_rejections_is_escaped_by_a_random_candidate():
+    def objective(trial):
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if x > 0.9:  # the checks reject this region, before any training
+            trial.set_user_attr(record.STATUS, "rejected")
+            raise optuna.TrialPruned()
+        trial.set_user_attr(record.STATUS, "ok")
+        return x
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=EscapeRejections(StuckSampler(), seed=0, streak=3))
+    study.optimize(objective, n_trials=60)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") >= 10  # StuckSampler alone: 0 of 60
+    runs = "".join("P" if state == "PRUNED" else "C" for state in states).split("C")
+    assert max(len(run) for run in runs) <= 3 + 2  # 3 rejections, then random draws until one passes

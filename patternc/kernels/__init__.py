@@ -57,7 +57,14 @@ def _reference(cp: CompiledPattern, layer: int, device: str) -> Run:
     return lambda q, k, v: block_sparse_attention(q, k, v, cp, layer)
 
 
+CUDA_FLEX_TILE = 128  # FlexAttention's CUDA kernels tile q and kv by up to 128: blocks must divide by it
+
+
 def _flex(cp: CompiledPattern, layer: int, device: str) -> Run:
+    if torch.device(device).type == "cuda" and any(b % CUDA_FLEX_TILE for b in cp.block):
+        bq, bk = cp.block
+        raise ValueError(f"FlexAttention on CUDA needs blocks that are multiples of {CUDA_FLEX_TILE} "
+                         f"(its kernel tiles), got {bq}x{bk}: compile with block={CUDA_FLEX_TILE}")
     block_mask = cp.to_block_mask(layer, device=device)
     flex = compiled_flex()
     return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
