@@ -287,6 +287,15 @@ def _describe(t: FrozenTrial) -> str:
             f"cost {t.values[1]:.2f}x dense")
 
 
+def _kernel(trials: list[FrozenTrial]) -> str:
+    """`` with reference (float32) on cpu``: how the first measured trial was timed, or nothing."""
+    cost = next((t.user_attrs[R.COST] for t in trials if isinstance(t.user_attrs.get(R.COST), dict)), None)
+    if cost is None or "backend" not in cost:
+        return ""
+    where = f" on {cost['device']}" if cost.get("device") else ""
+    return f" with {cost['backend']} ({cost.get('dtype', '?')}){where}"
+
+
 def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[FrozenTrial],
                      front: list[FrozenTrial], dominated: dict[int, list[str]], refs: list[FrozenTrial],
                      tolerance: float = 0.02) -> str:
@@ -319,8 +328,8 @@ def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[Fro
                      "start to the last one's end.")
     return "\n".join([
         f"# Search summary: space {space.name}, task {task}, study {study}", "",
-        f"Cost is measured at n_target={space.n_target} on {space.target_block}-token blocks, as a "
-        "fraction of dense causal attention's time; accuracy is held-out proxy accuracy.", "",
+        f"Cost is measured{_kernel(trials)} at n_target={space.n_target} on {space.target_block}-token "
+        "blocks, as a fraction of dense causal attention's time; accuracy is held-out proxy accuracy.", "",
         # each fact a bullet, so that it renders on its own line; the reasons are already sub-bullets
         *(fact if fact.startswith("  ") else f"- {fact}" for fact in facts), *beats, ""])
 

@@ -40,7 +40,7 @@ def _trial(expr: str, acc: float | None = None, cost: float | None = None, *, re
         buckets = dict(zip(BUCKETS, (1.0, acc, acc / 2), strict=True))
         attrs.update({R.STATUS: "ok", R.ACCURACY: acc, R.BUCKETS: buckets,
                       R.COST: {"ratio": cost, "seconds": cost * 0.01, "baseline_seconds": 0.01,
-                               "backend": "reference", "n": 1024, "dtype": "float32"},
+                               "backend": "reference", "n": 1024, "dtype": "float32", "device": "cpu"},
                       R.DURATIONS: {"compile": 0.01, "reach": 0.002, "cost": 0.4, "train": 3.0}})
     params = params or {}
     return optuna.trial.create_trial(
@@ -210,7 +210,7 @@ def test_summary(report):
                  "  - 1 x does not mix within 2 layers at n=128", "Pareto front: 4 patterns",
                  "Best accuracy: dense_causal `causal`: accuracy 0.950, cost 1.00x dense (infeasible).",
                  "Cheapest feasible within 0.02 of the best accuracy: trial 6", "dominates longformer",
-                 "Elapsed:", "n_target=1024"]:
+                 "Elapsed:", "Cost is measured with reference (float32) on cpu at n_target=1024"]:
         assert fact in text, fact
 
 
