@@ -95,17 +95,16 @@ def search_on_gpu(device: str = "cuda", n: int = 32768, steps: int = 200) -> Non
     import time
 
     from search import MajorityConfig, evaluate
+    from search.objective import density_vs_causal
 
-    dense = patternc.compile("causal", n, block=128).stats().per_head[0].block_density
     for name, expr in (("dense causal", "causal"),
                        ("sparse transformer fixed", "causal & fixed(n // 16, max(1, n // 1024))"),
                        ("sliding window n/8", "causal & window(ceil(n / 8))")):
         cp = patternc.compile(expr, n, block=128)
         m = patternc.measure(cp, heads=HEADS, backend="flex", device=device, cache=False)
-        density = cp.stats().per_head[0].block_density / dense
         print(f"measure flex on {m.device}, n {n}: {name:<25} ratio {m.ratio:.3f} at block density "
-              f"{density:.3f} of dense causal ({1e3 * m.seconds:.2f} vs {1e3 * m.baseline_seconds:.2f} ms)",
-              flush=True)
+              f"{density_vs_causal(cp):.3f} of dense causal "
+              f"({1e3 * m.seconds:.2f} vs {1e3 * m.baseline_seconds:.2f} ms)", flush=True)
     task = MajorityConfig()
     task.train.steps, task.train.device = steps, device
     start = time.perf_counter()

@@ -25,6 +25,7 @@ import torch
 
 import patternc
 from search import MajorityConfig, MQARConfig, evaluate
+from search.objective import density_vs_causal
 
 PATTERNS = {  # the fixed_window space's references and one of its sampled candidates
     "dense causal": "causal",
@@ -46,11 +47,6 @@ def run_one(job: tuple[str, str, int, str, int | None, int]) -> dict:
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def block_density(expr: str, n: int) -> float:
-    dense = patternc.compile("causal", n, block=128).stats().per_head[0].block_density
-    return patternc.compile(expr, n, block=128).stats().per_head[0].block_density / dense
 
 
 def main() -> None:
@@ -86,7 +82,8 @@ def main() -> None:
         last = by[name, steps[-1]]
         cells = "  ".join(f"{_score(by[name, s]['accuracy']):>11}" for s in steps)
         buckets = " ".join(f"{k} {_score(v)}" for k, v in last["buckets"].items())
-        print(f"{name:<26} {block_density(PATTERNS[name], args.n_target):>14.3f}  {cells}  {buckets:>30}")
+        density = density_vs_causal(patternc.compile(PATTERNS[name], args.n_target, block=128))
+        print(f"{name:<26} {density:>14.3f}  {cells}  {buckets:>30}")
     slowest = ", ".join(f"{s} steps {max(by[n, s]['seconds'] for n in args.patterns):.0f}" for s in steps)
     print(f"\nslowest training, seconds: {slowest}; wall {time.perf_counter() - start:.0f} s")
     if args.out:

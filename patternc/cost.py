@@ -8,10 +8,9 @@ drifts that the two medians alone would not.
 The cache key is everything the figure depends on: a sha256 of the layer's block CSR (every head)
 with ``n`` and the block shape, the shapes, backend, dtype, thread count, torch version and CPU
 model (on a GPU, its name). A hit returns the stored result without building tensors or running any
-kernel. On a GPU each repeat is timed between two ``torch.cuda.synchronize()`` calls, so the figure
-is the kernel's, not its launch's. A cache
-file that does not parse is ignored and rewritten. The directory is ``$PATTERNC_CACHE_DIR``, else
-``~/.cache/patternc/cost``.
+kernel. A cache file that does not parse is ignored and rewritten. The directory is
+``$PATTERNC_CACHE_DIR``, else ``~/.cache/patternc/cost``. On a GPU each repeat is timed between two
+``torch.cuda.synchronize()`` calls, so the figure is the kernel's, not its launch's.
 
 >>> m = patternc.measure(patternc.compile("causal & window(512)", n=16384), backend="reference")
 ... # doctest: +SKIP
@@ -179,20 +178,22 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     return result
 
 
-def resolve_device(device: str) -> torch.device:
-    """``device`` as a torch device, refused with the reason when it is not usable here.
+def resolve_device(device: str, where: str | None = None) -> torch.device:
+    """``device`` as a torch device, refused with the reason when it is not usable here; ``where``
+    (the config key or option that gave it) starts the message.
 
-    >>> resolve_device("cuda:0")   # ValueError on a machine without a CUDA GPU  # doctest: +SKIP
+    >>> resolve_device("cuda:0", where="kernel.device")   # ValueError without a CUDA GPU  # doctest: +SKIP
     """
+    said = f"{where}: device {device!r}" if where else f"device {device!r}"
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1): {exc}") from None
+        raise ValueError(f"{said} is not a torch device (cpu, cuda, cuda:1): {exc}") from None
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this torch build or machine has no CUDA GPU "
+        raise ValueError(f"{said}: this torch build or machine has no CUDA GPU "
                          f"(torch.cuda.is_available() is False)")
     if target.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: patternc's kernels and proxy training run on cpu or cuda only")
+        raise ValueError(f"{said}: patternc's kernels and proxy training run on cpu or cuda only")
     return target
 
 

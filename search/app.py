@@ -43,19 +43,19 @@ register_configs()
 
 def run_search_mode(cfg: DictConfig, out_dir: pathlib.Path):
     """The study from the composed config, then its report in ``out_dir``."""
-    task = OmegaConf.to_object(cfg.task)
-    space = OmegaConf.to_object(cfg.space)
-    study = run_search(task, space, OmegaConf.to_object(cfg.kernel), OmegaConf.to_object(cfg.search),
-                       seed=cfg.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    return write_report(study, space, out_dir, task.name)
+    task, space, kernel, settings = (OmegaConf.to_object(cfg[key])
+                                     for key in ("task", "space", "kernel", "search"))
+    return _report(run_search(task, space, kernel, settings, seed=cfg.seed), cfg, out_dir)
 
 
 def run_report_mode(cfg: DictConfig, out_dir: pathlib.Path):
     """The report of an existing study (``search.study`` in ``search.storage``) in ``out_dir``:
     what a distributed search ends with once every worker has stopped."""
-    study = load_existing(OmegaConf.to_object(cfg.search))
+    return _report(load_existing(OmegaConf.to_object(cfg.search)), cfg, out_dir)
+
+
+def _report(study, cfg: DictConfig, out_dir: pathlib.Path):
+    """The composed config and the study's report, written into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     return write_report(study, OmegaConf.to_object(cfg.space), out_dir, cfg.task.name)

@@ -156,10 +156,7 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
     else:
         cp = patternc.compile(spec, task.n, params=params)
     _check_train(task)
-    try:
-        device = resolve_device(task.train.device)
-    except ValueError as err:
-        raise ValueError(f"train.device: {err}") from None
+    device = resolve_device(task.train.device, where="train.device")
     with _threads(task.train.threads) as threads, torch.random.fork_rng():
         torch.manual_seed(seed)
         model = TinyTransformer(problem.vocab, masks_of(cp), task.model).to(device)  # CPU init: same weights

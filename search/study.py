@@ -77,8 +77,8 @@ class EscapeRejections(optuna.samplers.BaseSampler):
         self._escaping: set[int] = set()  # numbers of the trials being drawn at random
 
     def _rejected_streak(self, study: optuna.Study) -> bool:
-        done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        last = sorted(done, key=lambda t: t.number)[-self.streak:]
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        last = finished[-self.streak:]  # in trial-number order
         return len(last) == self.streak and all(t.user_attrs.get(record.STATUS) == "rejected" for t in last)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

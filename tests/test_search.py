@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 
 import optuna
 import pytest
@@ -13,6 +14,7 @@ import patternc
 import search.objective
 from search import record
 from search.app import CONF, run_report_mode, run_search_mode
+from search.objective import density_vs_causal
 from search.pareto import dominates
 from search.study import EscapeRejections, counted, run_search
 
@@ -207,3 +209,27 @@ def test_a_run_of_rejections_is_escaped_by_a_random_candidate():
     assert states.count("COMPLETE") >= 10  # StuckSampler alone: 0 of 60
     runs = "".join("P" if state == "PRUNED" else "C" for state in states).split("C")
     assert max(len(run) for run in runs) <= 3 + 2  # 3 rejections, then random draws until one passes
+
+
+def test_density_vs_causal_is_the_mean_block_density_over_dense_causals():
+    assert density_vs_causal(patternc.compile("causal", 1024, block=128)) == 1.0
+    stack = patternc.Stack(default="causal & window(128)", layers=2, heads=2,
+                           overrides=(patternc.stack.Override("causal", layers=(1, 2)),))
+    cp = patternc.compile(stack, 1024, block=128)  # layer 0: 2 blocks a row (1 in row 0); layer 1: dense
+    assert density_vs_causal(cp) == pytest.approx(((15 / 64) + (36 / 64)) / 2 / (36 / 64))
+
+
+def test_search_targets_reads_a_run_back(tmp_path, capsys):
+    path = CONF.parent / "benchmarks" / "search_targets.py"
+    spec = importlib.util.spec_from_file_location("search_targets", path)
+    search_targets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(search_targets)
+    run_search_mode(tiny(tmp_path, "search.n_trials=4"), tmp_path)
+    rows = search_targets.read_trials(tmp_path)
+    search_targets.report(rows, near=1.0, cost_bound=1e9)  # every scored feasible trial qualifies
+    out = capsys.readouterr().out
+    assert f"{sum(r['state'] == 'COMPLETE' for r in rows)} scored" in out
+    assert "dense causal: accuracy" in out and "from the first trial's start" in out
+    assert "meets the 1000000000.0x bound" in out
+    search_targets.report(rows, near=-1.0, cost_bound=0.25)  # nothing is better than dense by 1
+    assert "no feasible pattern within -1.0" in capsys.readouterr().out
