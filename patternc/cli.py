@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from patternc import __version__
-from patternc.compiled import CompiledPattern, compile
+from patternc.compiled import CompiledPattern, block_shape, compile
 from patternc.draw import TEXT_LEGEND, draw_growth_png, draw_png, draw_text
-from patternc.errors import PatternError
+from patternc.errors import PatternError, brief
 from patternc.export.bsr import save_bsr
 from patternc.layout import head_stats
-from patternc.reach import EXACT_LIMIT, reach
+from patternc.limits import MAX_N
+from patternc.reach import EXACT_LIMIT, check_size, reach
+from patternc.stack import as_stack
 
 __all__ = ["main"]
 
@@ -42,9 +44,41 @@ def _parameter(text: str) -> tuple[str, int | float]:
     return name.strip().lstrip("$"), number
 
 
+def _count(low: int, high: int | None = None):
+    """An argparse type: an integer in ``[low, high]``; argparse names the option in its error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {brief(text)}") from None
+        if value < low or (high is not None and value > high):
+            span = f"at least {low:,}" if high is None else f"between {low:,} and {high:,}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {brief(value)}")
+        return value
+    return parse
+
+
+def _png(text: str) -> Path:
+    """An argparse type: a ``.png`` file path whose directory exists (the picture is PNG only)."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{brief(text)} does not end in .png (the picture is a PNG)")
+    return _output(text)
+
+
+def _output(text: str) -> Path:
+    """An argparse type: a file path to write, not empty and not a directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty")
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{brief(text)} is a directory; give a file path")
+    return path
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="an expression such as 'causal & window(512)', or a stack YAML file")
-    parser.add_argument("--n", type=int, required=True, help="sequence length")
+    parser.add_argument("--n", type=_count(1, MAX_N), required=True, help="sequence length")
     parser.add_argument("--block", default=None,
                         help="block size B or BQ,BK (default: the stack's, else 128)")
     parser.add_argument("--set", dest="params", type=_parameter, action="append", default=[],
@@ -62,39 +96,40 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("show", help="draw the block layout of one layer and head")
     _common(p)
-    p.add_argument("--layer", type=int, default=0)
-    p.add_argument("--head", type=int, default=0)
-    p.add_argument("--png", metavar="FILE", help="also save the picture as a PNG")
-    p.add_argument("--width", type=int, default=96, help="characters per row of the text drawing")
+    p.add_argument("--layer", type=_count(0), default=0)
+    p.add_argument("--head", type=_count(0), default=0)
+    p.add_argument("--png", type=_png, metavar="FILE", help="also save the picture as a PNG")
+    p.add_argument("--width", type=_count(4, 4096), default=96, help="characters per row of the text drawing")
 
     p = commands.add_parser("check", help="check that every position hears every other across the layers")
     _common(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--require-mixing", action="store_true",
                    help="exit 1 unless the envelope is certainly covered at the stack's own depth")
-    p.add_argument("--png", metavar="FILE", help="plot the receptive field's growth per layer")
-    p.add_argument("--exact-limit", type=int, default=EXACT_LIMIT,
+    p.add_argument("--png", type=_png, metavar="FILE", help="plot the receptive field's growth per layer")
+    p.add_argument("--exact-limit", type=_count(0), default=EXACT_LIMIT,
                    help=f"largest n analysed token by token (default {EXACT_LIMIT}); above: block bounds")
-    p.add_argument("--max-depth", type=int, default=None,
+    p.add_argument("--max-depth", type=_count(1), default=None,
                    help="layers to run (the stack repeated) looking for the mixing depth")
 
     p = commands.add_parser("export", help="write the compiled layout for a kernel, or to a file")
     _common(p)
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                    help="; ".join(f"{name}: {what}" for name, what in EXPORT_FORMATS.items()))
-    p.add_argument("-o", "--output", required=True, metavar="PATH", help="file to write (parents are made)")
+    p.add_argument("-o", "--output", type=_output, required=True, metavar="PATH",
+                   help="file to write (parents are made)")
     p.add_argument("--masks", action="store_true", help="bsr: also write per-block token masks")
 
     p = commands.add_parser("bench", help="time one layer on a kernel against dense causal SDPA")
     _common(p)
     p.add_argument("--backend", required=True, choices=("reference", "flex", "sdpa"))
     p.add_argument("--dtype", choices=BENCH_DTYPES, default="bf16")
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--heads", type=int, default=None, help="default: the stack's heads")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--layer", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--head-dim", type=_count(1, 1024), default=64)
+    p.add_argument("--heads", type=_count(1, 1024), default=None, help="default: the stack's heads")
+    p.add_argument("--batch", type=_count(1, 1024), default=1)
+    p.add_argument("--layer", type=_count(0), default=0)
+    p.add_argument("--repeats", type=_count(1, 1000), default=5, help="timed runs; the median is reported")
+    p.add_argument("--warmup", type=_count(0, 1000), default=2)
     p.add_argument("--no-cache", action="store_true", help="measure even if a cached result exists")
     p.add_argument("--device", default="cpu", help="where both kernels run: cpu (default), cuda, cuda:1")
     return parser
@@ -112,7 +147,11 @@ EXPORT_FORMATS = {
 
 
 def _compile(args) -> CompiledPattern:
-    return compile(args.spec, n=args.n, block=args.block, params=dict(args.params))
+    stack = as_stack(args.spec)
+    block = block_shape(stack, args.n, args.block)
+    if args.command == "check":  # a state too large for the machine is refused before compiling
+        check_size(args.n, block, args.exact_limit, args.max_depth)
+    return compile(stack, n=args.n, block=block, params=dict(args.params))
 
 
 def _print_stats(cp: CompiledPattern, as_json: bool) -> None:
@@ -216,11 +255,6 @@ def _bench(cp: CompiledPattern, args) -> None:
 
     from patternc.cost import measure
 
-    for name in ("head_dim", "batch", "repeats"):
-        if getattr(args, name) < 1:
-            raise PatternError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise PatternError(f"--warmup must be at least 0, got {args.warmup}")
     if not 0 <= args.layer < cp.layers:
         raise PatternError(f"--layer {args.layer} is outside this stack of {cp.layers} layers")
     try:
@@ -238,7 +272,11 @@ def _bench(cp: CompiledPattern, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the command; the exit status: 0, 1 (a check failed), 2 (bad input, argparse's too)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed the usage and the error (or --help)
+        return int(exit_.code or 0)
     try:
         cp = _compile(args)
         if args.command == "compile":

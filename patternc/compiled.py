@@ -16,23 +16,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from patternc.errors import PatternError, PatternMeaningError, PatternSizeError
-from patternc.lang import ast, parse, unparse
-from patternc.layout import INFLATION_WARNING, HeadStats, Layout, head_stats, is_causal
+from patternc.errors import PatternError, PatternMeaningError, PatternSizeError, StackError, brief
+from patternc.lang import ast, parse
+from patternc.layout import INFLATION_WARNING, HeadStats, Layout, future_pair, head_stats, is_causal
+from patternc.limits import MAX_BLOCK_PAIRS, MAX_LAYOUT_BLOCKS, MAX_N, MAX_TOTAL_BLOCKS, require
 from patternc.lower import Grid, Scope, lower
 from patternc.lower.grid import FULL, PARTIAL
 from patternc.lower.node import Lowered
-from patternc.stack import Stack, load_stack, parse_block
+from patternc.stack import Stack, as_stack, parse_block
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
     from patternc.export.bsr import BlockCSR
 
-__all__ = ["DEFAULT_BLOCK", "DENSE_LIMIT", "MAX_N", "CompiledPattern", "PatternStats", "compile"]
+__all__ = ["DEFAULT_BLOCK", "DENSE_LIMIT", "MAX_N", "CompiledPattern", "PatternStats", "block_shape",
+           "compile"]
 
 DEFAULT_BLOCK = 128  # FlexAttention's default tile
-MAX_N = 2**31 - 1  # kernels index tokens with int32
+_LARGER_BLOCK = "a larger block stores fewer blocks (--block, or block= in Python)"
 DENSE_LIMIT = 2**28  # booleans in a dense mask (256 MiB); above this use the block layout
 
 
@@ -252,6 +254,25 @@ class CompiledPattern:
                             tuple(warnings))
 
 
+def _check_declared_causal(stack: Stack, nodes: list[list[Lowered]], layouts: dict[Lowered, Layout]) -> None:
+    """A stack declared ``causal: true`` must allow no pair with ``k > q``: a decoder exported from
+    it would otherwise read the future while every report called it causal."""
+    checked: set[Lowered] = set()
+    for l, row in enumerate(nodes):
+        for h, node in enumerate(row):
+            if node in checked:
+                continue
+            checked.add(node)
+            pair = future_pair(node, layouts[node])
+            if pair is not None:
+                q, k = pair
+                text, where = stack.rule_at(l, h)
+                raise StackError(f"the stack is declared causal, but layer {l} head {h} ({where}: {text}) "
+                                 f"lets query {q} see key {k} > {q}; make the expression causal "
+                                 "(causal & ...) or declare causal: false",
+                                 where=stack.source or "stack")
+
+
 def _identifier(text: str) -> str:
     words = {"&": " and ", "|": " or ", "-": " minus ", "~": " not "}
     text = re.sub(r"[&|~]|(?<=[\s)])-(?=\s)", lambda m: words[m.group()], text)
@@ -274,39 +295,35 @@ def compile(spec: str | os.PathLike | ast.Pattern | Stack, n: int,
     >>> compile("causal & window($w)", n=4096, block=64, params={"w": 256}).layers
     1
     """
-    stack = _as_stack(spec)
+    stack = as_stack(spec)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
-        raise PatternSizeError(f"n must be an integer in [1, {MAX_N}], got {n!r}")
-    if block is None:
-        block = stack.block or (DEFAULT_BLOCK, DEFAULT_BLOCK)
-    bq, bk = parse_block(block)
+        raise PatternSizeError(f"n must be an integer in [1, {MAX_N:,}], got {brief(n)}")
     bound = dict(stack.params)
     bound.update(_check_params(params or {}))
-    return _compile(stack, int(n), (bq, bk), tuple(sorted(bound.items())))
+    return _compile(stack, int(n), block_shape(stack, int(n), block), tuple(sorted(bound.items())))
 
 
-def _as_stack(spec) -> Stack:
-    if isinstance(spec, Stack):
-        return spec
-    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
-        return load_stack(spec)
-    if isinstance(spec, str):
-        return Stack.single(spec)
-    if isinstance(spec, (ast.Primitive, ast.Union, ast.Intersect, ast.Difference, ast.Complement)):
-        return Stack.single(unparse(spec))
-    raise PatternMeaningError(
-        f"cannot compile a {type(spec).__name__}: pass an expression, a syntax tree, a Stack or the"
-        " path of a stack YAML file"
-    )
+def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | str | None = None) -> tuple[int, int]:
+    """The ``(bq, bk)`` that ``compile(stack, n, block)`` uses: ``block``, else the stack's, else
+    128; a side longer than ``n`` is ``n`` (one block row or column is the same layout).
+
+    >>> block_shape(Stack("causal"), 1000), block_shape(Stack("causal"), 64, (32, 128))
+    ((128, 128), (32, 64))
+    """
+    if block is None:
+        block = stack.block or (DEFAULT_BLOCK, DEFAULT_BLOCK)
+    bq, bk = (min(size, n) for size in parse_block(block))
+    require(bq * bk, MAX_BLOCK_PAIRS, f"token pairs in a block of {bq} x {bk}", "choose a smaller block")
+    return bq, bk
 
 
 def _check_params(params) -> dict[str, int | float]:
     out = {}
     for name, value in dict(params).items():
         if not isinstance(name, str) or not name.isidentifier():
-            raise PatternMeaningError(f"parameter name {name!r} is not an identifier (write w, not $w)")
+            raise PatternMeaningError(f"parameter name {brief(name)} is not an identifier (write w, not $w)")
         if isinstance(value, bool) or not isinstance(value, Real):
-            raise PatternMeaningError(f"parameter {name} must be a number, got {value!r}")
+            raise PatternMeaningError(f"parameter {name} must be a number, got {brief(value)}")
         out[name] = int(value) if isinstance(value, (int, np.integer)) else float(value)
     return out
 
@@ -328,6 +345,7 @@ def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple) -> Com
     grid = Grid(n, *block)
     nodes: list[list[Lowered]] = []
     layouts: dict[Lowered, Layout] = {}
+    stored = 0
     for l in range(stack.layers):
         row = []
         for h in range(stack.heads):
@@ -335,12 +353,21 @@ def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple) -> Com
             scope = Scope(grid, l, h, stack.layers, stack.heads, bound)
             try:
                 node = lower(parse(text), grid, scope)
+                if node not in layouts:
+                    # the estimate comes before any block is built, so a refused size costs nothing
+                    require(int(node.size_hint(grid)), MAX_LAYOUT_BLOCKS,
+                            f"blocks stored by {text} at n = {n:,} in blocks of {block[0]} x {block[1]} "
+                            "(estimated)", _LARGER_BLOCK)
+                    layouts[node] = Layout.from_blocks(node.enumerate(grid), grid)
+                    stored += layouts[node].nnz
+                    require(stored, MAX_TOTAL_BLOCKS, "blocks stored by the distinct layouts of the stack",
+                            _LARGER_BLOCK)
             except PatternError as err:
                 at = f"{stack.source + ': ' if stack.source else ''}{where} (layer {l}, head {h})"
                 raise err.with_source(text, where=at if stack.layers * stack.heads > 1 or stack.source
                                       else None) from None
-            if node not in layouts:
-                layouts[node] = Layout.from_blocks(node.enumerate(grid), grid)
             row.append(node)
         nodes.append(row)
+    if stack.causal:
+        _check_declared_causal(stack, nodes, layouts)
     return CompiledPattern(stack, n, block, bound, nodes, layouts)

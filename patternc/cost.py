@@ -32,6 +32,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from patternc.errors import PatternMeaningError, brief
+from patternc.limits import require
+
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
@@ -151,11 +154,17 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
 
     heads = compiled.heads if heads is None else heads
     if heads != compiled.heads and compiled.heads != 1:
-        raise ValueError(f"heads={heads}, but the pattern has {compiled.heads} heads")
+        raise PatternMeaningError(f"heads={heads}, but the pattern has {compiled.heads} heads")
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        raise PatternMeaningError(f"unknown backend {brief(backend)}; choose from {', '.join(BACKENDS)}")
+    for name, value, low in (("batch", batch, 1), ("heads", heads, 1), ("head_dim", head_dim, 1),
+                             ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise PatternMeaningError(f"measure(): {name} must be an integer >= {low}, got {brief(value)}")
     compiled.node(layer, 0)  # a bad layer is refused before anything is hashed
     target = resolve_device(device)
+    # q, k, v and one output of (batch, heads, n, head_dim), plus the baseline's output
+    _require_memory(5 * batch * heads * compiled.n * head_dim * dtype.itemsize, target)
     dtype_name = str(dtype).removeprefix("torch.")
     settings = dict(backend=backend, n=compiled.n, block=compiled.block, layer=layer, batch=batch,
                     heads=heads, head_dim=head_dim, dtype=dtype_name, threads=torch.get_num_threads(),
@@ -178,22 +187,32 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     return result
 
 
+def _require_memory(size: int, device: torch.device) -> None:
+    """Refuse tensors larger than the device's memory (physical memory on a CPU) before allocating."""
+    if device.type == "cuda":
+        available, what = torch.cuda.mem_get_info(device)[1], f"{_device_name(device)} memory"
+    else:
+        available, what = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    require(size, available, f"bytes of q, k, v and outputs (batch x heads x n x head_dim) against {what}",
+            "lower the batch, heads, head_dim or n")
+
+
 def resolve_device(device: str, where: str | None = None) -> torch.device:
     """``device`` as a torch device, refused with the reason when it is not usable here; ``where``
     (the config key or option that gave it) starts the message.
 
-    >>> resolve_device("cuda:0", where="kernel.device")   # ValueError without a CUDA GPU  # doctest: +SKIP
+    >>> resolve_device("cuda:0", where="kernel.device")   # an error without a GPU  # doctest: +SKIP
     """
     said = f"{where}: device {device!r}" if where else f"device {device!r}"
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"{said} is not a torch device (cpu, cuda, cuda:1): {exc}") from None
+        raise PatternMeaningError(f"{said} is not a torch device (cpu, cuda, cuda:1): {exc}") from None
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{said}: this torch build or machine has no CUDA GPU "
+        raise PatternMeaningError(f"{said}: this torch build or machine has no CUDA GPU "
                          f"(torch.cuda.is_available() is False)")
     if target.type not in ("cpu", "cuda"):
-        raise ValueError(f"{said}: patternc's kernels and proxy training run on cpu or cuda only")
+        raise PatternMeaningError(f"{said}: patternc's kernels and proxy training run on cpu or cuda only")
     return target
 
 

@@ -68,8 +68,7 @@ def draw_png(layout: Layout, path: str | os.PathLike, title: str = "", max_pixel
     cells = f", {ci}x{cj} blocks per pixel" if ci > 1 or cj > 1 else ""
     ax.set_title(f"{title}\nblock {grid.bq}x{grid.bk}: black full, grey partial{cells}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def draw_growth_png(report, path: str | os.PathLike) -> None:
@@ -98,5 +97,18 @@ def draw_growth_png(report, path: str | os.PathLike) -> None:
                  f"{depth if depth is not None else 'never' if report.never else 'unknown'}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """Save as PNG through a temporary file renamed over ``path``: a failure leaves no partial file."""
+    import matplotlib.pyplot as plt
+
+    partial = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    try:
+        fig.savefig(partial, format="png")
+        os.replace(partial, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(partial):
+            os.remove(partial)

@@ -16,6 +16,8 @@ or does not match what it claims to hold).
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
     "LayoutFileError",
     "PatternError",
@@ -23,7 +25,43 @@ __all__ = [
     "PatternSizeError",
     "PatternSyntaxError",
     "StackError",
+    "brief",
 ]
+
+CONTEXT = 60  # characters of the source line shown either side of a fault
+
+
+class _Brief(reprlib.Repr):
+    """``reprlib`` with small limits, and integers sized by their bits: ``repr`` of an integer of
+    more than 4,300 digits raises in Python 3.11+, and formatting it as a float overflows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 2, 60, 60
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 4
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() <= 64:
+            return repr(x)
+        digits = int((abs(x).bit_length() - 1) * 0.30102999566398120) + 1  # exact or one short
+        if abs(x) >= 10**digits:
+            digits += 1
+        return f"an integer of {digits:,} digits"
+
+
+_BRIEF = _Brief()
+
+
+def brief(value: object) -> str:
+    """A short ``repr`` of a value for an error message: a message never formats a huge value
+    (an integer of 10,000 digits, a list built by YAML aliases) in full.
+
+    >>> brief(10**400), brief(10**400 - 1)
+    ('an integer of 401 digits', 'an integer of 400 digits')
+    >>> brief(list(range(100)))
+    '[0, 1, 2, 3, ...]'
+    """
+    return _BRIEF.repr(value)
 
 
 class PatternError(ValueError):
@@ -81,10 +119,14 @@ class PatternError(ValueError):
         start = self.text.rfind("\n", 0, self.pos) + 1
         stop = self.text.find("\n", self.pos)
         stop = len(self.text) if stop < 0 else stop
-        source_line = self.text[start:stop]
-        end = self.end if self.end is not None else self.pos + 1
-        width = max(1, min(end, stop) - self.pos)
-        caret = " " * (self.pos - start) + "^" * width
+        end = min(self.end if self.end is not None else self.pos + 1, stop)
+        # a long line is shown around the fault: CONTEXT characters either side, the caret clipped
+        clipped_end = max(self.pos + 1, min(end, self.pos + 2 * CONTEXT))
+        first = max(start, self.pos - CONTEXT)
+        last = min(stop, clipped_end + CONTEXT)
+        source_line = "..." * (first > start) + self.text[first:last] + "..." * (last < stop)
+        indent = self.pos - first + (3 if first > start else 0)
+        caret = " " * indent + "^" * (min(clipped_end, stop) - self.pos or 1)
         return f"{head}\n  {source_line}\n  {caret}"
 
 

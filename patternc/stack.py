@@ -24,10 +24,18 @@ from numbers import Real
 
 import yaml
 
-from patternc.errors import PatternError, PatternMeaningError, StackError
+from patternc.errors import PatternError, PatternMeaningError, StackError, brief
 from patternc.lang import ast, parse, unparse
+from patternc.limits import (
+    MAX_HEADS,
+    MAX_OVERRIDES,
+    MAX_STACK_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    require,
+)
 
-__all__ = ["Override", "Stack", "load_stack"]
+__all__ = ["Override", "Stack", "as_stack", "load_stack", "load_yaml"]
 
 _KEYS = ("layers", "heads", "block", "causal", "default", "overrides", "params", "description")
 _OVERRIDE_KEYS = ("layers", "heads", "expr")
@@ -68,6 +76,10 @@ class Stack:
         object.__setattr__(self, "description", " ".join(str(self.description).split()))
         _positive_int(self.layers, f"{where}: layers")
         _positive_int(self.heads, f"{where}: heads")
+        require(self.layers * self.heads, MAX_HEADS,
+                f"{where}: layers x heads ({self.layers} x {self.heads})", "a stack describes one model")
+        require(len(self.overrides), MAX_OVERRIDES, f"{where}: override rules",
+                "write per-layer or per-head variation with l and h inside one expression")
         bare = self.source is None and not self.overrides and self.layers == self.heads == 1
         _checked_parse(self.default, None if bare else f"{where}: default")
         for index, rule in enumerate(self.overrides):
@@ -147,21 +159,139 @@ class Stack:
         return data
 
 
-def load_stack(path: str | os.PathLike) -> Stack:
-    """Read a stack from a YAML file.
+def as_stack(spec: str | os.PathLike | ast.Pattern | Stack) -> Stack:
+    """The stack a user means: a ``Stack``; a path of a ``.yaml``/``.yml`` file; an expression
+    (a stack of one layer and one head); or a syntax tree. Text that does not parse but names a
+    directory or a file, or looks like a path, is said to be one rather than shown as a bad
+    expression.
 
-    >>> load_stack("conf/pattern/longformer.yaml").rule_at(0, 0)  # doctest: +SKIP
+    >>> as_stack("causal & window(4)").layers, as_stack("conf/pattern/longformer.yaml").layers
+    (1, 12)
+    """
+    if isinstance(spec, Stack):
+        return spec
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
+        return load_stack(spec)
+    if isinstance(spec, (ast.Primitive, ast.Union, ast.Intersect, ast.Difference, ast.Complement)):
+        return Stack.single(unparse(spec))
+    if not isinstance(spec, str):
+        raise PatternMeaningError(f"cannot compile a {type(spec).__name__}: pass an expression, a syntax "
+                                  "tree, a Stack or the path of a stack YAML file")
+    try:
+        return Stack.single(spec)
+    except PatternError:
+        if os.path.isdir(spec):
+            raise StackError("is a directory, not a pattern or a stack file", where=spec) from None
+        if os.path.exists(spec):
+            raise StackError("is a file but not a stack file (stack files end in .yaml or .yml)",
+                             where=spec) from None
+        if "/" in spec and not set(spec) & set("()&|~ "):
+            raise StackError("no such stack file, and not a pattern expression", where=spec) from None
+        raise
+
+
+def load_stack(path: str | os.PathLike) -> Stack:
+    """Read a stack from a YAML file (at most ``MAX_STACK_BYTES``, UTF-8, no duplicate keys).
+
+    >>> load_stack("conf/pattern/longformer.yaml").rule_at(0, 0)
     ('causal & (window(256) | global(16))', 'default')
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STACK_BYTES + 1)
+    except IsADirectoryError:
+        raise StackError("is a directory, not a stack file", where=path) from None
     except OSError as err:
         raise StackError(f"cannot read stack file: {err.strerror}", where=path) from None
+    if len(raw) > MAX_STACK_BYTES:
+        raise StackError(f"the file is larger than {MAX_STACK_BYTES:,} bytes; a stack is configuration, "
+                         "not data", where=path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise StackError(f"not UTF-8 text (byte {err.start} is {raw[err.start]:#04x})", where=path) from None
+    return Stack.from_dict(load_yaml(text, path), source=path)
+
+
+def load_yaml(text: str, where: str):
+    """Parse YAML safely and within bounds: nesting at most ``MAX_YAML_DEPTH`` deep (checked on the
+    event stream, before PyYAML's recursive composer runs), at most ``MAX_YAML_NODES`` nodes with
+    aliases expanded (an alias bomb is refused before it is built or printed), no recursive alias,
+    no duplicate key (YAML would keep the last one silently).
+
+    >>> load_yaml("layers: 2\\nlayers: 3\\n", "s.yaml")
+    Traceback (most recent call last):
+      ...
+    patternc.errors.StackError: s.yaml: line 2: duplicate key 'layers' (first on line 1)
+    """
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # iterative: no recursion
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise StackError(f"line {event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH} "
+                                     "levels deep", where=where)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_nodes(node, where)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
-        raise StackError(f"not valid YAML: {err}", where=path) from None
-    return Stack.from_dict(data, source=path)
+        raise StackError(f"not valid YAML: {err}", where=where) from None
+    except (ValueError, OverflowError) as err:  # PyYAML's own constructors: an int of 5,000 digits
+        if isinstance(err, StackError):
+            raise
+        reason = str(err).split(";")[0][:200]  # "Exceeds the limit (4300 digits) ...: value has 5000 digits"
+        raise StackError(f"a value cannot be read: {reason}", where=where) from None
+
+
+def _check_nodes(root: yaml.Node, where: str) -> None:
+    """Count nodes as aliases expand them (each shared node counted once per use, computed once)
+    and refuse duplicate keys; iterative, so deep nesting cannot overflow the stack."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    todo: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while todo:
+        node, children_done = todo.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        kids = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
+                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(kid)] for kid in kids)
+            if sizes[key] > MAX_YAML_NODES:
+                raise StackError(f"the YAML expands to more than {MAX_YAML_NODES:,} nodes (aliases "
+                                 "counted each time they are used); a stack is a few dozen", where=where)
+            continue
+        if key in open_nodes:
+            raise StackError(f"line {node.start_mark.line + 1}: a recursive alias (a node that contains "
+                             "itself)", where=where)
+        open_nodes.add(key)
+        if isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node, where)
+        todo.append((node, True))
+        todo.extend((kid, False) for kid in kids if id(kid) not in sizes)
+
+
+def _check_unique_keys(node: yaml.MappingNode, where: str) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode):
+            line = key.start_mark.line + 1
+            first = seen.setdefault((key.tag, key.value), line)
+            if first != line:
+                raise StackError(f"line {line}: duplicate key {brief(key.value)} (first on line {first})",
+                                 where=where)
 
 
 def parse_block(value, where: str = "block") -> tuple[int, int]:
@@ -171,13 +301,14 @@ def parse_block(value, where: str = "block") -> tuple[int, int]:
             value = [int(part.strip()) for part in value.split(",")]
         except ValueError:
             raise PatternMeaningError(
-                f"block must be an integer or BQ,BK, got {value!r}", where=where
+                f"block must be an integer or BQ,BK, got {brief(value)}", where=where
             ) from None
     if isinstance(value, (list, tuple)) and len(value) == 1:
         value = value[0]
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
-            raise PatternMeaningError(f"block must be one size or [bq, bk], got {list(value)}", where=where)
+            raise PatternMeaningError(f"block must be one size or [bq, bk], got {brief(list(value))}",
+                                      where=where)
         return _block_size(value[0], where), _block_size(value[1], where)
     size = _block_size(value, where)
     return size, size
@@ -195,7 +326,7 @@ def _stack_block(value, where: str) -> tuple[int, int] | None:
 
 def _block_size(value, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PatternMeaningError(f"a block size must be a positive integer, got {value!r}", where=where)
+        raise PatternMeaningError(f"a block size must be a positive integer, got {brief(value)}", where=where)
     return value
 
 
@@ -208,19 +339,19 @@ def _checked_parse(text: str, where: str | None) -> ast.Pattern:
 
 def _expression(value, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise StackError(f"expected a pattern expression (text), got {value!r}", where=where)
+        raise StackError(f"expected a pattern expression (text), got {brief(value)}", where=where)
     return value.strip()
 
 
 def _positive_int(value, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StackError(f"expected a positive integer, got {value!r}", where=where)
+        raise StackError(f"expected a positive integer, got {brief(value)}", where=where)
     return value
 
 
 def _optional_bool(value, where: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
-        raise StackError(f"expected true or false, got {value!r}", where=where)
+        raise StackError(f"expected true or false, got {brief(value)}", where=where)
     return value
 
 
@@ -234,7 +365,7 @@ def _range(value, count: int, where: str) -> tuple[int, int]:
             return int(start) if start else 0, int(stop) if stop else count
         except ValueError:
             pass
-    raise StackError(f"expected an index or a half-open range \"a:b\", got {value!r}", where=where)
+    raise StackError(f"expected an index or a half-open range \"a:b\", got {brief(value)}", where=where)
 
 
 def _range_text(span: tuple[int, int]) -> int | str:
@@ -263,8 +394,9 @@ def _params(values, where: str) -> tuple[tuple[str, int | float], ...]:
     out = []
     for name, value in values.items():
         if not isinstance(name, str) or not name.isidentifier():
-            raise StackError(f"parameter name {name!r} is not an identifier (write w, not $w)", where=where)
+            raise StackError(f"parameter name {brief(name)} is not an identifier (write w, not $w)",
+                             where=where)
         if isinstance(value, bool) or not isinstance(value, Real):
-            raise StackError(f"parameter {name} must be a number, got {value!r}", where=where)
+            raise StackError(f"parameter {name} must be a number, got {brief(value)}", where=where)
         out.append((name, value))
     return tuple(sorted(out))

@@ -61,9 +61,9 @@ def test_causal_leak_is_an_error(capsys, tmp_path):
     stack = tmp_path / "leaky.yaml"
     stack.write_text("layers: 2\nheads: 2\ncausal: true\ndefault: causal & window(8)\n"
                      "overrides:\n  - layers: 1\n    heads: 1\n    expr: window(8)\n")
-    code, out, _ = run(capsys, "check", str(stack), "--n", "256")
-    assert code == 1
-    assert "declared causal but layer 1 head 1 lets query" in out
+    code, out, err = run(capsys, "check", str(stack), "--n", "256")
+    assert code == 2 and out == ""
+    assert "declared causal, but layer 1 head 1 (overrides[0].expr: window(8)) lets query" in err
 
 
 def test_block_level_bounds_above_the_exact_limit(capsys):

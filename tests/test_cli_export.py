@@ -113,7 +113,6 @@ def test_export_dense_of_one_expression_keeps_both_axes(capsys, tmp_path):
                  id="masks_without_bsr"),
     pytest.param(["causal & windw(3)", "--n", "64", "--format", "file"], "unknown primitive 'windw'",
                  id="bad_expression"),
-    pytest.param(["causal", "--n", "0", "--format", "file"], "n must be an integer", id="bad_n"),
 ])
 def test_bad_exports_exit_2_and_write_nothing(capsys, tmp_path, argv, message):
     path = tmp_path / "out" / "x"
@@ -123,15 +122,25 @@ def test_bad_exports_exit_2_and_write_nothing(capsys, tmp_path, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    pytest.param(["--n", "0", "-o", "x.npy"], "argument --n: must be between 1 and 2,147,483,647, got 0",
+                 id="bad_n"),
+    pytest.param(["--n", "64", "-o", ""], "argument -o/--output: the path is empty", id="empty_output"),
+])
+def test_bad_options_exit_2_and_write_nothing(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "export", "causal", "--format", "layout", *argv)
+    assert code == 2 and out == "" and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_output_exits_2(capsys, tmp_path):
     code, _, err = run(capsys, "export", "causal", "--n", "64", "--format", "layout", "-o", tmp_path)
-    assert code == 2 and "patternc: error:" in err  # a directory, not a file
+    assert code == 2 and "is a directory; give a file path" in err
 
 
 def test_format_is_required(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", "causal", "--n", "64", "-o", "x.npy"])
-    assert exit_info.value.code == 2
+    assert main(["export", "causal", "--n", "64", "-o", "x.npy"]) == 2
     assert "--format" in capsys.readouterr().err
 
 

@@ -12,6 +12,7 @@ import pytest
 
 import patternc
 from patternc import PatternMeaningError, PatternSyntaxError, StackError
+from patternc.errors import CONTEXT
 from patternc.lang.parser import MAX_DEPTH
 from patternc.lang.tokens import MAX_TEXT
 
@@ -238,13 +239,17 @@ def _check_printed(err, text, column, under):
     assert printed[0] == (f"{err.where}: {err.message}" if err.where else err.message)
     assert len(printed) == 3, printed
     source_line = text.split("\n")[err.line - 1]
-    assert printed[1] == "  " + source_line
-    caret = printed[2]
-    assert caret.startswith("  ")
+    shown, caret = printed[1], printed[2]
+    assert shown.startswith("  ") and caret.startswith("  ")
     assert set(caret.strip()) == {"^"}
-    assert caret.index("^") - 2 == column - 1
-    width = caret.count("^")
-    assert source_line[column - 1 : column - 1 + width] == under
+    at, width = caret.index("^"), caret.count("^")
+    assert shown[at : at + width] == under  # the carets sit under the fault, as the line is shown
+    if len(source_line) <= CONTEXT:  # short lines are shown whole
+        assert shown == "  " + source_line
+        assert at - 2 == column - 1
+    else:  # long ones around the fault, "..." where clipped
+        assert shown[2:].removeprefix("...").removesuffix("...") in source_line
+        assert len(shown) <= 2 + 3 + 4 * CONTEXT + 3
 
 
 def _check(err, cls, message, under, column, text):

@@ -11,8 +11,10 @@ file, ``test_reach_bits.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -120,16 +122,17 @@ class Case:
 @st.composite
 def cases(draw) -> Case:
     """1-4 layers x 1-3 heads, each (layer, head) drawn from a small pool of expressions (so some
-    heads and layers repeat), half of them under ``causal &``, any declared causality, odd lengths
-    and square or rectangular blocks."""
+    heads and layers repeat), half of them under ``causal &``, any declared causality (a stack
+    declared causal is causal: ``compile`` refuses one that is not), odd lengths and square or
+    rectangular blocks."""
     n = draw(st.sampled_from(SIZES))
     layers, heads = draw(st.integers(1, 4)), draw(st.integers(1, 3))
     pool = draw(st.lists(expressions(n), min_size=1, max_size=3))
-    if draw(st.booleans()):
+    declared = draw(st.sampled_from([None, None, True, False]))
+    if declared or draw(st.booleans()):
         pool = [f"causal & ({e})" for e in pool]
     rules = tuple(Override(draw(st.sampled_from(pool)), (l, l + 1), (h, h + 1))
                   for l in range(layers) for h in range(heads))
-    declared = draw(st.sampled_from([None, None, True, False]))
     stack = Stack(pool[0], layers=layers, heads=heads, causal=declared, overrides=rules)
     bq = draw(st.sampled_from(BLOCK_SIDES))
     bk = draw(st.sampled_from([bq, *BLOCK_SIDES]))
@@ -184,12 +187,8 @@ def test_findings_match_dense_heads(case):
     assert report.empty_row_count == len(empty)
     assert list(report.empty_rows) == empty[: len(report.empty_rows)]
     assert len(report.empty_rows) == min(len(empty), 20)
-    if case.stack.causal is True and future:
-        assert report.causal_leak is not None
-        assert report.causal_leak in future, f"{report.causal_leak} is not an allowed future pair"
-    else:
-        assert report.causal_leak is None
-    assert bool(report.errors) == bool(empty or report.causal_leak)
+    assert not (case.stack.causal and future), "compile let a leaky stack declared causal through"
+    assert bool(report.errors) == bool(empty)
 
 
 # The exact run slides ORs along offset progressions (bands, dilations, strides and their
@@ -412,7 +411,7 @@ def test_merging_blocks_equals_recompiling_at_the_coarser_block(case, times):
     # recompiling is the same pattern: both must give the same blocks, kinds and envelope-full marks.
     cp = case.compile()
     assume(not drawn_on_blocks(cp))
-    block = math.lcm(*case.block) * times
+    block = math.lcm(*cp.block) * times  # cp.block: a side longer than n is compiled as n
     want = layer_flows(patternc.compile(case.stack, n=case.n, block=block), cp.causal)
     for layer, (fine, coarse) in enumerate(zip(layer_flows(cp, cp.causal), want, strict=True)):
         got = coarsen(fine, cp.grid, block, cp.causal)
@@ -463,25 +462,14 @@ def test_block_bounds_are_tight_for_block_aligned_chunks():
     assert report.never
 
 
-# Rows 16..23 hear keys 0..7 in full; one future pair (0, 8) lies in a block above the diagonal. A
-# lower bound that counted that block as "every envelope pair covered" (it has none) would claim,
-# after two layers, that 16..23 heard all of 8..15; they heard only key 8.
-_ABOVE = "(~prefix(16) & prefix(24) & sink(8)) | (diagonals([-8]) & sink(9))"
+# A stack declared causal cannot store a block that lies above the diagonal: compile refuses any
+# pair with k > q, so no lower bound ever meets an "envelope block" that holds no envelope pair.
+_ABOVE = "(~prefix(16) & prefix(24) & sink(8)) | (diagonals([-8]) & sink(9))"  # allows (0, 8)
 
 
-@pytest.mark.parametrize("stack, block", [
-    pytest.param(Stack(_ABOVE, layers=2, causal=True), 8, id="recompiled"),
-    pytest.param(Stack(_ABOVE, layers=2, heads=2, causal=True,
-                       overrides=(Override("random(1, seed=0) & diagonals([0])", None, (1, 2)),)),
-                 (4, 8), id="drawn_on_rect_blocks"),
-])
-def test_lower_bound_ignores_blocks_above_the_diagonal(stack, block):
-    cp = patternc.compile(stack, n=32, block=block)
-    exact = reach(cp, max_depth=2)
-    blocks = reach(cp, max_depth=2, exact_limit=0)
-    assert cp.causal and exact.causal_leak is not None
-    for (lo, hi), (truth, _) in zip(blocks.growth, exact.growth, strict=True):
-        assert lo <= truth <= hi
+def test_a_block_above_the_diagonal_is_refused_in_a_stack_declared_causal():
+    with pytest.raises(patternc.StackError, match=r"layer 0 head 0 .* lets query 0 see key 8 > 0"):
+        patternc.compile(Stack(_ABOVE, layers=2, causal=True), n=32, block=8)
 
 
 @pytest.mark.parametrize("exact_limit", [pytest.param(8192, id="exact"), pytest.param(0, id="bounds")])
@@ -530,7 +518,6 @@ def test_empty_rows_of_one_head_in_a_stack():
     report = reach(patternc.compile(stack, n=40, block=8))
     assert report.empty_rows == ((1, 1, 0), (1, 1, 1))
     assert report.empty_row_count == 2
-    assert report.causal_leak is None
     assert len(report.errors) == 1 and "layer 1 head 1 query 0" in report.errors[0]
 
 
@@ -546,39 +533,27 @@ def test_empty_rows_are_counted_in_every_head_but_listed_only_first():
     pytest.param("causal | tokens([3])", 30, 8, id="global_row"),
     pytest.param("causal | columns([29])", 30, (4, 8), id="last_column_rect"),
 ])
-def test_causal_leak_in_a_stack_declared_causal(future, n, block):
+def test_compile_refuses_a_stack_declared_causal_that_is_not(future, n, block):
     stack = Stack("causal & window(8)", layers=3, heads=4, causal=True,
                   overrides=(Override(future, (2, 3), (3, 4)),))
-    cp = patternc.compile(stack, n=n, block=block)
-    report = reach(cp)
-    assert report.causal
-    assert report.causal_leak is not None
-    layer, head, q, k = report.causal_leak
+    with pytest.raises(patternc.StackError, match="declared causal") as refused:
+        patternc.compile(stack, n=n, block=block)
+    found = re.search(r"layer (\d+) head (\d+) \(overrides\[0\]\.expr: .*\) lets query (\d+) see key (\d+)",
+                      refused.value.message)
+    layer, head, q, k = map(int, found.groups())
     assert (layer, head) == (2, 3)
     assert k > q
-    assert cp.allows(q, k, layer, head)
-    assert any("declared causal" in e for e in report.errors)
-
-
-@pytest.mark.parametrize("stack", [
-    pytest.param(Stack("causal & window(4)", layers=2, heads=2, causal=True), id="declared_causal"),
-    pytest.param(Stack("causal & window(4)", layers=2, heads=2), id="inferred_causal"),
-    pytest.param(Stack("window(4)", layers=2, heads=2, causal=False), id="declared_not_causal"),
-    pytest.param(Stack("window(4)", layers=2, heads=2), id="inferred_not_causal"),
-])
-def test_no_causal_leak_without_a_future_pair_in_a_causal_stack(stack):
-    report = reach(patternc.compile(stack, n=30, block=8))
-    assert report.causal_leak is None
-    assert report.errors == []
+    undeclared = patternc.compile(dataclasses.replace(stack, causal=None), n=n, block=block)
+    assert undeclared.allows(q, k, layer, head)
 
 
 def test_report_to_dict_is_json_ready():
     stack = Stack("causal & window(4)", layers=2, heads=2, causal=True,
-                  overrides=(Override("band(1, 2) | window(2)", (1, 2), (0, 1)),))
+                  overrides=(Override("band(1, 2)", (1, 2), (0, 1)),))
     report = reach(patternc.compile(stack, n=30, block=8))
     data = json.loads(json.dumps(report.to_dict()))
     assert data["covered"] is report.covered is False
-    assert data["errors"] == report.errors and len(report.errors) == 1  # a leak, no empty row
+    assert data["errors"] == report.errors and len(report.errors) == 1  # query 0 of band(1, 2): no key
     assert data["mixing_depth"] == report.mixing_depth
     assert data["exact"] is True
 
@@ -674,7 +649,7 @@ def test_block_level_report_at_large_n_is_sound():
     first, last = report.mixing_depth_bounds
     assert first is not None and first <= 2  # it truly mixes at 2: the upper bound cannot say later
     assert last is None or last >= 2
-    assert report.empty_row_count == 0 and report.causal_leak is None
+    assert report.empty_row_count == 0
 
 
 def test_block_level_report_at_large_n_finds_an_unreachable_pair():

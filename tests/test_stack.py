@@ -395,17 +395,17 @@ def test_tab_indentation_is_invalid_yaml(tmp_path):
         load_stack(path)
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda tmp: tmp / "missing.yaml", id="missing"),
-    pytest.param(lambda tmp: tmp, id="directory"),
+@pytest.mark.parametrize("make, message", [
+    pytest.param(lambda tmp: tmp / "missing.yaml", "cannot read stack file: ", id="missing"),
+    pytest.param(lambda tmp: tmp, "is a directory, not a stack file", id="directory"),
 ])
-def test_unreadable_file(tmp_path, make):
+def test_unreadable_file(tmp_path, make, message):
     path = make(tmp_path)
     with pytest.raises(StackError) as info:
         load_stack(path)
     assert info.value.where == str(path)
-    assert info.value.message.startswith("cannot read stack file: ")
-    assert str(info.value).startswith(f"{path}: cannot read stack file: ")
+    assert info.value.message.startswith(message)
+    assert str(info.value).startswith(f"{path}: {message}")
 
 
 def test_bad_expression_keeps_its_class_and_names_file_and_key(tmp_path):

@@ -30,6 +30,7 @@ import safetensors.numpy
 from safetensors import SafetensorError
 
 from patternc.errors import LayoutFileError, PatternError
+from patternc.limits import MAX_STACK_BYTES
 from patternc.stack import Stack
 
 if TYPE_CHECKING:
@@ -148,10 +149,14 @@ def _metadata(data: bytes, path: str) -> dict[str, str]:
 def _field(metadata: dict[str, str], key: str, path: str, parse):
     if key not in metadata:
         raise LayoutFileError(f"metadata '{key}' is missing", where=path)
+    if len(metadata[key]) > MAX_STACK_BYTES:  # a stack is configuration, however many heads it has
+        raise LayoutFileError(f"metadata '{key}' is {len(metadata[key]):,} characters, over the limit of "
+                              f"{MAX_STACK_BYTES:,}", where=path)
     try:
         return parse(metadata[key])
-    except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
-        raise LayoutFileError(f"metadata '{key}' is malformed: {err}", where=path) from None
+    except (ValueError, TypeError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise LayoutFileError(f"metadata '{key}' is malformed: {what}", where=path) from None
 
 
 def _recompile(metadata: dict[str, str], path: str) -> CompiledPattern:

@@ -5,7 +5,9 @@ can neither hang nor overflow: every intermediate value must stay within ``MAX_M
 are sized before they are computed, and every fault (division by zero, ``sqrt(-1)``) is a
 ``PatternMeaningError`` pointing at the operation.
 
->>> evaluate(parse_number("round(sqrt(n)) * 2"), {"n": 16384})  # doctest: +SKIP
+>>> from patternc.lang import parse
+>>> window = parse("window(round(sqrt(n)) * 2)")
+>>> evaluate(window.args[0], {"n": 16384})
 256
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from patternc.errors import PatternMeaningError
+from patternc.errors import PatternMeaningError, brief
 from patternc.lang import ast
 
 __all__ = ["MAX_MAGNITUDE", "evaluate", "to_integer"]
@@ -33,7 +35,8 @@ def _bounded(value: Value, node) -> Value:
     if isinstance(value, float) and not math.isfinite(value):
         raise _fail("numeric value is not finite", node)
     if abs(value) > MAX_MAGNITUDE:
-        raise _fail(f"numeric value too large (magnitude above 1e18): {value:.3g}", node)
+        shown = f"{value:.3g}" if isinstance(value, float) or value.bit_length() < 1000 else brief(value)
+        raise _fail(f"numeric value too large (magnitude above 1e18): {shown}", node)
     return value
 
 

@@ -1,5 +1,5 @@
 """Reachability across layers: does information still get from every key to every query?"""
 
-from patternc.reach.report import EXACT_LIMIT, ReachReport, reach
+from patternc.reach.report import EXACT_LIMIT, ReachReport, check_size, reach
 
-__all__ = ["EXACT_LIMIT", "ReachReport", "reach"]
+__all__ = ["EXACT_LIMIT", "ReachReport", "check_size", "reach"]

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from patternc.compiled import CompiledPattern, compile
-from patternc.errors import PatternSizeError
-from patternc.layout import future_pair
+from patternc.errors import PatternMeaningError, PatternSizeError, brief
+from patternc.limits import MAX_REACH_BYTES, require
 from patternc.lower.grid import Grid
 from patternc.reach.bits import prefix_mask, words
 from patternc.reach.bounds import run_lower, run_upper
@@ -28,11 +28,12 @@ from patternc.reach.findings import empty_rows
 from patternc.reach.layers import LayerFlow, coarsen, drawn_on_blocks, layer_flows
 from patternc.reach.path import closest_path
 
-__all__ = ["EXACT_LIMIT", "ReachReport", "reach"]
+__all__ = ["EXACT_LIMIT", "ReachReport", "check_size", "reach"]
 
 EXACT_LIMIT = 8192  # tokens; the exact state takes n^2 / 8 bytes (8 MiB here, 128 MiB at 32k)
 EXACT_BLOCK = 16  # block of the exact run: small, so most pairs travel through FULL blocks
 MAX_EMPTY_LISTED = 20
+STATES = 4  # reach states alive at once (state, next state, envelope, a layer's gather)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,6 @@ class ReachReport:
     closest_path: tuple[tuple[int, int, int], ...] | None  # (layer, first, last token) from k on
     empty_rows: tuple[tuple[int, int, int], ...]  # (layer, head, q), the first few
     empty_row_count: int
-    causal_leak: tuple[int, int, int, int] | None  # (layer, head, q, k) with k > q
 
     @property
     def covered(self) -> bool:
@@ -71,16 +71,13 @@ class ReachReport:
 
     @property
     def errors(self) -> list[str]:
-        """Error-level findings: rows with no key, causal leaks."""
+        """Error-level findings: rows with no key (a stack declared causal that is not is refused by
+        ``compile`` already)."""
         found = []
         if self.empty_row_count:
             layer, head, q = self.empty_rows[0]
             found.append(f"{self.empty_row_count} query rows attend no key (softmax is undefined "
                          f"there), e.g. layer {layer} head {head} query {q}")
-        if self.causal_leak:
-            layer, head, q, k = self.causal_leak
-            found.append(f"the stack is declared causal but layer {layer} head {head} lets query {q} "
-                         f"see key {k} > {q}")
         return found
 
     def to_dict(self) -> dict:
@@ -104,6 +101,7 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
     if not isinstance(cp, CompiledPattern):
         raise PatternSizeError(f"reach() takes a CompiledPattern (from patternc.compile), got "
                                f"{type(cp).__name__}")
+    check_size(cp.n, cp.block, exact_limit, max_depth)
     max_depth = max(2 * cp.layers, 8) if max_depth is None else max_depth
     causal = cp.causal
     exact = cp.n <= exact_limit
@@ -112,7 +110,6 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
     block = max(cp.block) if own is None else math.lcm(*cp.block)  # square, for graph and bounds
     flows, grid = _square_flows(cp, block, causal, own)
     empty, empty_count = _empty_rows(cp)
-    leak = _causal_leak(cp) if cp.stack.causal else None
     if exact:
         if own is None:
             fine = _square(cp, min(EXACT_BLOCK, block))
@@ -139,8 +136,29 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
         max_depth=max(max_depth, cp.layers),
         covered_fraction=lower, covered_bounds=(lower, upper), growth=growth,
         unreachable=unreachable, closest_path=path, empty_rows=empty, empty_row_count=empty_count,
-        causal_leak=leak,
     )
+
+
+def check_size(n: int, block: tuple[int, int], exact_limit: int = EXACT_LIMIT,
+               max_depth: int | None = None) -> None:
+    """Refuse, before anything is allocated, a ``reach`` whose state would not fit: the exact
+    state holds n bits per position, the block bounds nb bits per block row, a few states alive
+    at once. ``patternc check`` calls it before it compiles.
+
+    >>> check_size(2**31 - 1, (128, 128))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    patternc.errors.PatternSizeError: bytes of block-level ... state at n = 2,147,483,647: ... (--block) ...
+    """
+    for name, value, low in (("exact_limit", exact_limit, 0), ("max_depth", max_depth, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise PatternMeaningError(f"reach(): {name} must be an integer >= {low}, got {brief(value)}")
+    exact = n <= exact_limit
+    side = n if exact else -(-n // max(block))
+    require(STATES * side * words(side) * 8, MAX_REACH_BYTES,
+            f"bytes of {'token-exact' if exact else 'block-level'} reachability state at n = {n:,}",
+            "lower the exact limit (--exact-limit) for block-level bounds" if exact
+            else "compile with a larger block (--block) for coarser bounds")
 
 
 def _square(cp: CompiledPattern, block: int) -> CompiledPattern:
@@ -206,20 +224,6 @@ def _empty_rows(cp: CompiledPattern) -> tuple[tuple[tuple[int, int, int], ...], 
             count += len(rows)
             listed += [(l, h, int(q)) for q in rows[: MAX_EMPTY_LISTED - len(listed)]]
     return tuple(listed), count
-
-
-def _causal_leak(cp: CompiledPattern) -> tuple[int, int, int, int] | None:
-    checked = set()
-    for l in range(cp.layers):
-        for h in range(cp.heads):
-            node = cp.node(l, h)
-            if node in checked:
-                continue
-            checked.add(node)
-            pair = future_pair(node, cp.block_layout(l, h))
-            if pair:
-                return l, h, *pair
-    return None
 
 
 def _lowest_and_highest_bits(rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

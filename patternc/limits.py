@@ -1,0 +1,47 @@
+"""The limits that keep every request bounded in time and memory, each checked before the work.
+
+A request past a limit is refused with a ``PatternSizeError`` that names the request, its size,
+the limit and what to change, before anything of that size is allocated. The limits sit far
+above what real models use (a 1M-token sequence of 128-token blocks, 128 layers x 128 heads) and
+far below what would exhaust a machine; ``docs/language.md`` lists them for users.
+
+>>> require(3 * 2**30, MAX_REACH_BYTES, "bytes of state", "use a larger block")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+  ...
+patternc.errors.PatternSizeError: bytes of state: 3,221,225,472 is over the limit of ...; use a larger block
+"""
+
+from __future__ import annotations
+
+from patternc.errors import PatternSizeError
+
+__all__ = [
+    "MAX_BLOCK_PAIRS",
+    "MAX_HEADS",
+    "MAX_LAYOUT_BLOCKS",
+    "MAX_N",
+    "MAX_OVERRIDES",
+    "MAX_REACH_BYTES",
+    "MAX_STACK_BYTES",
+    "MAX_TOTAL_BLOCKS",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
+    "require",
+]
+
+MAX_N = 2**31 - 1  # tokens: kernels index tokens with int32
+MAX_HEADS = 2**16  # layers x heads of one stack (128 x 128 is 2**14)
+MAX_OVERRIDES = 2**12  # override rules of one stack (one per (layer, head) of a 64 x 64 model)
+MAX_BLOCK_PAIRS = 2**22  # bq x bk: a block's token mask is evaluated whole (2048 x 2048)
+MAX_LAYOUT_BLOCKS = 2**27  # stored blocks of one layout, estimated before enumerating (`all` at 1M: 2**26)
+MAX_TOTAL_BLOCKS = 2**28  # stored blocks over the distinct layouts of one compile (~1.3 GB of CSR)
+MAX_REACH_BYTES = 2**31  # bits of reachability state (token-exact: n^2 / 8; block bounds: nb^2 / 8)
+MAX_STACK_BYTES = 2**20  # a stack file, or the stack stored in a layout file, is configuration
+MAX_YAML_DEPTH = 32  # nesting of a stack file (a stack is 4 deep)
+MAX_YAML_NODES = 2**15  # YAML nodes of a stack file, aliases expanded (no alias bombs)
+
+
+def require(size: int, limit: int, what: str, hint: str) -> None:
+    """Refuse ``size`` above ``limit``: ``what`` names the unit and the request, ``hint`` the way out."""
+    if size > limit:
+        raise PatternSizeError(f"{what}: {size:,} is over the limit of {limit:,}; {hint}")

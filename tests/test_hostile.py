@@ -1,0 +1,172 @@
+"""The project's adversarial suite for the compiler and the CLI: input a hostile user would try.
+
+Every command runs under the bounds users are promised (2 GiB of address space and 10 s each,
+``tests/bounded.py``) and must end with a clear error (exit status 2, ``patternc: error:`` or
+argparse's message naming the option) or a correct result: never a traceback, a hang, a
+``MemoryError`` or silent wrong output. The search's own adversarial suite is
+``tests/test_hostile_search.py``; the kernel's inputs are in the kernel tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import patternc
+from patternc.export.file import pack, write
+from tests.bounded import SECONDS, run_bounded
+
+HUGE = "9" * 400  # beyond float range
+HUGER = "9" * 5000  # beyond Python's default int/str conversion limit (4300 digits)
+
+# (id, argv, exit status, text the output must contain); "{tmp}" is the test's directory
+CASES = [
+    # blocks: larger than n is n; 2**63 - 1 must not overflow int64 into a density of 0
+    ("block-int64-max", ["compile", "causal & window(64)", "--n", "1024", "--block", str(2**63 - 1)], 0,
+     "n = 1024, block 1024x1024"),
+    ("block-larger-than-n", ["compile", "causal & window(64)", "--n", "1024", "--block", "32768"], 0,
+     "0.1210"),
+    ("block-too-many-pairs", ["compile", "causal", "--n", "100000", "--block", "4096,2048"], 2,
+     "token pairs in a block of 4096 x 2048"),
+    # sizes refused before anything is allocated
+    ("too-many-blocks", ["compile", "causal", "--n", "10000000"], 2,
+     "blocks stored by causal at n = 10,000,000"),
+    ("reach-state-too-large", ["check", "causal & window(64)", "--n", "2147483647"], 2,
+     "bytes of block-level reachability state"),
+    ("exact-state-too-large", ["check", "causal & window(64)", "--n", "100000", "--exact-limit", "1000000"],
+     2, "lower the exact limit"),
+    ("n-too-large", ["compile", "causal", "--n", str(2**31)], 2, "argument --n: must be between 1 and"),
+    ("heads-billion", ["compile", "{tmp}/heads.yaml", "--n", "64"], 2, "layers x heads (1 x 1000000000)"),
+    ("alias-bomb", ["compile", "{tmp}/bomb.yaml", "--n", "64"], 2, "expands to more than"),
+    ("recursive-alias", ["compile", "{tmp}/recursive.yaml", "--n", "64"], 2, "recursive alias"),
+    ("deep-yaml", ["compile", "{tmp}/deep.yaml", "--n", "64"], 2, "nested more than 32 levels deep"),
+    ("huge-file", ["compile", "{tmp}/huge.yaml", "--n", "64"], 2, "larger than 1,048,576 bytes"),
+    # numbers beyond float range, wherever they are written
+    ("int-in-expression", ["compile", f"causal & window({HUGE})", "--n", "64"], 2,
+     "an integer of 400 digits"),
+    ("int-in-list", ["compile", f"columns([1, {HUGE}])", "--n", "64"], 2, "an integer of 400 digits"),
+    ("int-past-str-limit", ["compile", f"window({HUGER})", "--n", "64"], 2, "(5000 characters) is too large"),
+    ("int-in-set", ["compile", "causal & window($w)", "--n", "64", "--set", f"w={HUGE}"], 2,
+     "an integer of 400 digits"),
+    ("int-in-stack-params", ["compile", "{tmp}/bigparam.yaml", "--n", "64"], 2, "an integer of 400 digits"),
+    ("int-past-str-limit-in-stack", ["compile", "{tmp}/hugeparam.yaml", "--n", "64"], 2,
+     "value has 5000 digits"),
+    # files that are not stack files
+    ("not-utf8", ["compile", "{tmp}/latin1.yaml", "--n", "64"], 2, "not UTF-8 text (byte 16 is 0xe9)"),
+    ("duplicate-key", ["compile", "{tmp}/duplicate.yaml", "--n", "64"], 2,
+     "line 3: duplicate key 'default' (first on line 1)"),
+    ("declared-causal-is-not", ["compile", "{tmp}/leaky.yaml", "--n", "64"], 2,
+     "declared causal, but layer 1 head 0 (overrides[0].expr: window(4)) lets query 0 see key 1"),
+    ("directory-as-spec", ["compile", "{tmp}", "--n", "64"], 2, "is a directory, not a pattern or a stack"),
+    ("file-without-yaml", ["compile", "{tmp}/stack.txt", "--n", "64"], 2, "stack files end in .yaml"),
+    ("missing-path", ["compile", "conf/pattern/nothere", "--n", "64"], 2, "no such stack file"),
+    # options out of range or meaningless
+    ("width-zero", ["show", "causal", "--n", "64", "--width", "0"], 2, "argument --width: must be between"),
+    ("width-negative", ["show", "causal", "--n", "64", "--width", "-5"], 2, "argument --width"),
+    ("width-huge", ["show", "causal", "--n", "64", "--width", "1000000000"], 2, "argument --width"),
+    ("png-other-extension", ["show", "causal", "--n", "64", "--png", "{tmp}/out.jpg"], 2,
+     "does not end in .png"),
+    ("png-directory", ["check", "causal", "--n", "64", "--png", "{tmp}/dir.png"], 2, "is a directory"),
+    ("exact-limit-negative", ["check", "causal", "--n", "64", "--exact-limit", "-1"], 2,
+     "argument --exact-limit: must be at least 0"),
+    ("max-depth-negative", ["check", "causal", "--n", "64", "--max-depth", "-3"], 2,
+     "argument --max-depth: must be at least 1"),
+    ("export-empty-path", ["export", "causal", "--n", "64", "--format", "file", "-o", ""], 2,
+     "the path is empty"),
+    ("bench-heads-zero", ["bench", "causal", "--n", "64", "--backend", "reference", "--heads", "0"], 2,
+     "argument --heads"),
+    ("bench-head-dim-huge", ["bench", "causal", "--n", "64", "--backend", "reference", "--head-dim",
+                             "100000000"], 2, "argument --head-dim"),
+    ("bench-memory", ["bench", "causal & window(64)", "--n", "2000000", "--backend", "reference", "--heads",
+                      "1024", "--head-dim", "1024", "--batch", "1024"], 2, "against this machine's memory"),
+]
+
+
+def _files(tmp: Path) -> None:
+    (tmp / "heads.yaml").write_text("heads: 1000000000\ndefault: causal\n")
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]" for i in range(8)]
+    (tmp / "bomb.yaml").write_text("default: causal\nparams:\n" +
+                                   "".join(f"  {line}\n" for line in bomb))
+    (tmp / "recursive.yaml").write_text("default: causal\noverrides: &o [*o]\n")
+    (tmp / "deep.yaml").write_text("default: causal\nparams: " + "[" * 20000 + "]" * 20000 + "\n")
+    with open(tmp / "huge.yaml", "wb") as f:
+        f.truncate(50 << 20)
+    (tmp / "bigparam.yaml").write_text(f"default: causal & window($w)\nparams: {{w: {HUGE}}}\n")
+    (tmp / "hugeparam.yaml").write_text(f"default: causal & window($w)\nparams: {{w: {HUGER}}}\n")
+    (tmp / "latin1.yaml").write_bytes("description: caf\u00e9\ndefault: causal\n".encode("latin-1"))
+    (tmp / "duplicate.yaml").write_text("default: causal\nlayers: 2\ndefault: window(4)\n")
+    (tmp / "leaky.yaml").write_text("layers: 2\ncausal: true\ndefault: causal\n"
+                                    "overrides:\n  - layers: 1\n    expr: window(4)\n")
+    (tmp / "stack.txt").write_text("default: causal\n")
+    (tmp / "dir.png").mkdir()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, dict]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    _files(tmp)
+    commands = [[arg.replace("{tmp}", str(tmp)) for arg in argv] for _, argv, _, _ in CASES]
+    root = Path(__file__).resolve().parent.parent
+    return dict(zip((case[0] for case in CASES), run_bounded(commands, cwd=root), strict=True))
+
+
+@pytest.mark.parametrize("name, argv, code, text", [pytest.param(*case, id=case[0]) for case in CASES])
+def test_hostile_command_is_bounded_and_clear(results, name, argv, code, text):
+    got = results[name]
+    assert got["code"] == code, f"{argv}: {got}"
+    shown = got["out"] if code == 0 else got["err"]
+    assert text in shown, shown
+    assert got["seconds"] < SECONDS
+    if code == 2:
+        assert got["out"] == ""
+        assert "Traceback" not in got["err"]
+        assert got["err"].startswith(("patternc: error:", "usage: patternc")), got["err"]
+
+
+def test_block_larger_than_n_is_the_sequence():
+    assert patternc.compile("causal", n=100, block=(2**63 - 1, 64)).block == (100, 64)
+    huge = patternc.compile("causal & window(64)", n=1024, block=2**63 - 1).stats().per_head[0]
+    usual = patternc.compile("causal & window(64)", n=1024).stats().per_head[0]
+    assert huge.token_density == usual.token_density
+
+
+# ---- crafted layout files: a valid hash does not make a stack safe to load ---------------------------
+
+
+def _crafted(tmp_path: Path, **changes: str) -> Path:
+    cp = patternc.compile("causal & window(64)", n=1024)
+    tensors, metadata = pack(cp)
+    path = tmp_path / "crafted.safetensors"
+    write(path, tensors, {**metadata, **changes})  # write() adds a correct content hash
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    pytest.param({"stack": " " * (2 << 20)}, "over the limit of 1,048,576", id="stack-too-long"),
+    pytest.param({"stack": "[" * 50_000 + "]" * 50_000}, "nested too deeply", id="stack-deeply-nested"),
+    pytest.param({"params": '{"a":' * 20_000 + "1" + "}" * 20_000}, "nested too deeply", id="params-nested"),
+    pytest.param({"stack": json.dumps({"default": "causal", "layers": 10**12})}, "layers x heads",
+                 id="stack-huge"),
+    pytest.param({"stack": json.dumps({"default": "causal", "overrides": [{"expr": "causal"}] * 5_000})},
+                 "override rules: 5,000 is over the limit", id="stack-many-overrides"),
+    pytest.param({"n": "9" * 5000}, "metadata 'n' is malformed", id="n-digits"),
+    pytest.param({"n": str(10**12)}, "n must be an integer in [1, 2,147,483,647]", id="n-huge"),
+    pytest.param({"stack": '{"default": "causal", "layers": ' + HUGER + "}"}, "metadata 'stack' is malformed",
+                 id="int-digits"),
+])
+def test_crafted_layout_file_is_a_layout_file_error(tmp_path, changes, message):
+    path = _crafted(tmp_path, **changes)
+    with pytest.raises(patternc.LayoutFileError) as refused:
+        patternc.load(path)
+    assert message in str(refused.value)
+    assert str(path) in str(refused.value)
+
+
+def test_stack_limits_hold_in_python_too():
+    with pytest.raises(patternc.PatternSizeError, match="layers x heads"):
+        patternc.Stack("causal", layers=10**5, heads=10**5)
+    with pytest.raises(patternc.PatternSizeError, match="blocks stored by all"):
+        patternc.compile("all", n=2**21)
