@@ -20,8 +20,8 @@ from patternc.errors import PatternError, PatternMeaningError, PatternSizeError,
 from patternc.lang import ast, parse
 from patternc.layout import INFLATION_WARNING, HeadStats, Layout, future_pair, head_stats, is_causal
 from patternc.limits import MAX_BLOCK_PAIRS, MAX_LAYOUT_BLOCKS, MAX_N, MAX_TOTAL_BLOCKS, require
-from patternc.lower import Grid, Scope, lower
-from patternc.lower.grid import FULL, PARTIAL
+from patternc.lower.bind import Scope, lower
+from patternc.lower.grid import FULL, PARTIAL, Grid
 from patternc.lower.node import Lowered
 from patternc.stack import Stack, as_stack, parse_block
 

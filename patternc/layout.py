@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from patternc.lower.algebra import Complement, Intersect
-from patternc.lower.diffs import Band
 from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
 from patternc.lower.node import Lowered, pair_counts
+from patternc.primitives.offsets import Band
 
 __all__ = ["HeadStats", "Layout", "future_pair", "head_stats", "is_causal"]
 

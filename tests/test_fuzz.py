@@ -16,14 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import patternc
-from patternc.lang.check import FUNCTIONS, SIGNATURES
+from patternc.lang.check import FUNCTIONS
+from patternc.primitives import PRIMITIVES
 
 HANG_S = 5.0  # a call this slow is stuck, not slow
 
 # Pieces the language is made of, plus a few it is not.
 TOKENS = [
     *"()[],=|&-~+*/%$ .eE0123456789_\n\t", "**", "//",
-    *SIGNATURES, *FUNCTIONS, "n", "l", "h", "L", "H", "seed", "$w", "$a",
+    *PRIMITIVES, *FUNCTIONS, "n", "l", "h", "L", "H", "seed", "$w", "$a",
     "1e308", "9" * 40, "0.0", "1e-400", "@", "#", "\x00", "é", "٣",
 ]
 
@@ -152,13 +153,13 @@ class Gen:
 
     def primitive(self) -> str:
         r = self.rng
-        name = r.choice(sorted(SIGNATURES))
-        spec = SIGNATURES[name]
+        name = r.choice(sorted(PRIMITIVES))
+        spec = PRIMITIVES[name].args
         if not spec and r.random() < 0.9:
             return name
         args = []
         for p in spec:
-            if p.kind in ("indices", "offsets") and r.random() < 0.95:
+            if p.is_list and r.random() < 0.95:
                 args.append("[" + ", ".join(self.number() for _ in range(r.randint(0, 4))) + "]")
             else:
                 args.append(self.number())

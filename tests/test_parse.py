@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 import patternc
 from patternc import ast, parse, unparse
-from patternc.lang.check import FUNCTIONS, NAMES, SIGNATURES
+from patternc.lang.check import FUNCTIONS, NAMES
 from patternc.lang.tokens import tokenize
+from patternc.primitives import PRIMITIVES
 
 P = ast.Primitive
 N = ast.Num
@@ -263,11 +264,11 @@ lists = st.lists(numbers, max_size=3).map(lambda items: ast.ListArg(tuple(items)
 def primitives(draw):
     """A primitive with the right arity: a prefix of its parameters positional, the rest named
     in any order, and a trailing parameter with a default sometimes left out."""
-    name = draw(st.sampled_from(sorted(SIGNATURES)))
-    spec = list(SIGNATURES[name])
+    name = draw(st.sampled_from(sorted(PRIMITIVES)))
+    spec = list(PRIMITIVES[name].args)
     if spec and spec[-1].default is not None and draw(st.booleans()):
         spec.pop()
-    values = [(p.name, draw(lists if p.kind in ("indices", "offsets") else numbers)) for p in spec]
+    values = [(p.name, draw(lists if p.is_list else numbers)) for p in spec]
     npos = draw(st.integers(0, len(values)))
     named = draw(st.permutations(values[npos:]))
     return ast.Primitive(name, tuple(v for _, v in values[:npos]), tuple(named))

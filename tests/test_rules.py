@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from patternc.lang import parse
-from patternc.lower import Grid, lower
 from patternc.lower.algebra import Complement, Difference, Intersect, Union
-from patternc.lower.diffs import Band, Stride
-from patternc.lower.regions import Everything, Global, Nothing
+from patternc.lower.bind import lower
+from patternc.lower.grid import Grid
 from patternc.lower.rules import simplify
+from patternc.primitives.offsets import Band, Stride
+from patternc.primitives.positions import Everything, Global, Nothing
 
 GRID = Grid(1000, 64, 64)  # causal is Band(0, 1000) at this length
 

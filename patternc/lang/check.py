@@ -1,56 +1,19 @@
 """Static checks on a parsed pattern: known primitives, fitting arguments, known names.
 
-Values are checked later, when ``n`` and the parameters are known (see ``patternc.lower.bind``);
-here we refuse what can never mean anything, such as ``windw(512)`` or ``window(w=1, w=2)``.
+The primitives and their arguments come from their entries (``patternc.primitives``). Values are
+checked later, when ``n`` and the parameters are known (see ``patternc.lower.bind``); here we
+refuse what can never mean anything, such as ``windw(512)`` or ``window(w=1, w=2)``.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 
 from patternc.errors import PatternMeaningError
 from patternc.lang import ast
+from patternc.primitives import PRIMITIVES
 
-__all__ = ["FUNCTIONS", "NAMES", "SIGNATURES", "ParamSpec", "bind_arguments", "check_pattern"]
-
-
-@dataclass(frozen=True, slots=True)
-class ParamSpec:
-    """One argument of a primitive. ``kind`` says what values it takes:
-
-    ``count`` an integer >= 1; ``offset`` any integer; ``seed`` an integer >= 0; ``indices`` a list
-    of positions in [0, n); ``offsets`` a list of diagonal offsets in (-n, n).
-    """
-
-    name: str
-    kind: str
-    default: int | None = None
-
-
-def _p(name: str, kind: str = "count", default: int | None = None) -> ParamSpec:
-    return ParamSpec(name, kind, default)
-
-
-# The language's primitives and their arguments; DESIGN.md gives each one's meaning.
-SIGNATURES: dict[str, tuple[ParamSpec, ...]] = {
-    "all": (),
-    "none": (),
-    "causal": (),
-    "window": (_p("w"),),
-    "band": (_p("lo", "offset"), _p("hi", "offset")),
-    "dilated": (_p("w"), _p("d")),
-    "stride": (_p("s"),),
-    "fixed": (_p("c"), _p("s")),
-    "chunk": (_p("c"),),
-    "sink": (_p("g"),),
-    "global": (_p("g"),),
-    "tokens": (_p("positions", "indices"),),
-    "columns": (_p("positions", "indices"),),
-    "diagonals": (_p("offsets", "offsets"),),
-    "prefix": (_p("p"),),
-    "random": (_p("r"), _p("seed", "seed", 0)),
-}
+__all__ = ["FUNCTIONS", "NAMES", "bind_arguments", "check_pattern"]
 
 NAMES = ("n", "l", "h", "L", "H")  # sequence length, layer, head, layer count, head count
 FUNCTIONS = {  # numeric functions and how many arguments each takes (min, max)
@@ -72,16 +35,17 @@ def _did_you_mean(word: str, options) -> str:
 def bind_arguments(prim: ast.Primitive) -> dict[str, ast.Arg]:
     """Map a primitive's positional and named arguments onto its parameters.
 
-    >>> bind_arguments(parse("random(2, seed=7)"))  # doctest: +SKIP
-    {'r': Num(2), 'seed': Num(7)}
+    >>> from patternc.lang import parse
+    >>> bind_arguments(parse("random(2, seed=7)"))
+    {'r': Num(value=2), 'seed': Num(value=7)}
     """
-    if prim.name not in SIGNATURES:
-        hint = _did_you_mean(prim.name, SIGNATURES) or f"; primitives: {', '.join(SIGNATURES)}"
+    if prim.name not in PRIMITIVES:
+        hint = _did_you_mean(prim.name, PRIMITIVES) or f"; primitives: {', '.join(sorted(PRIMITIVES))}"
         raise PatternMeaningError(
             f"unknown primitive '{prim.name}'{hint}",
             pos=prim.span[0], end=prim.span[0] + len(prim.name),
         )
-    spec = SIGNATURES[prim.name]
+    spec = PRIMITIVES[prim.name].args
     if len(prim.args) > len(spec):
         extra = prim.args[len(spec)]
         takes = f"takes {len(spec)} argument{'s' * (len(spec) != 1)}" if spec else "takes no arguments"
@@ -111,10 +75,9 @@ def bind_arguments(prim: ast.Primitive) -> dict[str, ast.Arg]:
                     pos=prim.span[0], end=prim.span[1],
                 )
             bound[p.name] = ast.Num(p.default)
-        is_list = p.kind in ("indices", "offsets")
-        if is_list != isinstance(bound[p.name], ast.ListArg):
+        if p.is_list != isinstance(bound[p.name], ast.ListArg):
             node = bound[p.name]
-            want = "a list such as [0, 1]" if is_list else "a number, not a list"
+            want = "a list such as [0, 1]" if p.is_list else "a number, not a list"
             raise PatternMeaningError(
                 f"{prim.name}'s argument '{p.name}' must be {want}", pos=node.span[0], end=node.span[1]
             )
@@ -128,7 +91,7 @@ def check_pattern(tree: ast.Pattern) -> None:
             bind_arguments(node)
         elif isinstance(node, ast.Name) and node.id not in NAMES:
             hint = _did_you_mean(node.id, NAMES)
-            if node.id in SIGNATURES:
+            if node.id in PRIMITIVES:
                 hint = f" ('{node.id}' is a pattern; arguments are numbers)"
             raise PatternMeaningError(
                 f"unknown name '{node.id}'{hint}; numbers may use {', '.join(NAMES)}"
@@ -142,7 +105,7 @@ def check_pattern(tree: ast.Pattern) -> None:
 def _check_call(node: ast.Call) -> None:
     if node.func not in FUNCTIONS:
         hint = _did_you_mean(node.func, FUNCTIONS)
-        if node.func in SIGNATURES:
+        if node.func in PRIMITIVES:
             hint = f" ('{node.func}' is a pattern; arguments are numbers)"
         raise PatternMeaningError(
             f"unknown function '{node.func}'{hint}; functions: {', '.join(FUNCTIONS)}",

@@ -1,6 +1,9 @@
-"""Lowering: a bound syntax tree -> exact block enumeration (see ``node`` for the contract)."""
+"""Lowering: a bound syntax tree -> exact block enumeration (see ``node`` for the contract).
 
-from patternc.lower.bind import Scope, lower
+``bind.lower`` binds a checked syntax tree at one (layer, head); ``algebra`` combines nodes; the
+primitives' nodes live in ``patternc.primitives``; ``rules`` simplifies; ``grid`` is the block grid.
+"""
+
 from patternc.lower.grid import EMPTY, FULL, PARTIAL, Blocks, Grid
 
-__all__ = ["EMPTY", "FULL", "PARTIAL", "Blocks", "Grid", "Scope", "lower"]
+__all__ = ["EMPTY", "FULL", "PARTIAL", "Blocks", "Grid"]

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid
+from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid, every_block
 from patternc.lower.node import Lowered, resolve
-from patternc.lower.regions import Everything
 
 __all__ = ["Complement", "Difference", "Intersect", "Union", "merge_union"]
 
@@ -112,6 +111,15 @@ class Intersect(_Binary):
     def predicate(self, q, k):
         return self.left.predicate(q, k) & self.right.predicate(q, k)
 
+    def progression(self, n):
+        # a progression cut by a band (lo <= q - k <= hi) is the progression's run of multiples in it
+        for band, other in ((self.left, self.right), (self.right, self.left)):
+            cut, inner = band.progression(n), other.progression(n)
+            if cut is not None and cut[0] == 1 and inner is not None:
+                step, m_lo, m_hi = inner
+                return step, max(m_lo, -(-cut[1] // step)), min(m_hi, cut[2] // step)
+        return None
+
     def size_hint(self, grid):
         return min(self.left.size_hint(grid), self.right.size_hint(grid))
 
@@ -142,7 +150,7 @@ class Complement(Lowered):
         return (FULL - self.operand.classify(grid, i, j)).astype(KIND)
 
     def candidates(self, grid):
-        return Everything().candidates(grid)
+        return every_block(grid)
 
     def predicate(self, q, k):
         return ~self.operand.predicate(q, k)

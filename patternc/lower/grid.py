@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EMPTY", "FULL", "PARTIAL", "Blocks", "Grid", "expand_ranges", "lookup"]
+__all__ = ["EMPTY", "FULL", "PARTIAL", "Blocks", "Grid", "every_block", "expand_ranges", "lookup"]
 
 EMPTY, PARTIAL, FULL = 0, 1, 2  # ordered so that union is max and intersection is min
 KIND = np.int8
@@ -69,6 +69,12 @@ class Blocks:
     def nonempty(self) -> Blocks:
         keep = self.kinds != EMPTY
         return Blocks(self.rows[keep], self.cols[keep], self.kinds[keep])
+
+
+def every_block(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of every block of the grid, sorted by row then column."""
+    rows = np.repeat(np.arange(grid.nbq, dtype=np.int64), grid.nbk)
+    return rows, np.tile(np.arange(grid.nbk, dtype=np.int64), grid.nbq)
 
 
 def expand_ranges(owner: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """The lowered form of a pattern: bound values that know their blocks.
 
 After binding (``n``, layer, head and parameters known), every pattern becomes a tree of
-``Lowered`` nodes. Each node answers four questions about the block grid, all vectorised:
+``Lowered`` nodes: the primitives' nodes (``patternc.primitives``) combined by set algebra
+(``patternc.lower.algebra``). Each node answers four questions about the block grid, all vectorised:
 
 - ``candidates(grid)``: a superset of its non-empty blocks, in time proportional to their number;
 - ``classify(grid, i, j)``: the exact kind (EMPTY, PARTIAL, FULL) of arbitrary blocks ``(i, j)``;
@@ -53,6 +54,12 @@ class Lowered(ABC):
     @abstractmethod
     def size_hint(self, grid: Grid) -> float:
         """About how many blocks ``candidates`` yields; intersections enumerate the smaller side."""
+
+    def progression(self, n: int) -> tuple[int, int, int] | None:
+        """``(step, m_lo, m_hi)`` when the node allows exactly the offsets ``q - k = step * m`` for
+        ``m_lo <= m <= m_hi`` (bands, dilations, strides, their intersections with a band), else
+        None: the exact reachability run slides ORs along these instead of visiting pairs."""
+        return None
 
     def enumerate(self, grid: Grid) -> Blocks:
         """Non-empty blocks with exact kinds, sorted by (row, col)."""

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from patternc.lower.algebra import Complement, Difference, Intersect, Union
-from patternc.lower.diffs import Band
 from patternc.lower.node import Lowered
-from patternc.lower.regions import Everything, Nothing
+from patternc.primitives.offsets import Band
+from patternc.primitives.positions import Everything, Nothing
 
 __all__ = ["RULES", "simplify"]
 

@@ -13,10 +13,10 @@ from functools import reduce
 import numpy as np
 
 from patternc.lower.algebra import Intersect, Union
-from patternc.lower.diffs import Band, Dilated, Stride
 from patternc.lower.grid import FULL, Grid
 from patternc.lower.node import Lowered
 from patternc.lower.rules import simplify
+from patternc.primitives.offsets import Band
 from patternc.reach.bits import OrPlan, count_bits, identity, prefix_mask
 from patternc.reach.layers import LayerFlow, pairs_in_blocks
 
@@ -28,7 +28,7 @@ class _Step:
     """A layer ready to apply: its offset progressions (windows, dilations, strides), then
     whatever else it allows as FULL blocks by block row and the pairs of its PARTIAL blocks."""
 
-    progressions: tuple[tuple[int, int, int], ...]  # (step, m_lo, m_hi): see _progression
+    progressions: tuple[tuple[int, int, int], ...]  # (step, m_lo, m_hi): see Lowered.progression
     full: OrPlan | None  # block row <- key block, for FULL blocks
     pairs: OrPlan  # query <- key, for the pairs of PARTIAL blocks
 
@@ -58,30 +58,12 @@ def _union_terms(node: Lowered) -> list[Lowered]:
     return [node]
 
 
-def _progression(term: Lowered, n: int) -> tuple[int, int, int] | None:
-    """(step, m_lo, m_hi) when ``term`` allows exactly the offsets ``q - k = step * m``,
-    ``m_lo <= m <= m_hi``: bands, dilations, strides and their intersections with bands."""
-    if isinstance(term, Band):
-        return 1, term.lo, term.hi
-    if isinstance(term, Dilated):
-        return term.d, 1 - term.w, term.w - 1
-    if isinstance(term, Stride):
-        return term.s, -((n - 1) // term.s), (n - 1) // term.s
-    if isinstance(term, Intersect):
-        for band, other in ((term.left, term.right), (term.right, term.left)):
-            inner = _progression(other, n) if isinstance(band, Band) else None
-            if inner is not None:
-                step, m_lo, m_hi = inner
-                return step, max(m_lo, -(-band.lo // step)), min(m_hi, band.hi // step)
-    return None
-
-
 def _prepare(flow: LayerFlow, grid: Grid) -> _Step:
     # OR distributes over union: offset progressions (windows, dilations, strides) go through
     # sliding ORs, the other terms through blocks and pairs.
     progressions, others = [], []
     for term in _union_terms(flow.node):
-        found = _progression(term, grid.n)
+        found = term.progression(grid.n)
         (progressions if found else others).append(found or term)
     z = np.zeros(0, np.int64)
     if not others:

@@ -15,11 +15,11 @@ import numpy as np
 from patternc.compiled import CompiledPattern
 from patternc.layout import Layout
 from patternc.lower.algebra import Difference, Union, merge_union
-from patternc.lower.diffs import Band
 from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid, expand_ranges
 from patternc.lower.node import Lowered, block_masks, distinct_blocks
-from patternc.lower.random_blocks import RandomBlocks
 from patternc.lower.rules import simplify
+from patternc.primitives.offsets import Band
+from patternc.primitives.random_blocks import RandomBlocks
 
 __all__ = ["LayerFlow", "coarsen", "drawn_on_blocks", "layer_flows", "pairs_in_blocks"]
 

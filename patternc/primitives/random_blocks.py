@@ -16,8 +16,9 @@ import numpy as np
 
 from patternc.lower.grid import EMPTY, FULL, KIND, lookup
 from patternc.lower.node import Lowered
+from patternc.primitives.registry import Arg, primitive
 
-__all__ = ["RandomBlocks", "random_block_table"]
+__all__ = ["RandomBlocks", "random", "random_block_table"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -98,3 +99,24 @@ class RandomBlocks(Lowered):
 
     def size_hint(self, grid):
         return float(grid.nbq * self.r)
+
+
+@primitive(Arg("r", doc="key blocks per query block"), Arg("seed", "seed", 0, doc="seed of the draw"),
+           allows="r key blocks per query block, drawn from (seed, l, h, block row)",
+           source="BigBird's random blocks", group="blocks")
+def random(scope, r: int, seed: int) -> Lowered:
+    """Each query block attends ``r`` key blocks drawn without replacement, the same on every
+    machine for the same (seed, layer, head, block row). It is defined on blocks, so its token
+    meaning depends on the block size: with blocks of 64, ``random(3)`` gives each query 3 runs of
+    64 keys. ``r`` past the number of key blocks is every block.
+
+    >>> cp = patternc.compile("random(2, seed=7)", n=256, block=64)
+    >>> cp.layout(0, 0).indices.reshape(4, 2)
+    array([[0, 1],
+           [2, 3],
+           [0, 2],
+           [2, 3]], dtype=int32)
+    """
+    grid = scope.grid
+    return RandomBlocks(min(r, grid.nbk), seed, scope.layer, scope.head, grid.bq, grid.bk, grid.n)
+

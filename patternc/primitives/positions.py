@@ -1,8 +1,6 @@
-"""Primitives tied to absolute positions: all, none, chunk, sink, global, prefix, tokens, columns,
-and the periodic summary columns of ``fixed``.
-
-Each is a short predicate, an exact block classifier in closed form, and a candidate enumeration
-that visits only the blocks it can touch.
+"""Primitives tied to absolute positions: all, none, chunk, fixed, sink, global, prefix, tokens,
+columns. Each is an entry (``@primitive``) over a node below: a short predicate, an exact block
+classifier in closed form, and a candidate enumeration that visits only the blocks it can touch.
 """
 
 from __future__ import annotations
@@ -12,11 +10,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Grid, expand_ranges, lookup
+from patternc.errors import PatternMeaningError
+from patternc.lower.algebra import Union
+from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Grid, every_block, expand_ranges, lookup
 from patternc.lower.node import Lowered, kinds_from_counts
+from patternc.primitives.registry import Arg, primitive
 
-__all__ = ["Chunk", "Columns", "Everything", "Global", "Nothing", "PeriodicColumns", "Prefix",
-           "Sink", "Tokens"]
+__all__ = ["Chunk", "Columns", "Everything", "Global", "Nothing", "PeriodicColumns", "Prefix", "Sink",
+           "Tokens", "all_", "chunk", "columns", "fixed", "global_", "none", "prefix", "sink", "tokens"]
 
 
 def _row_ranges(grid: Grid, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +40,7 @@ class Everything(Lowered):
     """``all``: every pair."""
 
     def candidates(self, grid):
-        return _every_row(grid, np.arange(grid.nbk, dtype=np.int64))
+        return every_block(grid)
 
     def classify(self, grid, i, j):
         return np.full(len(i), FULL, KIND)
@@ -304,3 +305,120 @@ class PeriodicColumns(Lowered):
     def size_hint(self, grid):
         per_row = min(grid.nbk, grid.nbk * self.s / self.c + grid.n / self.c)
         return float(grid.nbq * per_row)
+
+
+# ---- the entries ------------------------------------------------------------------------------------
+
+_POSITIONS = dict(group="positions")
+
+
+@primitive(allows="every pair", source="dense attention", **_POSITIONS)
+def all_(scope) -> Lowered:
+    """Every pair: dense attention in both directions (``causal`` is the decoder's).
+
+    >>> int(patternc.compile("all", n=8).to_dense(0, 0).sum())
+    64
+    """
+    return Everything()
+
+
+@primitive(allows="no pair", source="the empty set, for algebra", **_POSITIONS)
+def none(scope) -> Lowered:
+    """No pair; ``A - B`` and ``A & ~B`` are the usual ways to remove pairs.
+
+    >>> int(patternc.compile("none", n=8).to_dense(0, 0).sum())
+    0
+    """
+    return Nothing()
+
+
+@primitive(Arg("c", doc="chunk length"), allows="q // c == k // c", source="chunked / block-local attention",
+           **_POSITIONS)
+def chunk(scope, c: int) -> Lowered:
+    """Independent chunks of ``c`` tokens: a query sees its own chunk only (Llama 4's chunked
+    layers are ``causal & chunk(8192)``).
+
+    >>> patternc.compile("causal & chunk(3)", n=7).to_dense(0, 0)[4].astype(int)
+    array([0, 0, 0, 1, 1, 0, 0])
+    """
+    return Chunk(min(c, scope.grid.n))
+
+
+@primitive(Arg("c", doc="chunk length"), Arg("s", doc="summary keys at the end of each chunk"),
+           allows="q // c == k // c or k % c >= c - s", source="Sparse Transformer, fixed heads",
+           **_POSITIONS)
+def fixed(scope, c: int, s: int) -> Lowered:
+    """Its own chunk of ``c`` tokens, and the last ``s`` tokens of every chunk, which summarise it
+    for everyone: every pair is reached in two layers (key -> its chunk's summary -> query).
+
+    >>> patternc.compile("causal & fixed(4, 1)", n=10).to_dense(0, 0)[9].astype(int)
+    array([0, 0, 0, 1, 0, 0, 0, 1, 1, 1])
+    """
+    if s > c:
+        raise PatternMeaningError(f"fixed(c, s) needs s <= c (s summary keys per chunk of c), got s = {s} > "
+                                  f"c = {c}")
+    if c >= scope.grid.n:  # one chunk holds the whole sequence
+        return Everything()
+    return Union(Chunk(c), PeriodicColumns(c, s))
+
+
+@primitive(Arg("g", doc="sink tokens at the start"), allows="k < g", source="StreamingLLM's attention sinks",
+           **_POSITIONS)
+def sink(scope, g: int) -> Lowered:
+    """The first ``g`` tokens, seen by every query.
+
+    >>> patternc.compile("causal & (sink(2) | window(2))", n=8).to_dense(0, 0)[7].astype(int)
+    array([1, 1, 0, 0, 0, 0, 1, 1])
+    """
+    return Sink(min(g, scope.grid.n))
+
+
+@primitive(Arg("g", doc="global tokens at the start"), allows="k < g or q < g",
+           source="Longformer / BigBird global tokens", **_POSITIONS)
+def global_(scope, g: int) -> Lowered:
+    """The first ``g`` tokens see and are seen by everything (``sink`` is the one-way half).
+
+    >>> patternc.compile("global(1)", n=4).to_dense(0, 0).astype(int)
+    array([[1, 1, 1, 1],
+           [1, 0, 0, 0],
+           [1, 0, 0, 0],
+           [1, 0, 0, 0]])
+    """
+    return Global(min(g, scope.grid.n))
+
+
+@primitive(Arg("positions", "indices", doc="the global tokens"), allows="k or q in the list",
+           source="chosen global tokens (Longformer's task tokens)", **_POSITIONS)
+def tokens(scope, positions: tuple[int, ...]) -> Lowered:
+    """Chosen tokens that see and are seen by everything, anywhere in the sequence.
+
+    >>> int(patternc.compile("tokens([0, 5])", n=8).to_dense(0, 0).sum())  # 2 rows + 2 columns - 4
+    28
+    """
+    return Tokens(positions, scope.grid.n)
+
+
+@primitive(Arg("positions", "indices", doc="the key positions"), allows="k in the list",
+           source="MInference's vertical lines", **_POSITIONS)
+def columns(scope, positions: tuple[int, ...]) -> Lowered:
+    """Chosen keys, seen by every query (a ``sink`` anywhere in the sequence).
+
+    >>> patternc.compile("causal & columns([1, 4])", n=6).to_dense(0, 0)[5].astype(int)
+    array([0, 1, 0, 0, 1, 0])
+    """
+    return Columns(positions, scope.grid.n)
+
+
+@primitive(Arg("p", doc="prefix length"), allows="q < p and k < p",
+           source="prefix LM, with causal | prefix(p)", **_POSITIONS)
+def prefix(scope, p: int) -> Lowered:
+    """A bidirectional block over the first ``p`` tokens; ``causal | prefix(p)`` is a prefix LM.
+
+    >>> patternc.compile("causal | prefix(2)", n=4).to_dense(0, 0).astype(int)
+    array([[1, 1, 0, 0],
+           [1, 1, 0, 0],
+           [1, 1, 1, 0],
+           [1, 1, 1, 1]])
+    """
+    return Prefix(min(p, scope.grid.n))
+

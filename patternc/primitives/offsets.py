@@ -1,5 +1,5 @@
 """Primitives that depend only on the offset ``d = q - k``: causal, window, band, dilated, stride,
-diagonals.
+diagonals. Each is an entry (``@primitive``) over one of four offset sets below.
 
 Within a block the offsets form one contiguous interval ``[q0 - (k1 - 1), (q1 - 1) - k0]`` and every
 offset in it occurs, so a block's kind follows from how many allowed offsets the interval holds:
@@ -15,10 +15,13 @@ from functools import lru_cache
 
 import numpy as np
 
+from patternc.errors import PatternMeaningError
 from patternc.lower.grid import Grid, expand_ranges, lookup
 from patternc.lower.node import Lowered, kinds_from_counts
+from patternc.primitives.registry import Arg, primitive
 
-__all__ = ["Band", "Diagonals", "Dilated", "Stride"]
+__all__ = ["Band", "Diagonals", "Dilated", "Stride", "band", "causal", "diagonals", "dilated", "stride",
+           "window"]
 
 
 class _OffsetSet(Lowered):
@@ -106,6 +109,9 @@ class Band(_OffsetSet):
     lo: int
     hi: int
 
+    def progression(self, n):
+        return 1, self.lo, self.hi
+
     def count(self, dmin, dmax):
         return np.maximum(np.minimum(dmax, self.hi) - np.maximum(dmin, self.lo) + 1, 0)
 
@@ -125,6 +131,9 @@ class Stride(_OffsetSet):
     """``(q - k) % s == 0``."""
 
     s: int
+
+    def progression(self, n):
+        return self.s, -((n - 1) // self.s), (n - 1) // self.s
 
     def count(self, dmin, dmax):
         return np.maximum(dmax // self.s - (dmin - 1) // self.s, 0)
@@ -151,6 +160,9 @@ class Dilated(_OffsetSet):
     @property
     def reach(self) -> int:
         return (self.w - 1) * self.d
+
+    def progression(self, n):
+        return self.d, 1 - self.w, self.w - 1
 
     def count(self, dmin, dmax):
         lo, hi = np.maximum(dmin, -self.reach), np.minimum(dmax, self.reach)
@@ -192,3 +204,93 @@ def _offset_table(offsets: tuple[int, ...], n: int) -> np.ndarray:
     table = np.zeros(2 * n - 1, bool)  # entry d + n - 1 says whether offset d is allowed
     table[_offset_array(offsets) + n - 1] = True
     return table
+
+
+# ---- the entries ------------------------------------------------------------------------------------
+
+_OFFSETS = dict(group="offsets")
+
+
+@primitive(allows="k <= q", source="decoders", **_OFFSETS)
+def causal(scope) -> Lowered:
+    """Every key at or before the query: a decoder's attention.
+
+    >>> patternc.compile("causal", n=4).to_dense(0, 0).astype(int)
+    array([[1, 0, 0, 0],
+           [1, 1, 0, 0],
+           [1, 1, 1, 0],
+           [1, 1, 1, 1]])
+    """
+    return Band(0, scope.grid.n - 1)
+
+
+@primitive(Arg("w", doc="keys per side, the query included"), allows="abs(q - k) < w",
+           source="Longformer, Mistral's sliding window", **_OFFSETS)
+def window(scope, w: int) -> Lowered:
+    """Keys less than ``w`` tokens away on either side, so ``causal & window(w)`` sees exactly ``w``
+    keys: the query and the ``w - 1`` before it. A width past ``n`` is every pair.
+
+    >>> patternc.compile("causal & window(3)", n=6).to_dense(0, 0).sum(axis=1)
+    array([1, 2, 3, 3, 3, 3])
+    """
+    w = min(w, scope.grid.n)
+    return Band(1 - w, w - 1)
+
+
+@primitive(Arg("lo", "offset", doc="smallest q - k"), Arg("hi", "offset", doc="largest q - k"),
+           allows="lo <= q - k <= hi", source="asymmetric windows", **_OFFSETS)
+def band(scope, lo: int, hi: int) -> Lowered:
+    """Offsets ``q - k`` from ``lo`` to ``hi``, both included: ``band(0, 3)`` is ``causal & window(4)``,
+    ``band(-2, -1)`` the two keys after the query.
+
+    >>> patternc.compile("band(1, 2)", n=5).to_dense(0, 0).astype(int)
+    array([[0, 0, 0, 0, 0],
+           [1, 0, 0, 0, 0],
+           [1, 1, 0, 0, 0],
+           [0, 1, 1, 0, 0],
+           [0, 0, 1, 1, 0]])
+    """
+    if lo > hi:
+        raise PatternMeaningError(f"band(lo, hi) needs lo <= hi, got lo = {lo} > hi = {hi}")
+    n = scope.grid.n
+    return Band(max(lo, 1 - n), min(hi, n - 1))
+
+
+@primitive(Arg("w", doc="keys per side, the query included"), Arg("d", doc="dilation"),
+           allows="(q - k) % d == 0 and abs(q - k) < w * d", source="Longformer's dilated heads", **_OFFSETS)
+def dilated(scope, w: int, d: int) -> Lowered:
+    """Every ``d``-th key, ``w`` of them on each side (the query included): a window of ``w`` with
+    gaps of ``d - 1``.
+
+    >>> patternc.compile("causal & dilated(3, 2)", n=6).to_dense(0, 0)[5].astype(int)
+    array([0, 1, 0, 1, 0, 1])
+    """
+    n = scope.grid.n
+    return Dilated(min(w, n), min(d, n))
+
+
+@primitive(Arg("s", doc="period"), allows="(q - k) % s == 0", source="Sparse Transformer, strided heads",
+           **_OFFSETS)
+def stride(scope, s: int) -> Lowered:
+    """Keys a multiple of ``s`` away, at any distance. At a block of 128, a stride shorter than 255
+    touches every block: a block-sparse kernel pays for it in full.
+
+    >>> patternc.compile("causal & stride(3)", n=7).to_dense(0, 0)[6].astype(int)
+    array([1, 0, 0, 1, 0, 0, 1])
+    """
+    return Stride(min(s, scope.grid.n))
+
+
+@primitive(Arg("offsets", "offsets", doc="the allowed values of q - k"), allows="q - k in the list",
+           source="MInference's slash lines", **_OFFSETS)
+def diagonals(scope, offsets: tuple[int, ...]) -> Lowered:
+    """Whole diagonals: the offsets ``q - k`` in the list (each in ``(-n, n)``).
+
+    >>> patternc.compile("diagonals([0, 2])", n=4).to_dense(0, 0).astype(int)
+    array([[1, 0, 0, 0],
+           [0, 1, 0, 0],
+           [1, 0, 1, 0],
+           [0, 1, 0, 1]])
+    """
+    return Diagonals(offsets, scope.grid.n)
+

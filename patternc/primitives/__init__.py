@@ -1,0 +1,19 @@
+"""The language's primitives, one entry each (see ``registry``): ``PRIMITIVES`` maps a name to its
+definition. Importing this package registers every entry; the families live in their modules:
+
+- ``offsets``: causal, window, band, dilated, stride, diagonals (sets of offsets ``q - k``);
+- ``positions``: all, none, chunk, fixed, sink, global, tokens, columns, prefix;
+- ``random_blocks``: random (BigBird's blocks);
+- ``neighborhood``: neighborhood (2-D and 3-D windows over image and video tokens).
+
+To add a primitive: write its node (a ``Lowered``) and its ``@primitive`` entry in one of these
+modules (or a new one imported here), and its oracle test in ``tests/test_lowering_oracle.py``.
+
+>>> sorted(PRIMITIVES)[:4]
+['all', 'band', 'causal', 'chunk']
+"""
+
+from patternc.primitives import offsets, positions, random_blocks  # noqa: F401  (registers the entries)
+from patternc.primitives.registry import KINDS, LIST_KINDS, PRIMITIVES, Arg, Definition, primitive
+
+__all__ = ["KINDS", "LIST_KINDS", "PRIMITIVES", "Arg", "Definition", "primitive"]
