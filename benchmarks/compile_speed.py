@@ -105,7 +105,7 @@ def main() -> None:
     t = ours(stack_32, big_n, repeats=3)
     peak = peak_bytes(stack_32, big_n)
     cp = patternc.compile(stack_32, n=big_n, block=128)
-    blocks = sum(len(cp.layout(0, h)[1]) for h in range(32))
+    blocks = sum(cp.layout(0, h).nnz for h in range(32))
     print(f"\npatternc alone, n = {big_n:,}, 32 distinct heads "
           f"({stack_32.default}), block 128:")
     print(f"  compile {t:.3f} s, peak memory {peak / 2**20:.0f} MiB, {blocks:,} blocks stored "

@@ -25,7 +25,7 @@ from patternc.export.bsr import save_bsr
 from patternc.layout import head_stats
 from patternc.limits import MAX_N
 from patternc.reach import EXACT_LIMIT, check_size, reach
-from patternc.stack import as_stack
+from patternc.stack import as_stack, parse_block
 
 __all__ = ["main"]
 
@@ -148,7 +148,7 @@ EXPORT_FORMATS = {
 
 def _compile(args) -> CompiledPattern:
     stack = as_stack(args.spec)
-    block = block_shape(stack, args.n, args.block)
+    block = block_shape(stack, args.n, None if args.block is None else parse_block(args.block, "--block"))
     if args.command == "check":  # a state too large for the machine is refused before compiling
         check_size(args.n, block, args.exact_limit, args.max_depth)
     return compile(stack, n=args.n, block=block, params=dict(args.params))
@@ -165,7 +165,7 @@ def _print_stats(cp: CompiledPattern, as_json: bool) -> None:
     print(f"{'layer':>5} {'head':>4} {'blocks':>10} {'full':>10} {'partial':>10} {'block dens':>10} "
           f"{'token dens':>10} {'max/row':>7}  expression")
     for s in stats.per_head:
-        print(f"{s.layer:>5} {s.head:>4} {s.nnz_blocks:>10} {s.full_blocks:>10} {s.partial_blocks:>10} "
+        print(f"{s.layer:>5} {s.head:>4} {s.nnz:>10} {s.full_blocks:>10} {s.partial_blocks:>10} "
               f"{s.block_density:>10.4f} {s.token_density:>10.4f} {s.max_blocks_per_row:>7}  "
               f"{cp.expression(s.layer, s.head)}")
     for warning in stats.warnings:
@@ -173,11 +173,11 @@ def _print_stats(cp: CompiledPattern, as_json: bool) -> None:
 
 
 def _show(cp: CompiledPattern, args) -> None:
-    layout = cp.block_layout(args.layer, args.head)
+    layout = cp.layout(args.layer, args.head)
     s = head_stats(cp.node(args.layer, args.head), layout, args.layer, args.head, cp.causal)
     title = f"{cp.expression(args.layer, args.head)}  (layer {args.layer}, head {args.head}, n = {cp.n})"
     print(title)
-    print(f"block {cp.block[0]}x{cp.block[1]}: {s.nnz_blocks} stored ({s.full_blocks} full, "
+    print(f"block {cp.block[0]}x{cp.block[1]}: {s.nnz} stored ({s.full_blocks} full, "
           f"{s.partial_blocks} partial), block density {s.block_density:.4f}, token density "
           f"{s.token_density:.4f}")
     print(draw_text(layout, max_width=args.width))
@@ -192,7 +192,7 @@ def _export(cp: CompiledPattern, args) -> None:
     if args.masks and args.format != "bsr":
         raise PatternError(f"--masks applies to --format bsr, not {args.format}")
     # arrays are built before the file is opened, so a refused size leaves no file behind
-    array = {"layout": cp.to_block_layout, "dense": cp.to_dense}.get(args.format, lambda: None)()
+    array = {"layout": cp.to_dense_blocks, "dense": cp.to_dense}.get(args.format, lambda: None)()
     path.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "file":
         cp.save(path)

@@ -8,34 +8,46 @@
 from __future__ import annotations
 
 import os
-import re
+import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from numbers import Real
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from patternc.errors import PatternError, PatternMeaningError, PatternSizeError, StackError, brief
+from patternc.errors import (
+    LayoutFileError,
+    PatternError,
+    PatternMeaningError,
+    PatternSizeError,
+    StackError,
+    brief,
+)
 from patternc.lang import ast, parse
 from patternc.layout import INFLATION_WARNING, HeadStats, Layout, future_pair, head_stats, is_causal
-from patternc.limits import MAX_BLOCK_PAIRS, MAX_LAYOUT_BLOCKS, MAX_N, MAX_TOTAL_BLOCKS, require
+from patternc.limits import (
+    DENSE_LIMIT,
+    LAYOUT_LIMIT,
+    MAX_BLOCK_PAIRS,
+    MAX_LAYOUT_BLOCKS,
+    MAX_N,
+    MAX_TOTAL_BLOCKS,
+    require,
+)
 from patternc.lower.bind import Scope, lower
 from patternc.lower.grid import FULL, PARTIAL, Grid
-from patternc.lower.node import Lowered
-from patternc.stack import Stack, as_stack, parse_block
+from patternc.lower.node import Lowered, stored_masks
+from patternc.stack import Stack, as_stack, check_params, parse_block
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
     from patternc.export.bsr import BlockCSR
 
-__all__ = ["DEFAULT_BLOCK", "DENSE_LIMIT", "MAX_N", "CompiledPattern", "PatternStats", "block_shape",
-           "compile"]
+__all__ = ["DEFAULT_BLOCK", "CompiledPattern", "PatternStats", "block_shape", "compile", "load"]
 
 DEFAULT_BLOCK = 128  # FlexAttention's default tile
 _LARGER_BLOCK = "a larger block stores fewer blocks (--block, or block= in Python)"
-DENSE_LIMIT = 2**28  # booleans in a dense mask (256 MiB); above this use the block layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +59,19 @@ class PatternStats:
     layers: int
     heads: int
     causal: bool
-    per_head: tuple[HeadStats, ...]
+    per_head: tuple[HeadStats, ...]  # layer by layer, head by head: (l, h) is at l * heads + h
     warnings: tuple[str, ...]
+
+    def at(self, layer: int, head: int) -> HeadStats:
+        """The statistics of one (layer, head).
+
+        >>> patternc.compile("conf/pattern/longformer.yaml", n=4096).stats().at(6, 1).nnz
+        177
+        """
+        if not (0 <= layer < self.layers and 0 <= head < self.heads):
+            raise PatternSizeError(f"(layer {layer}, head {head}) is outside this stack of {self.layers} "
+                                   f"layers x {self.heads} heads")
+        return self.per_head[layer * self.heads + head]
 
     def to_dict(self) -> dict:
         return {
@@ -99,45 +122,69 @@ class CompiledPattern:
                 f"layers={self.layers}, heads={self.heads})")
 
     # ---- per (layer, head) -------------------------------------------------------------------------
+    # One convention for every method: ``layer`` and ``head`` select; None means every layer (head)
+    # where the result can hold several (``to_dense``, ``to_block_mask``'s heads), and the only one
+    # where the result is one head's (``layout``, ``allows``, ``to_bsr``, ...): on a stack with
+    # several, saying which is required, never silently 0.
 
-    def _check_index(self, layer: int, head: int) -> None:
-        if not (0 <= layer < self.layers and 0 <= head < self.heads):
-            raise PatternSizeError(
-                f"(layer {layer}, head {head}) is outside this stack of {self.layers} layers x "
-                f"{self.heads} heads"
-            )
+    def at(self, layer: int | None = None, head: int | None = None) -> tuple[int, int]:
+        """The ``(layer, head)`` a one-head method reads: None is the only layer (head) there is.
 
-    def node(self, layer: int = 0, head: int = 0) -> Lowered:
+        >>> patternc.compile("causal", n=64).at()
+        (0, 0)
+        >>> patternc.compile("conf/pattern/longformer.yaml", n=1024).at(layer=3)
+        Traceback (most recent call last):
+          ...
+        patternc.errors.PatternMeaningError: this stack has 12 heads: say which one (head=0..11)
+        """
+        return (self._index(layer, self.layers, "layers", "layer"),
+                self._index(head, self.heads, "heads", "head"))
+
+    def _index(self, value: int | None, count: int, plural: str, name: str) -> int:
+        if value is None:
+            if count > 1:
+                raise PatternMeaningError(f"this stack has {count} {plural}: say which one "
+                                          f"({name}=0..{count - 1})")
+            return 0
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
+            raise PatternSizeError(f"{name} {brief(value)} is outside this stack of {self.layers} layers x "
+                                   f"{self.heads} heads")
+        return int(value)
+
+    def node(self, layer: int | None = None, head: int | None = None) -> Lowered:
         """The lowered pattern of one (layer, head)."""
-        self._check_index(layer, head)
-        return self._nodes[layer][head]
+        l, h = self.at(layer, head)
+        return self._nodes[l][h]
 
-    def expression(self, layer: int = 0, head: int = 0) -> str:
+    def expression(self, layer: int | None = None, head: int | None = None) -> str:
         """The expression text that applies at (layer, head)."""
-        self._check_index(layer, head)
-        return self.stack.rule_at(layer, head)[0]
+        return self.stack.rule_at(*self.at(layer, head))[0]
 
-    def block_layout(self, layer: int = 0, head: int = 0) -> Layout:
-        """The ``Layout`` (grid and CSR arrays) of one (layer, head)."""
+    def layout(self, layer: int | None = None, head: int | None = None) -> Layout:
+        """The block CSR of one (layer, head), a ``Layout``: ``indptr`` (nbq + 1,) and ``indices``
+        (nnz,) int32 key-block columns sorted within each row, ``full`` (nnz,) bool (FULL or PARTIAL),
+        all read-only. It unpacks as ``indptr, indices, full = cp.layout(l, h)``.
+
+        >>> indptr, indices, full = patternc.compile("causal", n=256, block=128).layout()
+        >>> indptr, indices, full
+        (array([0, 1, 3], dtype=int32), array([0, 0, 1], dtype=int32), array([False,  True, False]))
+        """
         return self._layouts[self.node(layer, head)]
 
-    def layout(self, layer: int = 0, head: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Block CSR of one (layer, head): ``(indptr, indices, full)``, all read-only.
+    def block_layout(self, layer: int | None = None, head: int | None = None) -> Layout:
+        """Deprecated: ``layout`` returns the ``Layout`` itself now."""
+        warnings.warn("CompiledPattern.block_layout() is deprecated: layout() returns the Layout",
+                      DeprecationWarning, stacklevel=2)
+        return self.layout(layer, head)
 
-        ``indptr`` (nbq + 1,) int64, ``indices`` (nnz,) int32 key-block columns sorted within each
-        row, ``full`` (nnz,) bool: True for FULL blocks, False for PARTIAL ones.
-        """
-        layout = self.block_layout(layer, head)
-        return layout.indptr, layout.indices, layout.full
-
-    def allows(self, q, k, layer: int = 0, head: int = 0) -> np.ndarray:
+    def allows(self, q, k, layer: int | None = None, head: int | None = None) -> np.ndarray:
         """Whether the compiled layout allows ``(q, k)``; vectorised over broadcastable arrays."""
         q, k = np.asarray(q, np.int64), np.asarray(k, np.int64)
         for name, value in (("q", q), ("k", k)):
             if value.size and (value.min() < 0 or value.max() >= self.n):
                 raise PatternSizeError(f"{name} must lie in [0, {self.n}), got values up to {value.max()}"
                                        f" and down to {value.min()}")
-        layout = self.block_layout(layer, head)
+        layout = self.layout(layer, head)
         q, k = np.broadcast_arrays(q, k)
         kind = layout.kind_of(q // self.block[0], k // self.block[1])
         partial = kind == PARTIAL
@@ -148,10 +195,14 @@ class CompiledPattern:
 
     def to_dense(self, layer: int | None = None, head: int | None = None,
                  max_elements: int = DENSE_LIMIT) -> np.ndarray:
-        """Dense boolean mask from the layout: ``(n, n)`` for one (layer, head), ``(L, H, n, n)``
-        when both are None, ``(H, n, n)`` or ``(L, n, n)`` when one is given."""
-        layer_ids = range(self.layers) if layer is None else [layer]
-        head_ids = range(self.heads) if head is None else [head]
+        """Dense boolean mask: ``(n, n)`` for one (layer, head), ``(L, H, n, n)`` when both are None
+        (every layer and head), ``(H, n, n)`` or ``(L, n, n)`` when one is given.
+
+        >>> patternc.compile("conf/pattern/longformer.yaml", n=256).to_dense(layer=0).shape
+        (12, 256, 256)
+        """
+        layer_ids = range(self.layers) if layer is None else [self.at(layer, 0)[0]]
+        head_ids = range(self.heads) if head is None else [self.at(0, head)[1]]
         size = len(layer_ids) * len(head_ids) * self.n * self.n
         if size > max_elements:
             raise PatternSizeError(
@@ -170,17 +221,13 @@ class CompiledPattern:
         return out
 
     def _dense_one(self, layer: int, head: int) -> np.ndarray:
-        layout = self.block_layout(layer, head)
-        grid = self.grid
-        kinds = np.zeros((grid.nbq, grid.nbk), np.int8)
-        kinds[layout.rows(), layout.indices] = np.where(layout.full, FULL, PARTIAL)
-        per_token = np.repeat(np.repeat(kinds, grid.bq, axis=0), grid.bk, axis=1)[: self.n, : self.n]
-        q = np.arange(self.n)[:, None]
-        k = np.arange(self.n)[None, :]
-        predicate = np.broadcast_to(self.node(layer, head).predicate(q, k), (self.n, self.n))
-        return (per_token == FULL) | ((per_token == PARTIAL) & predicate)
+        """(n, n): every stored block's token mask, scattered into the block grid."""
+        layout, grid = self.layout(layer, head), self.grid
+        blocks = np.zeros((grid.nbq, grid.bq, grid.nbk, grid.bk), bool)  # (nbq, bq, nbk, bk)
+        blocks[layout.rows(), :, layout.indices, :] = stored_masks(self.node(layer, head), layout)
+        return blocks.reshape(grid.nbq * grid.bq, grid.nbk * grid.bk)[: self.n, : self.n]
 
-    def mask_mod(self, layer: int = 0, head: int = 0, device: str = "cpu"):
+    def mask_mod(self, layer: int | None = None, head: int | None = None, device: str = "cpu"):
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for one (layer, head).
 
         It is the exact token predicate; FlexAttention applies it to PARTIAL blocks. Lookup tables
@@ -189,41 +236,54 @@ class CompiledPattern:
         """
         from patternc.export.flex import head_mask_mod
 
-        return head_mask_mod(self, layer, head, device)
+        return head_mask_mod(self, *self.at(layer, head), device)
 
     # ---- exports (patternc/export/) ------------------------------------------------------------------
 
-    def to_block_mask(self, layer: int = 0, device: str = "cpu") -> BlockMask:
+    def to_block_mask(self, layer: int | None = None, device: str = "cpu") -> BlockMask:
         """A FlexAttention ``BlockMask`` of shape ``(1, heads, n, n)`` for every head of ``layer``:
         FULL blocks as ``full_kv_*``, PARTIAL ones as ``kv_*`` with one ``mask_mod`` exact for every
         head, ``BLOCK_SIZE = (bq, bk)``. Build it on the device it runs on: ``BlockMask.to`` moves
         the block tables but not the ``mask_mod``'s lookup tables.
 
-        >>> flex_attention(q, k, v, block_mask=cp.to_block_mask(3))  # doctest: +SKIP
+        >>> patternc.compile("causal & window(64)", n=1000, block=64).to_block_mask().BLOCK_SIZE
+        (64, 64)
         """
         from patternc.export.flex import to_block_mask
 
-        return to_block_mask(self, layer, device)
+        return to_block_mask(self, self.at(layer, 0)[0], device)
 
-    def to_bsr(self, layer: int = 0, head: int = 0, with_masks: bool = False) -> BlockCSR:
+    def to_bsr(self, layer: int | None = None, head: int | None = None, with_masks: bool = False) -> BlockCSR:
         """Block CSR of one (layer, head) as FlashInfer's ``BlockSparseAttentionWrapper.plan`` takes
         it: int32 ``indptr``/``indices``, ``block``, ``full`` and, with ``with_masks``, a
         ``(nnz, bq, bk)`` token mask per block (see ``patternc.export.bsr``)."""
         from patternc.export.bsr import to_bsr
 
-        return to_bsr(self, layer, head, with_masks)
+        return to_bsr(self, *self.at(layer, head), with_masks)
+
+    def to_dense_blocks(self, max_elements: int | None = None) -> np.ndarray:
+        """int64 ``(L, H, nbq, nbk)``, 1 where a block is stored: DeepSpeed's / Triton's layout, the
+        dense mask of the block grid. Refused above 2**25 elements unless ``max_elements`` says so.
+
+        >>> patternc.compile("causal", n=384, block=128).to_dense_blocks()[0, 0]
+        array([[1, 0, 0],
+               [1, 1, 0],
+               [1, 1, 1]])
+        """
+        from patternc.export.layout_array import to_dense_blocks
+
+        return to_dense_blocks(self, LAYOUT_LIMIT if max_elements is None else max_elements)
 
     def to_block_layout(self, max_elements: int | None = None) -> np.ndarray:
-        """int64 ``(L, H, nbq, nbk)``, 1 where a block is stored: DeepSpeed's / Triton's layout.
-        Dense in blocks, so refused above 2**25 elements unless ``max_elements`` says otherwise."""
-        from patternc.export.layout_array import LAYOUT_LIMIT, to_block_layout
-
-        return to_block_layout(self, LAYOUT_LIMIT if max_elements is None else max_elements)
+        """Deprecated name of ``to_dense_blocks``."""
+        warnings.warn("CompiledPattern.to_block_layout() is deprecated: use to_dense_blocks()",
+                      DeprecationWarning, stacklevel=2)
+        return self.to_dense_blocks(max_elements)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write this compiled pattern to a safetensors file that ``patternc.load`` reads back.
 
-        >>> patternc.compile("conf/pattern/longformer.yaml", n=8192).save("lf.safetensors")  # doctest: +SKIP
+        >>> patternc.compile("conf/pattern/longformer.yaml", n=8192).save(tmp_path / "lf.safetensors")
         """
         from patternc.export.file import save
 
@@ -233,7 +293,7 @@ class CompiledPattern:
         """Exact statistics per (layer, head), with a warning where blocking inflates density."""
         causal = self.causal
         by_node: dict[Lowered, HeadStats] = {}
-        per_head, warnings = [], []
+        per_head, found = [], []
         for l in range(self.layers):
             for h in range(self.heads):
                 node = self._nodes[l][h]
@@ -242,7 +302,7 @@ class CompiledPattern:
                     s = by_node[node]
                     if s.allowed_pairs and s.inflation > INFLATION_WARNING:
                         bq, bk = self.block
-                        warnings.append(
+                        found.append(
                             f"layer {l} head {h}: {self.expression(l, h)} at block {bq}x{bk} stores "
                             f"{s.inflation:.1f}x the pairs it allows (block density "
                             f"{s.block_density:.3f}, token density {s.token_density:.3f}); "
@@ -251,7 +311,7 @@ class CompiledPattern:
                 s = by_node[node]
                 per_head.append(HeadStats(**{**s.to_dict(), "layer": l, "head": h}))
         return PatternStats(self.n, self.block, self.layers, self.heads, causal, tuple(per_head),
-                            tuple(warnings))
+                            tuple(found))
 
 
 def _check_declared_causal(stack: Stack, nodes: list[list[Lowered]], layouts: dict[Lowered, Layout]) -> None:
@@ -273,17 +333,32 @@ def _check_declared_causal(stack: Stack, nodes: list[list[Lowered]], layouts: di
                                  where=stack.source or "stack")
 
 
-def _identifier(text: str) -> str:
-    words = {"&": " and ", "|": " or ", "-": " minus ", "~": " not "}
-    text = re.sub(r"[&|~]|(?<=[\s)])-(?=\s)", lambda m: words[m.group()], text)
-    return re.sub(r"\W+", "_", text).strip("_") or "pattern"
+def load(path: str | os.PathLike) -> CompiledPattern:
+    """A compiled pattern from a file written by ``CompiledPattern.save``: the stored stack is
+    recompiled and every stored array must equal the recompiled one; any fault is a
+    ``LayoutFileError`` naming the file.
+
+    >>> cp = patternc.compile("causal & window(64)", n=1024)
+    >>> cp.save(tmp_path / "w.safetensors")
+    >>> patternc.load(tmp_path / "w.safetensors").layout().nnz == cp.layout().nnz
+    True
+    """
+    from patternc.export.file import read, verify
+
+    stored = read(path)
+    try:
+        cp = compile(stored.stack, stored.n, block=stored.block, params=stored.params)
+    except PatternError as err:
+        raise LayoutFileError(f"the stored pattern does not compile: {err}", where=stored.path) from None
+    verify(cp, stored)
+    return cp
 
 
 # ---- compile -------------------------------------------------------------------------------------
 
 
 def compile(spec: str | os.PathLike | ast.Pattern | Stack, n: int,
-            block: int | tuple[int, int] | str | None = None,
+            block: int | tuple[int, int] | None = None,
             params: dict[str, int | float] | None = None) -> CompiledPattern:
     """Compile a pattern at sequence length ``n`` to exact block-sparse layouts.
 
@@ -299,11 +374,11 @@ def compile(spec: str | os.PathLike | ast.Pattern | Stack, n: int,
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
         raise PatternSizeError(f"n must be an integer in [1, {MAX_N:,}], got {brief(n)}")
     bound = dict(stack.params)
-    bound.update(_check_params(params or {}))
+    bound.update(check_params(params or {}))
     return _compile(stack, int(n), block_shape(stack, int(n), block), tuple(sorted(bound.items())))
 
 
-def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | str | None = None) -> tuple[int, int]:
+def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | None = None) -> tuple[int, int]:
     """The ``(bq, bk)`` that ``compile(stack, n, block)`` uses: ``block``, else the stack's, else
     128; a side longer than ``n`` is ``n`` (one block row or column is the same layout).
 
@@ -312,20 +387,12 @@ def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | str | None 
     """
     if block is None:
         block = stack.block or (DEFAULT_BLOCK, DEFAULT_BLOCK)
+    elif isinstance(block, str):
+        warnings.warn(f"block={block!r}: a string is the command line's form; pass an int or (bq, bk)",
+                      DeprecationWarning, stacklevel=3)
     bq, bk = (min(size, n) for size in parse_block(block))
     require(bq * bk, MAX_BLOCK_PAIRS, f"token pairs in a block of {bq} x {bk}", "choose a smaller block")
     return bq, bk
-
-
-def _check_params(params) -> dict[str, int | float]:
-    out = {}
-    for name, value in dict(params).items():
-        if not isinstance(name, str) or not name.isidentifier():
-            raise PatternMeaningError(f"parameter name {brief(name)} is not an identifier (write w, not $w)")
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise PatternMeaningError(f"parameter {name} must be a number, got {brief(value)}")
-        out[name] = int(value) if isinstance(value, (int, np.integer)) else float(value)
-    return out
 
 
 def _used_params(stack: Stack) -> set[str]:

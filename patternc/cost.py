@@ -12,9 +12,9 @@ kernel. A cache file that does not parse is ignored and rewritten. The directory
 ``$PATTERNC_CACHE_DIR``, else ``~/.cache/patternc/cost``. On a GPU each repeat is timed between two
 ``torch.cuda.synchronize()`` calls, so the figure is the kernel's, not its launch's.
 
->>> m = patternc.measure(patternc.compile("causal & window(512)", n=16384), backend="reference")
-... # doctest: +SKIP
->>> m.ratio  # our latency / dense causal SDPA's; below 1 is faster   # doctest: +SKIP
+>>> m = patternc.measure(patternc.compile("causal & window(128)", n=2048), backend="reference", cache=False)
+>>> m.backend, m.n, m.block, m.repeats  # m.ratio: our latency / dense causal SDPA's; below 1 is faster
+('reference', 2048, (128, 128), 9)
 """
 
 from __future__ import annotations
@@ -148,7 +148,9 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     ``repeats`` 9: on a shared 2-core machine, repeated calls' ratios then
     agree within ~3% (5 repeats: ~6-12%; ``benchmarks/cost_repeat.py``).
 
-    >>> measure(patternc.compile("causal & window(256)", n=4096), backend="flex").ratio  # doctest: +SKIP
+    >>> m = measure(patternc.compile("causal & window(256)", n=4096), backend="sdpa", repeats=3, cache=False)
+    >>> m.backend, m.n, m.heads, m.dtype
+    ('sdpa', 4096, 1, 'bfloat16')
     """
     from patternc.kernels import BACKENDS, causal_sdpa, prepare
 
@@ -201,7 +203,12 @@ def resolve_device(device: str, where: str | None = None) -> torch.device:
     """``device`` as a torch device, refused with the reason when it is not usable here; ``where``
     (the config key or option that gave it) starts the message.
 
-    >>> resolve_device("cuda:0", where="kernel.device")   # an error without a GPU  # doctest: +SKIP
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("tpu", where="kernel.device")
+    Traceback (most recent call last):
+      ...
+    patternc.errors.PatternMeaningError: kernel.device: device 'tpu' is not a torch device ...
     """
     said = f"{where}: device {device!r}" if where else f"device {device!r}"
     try:

@@ -7,6 +7,7 @@ the others are PARTIAL and take the token predicate. EMPTY blocks are not stored
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,18 +22,23 @@ __all__ = ["HeadStats", "Layout", "future_pair", "head_stats", "is_causal"]
 INFLATION_WARNING = 2.0  # warn when stored blocks hold more than this many pairs per allowed pair
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # eq=False: numpy arrays have no single truth value
 class Layout:
-    """Block CSR of one (layer, head); arrays are read-only."""
+    """Block CSR of one (layer, head); arrays are read-only. Indices are int32 everywhere in
+    patternc (a layout holds at most ``MAX_LAYOUT_BLOCKS`` blocks, far below 2**31), as FlashInfer
+    and FlexAttention take them. It unpacks as ``indptr, indices, full``."""
 
     grid: Grid
-    indptr: np.ndarray  # int64 (nbq + 1,)
+    indptr: np.ndarray  # int32 (nbq + 1,)
     indices: np.ndarray  # int32 (nnz,) key-block columns
     full: np.ndarray  # bool (nnz,)
 
+    def __iter__(self):
+        return iter((self.indptr, self.indices, self.full))
+
     @staticmethod
     def from_blocks(blocks: Blocks, grid: Grid) -> Layout:
-        indptr = np.zeros(grid.nbq + 1, np.int64)
+        indptr = np.zeros(grid.nbq + 1, np.int32)
         np.cumsum(np.bincount(blocks.rows, minlength=grid.nbq), out=indptr[1:])
         layout = Layout(grid, indptr, blocks.cols.astype(np.int32), blocks.kinds == FULL)
         for array in (layout.indptr, layout.indices, layout.full):
@@ -64,7 +70,7 @@ class HeadStats:
 
     layer: int
     head: int
-    nnz_blocks: int
+    nnz: int  # stored blocks, FULL and PARTIAL
     full_blocks: int
     partial_blocks: int
     block_density: float  # stored blocks / all blocks
@@ -78,6 +84,12 @@ class HeadStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def nnz_blocks(self) -> int:
+        """Deprecated name of ``nnz``."""
+        warnings.warn("HeadStats.nnz_blocks is deprecated: use nnz", DeprecationWarning, stacklevel=2)
+        return self.nnz
 
 
 def head_stats(node: Lowered, layout: Layout, layer: int, head: int, causal: bool) -> HeadStats:
@@ -97,7 +109,7 @@ def head_stats(node: Lowered, layout: Layout, layer: int, head: int, causal: boo
     return HeadStats(
         layer=layer,
         head=head,
-        nnz_blocks=nnz,
+        nnz=nnz,
         full_blocks=int(layout.full.sum()),
         partial_blocks=int(partial.sum()),
         block_density=nnz / (grid.nbq * grid.nbk),

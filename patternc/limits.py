@@ -16,6 +16,8 @@ from __future__ import annotations
 from patternc.errors import PatternSizeError
 
 __all__ = [
+    "DENSE_LIMIT",
+    "LAYOUT_LIMIT",
     "MAX_BLOCK_PAIRS",
     "MAX_HEADS",
     "MAX_LAYOUT_BLOCKS",
@@ -29,6 +31,8 @@ __all__ = [
     "require",
 ]
 
+DENSE_LIMIT = 2**28  # booleans of a dense token mask (256 MiB): above it, use a block-sparse export
+LAYOUT_LIMIT = 2**25  # int64 elements of a dense block grid, to_dense_blocks (256 MiB)
 MAX_N = 2**31 - 1  # tokens: kernels index tokens with int32
 MAX_HEADS = 2**16  # layers x heads of one stack (128 x 128 is 2**14)
 MAX_OVERRIDES = 2**12  # override rules of one stack (one per (layer, head) of a 64 x 64 model)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from numbers import Real
+from numbers import Integral, Real
 
 import yaml
 
@@ -35,7 +35,7 @@ from patternc.limits import (
     require,
 )
 
-__all__ = ["Override", "Stack", "as_stack", "load_stack", "load_yaml"]
+__all__ = ["Override", "Stack", "as_stack", "check_params", "load_stack", "load_yaml"]
 
 _KEYS = ("layers", "heads", "block", "causal", "default", "overrides", "params", "description")
 _OVERRIDE_KEYS = ("layers", "heads", "expr")
@@ -133,7 +133,7 @@ class Stack:
             block=_stack_block(data.get("block"), f"{where}: block"),
             causal=_optional_bool(data.get("causal"), f"{where}: causal"),
             overrides=tuple(_override(rule, i, layers, heads, where) for i, rule in enumerate(overrides)),
-            params=_params(data.get("params") or {}, f"{where}: params"),
+            params=check_params(data.get("params") or {}, f"{where}: params"),
             description=str(data.get("description", "")),
             source=source,
         )
@@ -388,7 +388,13 @@ def _override(rule, index: int, layers: int, heads: int, where: str) -> Override
     )
 
 
-def _params(values, where: str) -> tuple[tuple[str, int | float], ...]:
+def check_params(values, where: str = "params") -> tuple[tuple[str, int | float], ...]:
+    """``$parameter`` values as a stack holds them: sorted (name, number) pairs. The one check of
+    parameters, for a stack file's ``params`` and for ``compile(..., params=)`` alike.
+
+    >>> check_params({"w": 512, "a": np.float64(0.5)})
+    (('a', 0.5), ('w', 512))
+    """
     if not isinstance(values, Mapping):
         raise StackError("params must map parameter names to numbers", where=where)
     out = []
@@ -398,5 +404,5 @@ def _params(values, where: str) -> tuple[tuple[str, int | float], ...]:
                              where=where)
         if isinstance(value, bool) or not isinstance(value, Real):
             raise StackError(f"parameter {name} must be a number, got {brief(value)}", where=where)
-        out.append((name, value))
+        out.append((name, int(value) if isinstance(value, Integral) else float(value)))
     return tuple(sorted(out))

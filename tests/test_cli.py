@@ -94,10 +94,10 @@ def test_compile_json_has_the_documented_fields(capsys):
     data = json.loads(out)
     assert (data["n"], data["block"], data["layers"], data["heads"]) == (1000, [64, 32], 1, 1)
     (head,) = data["per_head"]
-    assert {"layer", "head", "nnz_blocks", "full_blocks", "partial_blocks", "allowed_pairs"} <= set(head)
+    assert {"layer", "head", "nnz", "full_blocks", "partial_blocks", "allowed_pairs"} <= set(head)
     # causal & window(100) allows min(q + 1, 100) keys for each query q.
     assert head["allowed_pairs"] == sum(min(q + 1, 100) for q in range(1000))
-    assert head["full_blocks"] + head["partial_blocks"] == head["nnz_blocks"]
+    assert head["full_blocks"] + head["partial_blocks"] == head["nnz"]
 
 
 def test_compile_stack_prints_every_head_and_warnings(capsys):

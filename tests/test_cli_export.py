@@ -84,7 +84,7 @@ def test_export_layout_writes_exactly_the_path_given(capsys, tmp_path, stack_fil
     code, _, _ = run(capsys, "export", stack_file, "--n", 100, "--format", "layout", "-o", path)
     assert code == 0 and list(tmp_path.glob("layout*")) == [path]
     layout = np.load(path)
-    np.testing.assert_array_equal(layout, patternc.compile(str(stack_file), 100).to_block_layout())
+    np.testing.assert_array_equal(layout, patternc.compile(str(stack_file), 100).to_dense_blocks())
     assert layout.dtype == np.int64 and layout.shape == (2, 2, 7, 13)
 
 
@@ -189,4 +189,4 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
         exec(code.replace("n = 4096\n", "n = 256\n").replace("outputs/", f"{tmp_path}/"), namespace)
     cp, same = namespace["cp"], namespace["same"]
     assert namespace["out"].shape == (1, 12, 256, 64) and namespace["layout"].shape == (12, 12, 2, 2)
-    np.testing.assert_array_equal(same.layout(6, 0)[1], cp.layout(6, 0)[1])
+    np.testing.assert_array_equal(same.layout(6, 0).indices, cp.layout(6, 0).indices)

@@ -1,5 +1,5 @@
 """Block-level exports: ``to_bsr`` (FlashInfer's block CSR with per-block masks) and
-``to_block_layout`` (DeepSpeed / Triton's 0/1 layout), each read back against the dense mask."""
+``to_dense_blocks`` (DeepSpeed / Triton's 0/1 layout), each read back against the dense mask."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_bsr_refuses_a_head_outside_the_stack():
                                                                   512, None, id="bigbird")])
 def test_block_layout_is_the_stored_blocks(spec, n, block):
     cp = patternc.compile(spec, n, block=block)
-    layout = cp.to_block_layout()
+    layout = cp.to_dense_blocks()
     assert layout.dtype == np.int64 and layout.shape == (cp.layers, cp.heads, cp.grid.nbq, cp.grid.nbk)
     assert set(np.unique(layout).tolist()) <= {0, 1}
     for l, h in pairs(cp):
@@ -127,14 +127,14 @@ def test_block_layout_is_the_stored_blocks(spec, n, block):
 
 
 def test_block_layout_is_refused_above_the_limit():
-    from patternc.export.layout_array import LAYOUT_LIMIT
+    from patternc.limits import LAYOUT_LIMIT
 
     # 2 x 2 heads of 4096 x 4096 blocks: 2**26 elements, refused before anything is allocated
     big = patternc.compile(patternc.Stack(default="causal & window(16)", layers=2, heads=2), 2**16, block=16)
     assert LAYOUT_LIMIT < 2 * 2 * 4096 * 4096
     with pytest.raises(patternc.PatternSizeError, match="exceeds the limit"):
-        big.to_block_layout()
+        big.to_dense_blocks()
     small = patternc.compile("causal", 64, block=16)
     with pytest.raises(patternc.PatternSizeError, match="max_elements"):
-        small.to_block_layout(max_elements=15)
-    assert small.to_block_layout(max_elements=16).sum() == 10
+        small.to_dense_blocks(max_elements=15)
+    assert small.to_dense_blocks(max_elements=16).sum() == 10

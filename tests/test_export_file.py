@@ -87,7 +87,7 @@ def test_metadata(tmp_path):
     with safe_open(path, "numpy") as f:
         metadata = f.metadata()
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - not a dict
-    assert metadata["format"] == "patternc-layout" and metadata["format_version"] == "1"
+    assert metadata["format"] == "patternc-layout" and metadata["format_version"] == "2"
     assert metadata["patternc_version"] == patternc.__version__
     assert json.loads(metadata["stack"]) == cp.stack.to_dict()
     assert json.loads(metadata["stack"])["default"] == "causal & window($w)"
@@ -186,12 +186,22 @@ def _moved_block(t, m):
     t["layout.0.indices"] = indices
 
 
+def test_a_version_1_file_with_int64_indptr_still_loads(small_file):
+    def as_version_1(tensors, metadata):
+        tensors["layout.0.indptr"] = tensors["layout.0.indptr"].astype(np.int64)
+        metadata["format_version"] = "1"
+
+    _rewrite(small_file, as_version_1)
+    fresh = patternc.compile("causal & (window(6) | tokens([2]))", 40, block=8)
+    np.testing.assert_array_equal(patternc.load(small_file).layout().indptr, fresh.layout().indptr)
+
+
 @pytest.mark.parametrize("edit, match", [
     pytest.param(_moved_block, "stored indices of layer 0, head 0 differs", id="moved_block"),
     pytest.param(lambda t, m: t.update({"layout.0.full": ~t["layout.0.full"]}),
                  "stored full of layer 0, head 0 differs", id="kinds_flipped"),
     pytest.param(lambda t, m: m.update(n="48"), "stored indptr of layer 0, head 0 differs", id="n_edited"),
-    pytest.param(lambda t, m: t.update({"layout.0.indptr": t["layout.0.indptr"].astype(np.int32)}),
+    pytest.param(lambda t, m: t.update({"layout.0.indptr": t["layout.0.indptr"].astype(np.int64)}),
                  "stored indptr", id="indptr_dtype"),
     pytest.param(lambda t, m: m.update(layers="2"), "metadata 'layers' is 2", id="layers_edited"),
     pytest.param(lambda t, m: t.update(table=np.zeros((1, 2), np.int32)), "tensor 'table'", id="table_shape"),
@@ -206,7 +216,7 @@ def _moved_block(t, m):
     pytest.param(lambda t, m: m.update(block="[8, 0]"), "does not compile.*block", id="block_zero"),
     pytest.param(lambda t, m: m.pop("n"), "metadata 'n' is missing", id="n_missing"),
     pytest.param(lambda t, m: m.update(n="forty"), "metadata 'n' is malformed", id="n_text"),
-    pytest.param(lambda t, m: m.update(format_version="2"), "format version '2' is not supported",
+    pytest.param(lambda t, m: m.update(format_version="3"), "format version '3' is not supported",
                  id="future_version"),
 ])
 def test_metadata_that_does_not_match_the_arrays_is_refused(small_file, edit, match):

@@ -149,7 +149,7 @@ def check_against(cp, want, bq, bk, layer=0, head=0):
     assert s.waste_blocks == 0
     assert s.full_blocks == int((theirs == FULL).sum())
     assert s.partial_blocks == int((theirs == PARTIAL).sum())
-    assert s.nnz_blocks == int((theirs != EMPTY).sum())
+    assert s.nnz == int((theirs != EMPTY).sum())
 
 
 # ---- every primitive at odd n and block shapes ---------------------------------------------------
@@ -448,7 +448,7 @@ def test_causal_window_at_a_million_tokens_is_analytic():
     assert nnz == 8192 * 33 - 32 * 33 // 2  # rows see min(i, 32) + 1 blocks
     assert full == 8192 * 31 - 31 * 32 // 2  # offsets 1..31 blocks back are FULL
     s = cp.stats().per_head[0]
-    assert (s.nnz_blocks, s.full_blocks) == (nnz, full)
+    assert (s.nnz, s.full_blocks) == (nnz, full)
     q = np.arange(n, dtype=np.int64)
     assert s.allowed_pairs == int(np.minimum(q + 1, w).sum())
     assert s.waste_blocks == 0

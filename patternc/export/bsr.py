@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from patternc.errors import PatternSizeError
-from patternc.lower.node import PAIR_BUDGET
+from patternc.limits import DENSE_LIMIT
+from patternc.lower.node import stored_masks
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
 __all__ = ["BlockCSR", "save_bsr", "to_bsr"]
-
-INT32_MAX = 2**31 - 1  # FlashInfer's indptr and indices are int32
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # eq=False: numpy arrays have no single truth value
@@ -73,16 +72,11 @@ def to_bsr(cp: CompiledPattern, layer: int = 0, head: int = 0, with_masks: bool 
     dense-mask limit, 2**28).
 
     >>> b = to_bsr(patternc.compile("causal & window(100)", n=1000, block=64), with_masks=True)
-    ... # doctest: +SKIP
-    >>> b.indptr.shape, b.masks.shape                                         # doctest: +SKIP
-    ((17,), (31, 64, 64))
+    >>> b.indptr.shape, b.masks.shape
+    ((17,), (45, 64, 64))
     """
-    from patternc.compiled import DENSE_LIMIT
-
-    layout = cp.block_layout(layer, head)
-    if layout.nnz > INT32_MAX:
-        raise PatternSizeError(f"{layout.nnz:,} stored blocks do not fit int32 block indices")
-    indptr = layout.indptr.astype(np.int32)
+    layout = cp.layout(layer, head)
+    indptr = layout.indptr  # int32, as FlashInfer takes it (Layout's indices are int32 throughout)
     masks = None
     if with_masks:
         limit = DENSE_LIMIT if max_elements is None else max_elements
@@ -92,10 +86,9 @@ def to_bsr(cp: CompiledPattern, layer: int = 0, head: int = 0, with_masks: bool 
                 f"per-block masks of {layout.nnz:,} blocks x {cp.block[0]} x {cp.block[1]} = {size:,}"
                 f" booleans exceed the limit of {limit:,}; pass max_elements or omit the masks"
             )
-        masks = _block_masks(cp, layer, head)
-    for array in (indptr, masks):
-        if array is not None:
-            array.flags.writeable = False
+        masks = stored_masks(cp.node(layer, head), layout)
+    if masks is not None:
+        masks.flags.writeable = False
     return BlockCSR(indptr, layout.indices, cp.block, cp.n, layout.full, masks)
 
 
@@ -103,16 +96,14 @@ def save_bsr(cp: CompiledPattern, path, with_masks: bool = False,
              max_elements: int | None = None) -> None:
     """Write the block CSR of every (layer, head) to a safetensors file (names in the module doc).
 
-    >>> save_bsr(patternc.compile("conf/pattern/bigbird.yaml", n=4096), "bigbird.safetensors")
-    ... # doctest: +SKIP
+    >>> save_bsr(patternc.compile("conf/pattern/bigbird.yaml", n=4096), tmp_path / "bigbird.safetensors")
     """
     from patternc import __version__
-    from patternc.compiled import DENSE_LIMIT
     from patternc.export.file import write
 
     limit = DENSE_LIMIT if max_elements is None else max_elements
     if with_masks:  # the masks of all heads together, refused before any is built
-        size = sum(cp.block_layout(l, h).nnz for l in range(cp.layers) for h in range(cp.heads))
+        size = sum(cp.layout(l, h).nnz for l in range(cp.layers) for h in range(cp.heads))
         size *= cp.block[0] * cp.block[1]
         if size > limit:
             raise PatternSizeError(f"per-block masks of every head hold {size:,} booleans, more than "
@@ -127,24 +118,3 @@ def save_bsr(cp: CompiledPattern, path, with_masks: bool = False,
                 "block": f"{cp.block[0]},{cp.block[1]}", "layers": str(cp.layers),
                 "heads": str(cp.heads)}
     write(path, tensors, metadata)
-
-
-def _block_masks(cp: CompiledPattern, layer: int, head: int) -> np.ndarray:
-    """(nnz, bq, bk) bool: FULL blocks are all True inside the sequence; PARTIAL blocks take the
-    token predicate, evaluated in bounded batches."""
-    layout = cp.block_layout(layer, head)
-    bq, bk = cp.block
-    n = cp.n
-    rows, cols = layout.rows(), layout.indices.astype(np.int64)
-    q = rows[:, None, None] * bq + np.arange(bq)[None, :, None]  # (nnz, bq, 1)
-    k = cols[:, None, None] * bk + np.arange(bk)[None, None, :]  # (nnz, 1, bk)
-    masks = (q < n) & (k < n)  # (nnz, bq, bk): positions past n are padding, never allowed
-    partial = np.flatnonzero(~layout.full)
-    node = cp.node(layer, head)
-    batch = max(1, PAIR_BUDGET // (bq * bk))
-    for start in range(0, len(partial), batch):
-        chosen = partial[start: start + batch]
-        # clamp so table lookups stay in range; the clamped pairs are masked out above
-        allowed = node.predicate(np.minimum(q[chosen], n - 1), np.minimum(k[chosen], n - 1))
-        masks[chosen] &= allowed
-    return masks

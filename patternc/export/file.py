@@ -11,11 +11,13 @@ Header metadata (strings): ``format`` (``patternc-layout``), ``format_version``,
 (JSON ``[bq, bk]``), ``layers``, ``heads``, ``params`` (JSON), and ``content_hash``: the sha256 of the
 canonical metadata and every tensor's name, dtype, shape and bytes.
 
-``load`` checks the hash, recompiles the stored stack (the token predicates come from there) and
-verifies that every stored array equals the recompiled one, so a loaded pattern is the saved one.
+``read`` checks the hash and parses the stored stack; ``patternc.load`` recompiles it (the token
+predicates come from there) and ``verify`` checks that every stored array equals the recompiled
+one, so a loaded pattern is the saved one.
 
->>> cp.save("outputs/longformer.safetensors")                      # doctest: +SKIP
->>> patternc.load("outputs/longformer.safetensors").layout(6, 0)   # doctest: +SKIP
+>>> patternc.compile("conf/pattern/longformer.yaml", n=4096).save(tmp_path / "lf.safetensors")
+>>> patternc.load(tmp_path / "lf.safetensors").layout(6, 0).nnz
+177
 """
 
 from __future__ import annotations
@@ -23,24 +25,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError
 
-from patternc.errors import LayoutFileError, PatternError
+from patternc.errors import LayoutFileError, PatternError, brief
 from patternc.limits import MAX_STACK_BYTES
 from patternc.stack import Stack
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "content_hash", "load", "pack", "save", "write"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "READS", "LayoutFile", "content_hash", "pack", "read", "save",
+           "verify", "write"]
 
 FORMAT = "patternc-layout"
-FORMAT_VERSION = "1"
-_DTYPES = {"indptr": np.dtype(np.int64), "indices": np.dtype(np.int32), "full": np.dtype(np.bool_)}
+FORMAT_VERSION = "2"  # 2: int32 indptr (1 stored int64; still read)
+READS = ("1", "2")
+_DTYPES = {"indptr": np.dtype(np.int32), "indices": np.dtype(np.int32), "full": np.dtype(np.bool_)}
 
 
 def save(cp: CompiledPattern, path: str | os.PathLike) -> None:
@@ -106,11 +111,25 @@ def content_hash(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> st
     return digest.hexdigest()
 
 
-# ---- load ----------------------------------------------------------------------------------------
+# ---- read ----------------------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike) -> CompiledPattern:
-    """Read a file written by ``save``; every fault is a ``LayoutFileError`` naming the file."""
+@dataclass(frozen=True, slots=True, eq=False)
+class LayoutFile:
+    """What a layout file holds, checked against its hash: the arrays, and the stack and settings
+    that ``patternc.load`` recompiles and compares them with (``verify``)."""
+
+    path: str
+    tensors: dict[str, np.ndarray]
+    metadata: dict[str, str]
+    stack: Stack
+    n: int
+    block: tuple[int, int]
+    params: dict
+
+
+def read(path: str | os.PathLike) -> LayoutFile:
+    """Read and check a file written by ``save``; every fault is a ``LayoutFileError`` naming it."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -125,16 +144,59 @@ def load(path: str | os.PathLike) -> CompiledPattern:
     metadata = _metadata(data, path)
     if metadata.get("format") != FORMAT:
         raise LayoutFileError(f"not a patternc layout file (metadata 'format' is "
-                              f"{metadata.get('format')!r}, expected {FORMAT!r})", where=path)
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise LayoutFileError(f"format version {metadata.get('format_version')!r} is not supported; "
-                              f"this patternc reads version {FORMAT_VERSION}", where=path)
+                              f"{brief(metadata.get('format'))}, expected {FORMAT!r})", where=path)
+    if metadata.get("format_version") not in READS:
+        raise LayoutFileError(f"format version {brief(metadata.get('format_version'))} is not supported; "
+                              f"this patternc reads versions {', '.join(READS)}", where=path)
     if metadata.get("content_hash") != content_hash(tensors, metadata):
         raise LayoutFileError("content hash mismatch: the file was modified or corrupted after it was"
                               " written", where=path)
-    cp = _recompile(metadata, path)
-    _verify(cp, tensors, metadata, path)
-    return cp
+    params = _field(metadata, "params", path, json.loads)
+    if not isinstance(params, dict):
+        raise LayoutFileError(f"metadata 'params' must be a JSON object, got {brief(params)}", where=path)
+    try:
+        stack = Stack.from_dict(_field(metadata, "stack", path, json.loads))
+    except PatternError as err:
+        raise LayoutFileError(f"the stored pattern does not compile: {err}", where=path) from None
+    block = _field(metadata, "block", path, json.loads)
+    if not (isinstance(block, list) and len(block) == 2 and all(type(b) is int for b in block)):
+        raise LayoutFileError(f"metadata 'block' must be [bq, bk], got {brief(block)}", where=path)
+    return LayoutFile(path, tensors, metadata, stack, _field(metadata, "n", path, int), tuple(block), params)
+
+
+def verify(cp: CompiledPattern, file: LayoutFile) -> None:
+    """Every (layer, head) must read back exactly the layout this compiler gives the stored stack."""
+    path, tensors, metadata = file.path, file.tensors, file.metadata
+    for key, value in (("layers", cp.layers), ("heads", cp.heads)):
+        stored = _field(metadata, key, path, int)
+        if stored != value:
+            raise LayoutFileError(f"metadata '{key}' is {brief(stored)} but the stored stack has {value}",
+                                  where=path)
+    table = tensors.get("table")
+    if table is None or table.dtype != np.int32 or table.shape != (cp.layers, cp.heads):
+        shape = None if table is None else f"{table.dtype} {table.shape}"
+        raise LayoutFileError(f"tensor 'table' is {shape}, expected int32 ({cp.layers}, {cp.heads})",
+                              where=path)
+    distinct = sorted({int(u) for u in table.flat})
+    expected = {f"layout.{u}.{name}" for u in distinct for name in _DTYPES} | {"table"}
+    if set(tensors) != expected:
+        odd = sorted(set(tensors) ^ expected)
+        raise LayoutFileError(f"tensors do not match the table: unexpected or missing {odd[:3]}",
+                              where=path)
+    dtypes = _DTYPES if metadata["format_version"] != "1" else {**_DTYPES, "indptr": np.dtype(np.int64)}
+    for l in range(cp.layers):
+        for h in range(cp.heads):
+            for name, want in zip(_DTYPES, cp.layout(l, h), strict=True):
+                got = tensors[f"layout.{table[l, h]}.{name}"]
+                if got.dtype != dtypes[name] or not np.array_equal(got, want):
+                    from patternc import __version__
+
+                    raise LayoutFileError(
+                        f"the stored {name} of layer {l}, head {h} differs from what patternc "
+                        f"{__version__} compiles from the stored stack (the file was written by "
+                        f"patternc {brief(metadata.get('patternc_version'))}); recompile and save it again",
+                        where=path,
+                    )
 
 
 def _metadata(data: bytes, path: str) -> dict[str, str]:
@@ -157,53 +219,3 @@ def _field(metadata: dict[str, str], key: str, path: str, parse):
     except (ValueError, TypeError, RecursionError) as err:  # JSONDecodeError is a ValueError
         what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
         raise LayoutFileError(f"metadata '{key}' is malformed: {what}", where=path) from None
-
-
-def _recompile(metadata: dict[str, str], path: str) -> CompiledPattern:
-    from patternc.compiled import compile
-
-    n = _field(metadata, "n", path, int)
-    block = _field(metadata, "block", path, json.loads)
-    params = _field(metadata, "params", path, json.loads)
-    stack_data = _field(metadata, "stack", path, json.loads)
-    try:
-        stack = Stack.from_dict(stack_data)
-        if not isinstance(params, dict):
-            raise PatternError(f"parameters must be a JSON object, got {params!r}")
-        cp = compile(stack, n, block=block, params=params)
-    except PatternError as err:
-        raise LayoutFileError(f"the stored pattern does not compile: {err}", where=path) from None
-    for key, value in (("layers", cp.layers), ("heads", cp.heads)):
-        if _field(metadata, key, path, int) != value:
-            raise LayoutFileError(f"metadata '{key}' is {metadata[key]} but the stored stack has "
-                                  f"{value}", where=path)
-    return cp
-
-
-def _verify(cp: CompiledPattern, tensors: dict[str, np.ndarray], metadata: dict[str, str],
-            path: str) -> None:
-    """Every (layer, head) must read back exactly the layout this compiler gives the stored stack."""
-    table = tensors.get("table")
-    if table is None or table.dtype != np.int32 or table.shape != (cp.layers, cp.heads):
-        shape = None if table is None else f"{table.dtype} {table.shape}"
-        raise LayoutFileError(f"tensor 'table' is {shape}, expected int32 ({cp.layers}, {cp.heads})",
-                              where=path)
-    distinct = sorted({int(u) for u in table.flat})
-    expected = {f"layout.{u}.{name}" for u in distinct for name in _DTYPES} | {"table"}
-    if set(tensors) != expected:
-        odd = sorted(set(tensors) ^ expected)
-        raise LayoutFileError(f"tensors do not match the table: unexpected or missing {odd[:3]}",
-                              where=path)
-    for l in range(cp.layers):
-        for h in range(cp.heads):
-            for name, want in zip(_DTYPES, cp.layout(l, h), strict=True):
-                got = tensors[f"layout.{table[l, h]}.{name}"]
-                if got.dtype != _DTYPES[name] or not np.array_equal(got, want):
-                    from patternc import __version__
-
-                    raise LayoutFileError(
-                        f"the stored {name} of layer {l}, head {h} differs from what patternc "
-                        f"{__version__} compiles from the stored stack (the file was written by "
-                        f"patternc {metadata.get('patternc_version')}); recompile and save it again",
-                        where=path,
-                    )

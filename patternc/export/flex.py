@@ -4,8 +4,8 @@ FULL blocks go to ``full_kv_num_blocks``/``full_kv_indices`` (the kernel skips t
 there), PARTIAL blocks to ``kv_num_blocks``/``kv_indices`` (the kernel applies the ``mask_mod``).
 Nothing evaluates the token grid: the lists come straight from the compiled layout.
 
->>> cp = patternc.compile("causal & window(512)", n=4096)           # doctest: +SKIP
->>> out = flex_attention(q, k, v, block_mask=to_block_mask(cp, 0))  # doctest: +SKIP
+    cp = patternc.compile("causal & window(512)", n=4096)
+    out = torch.compile(flex_attention)(q, k, v, block_mask=cp.to_block_mask(0))
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from patternc.lang import identifier
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -33,8 +35,8 @@ def to_block_mask(cp: CompiledPattern, layer: int = 0, device: str = "cpu") -> B
     ``create_block_mask``'s are, never in tokens. The query-side tables (the backward's) are the
     transpose of our CSR, also built here: torch's own transposition argsorts every block row.
 
-    >>> bm = to_block_mask(patternc.compile("causal & window(64)", n=1000, block=64), 0)  # doctest: +SKIP
-    >>> bm.shape, bm.BLOCK_SIZE                                                         # doctest: +SKIP
+    >>> bm = to_block_mask(patternc.compile("causal & window(64)", n=1000, block=64), 0)
+    >>> bm.shape, bm.BLOCK_SIZE
     ((1, 1, 1000, 1000), (64, 64))
     """
     import torch
@@ -54,7 +56,7 @@ def to_block_mask(cp: CompiledPattern, layer: int = 0, device: str = "cpu") -> B
                 array[:, 0, h] = array[:, 0, first_head[node]]
             continue
         first_head[node] = h
-        layout = cp.block_layout(layer, h)
+        layout = cp.layout(layer, h)
         rows, cols = layout.rows(), layout.indices
         for kind, chosen in enumerate((~layout.full, layout.full)):
             _fill_lists(rows[chosen], cols[chosen], kv_num[kind, 0, h], kv_idx[kind, 0, h])
@@ -88,7 +90,6 @@ def layer_mask_mod(cp: CompiledPattern, layer: int = 0, device: str = "cpu"):
     Python ``if``. Its ``__name__`` names each expression of the layer with its heads.
 
     >>> layer_mask_mod(patternc.compile("conf/pattern/longformer.yaml", n=4096), 6).__name__
-    ... # doctest: +SKIP
     'h0to1_causal_and_dilated_256_2_or_global_16__h2to11_causal_and_window_256_or_global_16'
     """
     import torch
@@ -121,19 +122,18 @@ def layer_mask_mod(cp: CompiledPattern, layer: int = 0, device: str = "cpu"):
 def head_mask_mod(cp: CompiledPattern, layer: int = 0, head: int = 0, device: str = "cpu"):
     """A ``mask_mod(b, h, q_idx, kv_idx)`` for one (layer, head): its exact token predicate.
 
-    >>> mm = head_mask_mod(patternc.compile("causal & tokens([0, 9])", n=64), 0, 0)  # doctest: +SKIP
-    >>> mm(0, 0, torch.arange(64)[:, None], torch.arange(64)).sum()              # doctest: +SKIP
+    >>> import torch
+    >>> mm = head_mask_mod(patternc.compile("causal & tokens([0, 9])", n=64), 0, 0)
+    >>> mm(0, 0, torch.arange(64)[:, None], torch.arange(64)).sum()
     tensor(127)
     """
-    from patternc.compiled import _identifier
-
     node = cp.node(layer, head)
     graph = _traced(lambda q_idx, kv_idx: node.predicate(q_idx, kv_idx), 2, device)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return graph(q_idx, kv_idx)
 
-    mask_mod.__name__ = mask_mod.__qualname__ = _identifier(cp.expression(layer, head))
+    mask_mod.__name__ = mask_mod.__qualname__ = identifier(cp.expression(layer, head))
     return mask_mod
 
 
@@ -157,14 +157,12 @@ def _traced(fn, arity: int, device: str):
 
 def _name(cp: CompiledPattern, layer: int) -> str:
     """The layer's expression, or each expression prefixed with its heads: ``h0to3_...__h4to7_...``."""
-    from patternc.compiled import _identifier
-
     by_text: dict[str, list[int]] = {}
     for h in range(cp.heads):
         by_text.setdefault(cp.expression(layer, h), []).append(h)
     if len(by_text) == 1:
-        return _identifier(next(iter(by_text)))
-    return "__".join(f"h{_runs(heads)}_{_identifier(text)}" for text, heads in by_text.items())
+        return identifier(next(iter(by_text)))
+    return "__".join(f"h{_runs(heads)}_{identifier(text)}" for text, heads in by_text.items())
 
 
 def _runs(heads: list[int]) -> str:

@@ -13,19 +13,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from patternc.errors import PatternSizeError
+from patternc.limits import LAYOUT_LIMIT
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["LAYOUT_LIMIT", "to_block_layout"]
-
-LAYOUT_LIMIT = 2**25  # int64 elements: 256 MiB, the same memory as the dense-mask limit
+__all__ = ["to_dense_blocks"]
 
 
-def to_block_layout(cp: CompiledPattern, max_elements: int = LAYOUT_LIMIT) -> np.ndarray:
+def to_dense_blocks(cp: CompiledPattern, max_elements: int = LAYOUT_LIMIT) -> np.ndarray:
     """int64 ``(L, H, nbq, nbk)``: 1 where a block is stored (FULL or PARTIAL), else 0.
 
-    >>> to_block_layout(patternc.compile("causal", n=512, block=128))[0, 0]  # doctest: +SKIP
+    >>> to_dense_blocks(patternc.compile("causal", n=512, block=128))[0, 0]
     array([[1, 0, 0, 0],
            [1, 1, 0, 0],
            [1, 1, 1, 0],
@@ -42,6 +41,6 @@ def to_block_layout(cp: CompiledPattern, max_elements: int = LAYOUT_LIMIT) -> np
     out = np.zeros(shape, np.int64)
     for l in range(cp.layers):
         for h in range(cp.heads):
-            layout = cp.block_layout(l, h)
+            layout = cp.layout(l, h)
             out[l, h, layout.rows(), layout.indices] = 1
     return out

@@ -2,6 +2,6 @@
 
 from patternc.lang import ast
 from patternc.lang.parser import parse
-from patternc.lang.unparse import unparse
+from patternc.lang.unparse import identifier, unparse
 
-__all__ = ["ast", "parse", "unparse"]
+__all__ = ["ast", "identifier", "parse", "unparse"]

@@ -2,15 +2,29 @@
 
 ``parse(unparse(tree)) == tree`` for every tree ``parse`` returns.
 
->>> unparse(parse("causal&(window( 512 )|global(4))"))
+>>> unparse(patternc.parse("causal&(window( 512 )|global(4))"))
 'causal & (window(512) | global(4))'
 """
 
 from __future__ import annotations
 
+import re
+
 from patternc.lang import ast
 
-__all__ = ["unparse"]
+__all__ = ["identifier", "unparse"]
+
+
+def identifier(text: str) -> str:
+    """A Python identifier naming an expression, for functions made from it (FlexAttention's
+    ``mask_mod.__name__``, attention-gym's habit): operators become words.
+
+    >>> identifier("causal & (window(256) | global(16))")
+    'causal_and_window_256_or_global_16'
+    """
+    words = {"&": " and ", "|": " or ", "-": " minus ", "~": " not "}
+    text = re.sub(r"[&|~]|(?<=[\s)])-(?=\s)", lambda m: words[m.group()], text)
+    return re.sub(r"\W+", "_", text).strip("_") or "pattern"
 
 # Binding strength: a child binding more loosely than its context needs parentheses.
 _PATTERN_LEVEL = {ast.Union: 1, ast.Difference: 1, ast.Intersect: 2}

@@ -25,7 +25,7 @@ import numpy as np
 from patternc.lower.grid import KIND, Blocks, Grid
 
 __all__ = ["PAIR_BUDGET", "Lowered", "block_masks", "distinct_blocks", "kinds_from_counts", "pair_counts",
-           "resolve"]
+           "resolve", "stored_masks"]
 
 PAIR_BUDGET = 1 << 22  # token pairs evaluated per batch when counting: bounds memory to ~100 MB
 
@@ -115,6 +115,39 @@ def block_masks(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.n
     k = k0[:, None, None] + np.arange(grid.bk)[None, None, :]
     q_top, k_top = q1[:, None, None] - 1, k1[:, None, None] - 1
     return node.predicate(np.minimum(q, q_top), np.minimum(k, k_top)) & (q <= q_top) & (k <= k_top)
+
+
+def stored_masks(node: Lowered, layout) -> np.ndarray:
+    """(nnz, bq, bk) bool: the allowed pairs of every block a ``Layout`` of ``node`` stores, False
+    past the end of the sequence. FULL blocks need no evaluation; PARTIAL ones are evaluated in
+    batches of ``PAIR_BUDGET`` pairs. Memory is nnz * bq * bk: callers bound it.
+
+    >>> from patternc.primitives.offsets import Band
+    >>> from patternc.layout import Layout
+    >>> grid = Grid(3, 2, 2)
+    >>> stored_masks(Band(0, 2), Layout.from_blocks(Band(0, 2).enumerate(grid), grid)).astype(int)
+    array([[[1, 0],
+            [1, 1]],
+    <BLANKLINE>
+           [[1, 1],
+            [0, 0]],
+    <BLANKLINE>
+           [[1, 0],
+            [0, 0]]])
+    """
+    grid = layout.grid
+    rows, cols = layout.rows(), layout.indices.astype(np.int64)
+    q0, q1 = grid.q_bounds(rows)
+    k0, k1 = grid.k_bounds(cols)
+    inside_q = np.arange(grid.bq)[None, :, None] < (q1 - q0)[:, None, None]  # (nnz, bq, 1)
+    inside_k = np.arange(grid.bk)[None, None, :] < (k1 - k0)[:, None, None]  # (nnz, 1, bk)
+    masks = inside_q & inside_k  # (nnz, bq, bk): all of a FULL block inside the sequence
+    partial = np.flatnonzero(~layout.full)
+    batch = max(1, PAIR_BUDGET // (grid.bq * grid.bk))
+    for start in range(0, len(partial), batch):
+        chosen = partial[start: start + batch]
+        masks[chosen] = block_masks(node, grid, rows[chosen], cols[chosen])
+    return masks
 
 
 def _count_by_evaluation(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray:

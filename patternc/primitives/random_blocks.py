@@ -112,9 +112,9 @@ def random(scope, r: int, seed: int) -> Lowered:
 
     >>> cp = patternc.compile("random(2, seed=7)", n=256, block=64)
     >>> cp.layout(0, 0).indices.reshape(4, 2)
-    array([[0, 1],
+    array([[0, 3],
            [2, 3],
-           [0, 2],
+           [0, 1],
            [2, 3]], dtype=int32)
     """
     grid = scope.grid

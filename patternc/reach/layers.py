@@ -39,7 +39,7 @@ def layer_flows(cp: CompiledPattern, causal: bool) -> list[LayerFlow]:
     flows: dict[frozenset, LayerFlow] = {}
     out = []
     for layer in range(cp.layers):
-        heads = {cp.node(layer, h): cp.block_layout(layer, h) for h in range(cp.heads)}
+        heads = {cp.node(layer, h): cp.layout(layer, h) for h in range(cp.heads)}
         key = frozenset(heads)
         if key not in flows:
             flows[key] = _flow(heads, cp.grid, causal)

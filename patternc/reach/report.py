@@ -174,7 +174,7 @@ def _coarse(cp: CompiledPattern, block: int) -> CompiledPattern:
     afford: a head's stored blocks x words per row within ``UPPER_BUDGET``. Doubling the block at
     least halves the stored blocks, so the size is chosen from ``block``'s layouts, then compiled."""
     square = _square(cp, block)
-    stored = max(len(square.layout(l, h)[1]) for l in range(cp.layers) for h in range(cp.heads))
+    stored = max(square.layout(l, h).nnz for l in range(cp.layers) for h in range(cp.heads))
     while stored * words(-(-cp.n // block)) > UPPER_BUDGET and block < cp.n:
         block, stored = 2 * block, stored / 2
     return _square(cp, block)
@@ -219,7 +219,7 @@ def _empty_rows(cp: CompiledPattern) -> tuple[tuple[tuple[int, int, int], ...], 
         for h in range(cp.heads):
             node = cp.node(l, h)
             if node not in seen:
-                seen[node] = empty_rows(node, cp.block_layout(l, h))
+                seen[node] = empty_rows(node, cp.layout(l, h))
             rows = seen[node]
             count += len(rows)
             listed += [(l, h, int(q)) for q in rows[: MAX_EMPTY_LISTED - len(listed)]]

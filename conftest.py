@@ -1,0 +1,16 @@
+"""pytest at the repository root: the names every docstring example may use, so that the examples
+in ``patternc/`` and ``search/`` run as doctests (``--doctest-modules`` in pyproject.toml)."""
+
+import numpy as np
+import pytest
+
+import patternc
+
+collect_ignore = ["search/__main__.py"]  # importing it runs the app
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(request, doctest_namespace):
+    doctest_namespace.update(np=np, patternc=patternc)
+    if isinstance(request.node, pytest.DoctestItem):  # a fresh directory for examples that write files
+        doctest_namespace["tmp_path"] = request.getfixturevalue("tmp_path")
