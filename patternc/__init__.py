@@ -6,8 +6,9 @@
 0.0901
 """
 
+import importlib
+
 from patternc.compiled import CompiledPattern, PatternStats, compile, load
-from patternc.cost import Measurement, measure
 from patternc.errors import (
     LayoutFileError,
     PatternError,
@@ -23,6 +24,25 @@ from patternc.reach import ReachReport, reach
 from patternc.stack import Override, Stack, load_stack
 
 __version__ = "0.1.0"
+
+# The torch-facing parts load on first use: parsing, compiling, checking and exporting to files
+# never pay for importing torch (about 1 s).
+_LAZY_NAMES = {"Measurement": "patternc.cost", "layout_hash": "patternc.cost", "measure": "patternc.cost",
+               "resolve_device": "patternc.cost"}
+_LAZY_MODULES = ("cost", "kernels")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"patternc.{name}")
+    raise AttributeError(f"module 'patternc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_NAMES, *_LAZY_MODULES])
+
 
 __all__ = [
     "BlockCSR",
@@ -43,10 +63,14 @@ __all__ = [
     "__version__",
     "ast",
     "compile",
+    "cost",
+    "kernels",
+    "layout_hash",
     "load",
     "load_stack",
     "measure",
     "parse",
     "reach",
+    "resolve_device",
     "unparse",
 ]

@@ -8,8 +8,6 @@ Blocks over-approximate tokens, so the path shows how far information can get, n
 
 from __future__ import annotations
 
-import networkx as nx
-
 from patternc.lower.grid import Grid
 from patternc.reach.layers import LayerFlow
 
@@ -22,6 +20,8 @@ def closest_path(flows: list[LayerFlow], grid: Grid, pair: tuple[int, int],
                  ) -> tuple[tuple[int, int, int], ...] | None:
     """``((layer, first token, last token), ...)`` from ``k``'s block at layer 0 to the block
     nearest ``q``'s that it reaches at the stack's depth; None when the graph is too large."""
+    import networkx as nx  # only here: importing patternc stays light
+
     q, k = pair
     nb, depth = grid.nbq, len(flows)
     if sum(len(f.blocks) for f in flows) + depth * nb > MAX_GRAPH_EDGES:

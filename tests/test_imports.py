@@ -1,0 +1,47 @@
+"""Importing patternc, compiling, checking and exporting to files never import torch: the language
+needs numpy only, and torch takes about a second to import (``import patternc`` is the first line
+of every script and of the CLI)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "networkx", "matplotlib", "optuna", "hydra")
+
+SCRIPT = """
+import sys
+import patternc
+from patternc.cli import main
+cp = patternc.compile("conf/pattern/longformer.yaml", n=4096)
+patternc.reach(cp)
+cp.stats()
+cp.to_dense_blocks()
+assert main(["compile", "causal & window(64)", "--n", "1024"]) == 0
+assert main(["check", "conf/pattern/bigbird.yaml", "--n", "2048"]) == 0
+print(",".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_compiling_and_checking_import_no_torch():
+    done = subprocess.run([sys.executable, "-c", SCRIPT.format(heavy=HEAVY)], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines()[-1] == ""
+
+
+@pytest.mark.parametrize("name", ["kernels", "cost", "measure", "Measurement", "layout_hash",
+                                  "resolve_device"])
+def test_torch_facing_names_load_on_first_use(name):
+    import patternc
+
+    assert getattr(patternc, name) is not None
+    assert name in dir(patternc)
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    import patternc
+
+    with pytest.raises(AttributeError, match="no attribute 'kernel'"):
+        patternc.kernel  # noqa: B018
