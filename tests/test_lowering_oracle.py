@@ -77,6 +77,17 @@ def dense(name, args, n, bq, bk, layer=0, head=0):
         case "prefix":
             (p,) = args
             m = (q < p) & (k < p)
+        case "neighborhood":  # NATTEN's window: kernel cells per axis, shifted inward at borders
+            size, kernel = args
+            cells = int(np.prod(size))
+            allowed = (q < cells) & (k < cells)
+            cq = np.unravel_index(np.minimum(q, cells - 1), size)
+            ck = np.unravel_index(np.minimum(k, cells - 1), size)
+            for a, (s, kw) in enumerate(zip(size, kernel, strict=True)):
+                kw = min(kw, s)
+                start = np.clip(cq[a] - kw // 2, 0, s - kw)
+                allowed = allowed & (start <= ck[a]) & (ck[a] < start + kw)
+            m = allowed
         case "random":
             r, seed = args
             nbq, nbk = -(-n // bq), -(-n // bk)
@@ -96,6 +107,8 @@ def text_of(name, args):
         return f"{name}([{', '.join(str(v) for v in args[0])}])"
     if name == "random":
         return f"random({args[0]}, seed={args[1]})"
+    if name == "neighborhood":
+        return f"neighborhood({list(args[0])}, {list(args[1])})"
     return f"{name}({', '.join(str(v) for v in args)})"
 
 
@@ -160,6 +173,18 @@ def _spread(n, picks):
     return sorted({min(n - 1, int(f * n)) for f in picks})
 
 
+def _grid2(n):
+    """rows x cols near the square root of n, leaving some tokens off the grid when n is odd."""
+    rows = max(1, int(np.sqrt(n)))
+    return rows, max(1, n // rows - (n % 2))
+
+
+def _grid3(n):
+    frames = 2 if n >= 8 else 1
+    rows, cols = _grid2(n // frames)
+    return frames, rows, cols
+
+
 def _offsets(n, wanted):
     return sorted({o for o in wanted if -n < o < n} or {0})
 
@@ -204,6 +229,13 @@ PRIMITIVES = [
     ("random1", "random", lambda n: (1, 0)),
     ("random2", "random", lambda n: (2, 7)),
     ("random5", "random", lambda n: (5, 1)),
+    # grids: the largest rows x cols (x frames) that fit n, odd, even and too-large kernels
+    ("neighborhood2d_3x3", "neighborhood", lambda n: (_grid2(n), (3, 3))),
+    ("neighborhood2d_even", "neighborhood", lambda n: (_grid2(n), (2, 4))),
+    ("neighborhood2d_row", "neighborhood", lambda n: (_grid2(n), (1, 5))),
+    ("neighborhood2d_whole", "neighborhood", lambda n: (_grid2(n), (100, 100))),
+    ("neighborhood3d", "neighborhood", lambda n: (_grid3(n), (2, 3, 3))),
+    ("neighborhood1d", "neighborhood", lambda n: ((max(1, n - 2),), (5,))),
 ]
 
 SIZES = [1, 7, 33, 100, 129]

@@ -55,6 +55,11 @@ class Lowered(ABC):
     def size_hint(self, grid: Grid) -> float:
         """About how many blocks ``candidates`` yields; intersections enumerate the smaller side."""
 
+    def exact_counts(self, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray | None:
+        """Allowed pairs in each block ``(i, j)`` in closed form, when the node has one; None: they
+        are counted by evaluating the predicate (``pair_counts``)."""
+        return None
+
     def progression(self, n: int) -> tuple[int, int, int] | None:
         """``(step, m_lo, m_hi)`` when the node allows exactly the offsets ``q - k = step * m`` for
         ``m_lo <= m <= m_hi`` (bands, dilations, strides, their intersections with a band), else
@@ -101,7 +106,10 @@ def pair_counts(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.n
     if len(i) == 0:
         return np.zeros(0, np.int64)
     first, inverse = distinct_blocks(node, grid, i, j)
-    return _count_by_evaluation(node, grid, i[first], j[first])[inverse]
+    counts = node.exact_counts(grid, i[first], j[first])
+    if counts is None:
+        counts = _count_by_evaluation(node, grid, i[first], j[first])
+    return counts[inverse]
 
 
 def block_masks(node: Lowered, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ modules (or a new one imported here), and its oracle test in ``tests/test_loweri
 ['all', 'band', 'causal', 'chunk']
 """
 
-from patternc.primitives import offsets, positions, random_blocks  # noqa: F401  (registers the entries)
+from patternc.primitives import neighborhood, offsets, positions, random_blocks  # noqa: F401  (registers them)
 from patternc.primitives.registry import KINDS, LIST_KINDS, PRIMITIVES, Arg, Definition, primitive
 
 __all__ = ["KINDS", "LIST_KINDS", "PRIMITIVES", "Arg", "Definition", "primitive"]
