@@ -356,7 +356,7 @@ def test_fixed_summary_columns_are_the_last_s_of_each_chunk():
 def _primitive(draw, n):
     name = draw(st.sampled_from(["all", "none", "causal", "window", "band", "dilated", "stride",
                                  "fixed", "chunk", "sink", "global", "tokens", "columns",
-                                 "diagonals", "prefix", "random"]))
+                                 "diagonals", "prefix", "random", "neighborhood"]))
     count = st.integers(1, n + 3)
     match name:
         case "all" | "none" | "causal":
@@ -377,6 +377,11 @@ def _primitive(draw, n):
             args = (draw(st.lists(st.integers(1 - n, n - 1), min_size=1, max_size=4)),)
         case "random":
             args = (draw(st.integers(1, 5)), draw(st.integers(0, 1000)))
+        case "neighborhood":
+            size = []
+            for _ in range(draw(st.integers(1, 3))):  # each axis within what the others leave of n
+                size.append(draw(st.integers(1, max(1, min(6, n // int(np.prod(size)))))))
+            args = (size, draw(st.lists(st.integers(1, 6), min_size=len(size), max_size=len(size))))
     return name, args
 
 

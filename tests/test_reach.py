@@ -73,7 +73,10 @@ def primitives(n: int) -> st.SearchStrategy[str]:
     """Every primitive of the language with parameters that make sense at length ``n``."""
     position = st.integers(0, n - 1)
     offset = st.integers(-(n - 1), n - 1)
+    grids = [st.tuples(st.integers(1, n // 4), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3))
+             .map(lambda a: f"neighborhood([{a[0]}, {a[1]}], [{a[2]}, {a[3]}])")] if n >= 4 else []
     return st.one_of(
+        *grids,
         st.sampled_from(["all", "none", "causal"]),
         st.integers(1, 12).map("window({})".format),
         st.tuples(st.integers(-6, 6), st.integers(0, 6)).map(lambda a: f"band({a[0]}, {a[0] + a[1]})"),
