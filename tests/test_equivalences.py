@@ -1,6 +1,6 @@
 """Tables of expressions that must mean the same thing, hence compile to the same layout.
 
-Each identity follows from DESIGN.md's definitions (the comment gives the reason where it is not
+Each identity follows from the definitions in docs/language.md (the comment gives the reason where it is not
 plain set algebra). Both sides must give equal CSR arrays (indptr, indices, full) and equal dense
 masks, at several lengths and block shapes, ragged ones included.
 """

@@ -1,6 +1,6 @@
 """Lowering checked against a dense brute-force oracle, pair by pair and block kind by block kind.
 
-The oracle below is written from DESIGN.md's table of primitives with numpy broadcasting over
+The oracle below is written from the table of primitives in docs/language.md with numpy broadcasting over
 ``q = arange(n)[:, None]`` and ``k = arange(n)[None, :]``; it never calls patternc's predicates.
 The only thing borrowed is ``random_block_table`` (the draw itself), which has its own tests here.
 """

@@ -1,6 +1,6 @@
 """Parsing, canonical text, round trips and numeric evaluation of the pattern language.
 
-Tables pin the canonical text (``unparse``) and the precedence rules of DESIGN.md; hypothesis
+Tables pin the canonical text (``unparse``) and the precedence rules of docs/language.md; hypothesis
 builds syntax trees from the signature table and checks ``parse(unparse(t)) == t``; numeric
 arguments are checked through ``compile`` against the layout of the literal they evaluate to.
 """

@@ -1,6 +1,6 @@
 """Reachability across layers (``patternc.reach``) against a brute-force boolean oracle.
 
-The oracle is DESIGN.md's definition written with numpy on ``cp.to_dense()``: a layer lets ``k``
+The oracle is the definition in docs/language.md written with numpy on ``cp.to_dense()``: a layer lets ``k``
 through to ``q`` when any of its heads allows ``(q, k)``; the state starts at the identity and after
 layer t is ``R_t = R_{t-1} | (A_t @ R_{t-1} > 0)``; the envelope is ``k <= q`` for a causal stack
 and every pair otherwise. Nothing here calls the checker's own helpers. Then: a table of known

@@ -1,0 +1,51 @@
+"""The user reference in the repository stays true: docs/language.md carries every primitive as its
+entry describes it, every entry documents itself with an example, and the README points there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patternc.primitives import PRIMITIVES
+from patternc.primitives.reference import BEGIN, END, markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+LANGUAGE = ROOT / "docs" / "language.md"
+
+
+def test_the_reference_lists_the_primitives_as_their_entries_say():
+    text = LANGUAGE.read_text()
+    written = text[text.index(BEGIN) + len(BEGIN): text.index(END)].strip()
+    assert written == markdown(), ("docs/language.md is stale: run "
+                                   "python -m patternc.primitives.reference docs/language.md")
+
+
+@pytest.mark.parametrize("name", sorted(PRIMITIVES))
+def test_every_primitive_documents_itself(name):
+    entry = PRIMITIVES[name]
+    assert ">>> " in entry.doc and "patternc.compile(" in entry.doc, f"{name}: no example that runs"
+    assert entry.allows and entry.source
+    assert all(arg.doc for arg in entry.args), f"{name} has an undocumented argument"
+
+
+def test_the_readme_links_the_reference():
+    assert "docs/language.md" in (ROOT / "README.md").read_text()
+
+
+def test_no_file_cites_a_design_document_outside_the_repository():
+    cited = [p for p in ROOT.glob("**/*.py")
+             if ".venv" not in p.parts and p.name != "test_docs.py" and "DESIGN.md" in p.read_text()]
+    assert cited == []
+
+
+def _python_block(section: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    body = text[text.index(f"## {section}\n"):]
+    start = body.index("```python\n") + len("```python\n")
+    return body[start: body.index("```", start)]
+
+
+def test_the_readme_python_example_runs_as_written(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    exec(compile(_python_block("Python"), "README.md", "exec"), {})
