@@ -197,9 +197,15 @@ def _check(cp: CompiledPattern, args) -> int:
         if report.unreachable:
             q, k = report.unreachable
             print(f"unreachable: query {q} never hears key {k} within {cp.layers} layers")
-            if report.closest_path:
+            if report.closest_path and report.closest_path_exact:
+                steps = " -> ".join(f"{a}@{t}" for t, a, _ in report.closest_path)
+                nearest = report.closest_path[-1][1]
+                print(f"closest: key {k} gets no nearer to query {q} than token {nearest} (exact, token by "
+                      f"token; token@layer: it has heard key {k} after that layer): {steps}")
+            elif report.closest_path:
                 steps = " -> ".join(f"[{a}..{b}]@{t}" for t, a, b in report.closest_path)
-                print(f"closest: tokens reached from key {k} (layer by layer): {steps}")
+                print(f"closest, as block ranges (block-level analysis: a range may hold tokens that never "
+                      f"hear key {k}; raise --exact-limit for tokens): {steps}")
         for error in report.errors:
             print(f"error: {error}")
     if args.png:
