@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 
 from patternc.lower.grid import FULL, Grid
@@ -26,9 +25,7 @@ from patternc.reach.bits import OrPlan, words
 from patternc.reach.exact import _apply, _prepare  # the exact run's own layer step, so both agree
 from patternc.reach.layers import LayerFlow
 
-__all__ = ["MAX_GRAPH_EDGES", "KeySpread", "closest_path", "spread_blocks", "spread_tokens", "token_path"]
-
-MAX_GRAPH_EDGES = 2_000_000  # beyond this the graph would take gigabytes in networkx: no path
+__all__ = ["KeySpread", "closest_path", "spread_blocks", "spread_tokens", "token_path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,24 +147,23 @@ def token_path(flows: list[LayerFlow], grid: Grid, pair: tuple[int, int], causal
     return tuple((t, x, x) for t, x in enumerate(reversed(chain)))
 
 
-def closest_path(flows: list[LayerFlow], grid: Grid, pair: tuple[int, int],
-                 ) -> tuple[tuple[int, int, int], ...] | None:
-    """``((layer, first token, last token), ...)`` from ``k``'s block at layer 0 to the block
-    nearest ``q``'s that it reaches at the stack's depth on the layered block graph (node
+def closest_path(flows: list[LayerFlow], grid: Grid, pair: tuple[int, int], causal: bool,
+                 ) -> tuple[tuple[int, int, int], ...]:
+    """``((layer, first token, last token), ...)``: a path on the layered block graph (node
     ``(t, X)``: block X after layer t; an edge ``(t-1, J) -> (t, Q)`` when layer t stores block
-    (Q, J), plus the residual ``(t-1, Q) -> (t, Q)``); None when the graph is too large. Blocks
-    over-approximate tokens: the path shows how far information may get, not a proof."""
+    (Q, J), plus the residual ``(t-1, Q) -> (t, Q)``) from ``k``'s block at layer 0 to the block
+    nearest ``q``'s among those it may reach at the stack's depth. Blocks over-approximate tokens:
+    the path shows how far information may get, not that any token of a range heard ``k``."""
     q, k = pair
-    nb, depth = grid.nbq, len(flows)
-    if sum(len(f.blocks) for f in flows) + depth * nb > MAX_GRAPH_EDGES:
-        return None
-    graph = nx.DiGraph()
-    for t, flow in enumerate(flows, start=1):
-        graph.add_edges_from(zip(((t - 1, int(j)) for j in flow.blocks.cols),
-                                 ((t, int(i)) for i in flow.blocks.rows), strict=True))
-        graph.add_edges_from(((t - 1, x), (t, x)) for x in range(nb))
-    source, target_block = (0, k // grid.bk), q // grid.bq
-    reached = [x for t, x in nx.descendants(graph, source) if t == depth]
-    nearest = min(reached, key=lambda x: (abs(x - target_block), x))
-    path = nx.shortest_path(graph, source, (depth, nearest))
-    return tuple((t, x * grid.bq, min((x + 1) * grid.bq, grid.n) - 1) for t, x in path)
+    spread = spread_blocks(flows, grid, [k], causal)
+    maybe = [spread.reached(t, 0)[1] for t in range(spread.layers + 1)]
+    reached = np.flatnonzero(maybe[-1])
+    x = int(reached[np.lexsort((reached, np.abs(reached - q // grid.bq)))[0]])
+    chain = [x]
+    for t in range(spread.layers, 0, -1):
+        if not maybe[t - 1][x]:  # x was reached in layer t through a stored block (x, J)
+            blocks = flows[t - 1].blocks
+            sources = blocks.cols[(blocks.rows == x) & maybe[t - 1][blocks.cols]]
+            x = int(sources.min())
+        chain.append(x)
+    return tuple((t, x * grid.bq, min((x + 1) * grid.bq, grid.n) - 1) for t, x in enumerate(reversed(chain)))

@@ -108,7 +108,8 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
 
     ``exact_limit``: largest ``n`` analysed token by token. ``max_depth``: how many layers to run
     (the stack repeated) when looking for the mixing depth; default ``max(2 * layers, 8)``.
-    ``keys``: positions to follow through the stack's layers (``ReachReport.spread``).
+    ``keys``: positions to follow through the stack's layers (``ReachReport.spread``); when any
+    are given, the key of the unreachable pair is followed too, to show where it does get.
     """
     cp = compiled
     if not isinstance(cp, CompiledPattern):
@@ -133,7 +134,7 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
         unreachable = _missing_pair(run.state, run.envelope, cp.n)
         mixing, never = run.mixing_depth, run.never
         path = token_path(flows, grid, unreachable, causal) if unreachable else None
-        spread = spread_tokens(flows, grid, keys, causal) if keys else None
+        spread = spread_tokens(flows, grid, _followed(keys, unreachable), causal) if keys else None
     else:
         flows, grid = _square_flows(cp, block, causal, own)
         low = run_lower(flows, grid, causal, max_depth)
@@ -143,8 +144,8 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
         mixing = low.depth if low.depth is not None and low.depth == high.depth else None
         never = high.stalled
         unreachable = _missing_block_pair(high.state, high.grid, causal)
-        path = closest_path(flows, grid, unreachable) if unreachable else None
-        spread = spread_blocks(flows, grid, keys, causal) if keys else None
+        path = closest_path(flows, grid, unreachable, causal) if unreachable else None
+        spread = spread_blocks(flows, grid, _followed(keys, unreachable), causal) if keys else None
     lower, upper = growth[-1]
     return ReachReport(
         n=cp.n, block=(block, block), layers=cp.layers, heads=cp.heads, causal=causal, exact=exact,
@@ -154,6 +155,10 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
         unreachable=unreachable, closest_path=path, closest_path_exact=exact, empty_rows=empty,
         empty_row_count=empty_count, causal_leak=leak, spread=spread,
     )
+
+
+def _followed(keys: list[int], unreachable: tuple[int, int] | None) -> list[int]:
+    return sorted(set(keys) | ({unreachable[1]} if unreachable else set()))
 
 
 def _exact_flows(cp: CompiledPattern, block: int, causal: bool, own: list[LayerFlow] | None,
