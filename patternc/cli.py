@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=0)
     p.add_argument("--head", type=int, default=0)
     p.add_argument("--png", metavar="FILE", help="also save the picture as a PNG")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write the explorer: one self-contained HTML page, opening on this head")
     p.add_argument("--width", type=int, default=96, help="characters per row of the text drawing")
 
     p = commands.add_parser("check", help="check that every position hears every other across the layers")
@@ -134,6 +136,10 @@ def _print_stats(cp: CompiledPattern, as_json: bool) -> None:
 
 
 def _show(cp: CompiledPattern, args) -> None:
+    if args.html:  # a page at large n takes a while: refuse a bad path before any work
+        from patternc.explore import check_destination
+
+        check_destination(args.html)
     layout = cp.block_layout(args.layer, args.head)
     s = head_stats(cp.node(args.layer, args.head), layout, args.layer, args.head, cp.causal)
     title = f"{cp.expression(args.layer, args.head)}  (layer {args.layer}, head {args.head}, n = {cp.n})"
@@ -146,6 +152,11 @@ def _show(cp: CompiledPattern, args) -> None:
     if args.png:
         draw_png(layout, args.png, title=title)
         print(f"wrote {args.png}")
+    if args.html:
+        from patternc.explore import write_explorer
+
+        write_explorer(cp, args.html, layer=args.layer, head=args.head)
+        print(f"wrote {args.html} (the explorer: open it in a browser)")
 
 
 def _export(cp: CompiledPattern, args) -> None:

@@ -179,7 +179,10 @@ def page_data(cp: CompiledPattern, layer: int = 0, head: int = 0, title: str | N
     details = _details(heads, order)
     stats: PatternStats = cp.stats()
     first_stats = {(s.layer, s.head): s for s in stats.per_head}
-    report = reach(cp, exact_limit=exact_limit, keys=_spread_keys(cp.n))  # and the unreachable key
+    # Above the exact limit the bounds are followed through the stack's own depth only: deeper
+    # runs cost as much again and the page draws the stack's layers (patternc check looks further).
+    max_depth = None if cp.n <= exact_limit else cp.layers
+    report = reach(cp, exact_limit=exact_limit, max_depth=max_depth, keys=_spread_keys(cp.n))
     expressions = sorted({cp.expression(l, h) for l in range(cp.layers) for h in range(cp.heads)})
     return {
         "format": "patternc-explorer", "version": 1,
