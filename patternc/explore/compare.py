@@ -77,7 +77,7 @@ def global_key(node: Lowered, layout: Layout, causal: bool) -> int | str | None:
         k0, k1 = grid.k_bounds(j)
         keys = np.arange(k0, k1)[None, :]
         queries = np.maximum(sample, keys) if causal else sample
-        for k in keys[0, node.predicate(queries, keys).all(axis=0) | (queries == keys).all(axis=0)]:
+        for k in keys[0, (node.predicate(queries, keys) | (queries == keys)).all(axis=0)]:  # itself aside
             if checked == FULL_CHECKS:
                 return "unknown"
             checked += 1

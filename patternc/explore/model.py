@@ -39,6 +39,7 @@ __all__ = ["DETAIL_BUDGET", "OVERVIEW_BUDGET", "OVERVIEW_CELLS", "SPREAD_CELLS",
 
 OVERVIEW_CELLS = 512  # cells a side of a head's overview, at most (the canvas is 640 pixels wide)
 MIN_OVERVIEW_CELLS = 32
+OVERVIEW_SAMPLE = 8  # heads whose overview sizes choose the cell count for all
 OVERVIEW_BUDGET = 2_000_000  # bytes of overview data in one page, all heads together
 DETAIL_BUDGET = 1_600_000  # bytes of exact layouts and predicates in one page
 SPREAD_KEYS = 63  # evenly spaced keys followed through the layers, plus the unreachable pair's key
@@ -99,26 +100,36 @@ class _Head:
 
 
 def _overviews(heads: list[_Head], order: list[int], nb: int) -> tuple[list[dict | None], int]:
-    """Overviews of every head at the finest cell count that fits ``OVERVIEW_BUDGET``."""
+    """Overviews of every head at the finest cell count that fits ``OVERVIEW_BUDGET``, chosen from
+    the sizes of the first few heads (the size of an overview grows with its cells)."""
     cells = min(OVERVIEW_CELLS, nb)
+    sample = [heads[i] for i in order[:OVERVIEW_SAMPLE]]
+    while cells > MIN_OVERVIEW_CELLS:
+        each = max(_size(_overview(h.layout, h.term_blocks, cells)) for h in sample)
+        if each * len(heads) <= OVERVIEW_BUDGET:
+            break
+        cells //= 2
     while True:
         views = [_overview(h.layout, h.term_blocks, cells) for h in heads]
         if sum(map(_size, views)) <= OVERVIEW_BUDGET or cells <= MIN_OVERVIEW_CELLS:
             break
-        cells //= 2
+        cells //= 2  # the sample was lighter than the rest
     kept, used = [None] * len(heads), 0
     for i in order:  # at the coarsest size and still too many heads: the first ones that fit
-        if used + _size(views[i]) <= OVERVIEW_BUDGET:
-            kept[i], used = views[i], used + _size(views[i])
+        if used + _size(views[i]) > OVERVIEW_BUDGET:
+            break
+        kept[i], used = views[i], used + _size(views[i])
     return kept, cells
 
 
 def _details(heads: list[_Head], order: list[int]) -> list[dict | None]:
+    """Details while they fit ``DETAIL_BUDGET``, the opening head first."""
     kept, used = [None] * len(heads), 0
     for i in order:
         detail = heads[i].detail()
-        if used + _size(detail) <= DETAIL_BUDGET:
-            kept[i], used = detail, used + _size(detail)
+        if used + _size(detail) > DETAIL_BUDGET:
+            break
+        kept[i], used = detail, used + _size(detail)
     return kept
 
 

@@ -56,6 +56,7 @@ async function hover(x, y) {
   const box = document.getElementById("hover");
   box.replaceChildren(...found.lines.map((line) => el("div", {}, line)));
   box.dataset.range = found.range; box.dataset.kind = found.kind; box.dataset.terms = found.terms.join("|");
+  box.dataset.seq = String(Number(box.dataset.seq || 0) + 1);  // lets a test wait for this hover
   return found;
 }
 
