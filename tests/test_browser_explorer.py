@@ -10,9 +10,6 @@ Screenshots and the time each shipped stack's page takes to open go to outputs/b
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,76 +18,22 @@ import pytest
 import patternc
 from patternc import Override, Stack
 from patternc.explore import write_explorer
+from tests.browser import CHROMIUM, OUT, Opened, chromium
 from tests.explore_pages import STACKS, built_page
-
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-OUT = ROOT / "outputs" / "browser"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: "
                                "pip install -e '.[test,browser]' -c constraints.txt")
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
 
+ROOT = Path(__file__).resolve().parent.parent
 LONGFORMER = ROOT / "conf" / "pattern" / "longformer.yaml"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    profile = tempfile.mkdtemp(prefix="patternc-chromium-")  # a fresh user-data-dir
-    with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS,
-                                                       headless=True, offline=True,
-                                                       viewport={"width": 1400, "height": 1000})
+    with chromium() as context:
         yield context
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)
-
-
-class Opened:
-    """A page opened in the browser, with the console errors and failed requests it produced."""
-
-    def __init__(self, context, path: Path) -> None:
-        self.page = context.new_page()
-        self.problems: list[str] = []
-        self.page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}")
-                     if m.type in ("error", "warning") else None)
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url}"))
-        self.page.on("request", lambda r: None if r.url.startswith("file:") or r.url.startswith("data:")
-                     else self.problems.append(f"request to {r.url}"))
-        start = time.perf_counter()
-        self.page.goto(path.as_uri())
-        self.script_ms = self.page.evaluate("window.patterncExplorer.ready")
-        self.open_seconds = time.perf_counter() - start
-
-    def eval(self, script: str, arg=None):
-        return self.page.evaluate(script, arg)
-
-    def painted(self) -> int:
-        """Pixels of the main canvas that are not white."""
-        return self.eval("""() => {
-            const d = document.getElementById("canvas").getContext("2d").getImageData(0, 0, 640, 640).data;
-            let n = 0;
-            for (let i = 0; i < d.length; i += 4) n += d[i] !== 255 || d[i + 1] !== 255 || d[i + 2] !== 255;
-            return n;
-        }""")
-
-    def hover_token(self, q: int, k: int) -> dict:
-        """Move the mouse over (q, k) in the current view; the hover box's data."""
-        view = self.eval("window.patterncExplorer.state.view")
-        box = self.page.locator("#canvas").bounding_box()
-        x = box["x"] + (k - view["k0"] + 0.5) * box["width"] / view["span"]
-        y = box["y"] + (q - view["q0"] + 0.5) * box["height"] / view["span"]
-        return self.hover_at(x, y)
-
-    def hover_at(self, x: float, y: float) -> dict:
-        seq = int(self.eval("document.getElementById('hover').dataset.seq || 0"))
-        self.page.mouse.move(x, y)
-        self.page.wait_for_function(f"Number(document.getElementById('hover').dataset.seq || 0) > {seq}")
-        return self.eval("(b => ({...b.dataset, text: b.innerText}))(document.getElementById('hover'))")
 
 
 @pytest.fixture(scope="module")
