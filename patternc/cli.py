@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=_count(0), default=0)
     p.add_argument("--head", type=_count(0), default=0)
     p.add_argument("--png", type=_png, metavar="FILE", help="also save the picture as a PNG")
+    p.add_argument("--html", type=_output, metavar="FILE",
+                   help="also write the explorer: one self-contained HTML page, opening on this head")
     p.add_argument("--width", type=_count(4, 4096), default=96, help="characters per row of the text drawing")
 
     p = commands.add_parser("check", help="check that every position hears every other across the layers")
@@ -173,6 +175,10 @@ def _print_stats(cp: CompiledPattern, as_json: bool) -> None:
 
 
 def _show(cp: CompiledPattern, args) -> None:
+    if args.html:  # a page at large n takes a while: refuse a bad path before any work
+        from patternc.explore import check_destination
+
+        check_destination(args.html)
     layout = cp.layout(args.layer, args.head)
     s = head_stats(cp.node(args.layer, args.head), layout, args.layer, args.head, cp.causal)
     title = f"{cp.expression(args.layer, args.head)}  (layer {args.layer}, head {args.head}, n = {cp.n})"
@@ -185,6 +191,11 @@ def _show(cp: CompiledPattern, args) -> None:
     if args.png:
         draw_png(layout, args.png, title=title)
         print(f"wrote {args.png}")
+    if args.html:
+        from patternc.explore import write_explorer
+
+        write_explorer(cp, args.html, layer=args.layer, head=args.head)
+        print(f"wrote {args.html} (the explorer: open it in a browser)")
 
 
 def _export(cp: CompiledPattern, args) -> None:
@@ -236,9 +247,15 @@ def _check(cp: CompiledPattern, args) -> int:
         if report.unreachable:
             q, k = report.unreachable
             print(f"unreachable: query {q} never hears key {k} within {cp.layers} layers")
-            if report.closest_path:
+            if report.closest_path and report.closest_path_exact:
+                steps = " -> ".join(f"{a}@{t}" for t, a, _ in report.closest_path)
+                nearest = report.closest_path[-1][1]
+                print(f"closest: key {k} gets no nearer to query {q} than token {nearest} (exact, token by "
+                      f"token; token@layer: it has heard key {k} after that layer): {steps}")
+            elif report.closest_path:
                 steps = " -> ".join(f"[{a}..{b}]@{t}" for t, a, b in report.closest_path)
-                print(f"closest: tokens reached from key {k} (layer by layer): {steps}")
+                print(f"closest, as block ranges (block-level analysis: a range may hold tokens that never "
+                      f"hear key {k}; raise --exact-limit for tokens): {steps}")
         for error in report.errors:
             print(f"error: {error}")
     if args.png:

@@ -22,9 +22,31 @@ import numpy as np
 
 from patternc.layout import Layout
 
-__all__ = ["cell_fill", "draw_growth_png", "draw_png", "draw_text"]
+__all__ = ["cell_counts", "cell_fill", "draw_growth_png", "draw_png", "draw_text"]
 
 TEXT_LEGEND = "# full   + partial (or mixed)   . empty"
+
+
+def cell_counts(layout: Layout, max_cells: int, blocks=None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """Aggregate blocks into at most ``max_cells`` cells a side, counting.
+
+    Returns ``(full, stored, area, (ci, cj))``: per cell, how many of its blocks are FULL, how many
+    are stored at all, how many it holds, and how many block rows and columns a cell spans.
+    ``blocks`` (rows, cols, full) counts other blocks on the same grid (one term of a pattern).
+    """
+    grid = layout.grid
+    rows, cols, full = blocks if blocks is not None else (layout.rows(), layout.indices, layout.full)
+    ci, cj = -(-grid.nbq // max_cells), -(-grid.nbk // max_cells)
+    rows_c, cols_c = -(-grid.nbq // ci), -(-grid.nbk // cj)
+    cell = (rows // ci) * cols_c + cols // cj
+    stored = np.bincount(cell, minlength=rows_c * cols_c).reshape(rows_c, cols_c)
+    full = np.bincount(cell, weights=full, minlength=rows_c * cols_c).reshape(rows_c, cols_c)
+    # Blocks per cell: the last row and column of cells may be short.
+    height = np.minimum(ci, grid.nbq - np.arange(rows_c) * ci)
+    width = np.minimum(cj, grid.nbk - np.arange(cols_c) * cj)
+    area = height[:, None] * width[None, :]
+    return full.astype(np.int64), stored, area, (ci, cj)
 
 
 def cell_fill(layout: Layout, max_cells: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
@@ -33,17 +55,8 @@ def cell_fill(layout: Layout, max_cells: int) -> tuple[np.ndarray, np.ndarray, t
     Returns ``(full, stored, (ci, cj))``: per cell, the fraction of its blocks that are FULL and
     the fraction that are stored at all, and how many block rows and columns a cell spans.
     """
-    grid = layout.grid
-    ci, cj = -(-grid.nbq // max_cells), -(-grid.nbk // max_cells)
-    rows_c, cols_c = -(-grid.nbq // ci), -(-grid.nbk // cj)
-    cell = (layout.rows() // ci) * cols_c + layout.indices // cj
-    stored = np.bincount(cell, minlength=rows_c * cols_c).reshape(rows_c, cols_c)
-    full = np.bincount(cell, weights=layout.full, minlength=rows_c * cols_c).reshape(rows_c, cols_c)
-    # Blocks per cell: the last row and column of cells may be short.
-    height = np.minimum(ci, grid.nbq - np.arange(rows_c) * ci)
-    width = np.minimum(cj, grid.nbk - np.arange(cols_c) * cj)
-    area = height[:, None] * width[None, :]
-    return full / area, stored / area, (ci, cj)
+    full, stored, area, spans = cell_counts(layout, max_cells)
+    return full / area, stored / area, spans
 
 
 def draw_text(layout: Layout, max_width: int = 96) -> str:

@@ -32,6 +32,7 @@ from patternc.stack import Stack
 from search import record as R
 from search.config import SpaceConfig
 from search.pareto import dominated_pairs, pareto_front
+from search.report_html import write_report_html
 
 __all__ = ["Report", "feasible", "front_trials", "pareto_figure", "pareto_markdown", "scored",
            "summary_markdown", "trial_rows", "write_report"]
@@ -376,6 +377,7 @@ def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path,
     title = f"{space.name} on {task_name}: accuracy vs measured cost at n_target={space.n_target}"
     paths["pareto.md"].write_text(pareto_markdown(front, names, dominated, refs, title), encoding="utf-8")
     pareto_figure(trials, front, title).savefig(paths["pareto.png"], dpi=120)
+    write_report_html(out_dir, trials, front, files, space, task_name, title)  # report.html, explorer/
     summary = summary_markdown(study.study_name, space, task_name, trials, front, dominated, refs)
     paths["summary.md"].write_text(summary, encoding="utf-8")
     return Report(out_dir, *paths.values(), tuple(p for pair in files if pair for p in pair), tuple(front),

@@ -84,3 +84,25 @@ def test_bad_input_exits_2(capsys):
     code, _, err = run(capsys, "check", "causal & windw(3)", "--n", "64")
     assert code == 2
     assert "^^^^^" in err
+
+
+def test_closest_path_is_in_tokens_when_exact(capsys):
+    """The issue's case: key 16 is no global token, so the path runs along the window; it is printed
+    as tokens, never as the block ranges that made it read as if key 16 reached query 8191."""
+    code, out, _ = run(capsys, "check", str(ROOT / "conf" / "pattern" / "longformer.yaml"), "--n", "8192")
+    assert code == 0
+    assert "unreachable: query 8191 never hears key 16 within 12 layers" in out
+    line = next(line for line in out.splitlines() if line.startswith("closest"))
+    assert "exact, token by token" in line and "[" not in line
+    assert line.endswith("16@0 -> 271@1 -> 526@2 -> 781@3 -> 1036@4 -> 1291@5 -> 1546@6 -> 2056@7 -> "
+                         "2566@8 -> 3076@9 -> 3586@10 -> 4096@11 -> 4606@12")
+    assert "than token 4606" in line
+
+
+def test_closest_path_is_labelled_as_block_ranges_above_the_exact_limit(capsys):
+    code, out, _ = run(capsys, "check", "causal & window(64)", "--n", "4096", "--exact-limit", "1024")
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("closest"))
+    assert line.startswith("closest, as block ranges (block-level analysis: a range may hold tokens that "
+                           "never hear key 0")
+    assert line.endswith("[0..127]@0 -> [128..255]@1")

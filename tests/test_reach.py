@@ -179,6 +179,7 @@ def test_exact_report_matches_oracle(case):
         q, k = report.unreachable
         assert missing[q, k], f"{report.unreachable} is reached or outside the envelope"
         assert abs(q - k) == farthest_gap(missing), "not the missing pair farthest from the diagonal"
+        check_token_path(report, cp)
 
 
 @RANDOM_STACKS
@@ -598,17 +599,53 @@ def check_path(report: ReachReport, cp: patternc.CompiledPattern) -> None:
     assert blocks[-1] == nearest
 
 
+def heard_from(cp: patternc.CompiledPattern, k: int) -> list[np.ndarray]:
+    """Oracle: per depth t = 0..L, the bool (n,) of positions that have heard key k after t layers."""
+    dense = cp.to_dense().any(axis=1)  # (L, n, n): some head of layer l allows (q, k)
+    heard = np.zeros(cp.n, bool)
+    heard[k] = True
+    out = [heard]
+    for layer in dense:
+        heard = heard | layer[:, heard].any(axis=1)
+        out.append(heard)
+    return out
+
+
+def check_token_path(report: ReachReport, cp: patternc.CompiledPattern) -> None:
+    """An exact path is a chain of single tokens from k, one per layer, each hop the residual or an
+    allowed pair of that layer, ending at the token nearest q among those that heard k."""
+    q, k = report.unreachable
+    path = report.closest_path
+    assert report.closest_path_exact and path is not None
+    assert [t for t, _, _ in path] == list(range(cp.layers + 1))
+    assert all(first == last for _, first, last in path)
+    tokens = [first for _, first, _ in path]
+    assert tokens[0] == k
+    for layer, (x, y) in enumerate(pairwise(tokens)):
+        assert x == y or any(cp.allows(y, x, layer, h) for h in range(cp.heads)), f"layer {layer}: {x} -> {y}"
+    reached = np.flatnonzero(heard_from(cp, k)[-1])
+    assert not (reached == q).any()
+    assert tokens[-1] == min(reached, key=lambda x: (abs(x - q), x))
+
+
 @pytest.mark.parametrize("n, w, block, layers", [
     pytest.param(100, 8, 8, 3, id="w8_b8"),
     pytest.param(100, 8, 4, 2, id="w8_b4"),
     pytest.param(257, 17, 16, 4, id="w17_b16_short_last"),
     pytest.param(64, 3, 8, 5, id="w3_b8"),
 ])
-def test_closest_path_of_a_too_shallow_causal_window(n, w, block, layers):
+@pytest.mark.parametrize("exact_limit", [pytest.param(8192, id="exact"), pytest.param(0, id="bounds")])
+def test_closest_path_of_a_too_shallow_causal_window(n, w, block, layers, exact_limit):
     cp = patternc.compile(Stack(f"causal & window({w})", layers=layers), n=n, block=block)
-    report = reach(cp)
+    report = reach(cp, exact_limit=exact_limit)
     assert not report.covered
-    assert report.unreachable == (n - 1, 0)  # the farthest pair from the diagonal
+    if exact_limit:
+        assert report.unreachable == (n - 1, 0)  # the farthest pair from the diagonal
+        check_token_path(report, cp)
+        # a window carries a token w - 1 positions per layer, and the path does
+        tokens = [first for _, first, _ in report.closest_path]
+        assert all(y - x == w - 1 for x, y in pairwise(tokens))
+        return
     check_path(report, cp)
     # a window moves information by at most ceil((w - 1) / b) blocks per layer, and here it does
     hop = -(-(w - 1) // block)
@@ -629,11 +666,52 @@ def test_closest_path_of_a_too_shallow_causal_window(n, w, block, layers):
                  id="random_rect_block"),
 ])
 @pytest.mark.parametrize("exact_limit", [pytest.param(8192, id="exact"), pytest.param(0, id="bounds")])
-def test_closest_path_is_a_path_of_the_block_graph(stack, n, block, exact_limit):
+def test_closest_path_follows_the_layers(stack, n, block, exact_limit):
+    """Exact: a token path (see check_token_path); block bounds: a path of the block graph."""
     cp = patternc.compile(stack, n=n, block=block)
     report = reach(cp, exact_limit=exact_limit)
     assert report.unreachable is not None
-    check_path(report, cp)
+    assert report.closest_path_exact is bool(exact_limit)
+    (check_token_path if exact_limit else check_path)(report, cp)
+
+
+def test_a_global_prefix_does_not_carry_a_key_outside_it():
+    """The issue's case: a global prefix links key block 0 to every block, but key 16 is not a
+    global token; the exact path runs along the window, never through the prefix."""
+    cp = patternc.compile(Stack("causal & (window(32) | global(16))", layers=3), n=512, block=64)
+    report = reach(cp)
+    q, k = report.unreachable
+    assert (q, k) == (511, 16)
+    check_token_path(report, cp)
+    assert [first for _, first, _ in report.closest_path] == [16, 47, 78, 109]
+
+
+@pytest.mark.parametrize("exact_limit", [pytest.param(8192, id="exact"), pytest.param(0, id="bounds")])
+def test_followed_keys_match_the_oracle(exact_limit):
+    """Exact: the tokens that heard each key, layer by layer, are the oracle's; block level: the
+    certain blocks are wholly heard and the possible ones hold every token that heard it."""
+    stack = Stack("causal & window(5)", layers=3, heads=2,
+                  overrides=(Override("causal & stride(31)", None, (1, 2)),))
+    cp = patternc.compile(stack, n=96, block=8)
+    report = reach(cp, exact_limit=exact_limit, keys=[95, 7, 40, 7])
+    spread = report.spread
+    # sorted, once each, with the unreachable pair's key (the block bounds find none here)
+    unreachable = {report.unreachable[1]} if exact_limit else set()
+    assert exact_limit == 0 or report.unreachable[1] not in (7, 40, 95)
+    assert report.unreachable is None or exact_limit
+    assert spread.keys == tuple(sorted({7, 40, 95} | unreachable))
+    assert spread.layers == 3 and spread.exact is bool(exact_limit)
+    for index, k in enumerate(spread.keys):
+        for t, heard in enumerate(heard_from(cp, k)):
+            certain, possible = spread.reached(t, index)
+            if exact_limit:
+                assert np.array_equal(certain, heard) and np.array_equal(possible, heard)
+                assert spread.tokens(t)[index] == (heard.sum(),) * 2
+                continue
+            per_block = heard.reshape(-1, 8)
+            assert per_block[certain].all() and not per_block[~possible].any()
+            low, high = spread.tokens(t)[index]
+            assert low <= heard.sum() <= high
 
 
 # ---- 6. large n ----------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ definition. Importing this package registers every entry; the families live in t
 
 To add a primitive: write its node (a ``Lowered``) and its ``@primitive`` entry in one of these
 modules (or a new one imported here), and its oracle test in ``tests/test_lowering_oracle.py``.
+The explorer page evaluates predicates in JavaScript: a new node type also needs its record in
+``patternc/explore/evaluator.py`` and its case in ``static/arrays.js`` (``tests/test_explore.py``
+fails until both exist, and the browser test checks them pair by pair).
 
 >>> sorted(PRIMITIVES)[:4]
 ['all', 'band', 'causal', 'chunk']

@@ -13,7 +13,8 @@ by bit; beyond, it gives sound block-level bounds.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from patternc.reach.bounds import run_lower, run_upper
 from patternc.reach.exact import run_exact
 from patternc.reach.findings import empty_rows
 from patternc.reach.layers import LayerFlow, coarsen, drawn_on_blocks, layer_flows
-from patternc.reach.path import closest_path
+from patternc.reach.path import KeySpread, closest_path, spread_blocks, spread_tokens, token_path
 
 __all__ = ["EXACT_LIMIT", "ReachReport", "check_size", "reach"]
 
@@ -60,9 +61,13 @@ class ReachReport:
     covered_bounds: tuple[float, float]
     growth: tuple[tuple[float, float], ...]  # (lower, upper) covered fraction after each layer
     unreachable: tuple[int, int] | None  # an envelope pair (q, k) not covered at the stack's depth
-    closest_path: tuple[tuple[int, int, int], ...] | None  # (layer, first, last token) from k on
+    # (layer, first, last token) from k on: single tokens, a real path, when closest_path_exact;
+    # else block ranges of the block graph, which may hold tokens that never heard k
+    closest_path: tuple[tuple[int, int, int], ...] | None
+    closest_path_exact: bool
     empty_rows: tuple[tuple[int, int, int], ...]  # (layer, head, q), the first few
     empty_row_count: int
+    spread: KeySpread | None = field(default=None, compare=False)  # the keys asked for, followed
 
     @property
     def covered(self) -> bool:
@@ -81,8 +86,12 @@ class ReachReport:
         return found
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``empty_rows`` is the count, ``empty_row_examples`` the first few."""
-        data = asdict(self)
+        """JSON-ready: ``empty_rows`` is the count, ``empty_row_examples`` the first few; a spread
+        is given as the (certain, possible) token counts of each key after each layer."""
+        data = asdict(replace(self, spread=None))
+        if self.spread is not None:
+            data["spread"] = {"keys": list(self.spread.keys), "exact": self.spread.exact,
+                              "tokens": [self.spread.tokens(t) for t in range(self.spread.layers + 1)]}
         data["empty_row_examples"] = data.pop("empty_rows")
         data["empty_rows"] = data.pop("empty_row_count")
         data["covered"] = self.covered
@@ -91,11 +100,13 @@ class ReachReport:
 
 
 def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: int | None = None,
-          ) -> ReachReport:
+          keys: Sequence[int] = ()) -> ReachReport:
     """Reachability of a compiled stack across its layers.
 
     ``exact_limit``: largest ``n`` analysed token by token. ``max_depth``: how many layers to run
     (the stack repeated) when looking for the mixing depth; default ``max(2 * layers, 8)``.
+    ``keys``: positions to follow through the stack's layers (``ReachReport.spread``); when any
+    are given, the key of the unreachable pair is followed too, to show where it does get.
     """
     cp = compiled
     if not isinstance(cp, CompiledPattern):
@@ -103,24 +114,26 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
                                f"{type(cp).__name__}")
     check_size(cp.n, cp.block, exact_limit, max_depth)
     max_depth = max(2 * cp.layers, 8) if max_depth is None else max_depth
+    keys = [int(k) for k in keys]
+    if any(not 0 <= k < cp.n for k in keys):
+        raise PatternSizeError(f"keys to follow must lie in [0, {cp.n}), got {min(keys)}..{max(keys)}")
     causal = cp.causal
     exact = cp.n <= exact_limit
     # random() is drawn on cp's own blocks: such a stack is analysed on them, never recompiled.
     own = layer_flows(cp, causal) if drawn_on_blocks(cp) else None
     block = max(cp.block) if own is None else math.lcm(*cp.block)  # square, for graph and bounds
-    flows, grid = _square_flows(cp, block, causal, own)
     empty, empty_count = _empty_rows(cp)
     if exact:
-        if own is None:
-            fine = _square(cp, min(EXACT_BLOCK, block))
-            run = run_exact(layer_flows(fine, causal), fine.grid, causal, max_depth)
-        else:
-            run = run_exact(own, cp.grid, causal, max_depth)
+        flows, grid = _exact_flows(cp, block, causal, own)
+        run = run_exact(flows, grid, causal, max_depth)
         growth = tuple((g, g) for g in run.growth)
         depth_bounds = (run.mixing_depth, run.mixing_depth) if run.mixing_depth else (None, None)
         unreachable = _missing_pair(run.state, run.envelope, cp.n)
         mixing, never = run.mixing_depth, run.never
+        path = token_path(flows, grid, unreachable, causal) if unreachable else None
+        spread = spread_tokens(flows, grid, _followed(keys, unreachable), causal) if keys else None
     else:
+        flows, grid = _square_flows(cp, block, causal, own)
         low = run_lower(flows, grid, causal, max_depth)
         high = run_upper(*_upper_flows(cp, block, causal, own), causal, max_depth)
         growth = tuple(zip(low.growth, high.growth, strict=True))
@@ -128,15 +141,31 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
         mixing = low.depth if low.depth is not None and low.depth == high.depth else None
         never = high.stalled
         unreachable = _missing_block_pair(high.state, high.grid, causal)
-    path = closest_path(flows, grid, unreachable) if unreachable else None
+        path = closest_path(flows, grid, unreachable, causal) if unreachable else None
+        spread = spread_blocks(flows, grid, _followed(keys, unreachable), causal) if keys else None
     lower, upper = growth[-1]
     return ReachReport(
         n=cp.n, block=(block, block), layers=cp.layers, heads=cp.heads, causal=causal, exact=exact,
         mixing_depth=mixing, mixing_depth_bounds=depth_bounds, never=never,
         max_depth=max(max_depth, cp.layers),
         covered_fraction=lower, covered_bounds=(lower, upper), growth=growth,
-        unreachable=unreachable, closest_path=path, empty_rows=empty, empty_row_count=empty_count,
+        unreachable=unreachable, closest_path=path, closest_path_exact=exact, empty_rows=empty,
+        empty_row_count=empty_count, spread=spread,
     )
+
+
+def _followed(keys: list[int], unreachable: tuple[int, int] | None) -> list[int]:
+    return sorted(set(keys) | ({unreachable[1]} if unreachable else set()))
+
+
+def _exact_flows(cp: CompiledPattern, block: int, causal: bool, own: list[LayerFlow] | None,
+                 ) -> tuple[list[LayerFlow], Grid]:
+    """The layers for the token-exact run: on small square blocks, so that most pairs travel
+    through FULL blocks; a stack drawn on its own blocks (``own``) stays on them."""
+    if own is not None:
+        return own, cp.grid
+    fine = _square(cp, min(EXACT_BLOCK, block))
+    return layer_flows(fine, causal), fine.grid
 
 
 def check_size(n: int, block: tuple[int, int], exact_limit: int = EXACT_LIMIT,

@@ -1,0 +1,32 @@
+"""The explorer: one self-contained HTML page per compiled stack, to look at a pattern.
+
+A layer x head navigator; one canvas that shows the head's allowed pairs or dense attention's,
+from the whole sequence down to single tokens; what allows each cell (the expression's terms);
+the receptive field of a key growing layer by layer; the statistics; and the stack beside MHA,
+MQA and GQA. Everything is computed here and inlined: the page fetches nothing.
+
+>>> import patternc
+>>> from patternc.explore import write_explorer
+>>> write_explorer(patternc.compile("conf/pattern/longformer.yaml", n=8192), "lf.html")  # doctest: +SKIP
+
+From the command line: ``patternc show conf/pattern/longformer.yaml --n 8192 --html lf.html``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from patternc.compiled import CompiledPattern
+from patternc.explore.html import PAGE_LIMIT, check_destination, explorer_html, write_page
+from patternc.explore.model import page_data
+from patternc.reach import EXACT_LIMIT
+
+__all__ = ["PAGE_LIMIT", "check_destination", "explorer_html", "page_data", "write_explorer", "write_page"]
+
+
+def write_explorer(cp: CompiledPattern, path: str | os.PathLike, layer: int = 0, head: int = 0,
+                   title: str | None = None, exact_limit: int = EXACT_LIMIT) -> Path:
+    """Write the explorer page of ``cp`` to ``path`` (whole or not at all; the folder must exist)."""
+    check_destination(path)  # before the work, not after it
+    return write_page(path, explorer_html(cp, layer, head, title, exact_limit))

@@ -1,0 +1,73 @@
+"""``report.html``: the search run as one self-contained page beside ``pareto.png``.
+
+An interactive Pareto plot (hover a point: its pattern, parameters, accuracy per bucket and cost;
+click a front pattern: its explorer page), every trial in a table sorted by any column, and the
+rejected candidates with their reasons. Each front pattern's explorer page is written at
+``n_target`` under ``explorer/``, named as its YAML under ``patterns/``.
+
+>>> write_report_html(out_dir, study.trials, front, files, space, "mqar", title)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import pathlib
+from importlib.resources import files
+
+from optuna.trial import FrozenTrial
+
+import patternc
+from patternc.explore import write_explorer
+from patternc.explore.html import fill_template, write_page
+from search import record as R
+from search.config import SpaceConfig
+
+__all__ = ["write_report_html"]
+
+
+def _point(t: FrozenTrial, page: str | None, front_rank: int | None) -> dict:
+    from search.report import feasible  # here: search.report imports this module
+
+    a = t.user_attrs
+    values = t.values or [a.get(R.ACCURACY), (a.get(R.COST) or {}).get("ratio")]
+    return {"number": t.number, "state": t.state.name, "reference": a.get(R.REFERENCE),
+            "status": a.get(R.STATUS), "expression": a.get(R.EXPRESSION), "params": dict(t.params),
+            "accuracy": values[0], "cost": values[1], "density": a.get(R.DENSITY),
+            "mixing_depth": a.get(R.MIXING_DEPTH), "buckets": a.get(R.BUCKETS) or {},
+            "feasible": feasible(t), "rejected": a.get(R.REJECTED), "front": front_rank, "page": page}
+
+
+def _explorer_pages(out_dir: pathlib.Path, pattern_files: list, space: SpaceConfig) -> list[str | None]:
+    """Each front member's explorer page at n_target, from its pattern file; relative links."""
+    folder = out_dir / "explorer"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("[0-9]*_*.html"):  # an earlier report's ranks are stale
+        old.unlink()
+    links = []
+    for pair in pattern_files:
+        if not pair:
+            links.append(None)
+            continue
+        yaml_path = pair[0]
+        cp = patternc.compile(yaml_path, space.n_target)
+        write_explorer(cp, folder / f"{yaml_path.stem}.html", title=f"{yaml_path.stem} at n_target")
+        links.append(f"explorer/{yaml_path.stem}.html")
+    return links
+
+
+def write_report_html(out_dir: pathlib.Path, trials: list[FrozenTrial], front: list[FrozenTrial],
+                      pattern_files: list, space: SpaceConfig, task: str, title: str) -> pathlib.Path:
+    """Write ``report.html`` (and the front's explorer pages); ``pattern_files`` holds, per front
+    member in rank order, its (yaml, safetensors) paths or None, as ``write_report`` made them.
+    The page is in search/static/report.html (package data)."""
+    links = _explorer_pages(out_dir, pattern_files, space)
+    rank = {t.number: r for r, t in enumerate(front, 1)}
+    page = {t.number: link for t, link in zip(front, links, strict=True)}
+    points = [_point(t, page.get(t.number), rank.get(t.number)) for t in trials]
+    data = {"title": title, "task": task, "space": space.name, "n_target": space.n_target,
+            "trials": points}
+    template = (files("search") / "static" / "report.html").read_text(encoding="utf-8")
+    text = fill_template(template, {"TITLE": html.escape(title),
+                                    "DATA": json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")})
+    return write_page(out_dir / "report.html", text)
