@@ -23,7 +23,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
 import patternc
-from patternc.compiled import _compile
+from patternc.compiled import clear_cache
 
 WINDOW_GLOBAL = "causal & (window(4096) | global(64))"
 PER_HEAD = "causal & (window(512 * 2**(h % 4)) | sink(64))"  # 8 heads: windows 512 .. 4096
@@ -41,7 +41,7 @@ def ours(spec, n: int, repeats: int) -> float:
     """Median seconds of a cold patternc compile (the compile cache is cleared each time)."""
     times = []
     for _ in range(repeats):
-        _compile.cache_clear()
+        clear_cache()
         gc.collect()
         start = time.perf_counter()
         patternc.compile(spec, n=n, block=128)
@@ -64,7 +64,7 @@ def baseline(mask_mod, heads: int | None, n: int, repeats: int) -> float:
 
 def peak_bytes(spec, n: int) -> int:
     """Peak bytes allocated (numpy and Python, via tracemalloc) during one cold compile."""
-    _compile.cache_clear()
+    clear_cache()
     gc.collect()
     tracemalloc.start()
     patternc.compile(spec, n=n, block=128)

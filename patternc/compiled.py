@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
     from patternc.export.bsr import BlockCSR
 
-__all__ = ["DEFAULT_BLOCK", "CompiledPattern", "PatternStats", "block_shape", "compile", "load"]
+__all__ = ["DEFAULT_BLOCK", "CompiledPattern", "PatternStats", "block_shape", "clear_cache", "compile",
+           "load"]
 
 DEFAULT_BLOCK = 128  # FlexAttention's default tile
 _LARGER_BLOCK = "a larger block stores fewer blocks (--block, or block= in Python)"
@@ -400,7 +401,16 @@ def _used_params(stack: Stack) -> set[str]:
             if isinstance(node, ast.Param)}
 
 
-@lru_cache(maxsize=8)  # compiling is a pure function of its inputs (einops caches its recipes)
+def clear_cache() -> None:
+    """Forget the compiles ``compile`` remembers (it keeps the last 8: compiling is a pure function
+    of its inputs, as einops caches its recipes); benchmarks call it to time cold compiles.
+
+    >>> clear_cache()
+    """
+    _compile.cache_clear()
+
+
+@lru_cache(maxsize=8)
 def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple) -> CompiledPattern:
     bound = dict(params)
     unused = sorted(set(bound) - _used_params(stack) - {name for name, _ in stack.params})

@@ -11,7 +11,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 import patternc
-from patternc.compiled import _compile
+from patternc.compiled import clear_cache
 from patternc.export import file as layout_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ ROUND_TRIPS = [
 
 def fresh_load(path):
     """load() after forgetting every compiled pattern, so nothing comes back from the cache."""
-    _compile.cache_clear()
+    clear_cache()
     return patternc.load(path)
 
 

@@ -20,11 +20,11 @@ from patternc.primitives.offsets import Band
 from patternc.reach.bits import OrPlan, count_bits, identity, prefix_mask
 from patternc.reach.layers import LayerFlow, pairs_in_blocks
 
-__all__ = ["ExactRun", "run_exact"]
+__all__ = ["ExactRun", "Step", "apply_layer", "prepare_layer", "run_exact"]
 
 
 @dataclass(frozen=True, slots=True)
-class _Step:
+class Step:
     """A layer ready to apply: its offset progressions (windows, dilations, strides), then
     whatever else it allows as FULL blocks by block row and the pairs of its PARTIAL blocks."""
 
@@ -58,7 +58,7 @@ def _union_terms(node: Lowered) -> list[Lowered]:
     return [node]
 
 
-def _prepare(flow: LayerFlow, grid: Grid) -> _Step:
+def prepare_layer(flow: LayerFlow, grid: Grid) -> Step:
     # OR distributes over union: offset progressions (windows, dilations, strides) go through
     # sliding ORs, the other terms through blocks and pairs.
     progressions, others = [], []
@@ -67,13 +67,13 @@ def _prepare(flow: LayerFlow, grid: Grid) -> _Step:
         (progressions if found else others).append(found or term)
     z = np.zeros(0, np.int64)
     if not others:
-        return _Step(tuple(progressions), None, OrPlan.of(z, z))
+        return Step(tuple(progressions), None, OrPlan.of(z, z))
     rest = reduce(Union, others)
     blocks = rest.enumerate(grid) if progressions else flow.blocks
     full = blocks.kinds == FULL
     pair_q, pair_k = pairs_in_blocks(rest, grid, blocks.rows[~full], blocks.cols[~full])
     full_plan = OrPlan.of(blocks.rows[full], blocks.cols[full]) if full.any() else None
-    return _Step(tuple(progressions), full_plan, OrPlan.of(pair_q, pair_k))
+    return Step(tuple(progressions), full_plan, OrPlan.of(pair_q, pair_k))
 
 
 def _or_over_band(state: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -107,7 +107,7 @@ def _or_over_progression(state: np.ndarray, step: int, m_lo: int, m_hi: int) -> 
     return out
 
 
-def _apply(state: np.ndarray, step: _Step, grid: Grid) -> np.ndarray:
+def apply_layer(state: np.ndarray, step: Step, grid: Grid) -> np.ndarray:
     new = state.copy()
     for progression in step.progressions:
         new |= _or_over_progression(state, *progression)
@@ -124,7 +124,7 @@ def run_exact(flows: list[LayerFlow], grid: Grid, causal: bool, max_depth: int) 
     """Run the layers in order, cycling past the stack's depth until the envelope is covered, the
     state stops changing (never), or ``max_depth`` layers have run."""
     n, depth = grid.n, len(flows)
-    steps: dict[int, _Step] = {}
+    steps: dict[int, Step] = {}
     envelope = prefix_mask(n, n) if causal else None
     total = n * (n + 1) // 2 if causal else n * n
 
@@ -139,8 +139,8 @@ def run_exact(flows: list[LayerFlow], grid: Grid, causal: bool, max_depth: int) 
         flow = flows[t % depth]
         key = id(flow)
         if key not in steps:
-            steps[key] = _prepare(flow, grid)
-        new = _apply(state, steps[key], grid)
+            steps[key] = prepare_layer(flow, grid)
+        new = apply_layer(state, steps[key], grid)
         t += 1
         unchanged = unchanged + 1 if np.array_equal(new, state) else 0
         state = new

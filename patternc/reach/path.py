@@ -22,7 +22,7 @@ import numpy as np
 
 from patternc.lower.grid import FULL, Grid
 from patternc.reach.bits import OrPlan, words
-from patternc.reach.exact import _apply, _prepare  # the exact run's own layer step, so both agree
+from patternc.reach.exact import apply_layer, prepare_layer  # the exact run's own layer step, so both agree
 from patternc.reach.layers import LayerFlow
 
 __all__ = ["KeySpread", "closest_path", "spread_blocks", "spread_tokens", "token_path"]
@@ -93,8 +93,8 @@ def spread_tokens(flows: list[LayerFlow], grid: Grid, keys: Sequence[int], causa
     steps: dict[int, object] = {}
     for flow in flows:
         if id(flow) not in steps:
-            steps[id(flow)] = _prepare(flow, grid)
-        state = _apply(state, steps[id(flow)], grid)
+            steps[id(flow)] = prepare_layer(flow, grid)
+        state = apply_layer(state, steps[id(flow)], grid)
         states.append(state)
     stacked = np.stack(states)
     return KeySpread(tuple(int(k) for k in keys), grid.n, 1, causal, stacked, stacked)
