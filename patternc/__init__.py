@@ -18,6 +18,7 @@ from patternc.errors import (
     StackError,
 )
 from patternc.export.bsr import BlockCSR
+from patternc.kv import KVReport, kv
 from patternc.lang import ast, parse, unparse
 from patternc.layout import HeadStats, Layout
 from patternc.reach import ReachReport, reach
@@ -48,6 +49,7 @@ __all__ = [
     "BlockCSR",
     "CompiledPattern",
     "HeadStats",
+    "KVReport",
     "Layout",
     "LayoutFileError",
     "Measurement",
@@ -65,6 +67,7 @@ __all__ = [
     "compile",
     "cost",
     "kernels",
+    "kv",
     "layout_hash",
     "load",
     "load_stack",

@@ -122,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="file to write (parents are made)")
     p.add_argument("--masks", action="store_true", help="bsr: also write per-block token masks")
 
+    p = commands.add_parser("kv", help="the KV cache a decoder must keep: keys per head, bytes, and why")
+    _common(p)
+    p.add_argument("--kv-heads", type=_count(1), default=None, help="KV heads (grouped-query attention)")
+    p.add_argument("--head-dim", type=_count(1, 1024), default=128)
+    p.add_argument("--dtype", choices=KV_DTYPES, default="bf16")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     p = commands.add_parser("bench", help="time one layer on a kernel against dense causal SDPA")
     _common(p)
     p.add_argument("--backend", required=True, choices=("reference", "flex", "sdpa"))
@@ -138,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 BENCH_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+KV_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "float8"}
 
 
 EXPORT_FORMATS = {
@@ -267,6 +275,36 @@ def _check(cp: CompiledPattern, args) -> int:
     return 1 if failed else 0
 
 
+def _kv(cp: CompiledPattern, args) -> None:
+    from patternc.kv import kv
+
+    report = kv(cp, kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=KV_DTYPES[args.dtype])
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    print(f"n = {cp.n:,}, {cp.layers} layers x {cp.heads} heads, {report.kv_heads} KV heads x d "
+          f"{report.head_dim}, {report.dtype}")
+    print(f"KV cache: {report.bytes:,} bytes, {report.ratio:.4f} of a dense cache ({report.dense_bytes:,})")
+    by_row: dict[tuple, list[int]] = {}
+    for l in range(cp.layers):
+        by_row.setdefault((report.max_live_keys[l], report.forever[l]), []).append(l)
+    for (budgets, forever), layers in by_row.items():
+        kept = sorted({term for head in forever for term in head})
+        print(f"layers {_spans(layers)}: keys per KV head {', '.join(f'{b:,}' for b in budgets)}"
+              + (f"; kept to the end by {', '.join(kept)}" if kept else "; every key is evicted"))
+
+
+def _spans(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and runs[-1][1] == v - 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _bench(cp: CompiledPattern, args) -> None:
     import torch
 
@@ -304,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             _export(cp, args)
         elif args.command == "bench":
             _bench(cp, args)
+        elif args.command == "kv":
+            _kv(cp, args)
         else:
             if not (0 <= args.layer < cp.layers and 0 <= args.head < cp.heads):
                 raise PatternError(f"--layer {args.layer} --head {args.head} is outside this stack of "

@@ -91,6 +91,12 @@ class Union(_Binary):
     def predicate(self, q, k):
         return self.left.predicate(q, k) | self.right.predicate(q, k)
 
+    def lookback(self, n):
+        return max(self.left.lookback(n), self.right.lookback(n))
+
+    def forever(self, n):
+        return tuple(dict.fromkeys((*self.left.forever(n), *self.right.forever(n))))
+
     def size_hint(self, grid):
         return min(self.left.size_hint(grid) + self.right.size_hint(grid), grid.nbq * grid.nbk)
 
@@ -110,6 +116,17 @@ class Intersect(_Binary):
 
     def predicate(self, q, k):
         return self.left.predicate(q, k) & self.right.predicate(q, k)
+
+    def lookback(self, n):
+        return min(self.left.lookback(n), self.right.lookback(n))  # an upper bound
+
+    def forever(self, n):
+        left, right = self.left.forever(n), self.right.forever(n)
+        if not (left and right):  # keys both sides keep, or none
+            return ()
+        # `causal & X` keeps keys because of X: the envelope is not the reason
+        terms = [t for t in (*left, *right) if t != "causal"] or [*left, *right]
+        return tuple(dict.fromkeys(terms))
 
     def progression(self, n):
         # a progression cut by a band (lo <= q - k <= hi) is the progression's run of multiples in it
@@ -138,6 +155,12 @@ class Difference(_Binary):
     def predicate(self, q, k):
         return self.left.predicate(q, k) & ~self.right.predicate(q, k)
 
+    def lookback(self, n):
+        return self.left.lookback(n)  # an upper bound
+
+    def forever(self, n):
+        return self.left.forever(n)
+
     def size_hint(self, grid):
         return self.left.size_hint(grid)
 
@@ -154,6 +177,9 @@ class Complement(Lowered):
 
     def predicate(self, q, k):
         return ~self.operand.predicate(q, k)
+
+    def describe(self, n):
+        return f"~({self.operand.describe(n)})"
 
     def block_key(self, grid, i, j):
         return self.operand.block_key(grid, i, j)

@@ -60,6 +60,22 @@ class Lowered(ABC):
         are counted by evaluating the predicate (``pair_counts``)."""
         return None
 
+    def lookback(self, n: int) -> int:
+        """The largest ``q - k`` the node allows at length ``n`` (-1 when it allows no ``k <= q``):
+        how long after a key is written a query may still read it, which bounds a decoder's KV cache.
+        ``n - 1`` means to the end of the sequence, whatever its length. The default, ``n - 1``, is
+        the safe answer for a node that does not say."""
+        return n - 1
+
+    def forever(self, n: int) -> tuple[str, ...]:
+        """The terms that keep keys readable to the end of the sequence (``lookback == n - 1``),
+        described as written: ``('stride(128)',)`` for ``causal & (window(256) | stride(128))``."""
+        return (self.describe(n),) if self.lookback(n) >= n - 1 else ()
+
+    def describe(self, n: int) -> str:
+        """The node as a user would write it at length ``n``, for reports."""
+        return repr(self)
+
     def progression(self, n: int) -> tuple[int, int, int] | None:
         """``(step, m_lo, m_hi)`` when the node allows exactly the offsets ``q - k = step * m`` for
         ``m_lo <= m <= m_hi`` (bands, dilations, strides, their intersections with a band), else

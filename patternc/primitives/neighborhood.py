@@ -139,6 +139,13 @@ class Neighborhood(Lowered):
         interior = (q1 <= self.cells) & (lo >= back) & (hi <= size - kernel + back)
         return (np.where(interior, 0, 1), np.where(interior, q0 - k0, i), np.where(interior, q0 % stride, j))
 
+    def lookback(self, n):
+        # the farthest key back: kernel - 1 cells before the query on every axis (at a border)
+        return min(n - 1, sum((kernel - 1) * stride for stride, _, kernel in self._axes()))
+
+    def describe(self, n):
+        return f"neighborhood({list(self.size)}, {list(self.kernel)})"
+
     def size_hint(self, grid):
         per_row = 1.0
         for stride, size, kernel in self._axes()[:-1]:

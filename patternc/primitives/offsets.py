@@ -112,6 +112,28 @@ class Band(_OffsetSet):
     def progression(self, n):
         return 1, self.lo, self.hi
 
+    def lookback(self, n):
+        return min(self.hi, n - 1) if self.hi >= max(self.lo, 0) else -1
+
+    def block_key(self, grid, i, j):
+        # A block's content is fixed by d = q0 - k0, and is the same for every block whose
+        # offsets lie wholly inside the band (all allowed) or wholly outside it (none): only
+        # blocks crossing an edge need d. Without this, the causal band would give each of a
+        # long sequence's diagonals its own key, and every union or intersection with it too.
+        q0, _ = grid.q_bounds(i)
+        k0, _ = grid.k_bounds(j)
+        d = q0 - k0
+        low, high = d - (grid.bk - 1), d + (grid.bq - 1)  # offsets of a whole block at d
+        inside = (low >= self.lo) & (high <= self.hi)
+        outside = (high < self.lo) | (low > self.hi)
+        far = 2 * grid.n + grid.bq + grid.bk  # beyond any d
+        return (np.where(inside, far, np.where(outside, far + 1, d)),)
+
+    def describe(self, n):
+        if self.lo == 0 and self.hi >= n - 1:
+            return "causal"
+        return f"window({self.hi + 1})" if self.lo == -self.hi else f"band({self.lo}, {self.hi})"
+
     def count(self, dmin, dmax):
         return np.maximum(np.minimum(dmax, self.hi) - np.maximum(dmin, self.lo) + 1, 0)
 
@@ -134,6 +156,9 @@ class Stride(_OffsetSet):
 
     def progression(self, n):
         return self.s, -((n - 1) // self.s), (n - 1) // self.s
+
+    def describe(self, n):
+        return f"stride({self.s})"
 
     def count(self, dmin, dmax):
         return np.maximum(dmax // self.s - (dmin - 1) // self.s, 0)
@@ -164,6 +189,12 @@ class Dilated(_OffsetSet):
     def progression(self, n):
         return self.d, 1 - self.w, self.w - 1
 
+    def lookback(self, n):
+        return min(self.w - 1, (n - 1) // self.d) * self.d
+
+    def describe(self, n):
+        return f"dilated({self.w}, {self.d})"
+
     def count(self, dmin, dmax):
         lo, hi = np.maximum(dmin, -self.reach), np.minimum(dmax, self.reach)
         return np.where(lo <= hi, hi // self.d - (lo - 1) // self.d, 0)
@@ -186,6 +217,12 @@ class Diagonals(_OffsetSet):
     def count(self, dmin, dmax):
         points = _offset_array(self.offsets)
         return np.searchsorted(points, dmax, "right") - np.searchsorted(points, dmin, "left")
+
+    def lookback(self, n):
+        return max((o for o in self.offsets if o >= 0), default=-1)
+
+    def describe(self, n):
+        return f"diagonals({list(self.offsets)})"
 
     def intervals(self, grid):
         return _merge_points(_offset_array(self.offsets), grid)

@@ -39,6 +39,9 @@ def _kinds(full: np.ndarray, empty: np.ndarray) -> np.ndarray:
 class Everything(Lowered):
     """``all``: every pair."""
 
+    def describe(self, n):
+        return "all"
+
     def candidates(self, grid):
         return every_block(grid)
 
@@ -58,6 +61,9 @@ class Everything(Lowered):
 @dataclass(frozen=True, slots=True)
 class Nothing(Lowered):
     """``none``: no pair."""
+
+    def lookback(self, n):
+        return -1
 
     def candidates(self, grid):
         z = np.zeros(0, np.int64)
@@ -81,6 +87,12 @@ class Chunk(Lowered):
     """``q // c == k // c``: independent chunks of c tokens."""
 
     c: int
+
+    def lookback(self, n):
+        return min(self.c, n) - 1
+
+    def describe(self, n):
+        return f"chunk({self.c})"
 
     def candidates(self, grid):
         q0, q1 = grid.q_bounds(np.arange(grid.nbq, dtype=np.int64))
@@ -113,6 +125,9 @@ class Sink(Lowered):
 
     g: int
 
+    def describe(self, n):
+        return f"sink({self.g})"
+
     def candidates(self, grid):
         hi = np.full(grid.nbq, (self.g - 1) // grid.bk, np.int64)
         return _row_ranges(grid, np.zeros(grid.nbq, np.int64), hi)
@@ -137,6 +152,9 @@ class Global(Lowered):
     """``k < g or q < g``: the first g tokens see and are seen by everything (Longformer)."""
 
     g: int
+
+    def describe(self, n):
+        return f"global({self.g})"
 
     def candidates(self, grid):
         q0, _ = grid.q_bounds(np.arange(grid.nbq, dtype=np.int64))
@@ -166,6 +184,12 @@ class Prefix(Lowered):
     """``q < p and k < p``: a bidirectional prefix (prefix LM, with ``causal | prefix(p)``)."""
 
     p: int
+
+    def lookback(self, n):
+        return self.p - 1
+
+    def describe(self, n):
+        return f"prefix({self.p})"
 
     def candidates(self, grid):
         q0, _ = grid.q_bounds(np.arange(grid.nbq, dtype=np.int64))
@@ -201,6 +225,12 @@ def _position_table(positions: tuple[int, ...], n: int) -> np.ndarray:
     return table
 
 
+def _shown(positions: tuple[int, ...]) -> str:
+    if len(positions) <= 4:
+        return str(list(positions))
+    return f"[{positions[0]}, {positions[1]}, ..., {positions[-1]}]"
+
+
 def _count_in(positions: tuple[int, ...], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """How many of the sorted positions lie in each ``[lo, hi)``."""
     points = _positions(positions)
@@ -213,6 +243,15 @@ class Columns(Lowered):
 
     positions: tuple[int, ...]  # sorted, unique, each in [0, n)
     n: int
+
+    def lookback(self, n):
+        return n - 1 - min(self.positions)  # the last query reads the first column
+
+    def forever(self, n):
+        return (self.describe(n),)  # every later query reads them: they are never evicted
+
+    def describe(self, n):
+        return f"columns({_shown(self.positions)})"
 
     def candidates(self, grid):
         return _every_row(grid, np.unique(_positions(self.positions) // grid.bk))
@@ -238,6 +277,9 @@ class Tokens(Lowered):
 
     positions: tuple[int, ...]  # sorted, unique, each in [0, n)
     n: int
+
+    def describe(self, n):
+        return f"tokens({_shown(self.positions)})"
 
     def candidates(self, grid):
         points = _positions(self.positions)
@@ -278,6 +320,9 @@ class PeriodicColumns(Lowered):
 
     c: int
     s: int
+
+    def describe(self, n):
+        return f"fixed's summary columns (the last {self.s} of every {self.c})"
 
     def _count_below(self, x: np.ndarray) -> np.ndarray:
         """How many summary keys lie in ``[0, x)``."""

@@ -97,6 +97,9 @@ class RandomBlocks(Lowered):
     def block_key(self, grid, i, j):
         return (self.classify(grid, i, j),)  # a drawn block is all allowed, any other all not
 
+    def describe(self, n):
+        return f"random({self.r}, seed={self.seed})"
+
     def size_hint(self, grid):
         return float(grid.nbq * self.r)
 
