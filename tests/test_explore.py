@@ -225,7 +225,7 @@ def test_comparison_rows():
     mine = rows["this pattern"]
     assert mine.pairs == sum(s.allowed_pairs for s in cp.stats().per_head)
     assert mine.computed_pairs == sum(s.stored_pairs for s in cp.stats().per_head)
-    assert mine.kv_keys is None  # every key, until a KV analysis says otherwise
+    assert mine.kv_keys == 68  # a window of 64 and 4 sinks (patternc.kv)
     assert report.exact and report.mixing_depth is None and mine.layers_to_mix == "more than 8"
     assert mine.global_token.startswith("yes: key 0")
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from patternc.compiled import CompiledPattern, PatternStats
+from patternc.kv import kv
 from patternc.layout import Layout
 from patternc.lower.node import Lowered
 from patternc.reach import ReachReport
@@ -35,7 +36,7 @@ class AttentionRow:
     kv_heads: int | None  # None: the page's GQA setting
     pairs: int  # pairs scored
     computed_pairs: int  # pairs inside the blocks a kernel computes
-    kv_keys: int | None  # keys cached per KV head; None: every key (no KV analysis of the pattern yet)
+    kv_keys: int | None  # keys cached per KV head (the largest budget); None: every key (not causal)
     layers_to_mix: str
     global_token: str
 
@@ -123,6 +124,14 @@ def _global(cp: CompiledPattern, causal: bool) -> str:
             f"(by the last {cp.n - 1 - key:,}; layer {l}, head {h})")
 
 
+def _kv_keys(cp: CompiledPattern, kv_heads: int | None) -> int | None:
+    """The largest KV-cache budget of any layer and KV head (``patternc.kv``); None when the stack
+    is not causal (a bidirectional stack has no cache order: every key is kept)."""
+    if not cp.causal:
+        return None
+    return max(max(row) for row in kv(cp, kv_heads=kv_heads).max_live_keys)
+
+
 def comparison_rows(cp: CompiledPattern, report: ReachReport, stats: PatternStats) -> list[AttentionRow]:
     """MHA, MQA, GQA and this pattern at ``cp.n``, for every layer and head of the stack
     (``stats`` is ``cp.stats()``, computed once by the caller)."""
@@ -138,5 +147,6 @@ def comparison_rows(cp: CompiledPattern, report: ReachReport, stats: PatternStat
         AttentionRow("MQA (dense, 1 KV head)", 1, dense, computed, cp.n, "1", every),
         AttentionRow("GQA (dense)", None, dense, computed, cp.n, "1", every),
         AttentionRow("this pattern", kv_heads or cp.heads, sum(s.allowed_pairs for s in per_head),
-                     sum(s.stored_pairs for s in per_head), None, _mixing(report), _global(cp, causal)),
+                     sum(s.stored_pairs for s in per_head), _kv_keys(cp, kv_heads), _mixing(report),
+                     _global(cp, causal)),
     ]
