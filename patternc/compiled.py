@@ -37,6 +37,7 @@ from patternc.limits import (
 from patternc.lower.bind import Scope, lower
 from patternc.lower.grid import FULL, PARTIAL, Grid
 from patternc.lower.node import Lowered, stored_masks
+from patternc.primitives.random_blocks import drawn_on_blocks
 from patternc.stack import Stack, as_stack, check_params, parse_block
 
 if TYPE_CHECKING:
@@ -93,12 +94,13 @@ class CompiledPattern:
     """
 
     def __init__(self, stack: Stack, n: int, block: tuple[int, int], params: dict[str, int | float],
-                 nodes: list[list[Lowered]], layouts: dict[Lowered, Layout]) -> None:
+                 nodes: list[list[Lowered]], layouts: dict[Lowered, Layout], first_query: int = 0) -> None:
         self.stack = stack
         self.n = n
         self.block = block
         self.params = params
-        self.grid = Grid(n, *block)
+        self.first_query = first_query  # queries [first_query, n) against keys [0, n)
+        self.grid = Grid(n, *block, first_query)
         self._nodes = nodes
         self._layouts = layouts
 
@@ -119,8 +121,14 @@ class CompiledPattern:
 
     def __repr__(self) -> str:
         bq, bk = self.block
-        return (f"CompiledPattern({self.expression(0, 0)!r}, n={self.n}, block=({bq}, {bk}), "
+        rows = f", first_query={self.first_query}" if self.first_query else ""
+        return (f"CompiledPattern({self.expression(0, 0)!r}, n={self.n}{rows}, block=({bq}, {bk}), "
                 f"layers={self.layers}, heads={self.heads})")
+
+    @property
+    def nq(self) -> int:
+        """Queries compiled: ``n - first_query`` (every query unless a query range was asked for)."""
+        return self.n - self.first_query
 
     # ---- per (layer, head) -------------------------------------------------------------------------
     # One convention for every method: ``layer`` and ``head`` select; None means every layer (head)
@@ -181,13 +189,13 @@ class CompiledPattern:
     def allows(self, q, k, layer: int | None = None, head: int | None = None) -> np.ndarray:
         """Whether the compiled layout allows ``(q, k)``; vectorised over broadcastable arrays."""
         q, k = np.asarray(q, np.int64), np.asarray(k, np.int64)
-        for name, value in (("q", q), ("k", k)):
-            if value.size and (value.min() < 0 or value.max() >= self.n):
-                raise PatternSizeError(f"{name} must lie in [0, {self.n}), got values up to {value.max()}"
+        for name, value, low in (("q", q, self.first_query), ("k", k, 0)):
+            if value.size and (value.min() < low or value.max() >= self.n):
+                raise PatternSizeError(f"{name} must lie in [{low}, {self.n}), got values up to {value.max()}"
                                        f" and down to {value.min()}")
         layout = self.layout(layer, head)
         q, k = np.broadcast_arrays(q, k)
-        kind = layout.kind_of(q // self.block[0], k // self.block[1])
+        kind = layout.kind_of((q - self.first_query) // self.block[0], k // self.block[1])
         partial = kind == PARTIAL
         out = np.array(kind == FULL)  # an array even for scalar q and k, so it can be assigned to
         if partial.any():
@@ -196,22 +204,23 @@ class CompiledPattern:
 
     def to_dense(self, layer: int | None = None, head: int | None = None,
                  max_elements: int = DENSE_LIMIT) -> np.ndarray:
-        """Dense boolean mask: ``(n, n)`` for one (layer, head), ``(L, H, n, n)`` when both are None
-        (every layer and head), ``(H, n, n)`` or ``(L, n, n)`` when one is given.
+        """Dense boolean mask: ``(nq, n)`` for one (layer, head) (``nq == n`` unless compiled for a
+        query range: row ``r`` is query ``first_query + r``), ``(L, H, nq, n)`` when both are None
+        (every layer and head), ``(H, nq, n)`` or ``(L, nq, n)`` when one is given.
 
         >>> patternc.compile("conf/pattern/longformer.yaml", n=256).to_dense(layer=0).shape
         (12, 256, 256)
         """
         layer_ids = range(self.layers) if layer is None else [self.at(layer, 0)[0]]
         head_ids = range(self.heads) if head is None else [self.at(0, head)[1]]
-        size = len(layer_ids) * len(head_ids) * self.n * self.n
+        size = len(layer_ids) * len(head_ids) * self.nq * self.n
         if size > max_elements:
             raise PatternSizeError(
-                f"a dense mask of {len(layer_ids)} x {len(head_ids)} x {self.n} x {self.n} = {size:,}"
+                f"a dense mask of {len(layer_ids)} x {len(head_ids)} x {self.nq} x {self.n} = {size:,}"
                 f" booleans exceeds the limit of {max_elements:,}; use layout() or a block-sparse"
                 " export, or pass max_elements"
             )
-        out = np.empty((len(layer_ids), len(head_ids), self.n, self.n), bool)
+        out = np.empty((len(layer_ids), len(head_ids), self.nq, self.n), bool)
         for a, l in enumerate(layer_ids):
             for b, h in enumerate(head_ids):
                 out[a, b] = self._dense_one(l, h)
@@ -222,11 +231,11 @@ class CompiledPattern:
         return out
 
     def _dense_one(self, layer: int, head: int) -> np.ndarray:
-        """(n, n): every stored block's token mask, scattered into the block grid."""
+        """(nq, n): every stored block's token mask, scattered into the block grid."""
         layout, grid = self.layout(layer, head), self.grid
         blocks = np.zeros((grid.nbq, grid.bq, grid.nbk, grid.bk), bool)  # (nbq, bq, nbk, bk)
         blocks[layout.rows(), :, layout.indices, :] = stored_masks(self.node(layer, head), layout)
-        return blocks.reshape(grid.nbq * grid.bq, grid.nbk * grid.bk)[: self.n, : self.n]
+        return blocks.reshape(grid.nbq * grid.bq, grid.nbk * grid.bk)[: self.nq, : self.n]
 
     def mask_mod(self, layer: int | None = None, head: int | None = None, device: str = "cpu"):
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for one (layer, head).
@@ -348,7 +357,8 @@ def load(path: str | os.PathLike) -> CompiledPattern:
 
     stored = read(path)
     try:
-        cp = compile(stored.stack, stored.n, block=stored.block, params=stored.params)
+        cp = compile(stored.stack, stored.n, block=stored.block, params=stored.params,
+                     first_query=stored.first_query)
     except PatternError as err:
         raise LayoutFileError(f"the stored pattern does not compile: {err}", where=stored.path) from None
     verify(cp, stored)
@@ -360,23 +370,31 @@ def load(path: str | os.PathLike) -> CompiledPattern:
 
 def compile(spec: str | os.PathLike | ast.Pattern | Stack, n: int,
             block: int | tuple[int, int] | None = None,
-            params: dict[str, int | float] | None = None) -> CompiledPattern:
+            params: dict[str, int | float] | None = None, first_query: int = 0) -> CompiledPattern:
     """Compile a pattern at sequence length ``n`` to exact block-sparse layouts.
 
     ``spec`` is an expression (``"causal & window(512)"``), a syntax tree, a ``Stack``, or the path
     of a stack YAML file (``"conf/pattern/longformer.yaml"``). ``block`` is an int, a pair
     ``(bq, bk)`` or None for the stack's block (else 128). ``params`` binds ``$name`` values over
-    the stack's defaults.
+    the stack's defaults. ``first_query`` compiles only the queries ``[first_query, n)`` against the
+    keys ``[0, n)``: exactly those rows of the pattern at length ``n`` (a prefill chunk, a decode
+    step), in query blocks that start at ``first_query``.
 
     >>> compile("causal & window($w)", n=4096, block=64, params={"w": 256}).layers
     1
+    >>> compile("causal & window(3)", n=6, first_query=5).to_dense(0, 0).astype(int)  # the decode step
+    array([[0, 0, 0, 1, 1, 1]])
     """
     stack = as_stack(spec)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
         raise PatternSizeError(f"n must be an integer in [1, {MAX_N:,}], got {brief(n)}")
+    if isinstance(first_query, bool) or not isinstance(first_query, (int, np.integer)) \
+            or not 0 <= first_query < n:
+        raise PatternSizeError(f"first_query must be an integer in [0, n = {n:,}), got {brief(first_query)}")
     bound = dict(stack.params)
     bound.update(check_params(params or {}))
-    return _compile(stack, int(n), block_shape(stack, int(n), block), tuple(sorted(bound.items())))
+    shape = block_shape(stack, int(n), block)
+    return _compile(stack, int(n), shape, tuple(sorted(bound.items())), int(first_query))
 
 
 def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | None = None) -> tuple[int, int]:
@@ -411,7 +429,8 @@ def clear_cache() -> None:
 
 
 @lru_cache(maxsize=8)
-def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple) -> CompiledPattern:
+def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple, first_query: int = 0,
+             ) -> CompiledPattern:
     bound = dict(params)
     unused = sorted(set(bound) - _used_params(stack) - {name for name, _ in stack.params})
     if unused:
@@ -419,7 +438,7 @@ def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple) -> Com
             f"unknown parameter '{unused[0]}'; the pattern's parameters are: "
             f"{', '.join(sorted(_used_params(stack))) or 'none'}"
         )
-    grid = Grid(n, *block)
+    grid = Grid(n, *block, first_query)
     nodes: list[list[Lowered]] = []
     layouts: dict[Lowered, Layout] = {}
     stored = 0
@@ -430,6 +449,10 @@ def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple) -> Com
             scope = Scope(grid, l, h, stack.layers, stack.heads, bound)
             try:
                 node = lower(parse(text), grid, scope)
+                if first_query % block[0] and drawn_on_blocks(node):
+                    raise PatternMeaningError(
+                        f"random() is drawn per query block of {block[0]} tokens: a query range must start "
+                        f"at a multiple of it (first_query = {first_query:,})")
                 if node not in layouts:
                     # the estimate comes before any block is built, so a refused size costs nothing
                     require(int(node.size_hint(grid)), MAX_LAYOUT_BLOCKS,
@@ -447,4 +470,4 @@ def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple) -> Com
         nodes.append(row)
     if stack.causal:
         _check_declared_causal(stack, nodes, layouts)
-    return CompiledPattern(stack, n, block, bound, nodes, layouts)
+    return CompiledPattern(stack, n, block, bound, nodes, layouts, first_query)

@@ -159,6 +159,9 @@ def kv(compiled: CompiledPattern, kv_heads: int | None = None, head_dim: int = 1
     if not isinstance(cp, CompiledPattern):
         raise PatternMeaningError(f"kv() takes a CompiledPattern (from patternc.compile), got "
                                   f"{type(cp).__name__}")
+    if cp.first_query:
+        raise PatternMeaningError(f"kv() needs every query (it follows keys to their last reader); this "
+                                  f"pattern is compiled for the queries [{cp.first_query:,}, {cp.n:,}) only")
     if not cp.causal:
         raise PatternMeaningError("kv(): the stack is not causal, so there is no order in which keys are "
                                   "written and read: a KV cache needs causal & ... in every head")

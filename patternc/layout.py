@@ -75,7 +75,7 @@ class HeadStats:
     partial_blocks: int
     block_density: float  # stored blocks / all blocks
     allowed_pairs: int
-    token_density: float  # allowed pairs / envelope (n(n+1)/2 for causal patterns, else n^2)
+    token_density: float  # allowed pairs / envelope (n(n+1)/2 for causal patterns, else n^2; of the rows)
     partial_share: float  # partial blocks / stored blocks
     max_blocks_per_row: int
     stored_pairs: int  # pairs inside stored blocks: what a block-sparse kernel computes
@@ -103,8 +103,8 @@ def head_stats(node: Lowered, layout: Layout, layer: int, head: int, causal: boo
     counts = pair_counts(node, grid, rows[partial], cols[partial])
     allowed = int(area[layout.full].sum() + counts.sum())
     stored = int(area.sum())
-    n = grid.n
-    envelope = n * (n + 1) // 2 if causal else n * n
+    n, f = grid.n, grid.first  # the rows [f, n): every query unless a query range was compiled
+    envelope = (n * (n + 1) - f * (f + 1)) // 2 if causal else (n - f) * n
     nnz = layout.nnz
     return HeadStats(
         layer=layer,
@@ -138,7 +138,8 @@ def future_pair(node: Lowered, layout: Layout) -> tuple[int, int] | None:
     if len(hit) == 0:
         return None
     bi, bj = int(i[hit[0]]), int(j[hit[0]])
-    qs = np.arange(bi * grid.bq, min((bi + 1) * grid.bq, grid.n))[:, None]
+    q_first, q_end = grid.q_bounds(np.array([bi]))
+    qs = np.arange(int(q_first[0]), int(q_end[0]))[:, None]
     ks = np.arange(bj * grid.bk, min((bj + 1) * grid.bk, grid.n))[None, :]
     dq, dk = np.nonzero(np.broadcast_to(future.predicate(qs, ks), (len(qs), ks.shape[1])))
     return int(qs[dq[0], 0]), int(ks[0, dk[0]])

@@ -1,7 +1,8 @@
 """The explorer as one HTML file: the template, styles, scripts and data inlined, nothing fetched.
 
->>> text = explorer_html(compile("conf/pattern/longformer.yaml", n=4096))   # doctest: +SKIP
->>> write_page("outputs/longformer.html", text)                            # doctest: +SKIP
+>>> text = explorer_html(patternc.compile("conf/pattern/longformer.yaml", n=1024))
+>>> write_page(tmp_path / "longformer.html", text).name
+'longformer.html'
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ Sizes are bounded whatever ``n``: overviews shrink (halving their cells) until t
 ``OVERVIEW_BUDGET``, details are kept in order until ``DETAIL_BUDGET`` is spent, and the spread of
 ``SPREAD_KEYS`` followed keys is counted into ``SPREAD_CELLS`` cells.
 
->>> data = page_data(compile("conf/pattern/longformer.yaml", n=4096))   # doctest: +SKIP
->>> data["layouts"][0]["terms"]                                          # doctest: +SKIP
-[{'label': 'window(256)', 'text': 'causal & window(256)'}, {'label': 'global(16)', ...}]
+>>> data = page_data(patternc.compile("conf/pattern/longformer.yaml", n=1024))
+>>> [term["label"] for term in data["layouts"][0]["terms"]]
+['window(256)', 'global(16)']
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ difference over a union on its left; anything else is one term. Each term is low
 with the head's layer, head index and parameters, so that the explorer can say which terms allow
 a block or a pair.
 
->>> [t.label for t in head_terms(compile("causal & (window(256) | global(16))", n=4096), 0, 0)]
+>>> [t.label for t in head_terms(patternc.compile("causal & (window(256) | global(16))", n=4096), 0, 0)]
 ['window(256)', 'global(16)']
 """
 

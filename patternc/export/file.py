@@ -8,8 +8,9 @@ Tensors (each distinct layout stored once, however many heads share it):
 
 Header metadata (strings): ``format`` (``patternc-layout``), ``format_version``,
 ``patternc_version``, ``stack`` (the stack as JSON, expressions included), ``n``, ``block``
-(JSON ``[bq, bk]``), ``layers``, ``heads``, ``params`` (JSON), and ``content_hash``: the sha256 of the
-canonical metadata and every tensor's name, dtype, shape and bytes.
+(JSON ``[bq, bk]``), ``layers``, ``heads``, ``params`` (JSON), ``first_query`` (the first compiled
+query; 0 unless a query range was compiled) and ``content_hash``: the sha256 of the canonical
+metadata and every tensor's name, dtype, shape and bytes.
 
 ``read`` checks the hash and parses the stored stack; ``patternc.load`` recompiles it (the token
 predicates come from there) and ``verify`` checks that every stored array equals the recompiled
@@ -79,6 +80,7 @@ def pack(cp: CompiledPattern) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         "layers": str(cp.layers),
         "heads": str(cp.heads),
         "params": json.dumps(cp.params, sort_keys=True),
+        "first_query": str(cp.first_query),
     }
     return tensors, metadata
 
@@ -126,6 +128,7 @@ class LayoutFile:
     n: int
     block: tuple[int, int]
     params: dict
+    first_query: int = 0
 
 
 def read(path: str | os.PathLike) -> LayoutFile:
@@ -161,7 +164,9 @@ def read(path: str | os.PathLike) -> LayoutFile:
     block = _field(metadata, "block", path, json.loads)
     if not (isinstance(block, list) and len(block) == 2 and all(type(b) is int for b in block)):
         raise LayoutFileError(f"metadata 'block' must be [bq, bk], got {brief(block)}", where=path)
-    return LayoutFile(path, tensors, metadata, stack, _field(metadata, "n", path, int), tuple(block), params)
+    first = _field(metadata, "first_query", path, int) if "first_query" in metadata else 0  # format 1: 0
+    return LayoutFile(path, tensors, metadata, stack, _field(metadata, "n", path, int), tuple(block), params,
+                      first)
 
 
 def verify(cp: CompiledPattern, file: LayoutFile) -> None:

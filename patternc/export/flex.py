@@ -64,7 +64,7 @@ def to_block_mask(cp: CompiledPattern, layer: int = 0, device: str = "cpu") -> B
             _fill_lists(cols[chosen][by_col], rows[chosen][by_col], q_num[kind, 0, h], q_idx[kind, 0, h])
     kv_num, kv_idx, q_num, q_idx = (torch.from_numpy(a).to(device) for a in (kv_num, kv_idx, q_num, q_idx))
     return BlockMask(
-        seq_lengths=(cp.n, cp.n),
+        seq_lengths=(cp.nq, cp.n),  # a query range: row r is query first_query + r
         kv_num_blocks=kv_num[0], kv_indices=kv_idx[0],
         full_kv_num_blocks=kv_num[1], full_kv_indices=kv_idx[1],
         q_num_blocks=q_num[0], q_indices=q_idx[0],
@@ -102,7 +102,10 @@ def layer_mask_mod(cp: CompiledPattern, layer: int = 0, device: str = "cpu"):
     for index, heads in enumerate(groups.values()):
         group_of_head[heads] = index
 
+    first = cp.first_query  # FlexAttention counts query rows from 0; our predicates use positions
+
     def per_head(h, q_idx, kv_idx):
+        q_idx = q_idx + first
         allowed = nodes[0].predicate(q_idx, kv_idx)
         if len(nodes) > 1:
             group = group_of_head[h]
@@ -128,7 +131,8 @@ def head_mask_mod(cp: CompiledPattern, layer: int = 0, head: int = 0, device: st
     tensor(127)
     """
     node = cp.node(layer, head)
-    graph = _traced(lambda q_idx, kv_idx: node.predicate(q_idx, kv_idx), 2, device)
+    first = cp.first_query
+    graph = _traced(lambda q_idx, kv_idx: node.predicate(q_idx + first, kv_idx), 2, device)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return graph(q_idx, kv_idx)

@@ -21,15 +21,23 @@ KIND = np.int8
 
 @dataclass(frozen=True, slots=True)
 class Grid:
-    """Sequence length and block shape: ``Grid(n=4096, bq=128, bk=128)``."""
+    """Sequence length and block shape: ``Grid(n=4096, bq=128, bk=128)``. With ``first``, only the
+    queries ``[first, n)`` are on the grid (against every key ``[0, n)``): the rows a chunked
+    prefill or a decode step computes. Query block ``i`` starts at token ``first + i * bq``."""
 
     n: int
     bq: int
     bk: int
+    first: int = 0  # the first query on the grid
+
+    @property
+    def nq(self) -> int:
+        """Queries on the grid."""
+        return self.n - self.first
 
     @property
     def nbq(self) -> int:
-        return -(-self.n // self.bq)
+        return -(-self.nq // self.bq)
 
     @property
     def nbk(self) -> int:
@@ -37,7 +45,7 @@ class Grid:
 
     def q_bounds(self, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """First query and one past the last query of block rows ``i``."""
-        q0 = i * self.bq
+        q0 = self.first + i * self.bq
         return q0, np.minimum(q0 + self.bq, self.n)
 
     def k_bounds(self, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

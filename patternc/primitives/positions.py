@@ -283,7 +283,7 @@ class Tokens(Lowered):
 
     def candidates(self, grid):
         points = _positions(self.positions)
-        token_rows = np.unique(points // grid.bq)
+        token_rows = np.unique((points[points >= grid.first] - grid.first) // grid.bq)
         token_cols = np.unique(points // grid.bk)
         other_rows = np.setdiff1d(np.arange(grid.nbq, dtype=np.int64), token_rows)
         rows = np.concatenate([np.repeat(token_rows, grid.nbk), np.repeat(other_rows, len(token_cols))])

@@ -9,7 +9,7 @@ machine and numpy version, independently of every other row, head and layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -18,7 +18,7 @@ from patternc.lower.grid import EMPTY, FULL, KIND, lookup
 from patternc.lower.node import Lowered
 from patternc.primitives.registry import Arg, primitive
 
-__all__ = ["RandomBlocks", "random", "random_block_table"]
+__all__ = ["RandomBlocks", "drawn_on_blocks", "random", "random_block_table"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -60,6 +60,14 @@ def _table_columns(seed: int, layer: int, head: int, r: int, nbq: int, nbk: int)
     return tuple(np.ascontiguousarray(table[:, t]) for t in range(r))
 
 
+def drawn_on_blocks(node: Lowered) -> bool:
+    """Whether ``random()`` is in the node: its draw is made on the blocks it was compiled with, so
+    the same stack on other blocks (or on query blocks that start elsewhere) is another pattern."""
+    if isinstance(node, RandomBlocks):
+        return True
+    return is_dataclass(node) and any(drawn_on_blocks(getattr(node, f.name)) for f in fields(node))
+
+
 @dataclass(frozen=True, slots=True)
 class RandomBlocks(Lowered):
     """r random key blocks per query block row, for one (layer, head) and block shape."""
@@ -80,11 +88,12 @@ class RandomBlocks(Lowered):
         return random_block_table(*self._key())
 
     def candidates(self, grid):
-        table = self._table()
+        table = self._table()[grid.first // self.bq:]  # the draws of the grid's rows (aligned: see compile)
         return np.repeat(np.arange(len(table), dtype=np.int64), self.r), table.reshape(-1)
 
     def classify(self, grid, i, j):
-        hit = (self._table()[i] == j[:, None]).any(axis=1)
+        q0, _ = grid.q_bounds(i)
+        hit = (self._table()[q0 // self.bq] == j[:, None]).any(axis=1)  # the draw of the block's row
         return np.where(hit, FULL, EMPTY).astype(KIND)
 
     def predicate(self, q, k):

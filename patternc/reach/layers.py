@@ -7,7 +7,7 @@ heads together cover a block, resolved pair by pair where needed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from functools import reduce
 
 import numpy as np
@@ -19,7 +19,7 @@ from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid, expand
 from patternc.lower.node import Lowered, block_masks, distinct_blocks
 from patternc.lower.rules import simplify
 from patternc.primitives.offsets import Band
-from patternc.primitives.random_blocks import RandomBlocks
+from patternc.primitives.random_blocks import drawn_on_blocks as node_drawn_on_blocks
 
 __all__ = ["LayerFlow", "coarsen", "drawn_on_blocks", "layer_flows", "pairs_in_blocks"]
 
@@ -75,12 +75,7 @@ def drawn_on_blocks(cp: CompiledPattern) -> bool:
     """Whether some head uses ``random()``: its draw is made on ``cp``'s own blocks, so the stack
     compiled at another block size is another pattern, and ``cp`` must not be recompiled."""
 
-    def drawn(node) -> bool:
-        if isinstance(node, RandomBlocks):
-            return True
-        return is_dataclass(node) and any(drawn(getattr(node, f.name)) for f in fields(node))
-
-    return any(drawn(cp.node(l, h)) for l in range(cp.layers) for h in range(cp.heads))
+    return any(node_drawn_on_blocks(cp.node(l, h)) for l in range(cp.layers) for h in range(cp.heads))
 
 
 def coarsen(flow: LayerFlow, grid: Grid, block: int, causal: bool) -> LayerFlow:

@@ -8,8 +8,8 @@ when a stored block links it to a possibly reached one (an over-approximation: b
 the key may never reach), and *certainly* reached, every token of it, when a FULL block links it
 to a block holding a certainly reached token.
 
->>> spread = reach(compile("causal & window(4)", n=64), keys=[0]).spread   # doctest: +SKIP
->>> spread.tokens(layer=1)[0]                                              # doctest: +SKIP
+>>> spread = patternc.reach(patternc.compile("causal & window(4)", n=64), keys=[0]).spread
+>>> spread.tokens(layer=1)[0]
 (4, 4)
 """
 

@@ -112,6 +112,9 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
     if not isinstance(cp, CompiledPattern):
         raise PatternSizeError(f"reach() takes a CompiledPattern (from patternc.compile), got "
                                f"{type(cp).__name__}")
+    if cp.first_query:
+        raise PatternMeaningError(f"reach() follows whole sequences through the layers; this pattern is "
+                                  f"compiled for the queries [{cp.first_query:,}, {cp.n:,}) only")
     check_size(cp.n, cp.block, exact_limit, max_depth)
     max_depth = max(2 * cp.layers, 8) if max_depth is None else max_depth
     keys = [int(k) for k in keys]
