@@ -125,10 +125,13 @@ def test_bad_patterns_raise_clear_errors(pattern, message):
 
 
 @pytest.mark.parametrize("train, message", [
-    pytest.param(dict(lr=2.0), "train.lr must be in (0, 1]", id="lr"),
-    pytest.param(dict(steps=0), "train.steps must be at least 1", id="steps"),
-    pytest.param(dict(threads=0), "train.threads must be at least 1", id="threads"),
-    pytest.param(dict(clip=float("inf")), "train.clip must be positive and finite", id="clip"),
+    pytest.param(dict(lr=2.0), "train.lr must be a number in (0, 1]", id="lr"),
+    pytest.param(dict(steps=0), "train.steps must be an integer >= 1, got 0", id="steps"),
+    pytest.param(dict(threads=0), "train.threads must be null (keep the process's setting) or an integer >= 1",
+                 id="threads"),
+    pytest.param(dict(clip=float("inf")), "train.clip must be a positive finite number", id="clip"),
+    pytest.param(dict(warmup=-1), "train.warmup must be an integer >= 0", id="warmup"),
+    pytest.param(dict(weight_decay=2.0), "train.weight_decay must be a number in [0, 1]", id="weight-decay"),
     pytest.param(dict(device="tpu"), "train.device: device 'tpu' is not a torch device", id="device"),
 ] + ([] if torch.cuda.is_available() else [
     pytest.param(dict(device="cuda"), "train.device: device 'cuda': this torch build or machine has no CUDA",

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.app import CONF
 from search.record import REFERENCE
-from search.study import counted
+from search.accounting import counted
 
 DEADLINE = 600  # seconds for one search process: generous, for a slow 2-core machine shared with others
 HEARTBEAT = 1  # search.heartbeat in the resume test: a killed trial is stale after 2 s
