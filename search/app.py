@@ -30,9 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from patternc.errors import PatternError
 from search.config import MODES, PatternConfig, register_configs
-from search.evaluate import evaluate
 from search.definition import definition
 from search.errors import SpaceRejectsAll
+from search.evaluate import evaluate
 from search.report import Report, write_report
 from search.study import load_existing, run_search, study_account
 from search.validate import check_seed, check_task

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DTYPES",
     "MODES",
+    "SAMPLERS",
     "AppConfig",
     "KernelConfig",
     "MQARConfig",
     "MajorityConfig",
     "ModelConfig",
-    "DTYPES",
-    "SAMPLERS",
     "ParamSpec",
     "PatternConfig",
     "SearchConfig",

@@ -165,8 +165,8 @@ class Objective:
             key = layout_hash(cp, layer)
             if key not in by_layout:
                 by_layout[key] = patternc.measure(cp, batch=k.batch, head_dim=k.head_dim, backend=k.backend,
-                                                  dtype=getattr(torch, k.dtype), layer=layer, repeats=k.repeats,
-                                                  warmup=k.warmup, device=k.device)
+                                                  dtype=getattr(torch, k.dtype), layer=layer,
+                                                  repeats=k.repeats, warmup=k.warmup, device=k.device)
             m = by_layout[key]
             ratios.append(m.ratio)
             seconds.append(m.seconds)

@@ -79,7 +79,7 @@ def check_sqlite_file(path: pathlib.Path) -> None:
     if verdict != "ok":
         raise StorageError(f"{path} is a damaged sqlite database ({verdict}): restore a copy, or move it "
                            f"away to start the study anew")
-    if tables and not OPTUNA_TABLES <= tables:
+    if tables and not tables >= OPTUNA_TABLES:
         raise StorageError(f"{path} is the sqlite database of another application (tables: "
                            f"{', '.join(sorted(tables)[:6])}), not an Optuna study: Optuna would add its "
                            f"tables to it; choose another search.study or search.storage")
@@ -145,8 +145,9 @@ def _retrying(method):
                 now = time.monotonic()
                 if started is None:
                     started = now
-                    log.warning("%s: lost the database (%s); retrying for up to %.0f s (search.storage_retry)",
-                                self.label, str(cause).strip().splitlines()[0], self.retry_seconds)
+                    log.warning("%s: lost the database (%s); retrying for up to %.0f s "
+                                "(search.storage_retry)", self.label, str(cause).strip().splitlines()[0],
+                                self.retry_seconds)
                 if now - started >= self.retry_seconds:
                     raise StorageError(
                         f"{self.label}: the database did not answer for {now - started:.0f} s "
@@ -183,8 +184,8 @@ def make_storage(settings: SearchConfig, study: str) -> ResilientRDBStorage:
             with warnings.catch_warnings():  # heartbeats are "experimental" (Optuna 2.8); we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.retries)
-                return ResilientRDBStorage(url, retry_seconds=settings.storage_retry, engine_kwargs=engine_kwargs,
-                                           heartbeat_interval=settings.heartbeat,
+                return ResilientRDBStorage(url, retry_seconds=settings.storage_retry,
+                                           engine_kwargs=engine_kwargs, heartbeat_interval=settings.heartbeat,
                                            grace_period=2 * settings.heartbeat,
                                            heartbeat_stale_trial_callback=retry)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):

@@ -186,7 +186,8 @@ def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, setti
     study.sampler = make_sampler(settings.sampler, _seed_stream(study, settings),
                                  n_startup=max(4, settings.n_trials // 3))
     objective = _Accounted(Objective(task, space, kernel, seed=seed), settings.n_trials)
-    bar = tqdm(total=settings.n_trials, initial=min(spent(study.get_trials(deepcopy=False)), settings.n_trials),
+    done = spent(study.get_trials(deepcopy=False))
+    bar = tqdm(total=settings.n_trials, initial=min(done, settings.n_trials),
                unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True)
     say = bar.write if progress else log.info
     started = time.monotonic()

@@ -7,17 +7,16 @@ import importlib.util
 
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from searchconf import objects, tiny
 
 import patternc
 import search.objective
 from search import record
+from search.accounting import counted
 from search.app import CONF, run_report_mode, run_search_mode
+from search.errors import SpaceRejectsAll
 from search.objective import density_vs_causal
 from search.pareto import dominates
-from search.accounting import counted
-from search.errors import SpaceRejectsAll
 from search.samplers import EscapeRejections
 from search.study import run_search
 
@@ -25,16 +24,6 @@ from search.study import run_search
 @pytest.fixture(autouse=True)
 def cost_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path / "cost-cache"))
-
-
-def tiny(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=["experiment=tiny", f"search.storage=sqlite:///{tmp_path}/s.db",
-                                            *overrides])
-
-
-def objects(cfg):
-    return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]
 
 
 def test_tiny_search_end_to_end(tmp_path):
@@ -74,7 +63,7 @@ def test_report_mode_reports_the_study_as_it_stands_and_runs_nothing(tmp_path, m
 
 def test_report_mode_names_the_studies_it_could_have_meant(tmp_path):
     run_search_mode(tiny(tmp_path, "search.n_trials=1", "search.references=false"), tmp_path / "w")
-    with pytest.raises(ValueError, match=r"no study 'nope' in .*studies there: fixed_window-mqar-n1024-seed0-"):
+    with pytest.raises(ValueError, match=r"no study 'nope' in .*there: fixed_window-mqar-n1024-seed0"):
         run_report_mode(tiny(tmp_path, "mode=report", "search.study=nope"), tmp_path / "final")
 
 
@@ -142,12 +131,12 @@ def test_a_hopeless_space_stops_with_an_error_and_the_commonest_reason(tmp_path)
     pytest.param("search.n_trials=0", "search.n_trials must be an integer >= 1, got 0", id="n_trials"),
     pytest.param("search.n_trials=2", "search.n_trials = 2 is fewer than the 3 reference trials",
                  id="budget-below-references"),
-    pytest.param("search.timeout=-10", "search.timeout must be null (no limit) or a positive number", id="timeout"),
+    pytest.param("search.timeout=-10", "search.timeout must be null (no limit) or a positive", id="timeout"),
     pytest.param("search.heartbeat=0", "search.heartbeat must be an integer >= 1", id="heartbeat"),
     pytest.param("search.max_rejected=0", "search.max_rejected must be an integer >= 1", id="max_rejected"),
     pytest.param("search.seed=-1", "search.seed must be an integer in [0, 2**32)", id="search-seed"),
     pytest.param("seed=-3", "seed must be an integer in [0, 2**32)", id="seed"),
-    pytest.param("search.worker=2", "search.worker is this worker's index among search.workers = 1", id="worker"),
+    pytest.param("search.worker=2", "search.worker is this worker's index among search", id="worker"),
     pytest.param("search.workers=2", "an embedded sqlite file cannot hold safely", id="sqlite-workers"),
     pytest.param("space.template='causal & windw(ceil($w * n))'", "unknown primitive 'windw'", id="template"),
     pytest.param("space.target_block=2048", "space.target_block = 2048 is larger than space.n_target = 1024",
@@ -172,7 +161,7 @@ def test_a_hopeless_space_stops_with_an_error_and_the_commonest_reason(tmp_path)
                  id="eval-sequences"),
     pytest.param("task.train.threads=0", "task.train.threads must be null", id="threads"),
     pytest.param("task.train.log_every=0", "task.train.log_every must be an integer >= 1", id="log-every"),
-    pytest.param("task.model.d_model=0", "task.model.d_model must be an integer >= 2 (a width of 0 or 1 trains",
+    pytest.param("task.model.d_model=0", "task.model.d_model must be an integer >= 2 (a width of 0 or 1",
                  id="d_model-0"),
     pytest.param("task.model.d_model=1", "task.model.d_model must be an integer >= 2", id="d_model-1"),
     pytest.param("task.model.head_dim=3", "task.model.head_dim must be an even integer >= 2", id="head-dim"),

@@ -23,9 +23,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from optuna.trial import FrozenTrial, TrialState
 
+from search.accounting import counted
 from search.app import CONF
 from search.record import REFERENCE
-from search.accounting import counted
 
 DEADLINE = 600  # seconds for one search process: generous, for a slow 2-core machine shared with others
 HEARTBEAT = 1  # search.heartbeat in the resume test: a killed trial is stale after 2 s
