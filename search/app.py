@@ -37,7 +37,7 @@ from search.report import Report, write_report
 from search.study import load_existing, run_search, study_account
 from search.validate import check_seed, check_task
 
-__all__ = ["main"]
+__all__ = ["main", "report_study", "run_evaluate", "run_report_mode", "run_search_mode"]
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"  # the repository's conf/ (editable install)
 
@@ -55,23 +55,23 @@ def run_search_mode(cfg: DictConfig, out_dir: pathlib.Path) -> Report | None:
     try:
         study = run_search(task, space, kernel, settings, seed=cfg.seed)
     except SpaceRejectsAll as error:  # the rejections are worth a report: trials.csv says why
-        _report(error.study, cfg, out_dir)
+        report_study(error.study, cfg, out_dir)
         raise
     if settings.workers > 1:
         print(f"worker {settings.worker} of {settings.workers} ended; the study's report is written when the "
               f"last one ends (or run mode=report with the same config)")
         return None
-    return _report(study, cfg, out_dir)
+    return report_study(study, cfg, out_dir)
 
 
 def run_report_mode(cfg: DictConfig, out_dir: pathlib.Path) -> Report:
     """The report of an existing study (the one this config defines, or ``search.study``) in
     ``out_dir``: what a distributed search ends with once every worker has stopped."""
     task, space, kernel, settings = _objects(cfg)
-    return _report(load_existing(settings, definition(task, space, kernel, cfg.seed)), cfg, out_dir)
+    return report_study(load_existing(settings, definition(task, space, kernel, cfg.seed)), cfg, out_dir)
 
 
-def _report(study, cfg: DictConfig, out_dir: pathlib.Path) -> Report:
+def report_study(study, cfg: DictConfig, out_dir: pathlib.Path) -> Report:
     """The composed config and the study's report, written into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

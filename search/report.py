@@ -111,7 +111,7 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
                + ["accuracy", "cost", "density", "mixing_depth", "feasible"]
                + [f"constraint_{c}" for c in constraints] + ["rejected_reason"]
                + [f"bucket_{b}" for b in buckets] + [f"seconds_{s}" for s in stages]
-               + ["datetime_start", "datetime_complete"])
+               + ["worker", "datetime_start", "datetime_complete"])
     rows = []
     for t in trials:
         a = t.user_attrs
@@ -120,6 +120,7 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
                "accuracy": t.values[0] if t.values else a.get(R.ACCURACY), "cost": _cost(t),
                "density": a.get(R.DENSITY), "mixing_depth": a.get(R.MIXING_DEPTH),
                "feasible": feasible(t), "rejected_reason": a.get(R.REJECTED),
+               "worker": (a.get(R.WORKER) or {}).get("index"),
                "datetime_start": t.datetime_start and t.datetime_start.isoformat(),
                "datetime_complete": t.datetime_complete and t.datetime_complete.isoformat()}
         row.update({f"param_{k}": v for k, v in t.params.items()})

@@ -34,7 +34,8 @@ from optuna.trial import TrialState
 from search.config import SearchConfig
 from search.errors import StorageError
 
-__all__ = ["DEFAULT_STORAGE_DIR", "ResilientRDBStorage", "check_sqlite_file", "make_storage", "shown"]
+__all__ = ["DEFAULT_STORAGE_DIR", "ResilientRDBStorage", "check_sqlite_file", "fail_stale", "make_storage",
+           "shown", "url_of"]
 
 DEFAULT_STORAGE_DIR = pathlib.Path("outputs/search")
 SCHEMA_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
@@ -166,6 +167,14 @@ for _name in ("create_new_study", "delete_study", "get_all_studies", "get_study_
               "get_trial_id_from_study_id_trial_number", "record_heartbeat", "set_trial_intermediate_value",
               "set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr"):
     setattr(ResilientRDBStorage, _name, _retrying(getattr(ResilientRDBStorage, _name)))
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the study's stale trials (``ResilientRDBStorage._get_stale_trial_ids``) and enqueue their
+    retries: Optuna's ``fail_stale_trials``, whose "experimental" warning we do not need."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def make_storage(settings: SearchConfig, study: str) -> ResilientRDBStorage:

@@ -22,6 +22,8 @@ a live worker's heartbeat goes on, and that worker accounts for its own trial.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 
 import numpy as np
@@ -38,7 +40,7 @@ from search.errors import SpaceRejectsAll, StudyMismatch
 from search.objective import Diverged, Objective
 from search.samplers import make_sampler
 from search.space import enqueue_params
-from search.storage import make_storage, shown, url_of
+from search.storage import fail_stale, make_storage, shown, url_of
 from search.validate import check_search
 
 __all__ = ["load_existing", "open_study", "run_search", "study_account", "trial_line"]
@@ -139,12 +141,15 @@ def _seed_stream(study: optuna.Study, settings: SearchConfig) -> int:
 
 class _Accounted:
     """The objective, run only when a trial is still needed: a reference that another trial already
-    speaks for is pruned as a duplicate, and a sampled trial once the budget is spent as over budget."""
+    speaks for is pruned as a duplicate, and a sampled trial once the budget is spent as over budget.
+    Each trial records which worker ran it (``record.WORKER``)."""
 
-    def __init__(self, objective: Objective, budget: int):
+    def __init__(self, objective: Objective, budget: int, worker: int):
         self.objective, self.budget = objective, budget
+        self.worker = {"index": worker, "host": socket.gethostname(), "pid": os.getpid()}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        trial.set_user_attr(record.WORKER, self.worker)
         trials = trial.study.get_trials(deepcopy=False)
         reference = trial.user_attrs.get(record.REFERENCE)
         if reference:
@@ -166,7 +171,7 @@ def _wait_for_others(study: optuna.Study, settings: SearchConfig, running: tuple
         f"elsewhere: a dead worker's trial is stale after {grace} s without a heartbeat, then retried here")
     deadline = time.monotonic() + grace + settings.heartbeat
     while time.monotonic() < deadline:
-        optuna.storages.fail_stale_trials(study)
+        fail_stale(study)
         states = {t.number: t.state for t in study.get_trials(deepcopy=False) if t.number in running}
         if any(state != TrialState.RUNNING for state in states.values()):
             return True
@@ -185,7 +190,7 @@ def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, setti
     study = open_study(settings, space, defined, name)
     study.sampler = make_sampler(settings.sampler, _seed_stream(study, settings),
                                  n_startup=max(4, settings.n_trials // 3))
-    objective = _Accounted(Objective(task, space, kernel, seed=seed), settings.n_trials)
+    objective = _Accounted(Objective(task, space, kernel, seed=seed), settings.n_trials, settings.worker)
     done = spent(study.get_trials(deepcopy=False))
     bar = tqdm(total=settings.n_trials, initial=min(done, settings.n_trials),
                unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True)

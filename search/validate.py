@@ -101,22 +101,25 @@ def check_seed(seed: Any, key: str = "seed") -> None:
         raise ConfigError(f"{key} must be {SEED[1]}, got {seed!r}")
 
 
-def check_task(task: TaskConfig, prefix: str = "task.") -> None:
+def check_task(task: TaskConfig, prefix: str = "task.", devices: bool = True) -> None:
     """The model, the training and the task's own values; a task whose answers cannot be placed
-    (a too crowded ``task.pairs``) is found by drawing two sequences, here rather than in trial 0."""
+    (a too crowded ``task.pairs``) is found by drawing two sequences, here rather than in trial 0.
+    ``devices=False`` leaves ``train.device`` to the machine that trains (a cluster's GPU node)."""
     _apply(MODEL_RULES + TRAIN_RULES, task, prefix)
-    resolve_device(task.train.device, where=f"{prefix}train.device")
+    if devices:
+        resolve_device(task.train.device, where=f"{prefix}train.device")
     make_task(task).batch(np.random.default_rng(0), 2)
 
 
-def check_kernel(kernel: KernelConfig) -> None:
-    """How cost will be measured: backend, dtype, sizes, repeats, device."""
+def check_kernel(kernel: KernelConfig, devices: bool = True) -> None:
+    """How cost will be measured: backend, dtype, sizes, repeats, and (``devices``) the device."""
     from patternc.kernels import BACKENDS
 
     if kernel.backend not in BACKENDS:
         raise ConfigError(f"kernel.backend must be one of {', '.join(BACKENDS)}, got {kernel.backend!r}")
     _apply(KERNEL_RULES, kernel, "kernel.")
-    resolve_device(kernel.device, where="kernel.device")
+    if devices:
+        resolve_device(kernel.device, where="kernel.device")
 
 
 def is_sqlite(settings: SearchConfig) -> bool:
@@ -141,13 +144,14 @@ def check_settings(settings: SearchConfig, space: SpaceConfig) -> None:
 
 
 def check_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, settings: SearchConfig,
-                 seed: int) -> None:
-    """Everything a search run uses, before its first trial.
+                 seed: int, devices: bool = True) -> None:
+    """Everything a search run uses, before its first trial; ``devices=False`` (a launcher checking
+    its jobs) leaves the devices to the machines the jobs run on.
 
     >>> check_search(task, space, kernel, settings, seed=0)   # doctest: +SKIP
     """
     check_seed(seed)
     check_space(space)
     check_settings(settings, space)
-    check_kernel(kernel)
-    check_task(dataclasses.replace(task, n=space.n_proxy))  # trials train at the space's proxy length
+    check_kernel(kernel, devices)
+    check_task(dataclasses.replace(task, n=space.n_proxy), devices=devices)  # trials train at n_proxy
