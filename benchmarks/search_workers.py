@@ -4,7 +4,8 @@
     python benchmarks/search_workers.py --workers 2 --launcher joblib
 
 Both runs are the same ``patternc-search -m experiment=tiny`` search (its tiny model, ``--trials``
-trials, one torch thread per worker so that N workers on N cores are a fair test), each on a fresh
+trials, one torch thread per process, ``OMP_NUM_THREADS=1``, so that N workers on fewer cores do not
+oversubscribe them), each on a fresh
 study in the PostgreSQL server of ``--storage`` (default: ``$PATTERNC_TEST_POSTGRES``). It prints
 both wall times, from the command's start to its end (imports, launcher and report included), their
 ratio, and whether every trial is accounted for: COMPLETE, PRUNED (rejected, duplicate, over budget)
@@ -37,7 +38,9 @@ def run(storage: str, workers: int, trials: int, launcher: str, extra: list[str]
         command += [f"hydra/launcher={launcher}", f"search.workers={workers}"]
         if launcher == "joblib":
             command.append(f"hydra.launcher.n_jobs={workers}")
-    env = {**os.environ, "PATTERNC_CACHE_DIR": f"{folder}/cache-{study}"}  # both runs measure every cost
+    # both runs measure every cost; one thread per process for torch everywhere (training and kernels):
+    # N workers with a thread per core each would oversubscribe the cores many times over
+    env = {**os.environ, "PATTERNC_CACHE_DIR": f"{folder}/cache-{study}", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, cwd=folder, env=env)
     wall = time.perf_counter() - start

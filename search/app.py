@@ -11,9 +11,11 @@ an existing study without running a trial (the last step of a search with severa
     patternc-search mode=evaluate pattern=longformer task=mqar
     patternc-search mode=evaluate pattern.expr='causal & window(16)' task=majority seed=1
     patternc-search -m mode=evaluate pattern.expr='causal','causal & window(16)' task=mqar,majority
+    patternc-search -m hydra/launcher=submitit_local search.storage=postgresql+psycopg2://... search.workers=4
 
 A search leaves its report (trials.csv, pareto.csv/md/png, patterns/, summary.md) in the run
-directory (``outputs/<mode>/<date>_<time>/``, Hydra's ``hydra.run.dir``); an evaluation prints its
+directory (``outputs/<mode>/<date>_<time>/``, Hydra's ``hydra.run.dir``; several workers' study is
+reported once, in ``<hydra.sweep.dir>/<study>/``: ``search.workers``); an evaluation prints its
 result as JSON and writes it to ``result.json`` there. A bad pattern or value ends the
 run with ``patternc-search: error: ...`` and exit status 2, like ``patternc``.
 """

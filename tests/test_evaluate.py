@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -139,6 +140,21 @@ def test_bad_patterns_raise_clear_errors(pattern, message):
 def test_bad_training_values(train, message):
     with pytest.raises(ValueError) as error:
         evaluate("causal", tiny_mqar(**train), seed=0)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("model, message", [
+    pytest.param(dict(d_model=0), "model.d_model must be an integer >= 2 (a width of 0 or 1 trains nothing)",
+                 id="d_model-0"),
+    pytest.param(dict(d_model=1), "model.d_model must be an integer >= 2", id="d_model-1"),
+    pytest.param(dict(heads=0), "model.heads must be an integer >= 1", id="heads"),
+    pytest.param(dict(mlp_ratio=0), "model.mlp_ratio must be an integer >= 1", id="mlp_ratio"),
+])
+def test_degenerate_models_are_refused_before_training(model, message):
+    task = tiny_mqar()
+    task.model = ModelConfig(**{**dataclasses.asdict(task.model), **model})
+    with pytest.raises(ValueError) as error:
+        evaluate("causal", task, seed=0)
     assert message in str(error.value)
 
 

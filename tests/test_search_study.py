@@ -82,7 +82,7 @@ def test_a_named_study_refuses_another_definition_and_says_how_they_differ(tmp_p
 
 def _opened(tmp_path, *overrides):
     """The tiny study opened as a first worker would, with nothing run yet."""
-    task, space, kernel, settings = objects(tiny(tmp_path, *overrides))
+    task, space, kernel, settings = objects(tiny(tmp_path, "space.n_target=256", *overrides))  # fast cost
     defined = definition(task, space, kernel, seed=0)
     return (task, space, kernel, settings), optuna.create_study(
         study_name=study_name(defined), storage=make_storage(settings, study_name(defined)),
