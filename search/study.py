@@ -222,7 +222,7 @@ def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, setti
                                callbacks=[after_trial])
             except UpdateFinishedTrialError as error:  # its heartbeat lapsed (a stalled database?)
                 say(f"a trial of this worker was failed by another meanwhile; its retry scores it ({error})")
-            if rejected_here >= settings.max_rejected:
+            if rejected_here >= settings.max_rejected and spent(study.get_trials()) < settings.n_trials:
                 bar.close()
                 raise SpaceRejectsAll(_hopeless(study, rejected_here, space), study)
         elif not (state.running and _wait_for_others(study, settings, state.running, say)):

@@ -10,6 +10,9 @@ import pytest
 from optuna.trial import TrialState
 from searchconf import objects, tiny
 
+# study.ask() with heartbeats on stands for a worker's trial here, as a killed worker leaves it
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")
+
 from search import record
 from search.accounting import account, counted
 from search.app import run_search_mode

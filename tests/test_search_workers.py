@@ -240,7 +240,7 @@ def assert_accounted(trials: list[FrozenTrial], budget: int, workers: int) -> No
 def test_workers_through_a_launcher_share_one_study(tmp_path, launcher, workers):
     """search.workers=N with a Hydra launcher: N jobs, each its own run directory and worker index,
     one budget spent once, and one report of the whole study that covers every trial."""
-    study, budget = f"launched-{uuid.uuid4().hex[:12]}", 6
+    study, budget = f"launched-{uuid.uuid4().hex[:12]}", 5
     proc = sweep(tmp_path, f"hydra/launcher={launcher}", f"search.workers={workers}",
                  f"search.storage={POSTGRES}", f"search.study={study}", f"search.n_trials={budget}")
     try:
