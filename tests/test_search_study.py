@@ -10,9 +10,6 @@ import pytest
 from optuna.trial import TrialState
 from searchconf import objects, tiny
 
-# study.ask() with heartbeats on stands for a worker's trial here, as a killed worker leaves it
-pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")
-
 from search import record
 from search.accounting import account, counted
 from search.app import run_search_mode
@@ -23,6 +20,9 @@ from search.report import write_report
 from search.space import enqueue_params
 from search.storage import make_storage
 from search.study import open_study, run_search
+
+# study.ask() with heartbeats on stands for a worker's trial here, as a killed worker leaves it
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")
 
 
 @pytest.fixture(autouse=True)
