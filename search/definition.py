@@ -81,17 +81,18 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def differences(stored: dict, ours: dict, limit: int = 6) -> list[str]:
+def differences(stored: dict, ours: dict, limit: int = 6,
+                labels: tuple[str, str] = ("in the study", "here")) -> list[str]:
     """``"space.name: fixed_window in the study, window_global here"``, one per differing key, at most
-    ``limit`` of them (then how many more).
+    ``limit`` of them (then how many more); ``labels`` say where each side comes from.
 
     >>> differences({"seed": 0, "space": {"name": "a"}}, {"seed": 1, "space": {"name": "a"}})
     ['seed: 0 in the study, 1 here']
     """
     a, b = _flatten(stored), _flatten(ours)
-    keys = sorted(set(a) | set(b))
+    keys = sorted(set(a) | set(b), key=lambda key: (key.count("."), key))  # space.name before its params
     missing = object()
-    lines = [f"{key}: {_short(a.get(key, missing)) if key in a else '(absent)'} in the study, "
-             f"{_short(b[key]) if key in b else '(absent)'} here"
+    lines = [f"{key}: {_short(a[key]) if key in a else '(absent)'} {labels[0]}, "
+             f"{_short(b[key]) if key in b else '(absent)'} {labels[1]}"
              for key in keys if a.get(key, missing) != b.get(key, missing)]
     return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])

@@ -6,9 +6,10 @@ classic patterns that have no live trial, and runs trials until the study is *fi
 (``search.accounting``): ``settings.n_trials`` counted trials in all (every worker and every
 earlier run counted), every reference scored, nothing RUNNING or WAITING. A rerun of a killed
 search, or another worker on the same storage, finishes the same budget and never repeats a trial.
-With several workers the study may end a trial or so past the budget: each worker checks the budget
-before it starts a trial, and others may finish theirs meanwhile; a reference retried after the
-budget was spent still runs (a yardstick is never dropped).
+With several workers, a worker starts a sampled trial only while the trials counted and those running
+elsewhere are fewer than the budget (then it waits for those, and takes over any that go stale), so
+the study ends on the budget, or a trial past it when two workers start one at the same instant; a
+reference retried after the budget was spent still runs (a yardstick is never dropped).
 
 Workers send heartbeats; a trial whose worker died (SIGKILL, a lost machine) is marked FAIL once
 ``2 * heartbeat`` seconds passed without one, and retried ``settings.retries`` times with the same
@@ -139,10 +140,18 @@ def _seed_stream(study: optuna.Study, settings: SearchConfig) -> int:
     return int(np.random.SeedSequence([settings.seed, settings.worker, runs]).generate_state(1)[0])
 
 
+def _committed(trials: list[FrozenTrial]) -> int:
+    """Trials that spend the budget or are running (in other workers) and will likely spend it: a
+    worker starts a sampled trial only while these are fewer than the budget, so N workers do not
+    overshoot it by N - 1 trials."""
+    return spent(trials) + sum(t.state == TrialState.RUNNING for t in trials)
+
+
 class _Accounted:
     """The objective, run only when a trial is still needed: a reference that another trial already
-    speaks for is pruned as a duplicate, and a sampled trial once the budget is spent as over budget.
-    Each trial records which worker ran it (``record.WORKER``)."""
+    speaks for is pruned as a duplicate, and a sampled trial as over budget once the budget is spent
+    or committed to trials running elsewhere. Each trial records which worker ran it
+    (``record.WORKER``)."""
 
     def __init__(self, objective: Objective, budget: int, worker: int):
         self.objective, self.budget = objective, budget
@@ -157,7 +166,7 @@ class _Accounted:
             if other is not None:
                 trial.set_user_attr(record.STATUS, "duplicate")
                 raise optuna.TrialPruned(f"reference {reference} is trial {other}'s")
-        elif spent(trials) >= self.budget:
+        elif _committed(trials) - 1 >= self.budget:  # - 1: this trial, RUNNING itself
             trial.set_user_attr(record.STATUS, "over budget")
             raise optuna.TrialPruned("the study's budget was spent by other trials")
         return self.objective(trial)
@@ -207,16 +216,17 @@ def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, setti
         say(trial_line(trial, finished, settings.n_trials))
         if trial.user_attrs.get(record.STATUS) == "rejected":
             rejected_here += 1
-        if rejected_here >= settings.max_rejected or (
-                finished >= settings.n_trials and not any(t.state == TrialState.WAITING for t in trials)):
-            study.stop()
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if rejected_here >= settings.max_rejected or (_committed(trials) >= settings.n_trials
+                                                      and not waiting):
+            study.stop()  # what is left runs in other workers: the loop below waits for it
 
     while True:
         left = None if settings.timeout is None else settings.timeout - (time.monotonic() - started)
         state = study_account(study, settings, space)
         if state.finished or (left is not None and left <= 0):
             break
-        if state.waiting or state.spent < settings.n_trials:
+        if state.waiting or state.spent + len(state.running) < settings.n_trials:
             try:
                 study.optimize(objective, timeout=left, catch=(Diverged,), gc_after_trial=False,
                                callbacks=[after_trial])
@@ -226,7 +236,7 @@ def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, setti
                 bar.close()
                 raise SpaceRejectsAll(_hopeless(study, rejected_here, space), study)
         elif not (state.running and _wait_for_others(study, settings, state.running, say)):
-            break  # the rest is in live workers' hands, or a reference failed every retry
+            break  # the rest is in live workers' hands (they account for it), or a reference failed
     bar.close()
     say(f"study {name}: {study_account(study, settings, space).describe()} "
         f"(this worker ran {time.monotonic() - started:.0f} s)")

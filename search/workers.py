@@ -32,8 +32,8 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from search.definition import definition, study_name
-from search.errors import SearchError
+from search.definition import definition, differences, study_name
+from search.errors import SearchError, StudyMismatch
 from search.storage import fail_stale, url_of
 from search.validate import check_search
 
@@ -65,17 +65,26 @@ def _objects(cfg: DictConfig) -> list:
 
 
 def _shared_studies(configs: list[DictConfig]) -> dict[str, DictConfig]:
-    """Check every search job; the studies that several workers share, by storage and name (one
-    job's config each)."""
+    """Check every search job, and that jobs naming one study define it alike; the studies that
+    several workers share, by storage and name (one job's config each)."""
     shared: dict[str, DictConfig] = {}
-    for cfg in configs:
+    first: dict[str, tuple[int, dict]] = {}  # study -> (job, definition) of the first job naming it
+    for job, cfg in enumerate(configs):
         if cfg.mode != "search":
             continue
         task, space, kernel, settings = _objects(cfg)
         check_search(task, space, kernel, settings, cfg.seed, devices=False)
+        defined = definition(task, space, kernel, cfg.seed)
+        name = settings.study or study_name(defined)
+        key = f"{url_of(settings, name)} {name}"
+        other, theirs = first.setdefault(key, (job, defined))
+        if theirs != defined:
+            said = differences(theirs, defined, labels=(f"in job {other}", f"in job {job}"))
+            raise StudyMismatch(f"jobs {other} and {job} of this sweep both use study {name!r} but define it "
+                                f"differently ({'; '.join(said)}): leave search.study unset, so that each "
+                                f"definition gets its own study")
         if settings.workers > 1:
-            name = settings.study or study_name(definition(task, space, kernel, cfg.seed))
-            shared.setdefault(f"{url_of(settings, name)} {name}", cfg)
+            shared.setdefault(key, cfg)
     return shared
 
 

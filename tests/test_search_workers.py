@@ -224,6 +224,15 @@ def test_sqlite_shared_by_several_workers_is_refused_before_any_job_starts(tmp_p
     assert not (tmp_path / "sweep").exists()  # no job was launched
 
 
+def test_jobs_that_name_one_study_but_define_it_differently_are_refused_before_any_starts(tmp_path):
+    """The issue's sweep: two spaces under one explicit study name; refused, naming the difference."""
+    proc = sweep(tmp_path, "space=fixed_window,window_global", "search.study=mix")
+    code, err = proc.wait(timeout=DEADLINE), (tmp_path / "sweep.err").read_text()
+    assert code == 2 and "jobs 0 and 1 of this sweep both use study 'mix' but define it differently" in err
+    assert "space.name: fixed_window in job 0, window_global in job 1" in err and "Traceback" not in err
+    assert not (tmp_path / "sweep").exists()
+
+
 def assert_accounted(trials: list[FrozenTrial], budget: int, workers: int) -> None:
     """Every trial by one worker, none RUNNING or WAITING, no candidate twice, each classic once."""
     numbers = [t.number for t in trials]
