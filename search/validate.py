@@ -6,6 +6,7 @@ Why before: a value that only fails inside a trial (``kernel.backend=cuda_magic`
 the study. Rules are data: ``(key, test, what the key needs)``; a key is a dotted path into the
 run's config, as a user types it on the command line.
 
+>>> from search.config import MQARConfig, TrainConfig
 >>> check_task(MQARConfig(train=TrainConfig(steps=0)))
 Traceback (most recent call last):
   ...
