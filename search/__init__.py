@@ -7,17 +7,23 @@ Hydra app.
 """
 
 from search.config import MajorityConfig, ModelConfig, MQARConfig, PatternConfig, TaskConfig, TrainConfig
+from search.errors import ConfigError, SearchError, SpaceRejectsAll, StorageError, StudyMismatch
 from search.evaluate import EvalResult, evaluate, resolve_pattern
 from search.model import TinyTransformer, masks_of
 from search.tasks import TASKS, make_task
 
 __all__ = [
     "TASKS",
+    "ConfigError",
     "EvalResult",
     "MQARConfig",
     "MajorityConfig",
     "ModelConfig",
     "PatternConfig",
+    "SearchError",
+    "SpaceRejectsAll",
+    "StorageError",
+    "StudyMismatch",
     "TaskConfig",
     "TinyTransformer",
     "TrainConfig",

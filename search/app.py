@@ -11,9 +11,11 @@ an existing study without running a trial (the last step of a search with severa
     patternc-search mode=evaluate pattern=longformer task=mqar
     patternc-search mode=evaluate pattern.expr='causal & window(16)' task=majority seed=1
     patternc-search -m mode=evaluate pattern.expr='causal','causal & window(16)' task=mqar,majority
+    patternc-search -m hydra/launcher=submitit_local search.storage=postgresql+psycopg2://... search.workers=4
 
 A search leaves its report (trials.csv, pareto.csv/md/png, patterns/, summary.md) in the run
-directory (``outputs/<mode>/<date>_<time>/``, Hydra's ``hydra.run.dir``); an evaluation prints its
+directory (``outputs/<mode>/<date>_<time>/``, Hydra's ``hydra.run.dir``; several workers' study is
+reported once, in ``<hydra.sweep.dir>/<study>/``: ``search.workers``); an evaluation prints its
 result as JSON and writes it to ``result.json`` there. A bad pattern or value ends the
 run with ``patternc-search: error: ...`` and exit status 2, like ``patternc``.
 """
@@ -30,40 +32,60 @@ from omegaconf import DictConfig, OmegaConf
 
 from patternc.errors import PatternError
 from search.config import MODES, PatternConfig, register_configs
+from search.definition import definition
+from search.errors import SpaceRejectsAll
 from search.evaluate import evaluate
-from search.report import write_report
-from search.study import load_existing, run_search
+from search.report import Report, write_report
+from search.study import load_existing, run_search, study_account
+from search.validate import check_seed, check_task
 
-__all__ = ["main"]
+__all__ = ["main", "report_study", "run_evaluate", "run_report_mode", "run_search_mode"]
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"  # the repository's conf/ (editable install)
 
 register_configs()
 
 
-def run_search_mode(cfg: DictConfig, out_dir: pathlib.Path):
-    """The study from the composed config, then its report in ``out_dir``."""
-    task, space, kernel, settings = (OmegaConf.to_object(cfg[key])
-                                     for key in ("task", "space", "kernel", "search"))
-    return _report(run_search(task, space, kernel, settings, seed=cfg.seed), cfg, out_dir)
+def _objects(cfg: DictConfig):
+    return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]
 
 
-def run_report_mode(cfg: DictConfig, out_dir: pathlib.Path):
-    """The report of an existing study (``search.study`` in ``search.storage``) in ``out_dir``:
-    what a distributed search ends with once every worker has stopped."""
-    return _report(load_existing(OmegaConf.to_object(cfg.search)), cfg, out_dir)
+def run_search_mode(cfg: DictConfig, out_dir: pathlib.Path) -> Report | None:
+    """The study from the composed config, then its report in ``out_dir``; None for one of several
+    workers (``search.workers``), whose study is reported once, when the last one ends."""
+    task, space, kernel, settings = _objects(cfg)
+    try:
+        study = run_search(task, space, kernel, settings, seed=cfg.seed)
+    except SpaceRejectsAll as error:  # the rejections are worth a report: trials.csv says why
+        report_study(error.study, cfg, out_dir)
+        raise
+    if settings.workers > 1:
+        print(f"worker {settings.worker} of {settings.workers} ended; the study's report is written when the "
+              f"last one ends (or run mode=report with the same config)")
+        return None
+    return report_study(study, cfg, out_dir)
 
 
-def _report(study, cfg: DictConfig, out_dir: pathlib.Path):
+def run_report_mode(cfg: DictConfig, out_dir: pathlib.Path) -> Report:
+    """The report of an existing study (the one this config defines, or ``search.study``) in
+    ``out_dir``: what a distributed search ends with once every worker has stopped."""
+    task, space, kernel, settings = _objects(cfg)
+    return report_study(load_existing(settings, definition(task, space, kernel, cfg.seed)), cfg, out_dir)
+
+
+def report_study(study, cfg: DictConfig, out_dir: pathlib.Path) -> Report:
     """The composed config and the study's report, written into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    return write_report(study, OmegaConf.to_object(cfg.space), out_dir, cfg.task.name)
+    space, settings = OmegaConf.to_object(cfg.space), OmegaConf.to_object(cfg.search)
+    return write_report(study, space, out_dir, cfg.task.name, account=study_account(study, settings, space))
 
 
 def run_evaluate(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
     """One evaluation from the composed config; the result's dict, also written to ``result.json``."""
     task = OmegaConf.to_object(cfg.task)
+    check_seed(cfg.seed)
+    check_task(task)  # named as on the command line: task.train.steps, ...
     pattern: PatternConfig = OmegaConf.to_object(cfg.pattern)
     result = evaluate(pattern, task, seed=cfg.seed).to_dict()
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
@@ -110,7 +132,8 @@ def _app(cfg: DictConfig) -> None:
                                  "draws its patterns from the space: choose space=<name> instead")
             run = run_search_mode if cfg.mode == "search" else run_report_mode
             report = run(cfg, out_dir)
-            print(f"report: {out_dir}/summary.md ({len(report.front)} patterns on the front)")
+            if report is not None:
+                print(f"report: {out_dir}/summary.md ({len(report.front)} patterns on the front)")
         else:
             print(json.dumps(run_evaluate(cfg, out_dir), indent=2))
     except (PatternError, ValueError, TypeError) as error:

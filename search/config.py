@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DTYPES",
     "MODES",
+    "SAMPLERS",
     "AppConfig",
     "KernelConfig",
     "MQARConfig",
@@ -152,12 +154,15 @@ class SpaceConfig:
     references: dict[str, Any] = field(default_factory=dict)  # name -> {params: ...} or {expr: ...}
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # kernel.dtype: torch dtypes by name
+
+
 @dataclass
 class KernelConfig:
     """How cost is measured at n_target (``patternc.measure``), per distinct layer, cached on disk."""
 
     backend: str = "reference"  # reference (our block-sparse kernel), flex, sdpa
-    dtype: str = "float32"  # float32 on CPUs without fast bf16 matmuls; bfloat16 on GPU
+    dtype: str = "float32"  # one of DTYPES; float32 on CPUs without fast bf16 matmuls; bfloat16 on GPU
     batch: int = 1
     head_dim: int = 64
     repeats: int = 9  # median of 9 kernel/baseline ratios taken in turns: repeat calls agree within 5%
@@ -165,20 +170,29 @@ class KernelConfig:
     device: str = "cpu"  # where cost is measured: cpu, or cuda for the GPU you deploy on
 
 
+SAMPLERS = ("tpe", "nsga2", "gp", "random")  # search.sampler (search.study.make_sampler builds them)
+
+
 @dataclass
 class SearchConfig:
-    """The Optuna study: budget, sampler, storage, study name."""
+    """The Optuna study: budget, sampler, storage, study name, workers."""
 
-    study: str = "patternc"  # the study name; a rerun with the same name and storage resumes it
+    # None: named from what defines the study (search.definition.study_name): space, task, n_target,
+    # seed and a hash of every value that changes a trial's result. A given name is kept, and a run whose
+    # definition differs from the named study's is refused.
+    study: str | None = None
     n_trials: int = 12  # total finished trials in the study (all workers, all runs together)
-    sampler: str = "tpe"  # tpe, nsga2, gp, random
-    seed: int = 0
+    sampler: str = "tpe"  # one of SAMPLERS
+    seed: int = 0  # the sampler's; each worker draws from its own stream of it
     storage: str | None = None  # an Optuna storage URL; None: sqlite under outputs/search/
     heartbeat: int = 30  # seconds between a running trial's heartbeats; a silent one is failed
     retries: int = 1  # how many times a trial whose worker died is retried
     references: bool = True  # enqueue the space's classic patterns as the first trials
     timeout: float | None = None  # seconds for this worker, or None
     max_rejected: int = 500  # rejected candidates in this worker before it gives up on the space
+    workers: int = 1  # workers sharing the study; with -m, the launcher starts this many jobs
+    worker: int = 0  # this worker's index in [0, workers): its seed stream (set per job with -m)
+    storage_retry: float = 60  # seconds a worker keeps retrying a lost database server before giving up
 
 
 MODES = {"evaluate": "train and score one pattern on one task",

@@ -34,6 +34,7 @@ from patternc.stack import Stack
 from search.config import ModelConfig, PatternConfig, TaskConfig
 from search.model import TinyTransformer, masks_of
 from search.tasks import IGNORE, Task, make_task
+from search.validate import check_task
 
 __all__ = ["EvalResult", "evaluate", "resolve_pattern"]
 
@@ -122,8 +123,6 @@ def _from_config(cfg: PatternConfig, model: ModelConfig) -> Stack:
 def _threads(count: int | None) -> Iterator[int]:
     before = torch.get_num_threads()
     if count is not None:
-        if count < 1:
-            raise ValueError(f"train.threads must be at least 1, got {count}")
         torch.set_num_threads(count)
     try:
         yield torch.get_num_threads()
@@ -147,6 +146,7 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
     >>> evaluate("causal", MQARConfig(), seed=1).accuracy   # doctest: +SKIP
     0.997
     """
+    check_task(task, prefix="")
     problem = make_task(task)
     spec = resolve_pattern(pattern, task.model)
     if isinstance(spec, CompiledPattern):
@@ -155,7 +155,6 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
         cp = spec
     else:
         cp = patternc.compile(spec, task.n, params=params)
-    _check_train(task)
     device = resolve_device(task.train.device, where="train.device")
     with _threads(task.train.threads) as threads, torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -182,19 +181,6 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
         task=problem.name, n=task.n, layers=cp.layers, heads=cp.heads,
         parameters=sum(p.numel() for p in model.parameters()), seed=seed, threads=threads,
         pattern=_describe(cp), failure=failure)
-
-
-def _check_train(task: TaskConfig) -> None:
-    t = task.train
-    for key in ("steps", "batch", "eval_sequences", "log_every"):
-        if getattr(t, key) < 1:
-            raise ValueError(f"train.{key} must be at least 1, got {getattr(t, key)}")
-    if not 0 < t.lr <= 1:
-        raise ValueError(f"train.lr must be in (0, 1] (AdamW diverges at once above), got {t.lr}")
-    if not (t.clip > 0 and math.isfinite(t.clip)) or t.warmup < 0 or not 0 <= t.weight_decay <= 1:
-        raise ValueError(f"train.clip must be positive and finite, train.warmup >= 0 and "
-                         f"0 <= train.weight_decay <= 1; got clip={t.clip}, warmup={t.warmup}, "
-                         f"weight_decay={t.weight_decay}")
 
 
 def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator,

@@ -28,7 +28,7 @@ import torch
 
 import patternc
 from patternc.compiled import CompiledPattern
-from patternc.cost import layout_hash, resolve_device
+from patternc.cost import layout_hash
 from patternc.errors import PatternError
 from patternc.stack import Stack
 from search import record
@@ -37,8 +37,6 @@ from search.evaluate import evaluate
 from search.space import reference_stack, suggest
 
 __all__ = ["Diverged", "Objective", "density_vs_causal", "describe"]
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Diverged(RuntimeError):
@@ -83,10 +81,7 @@ class Objective:
     """Callable for ``study.optimize``: returns ``(accuracy, cost)``."""
 
     def __init__(self, task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed: int = 0):
-        if kernel.dtype not in DTYPES:
-            raise ValueError(f"kernel.dtype must be one of {', '.join(DTYPES)}, got {kernel.dtype!r}")
-        resolve_device(kernel.device, where="kernel.device")  # refused at start-up, not at a first trial
-        resolve_device(task.train.device, where="task.train.device")
+        # every value is checked before the first trial: search.validate.check_search (run_search)
         self.task = dataclasses.replace(task, n=space.n_proxy)
         self.space, self.kernel, self.seed = space, kernel, seed
 
@@ -170,8 +165,8 @@ class Objective:
             key = layout_hash(cp, layer)
             if key not in by_layout:
                 by_layout[key] = patternc.measure(cp, batch=k.batch, head_dim=k.head_dim, backend=k.backend,
-                                                  dtype=DTYPES[k.dtype], layer=layer, repeats=k.repeats,
-                                                  warmup=k.warmup, device=k.device)
+                                                  dtype=getattr(torch, k.dtype), layer=layer,
+                                                  repeats=k.repeats, warmup=k.warmup, device=k.device)
             m = by_layout[key]
             ratios.append(m.ratio)
             seconds.append(m.seconds)

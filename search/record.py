@@ -15,7 +15,7 @@ beside the front; an infeasible one is COMPLETE with its constraints > 0 and nev
 from __future__ import annotations
 
 __all__ = ["ACCURACY", "BUCKETS", "CHANCE", "COST", "DENSITY", "DIRECTIONS", "DURATIONS", "EXPRESSION",
-           "MIXING_DEPTH", "PROXY_DENSITY", "REFERENCE", "REJECTED", "STACK", "STATUS"]
+           "MIXING_DEPTH", "PROXY_DENSITY", "REFERENCE", "REJECTED", "STACK", "STATUS", "WORKER"]
 
 DIRECTIONS = ("maximize", "minimize")  # accuracy, cost
 
@@ -32,3 +32,4 @@ ACCURACY = "accuracy"  # held-out proxy accuracy (also the first objective value
 BUCKETS = "buckets"  # {bucket name: accuracy}
 CHANCE = "chance"  # the task's chance accuracy
 DURATIONS = "durations"  # {"compile", "reach", "cost", "train"}: seconds of each stage
+WORKER = "worker"  # {"index": search.worker, "host", "pid"}: who ran the trial

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 import patternc
 from patternc.stack import Stack
 from search import record as R
+from search.accounting import Account, rejection_reasons
 from search.config import SpaceConfig
 from search.pareto import dominated_pairs, pareto_front
 from search.report_html import write_report_html
@@ -111,7 +112,7 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
                + ["accuracy", "cost", "density", "mixing_depth", "feasible"]
                + [f"constraint_{c}" for c in constraints] + ["rejected_reason"]
                + [f"bucket_{b}" for b in buckets] + [f"seconds_{s}" for s in stages]
-               + ["datetime_start", "datetime_complete"])
+               + ["worker", "datetime_start", "datetime_complete"])
     rows = []
     for t in trials:
         a = t.user_attrs
@@ -120,6 +121,7 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
                "accuracy": t.values[0] if t.values else a.get(R.ACCURACY), "cost": _cost(t),
                "density": a.get(R.DENSITY), "mixing_depth": a.get(R.MIXING_DEPTH),
                "feasible": feasible(t), "rejected_reason": a.get(R.REJECTED),
+               "worker": (a.get(R.WORKER) or {}).get("index"),
                "datetime_start": t.datetime_start and t.datetime_start.isoformat(),
                "datetime_complete": t.datetime_complete and t.datetime_complete.isoformat()}
         row.update({f"param_{k}": v for k, v in t.params.items()})
@@ -264,22 +266,16 @@ def pareto_markdown(front: list[FrozenTrial], files: list[str], dominated: dict[
 
 
 def _rejections(trials: list[FrozenTrial]) -> list[str]:
-    """Rejected candidates grouped by reason; numbers are masked for the grouping, so "density 0.61 >
-    0.5" and "density 0.72 > 0.5" count as one reason, shown by its first example."""
+    """Rejected candidates grouped by reason (``rejection_reasons``), the three commonest shown."""
     rejected = [t for t in trials if t.user_attrs.get(R.STATUS) == "rejected"]
     if not rejected:
         return ["Rejected before training: none."]
-    groups: dict[str, list[str]] = collections.defaultdict(list)
-    for t in rejected:
-        reason = str(t.user_attrs.get(R.REJECTED) or "no reason recorded")
-        groups[re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", reason)].append(reason)
     violated = collections.Counter(c for t in rejected for c, v in t.constraints.items() if v > 0)
     by_constraint = ", ".join(f"{c} {k}" for c, k in violated.most_common())
     violations = f" (constraints violated: {by_constraint})" if by_constraint else ""
     lines = [f"Rejected before training: {len(rejected)}{violations}; commonest reasons:"]
-    for examples in sorted(groups.values(), key=len, reverse=True)[:3]:
-        lines.append(f"  - {len(examples)} x {examples[0]}" + (" (numbers vary)" if len(set(examples)) > 1
-                                                                else ""))
+    for count, example, vary in rejection_reasons(rejected)[:3]:
+        lines.append(f"  - {count} x {example}" + (" (numbers vary)" if vary else ""))
     return lines
 
 
@@ -299,12 +295,13 @@ def _kernel(trials: list[FrozenTrial]) -> str:
 
 def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[FrozenTrial],
                      front: list[FrozenTrial], dominated: dict[int, list[str]], refs: list[FrozenTrial],
-                     tolerance: float = 0.02) -> str:
-    """``summary.md``: counts, rejections, the front, the best and the cheapest good-enough pattern,
-    what beats the classics, and the time taken."""
+                     tolerance: float = 0.02, account: Account | None = None) -> str:
+    """``summary.md``: whether the study is finished, counts, rejections, the front, the best and the
+    cheapest good-enough pattern, what beats the classics, and the time taken."""
     states = collections.Counter(t.state.name for t in trials)
     statuses = collections.Counter(str(t.user_attrs[R.STATUS]) for t in trials if R.STATUS in t.user_attrs)
-    facts = [f"Trials: {len(trials)}" + (" (" + ", ".join(f"{s} {k}" for s, k in sorted(states.items())) + ")"
+    facts = ([f"Study {account.describe()}."] if account is not None else []) + [
+             f"Trials: {len(trials)}" + (" (" + ", ".join(f"{s} {k}" for s, k in sorted(states.items())) + ")"
                                          if trials else ""),
              "Status: " + (", ".join(f"{s} {k}" for s, k in sorted(statuses.items())) or "none recorded"),
              *_rejections(trials)]
@@ -335,8 +332,10 @@ def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[Fro
         *(fact if fact.startswith("  ") else f"- {fact}" for fact in facts), *beats, ""])
 
 
-def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path, task_name: str) -> Report:
-    """Write every output of a search run into ``out_dir`` and return where, with the front.
+def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path, task_name: str,
+                 account: Account | None = None) -> Report:
+    """Write every output of a search run into ``out_dir`` and return where, with the front;
+    ``account`` (``search.accounting``) puts whether the study is finished at the top of the summary.
 
     >>> write_report(study, SpaceConfig(name="window_global"), pathlib.Path("out"), "mqar").front
     ... # doctest: +SKIP
@@ -378,7 +377,8 @@ def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path,
     paths["pareto.md"].write_text(pareto_markdown(front, names, dominated, refs, title), encoding="utf-8")
     pareto_figure(trials, front, title).savefig(paths["pareto.png"], dpi=120)
     write_report_html(out_dir, trials, front, files, space, task_name, title)  # report.html, explorer/
-    summary = summary_markdown(study.study_name, space, task_name, trials, front, dominated, refs)
+    summary = summary_markdown(study.study_name, space, task_name, trials, front, dominated, refs,
+                               account=account)
     paths["summary.md"].write_text(summary, encoding="utf-8")
     return Report(out_dir, *paths.values(), tuple(p for pair in files if pair for p in pair), tuple(front),
                   dict(dominated))

@@ -63,6 +63,10 @@ def check_space(space: SpaceConfig) -> None:
     if not 8 <= space.n_proxy <= space.n_target:
         raise StackError(f"need 8 <= space.n_proxy <= space.n_target, got {space.n_proxy} and "
                          f"{space.n_target}", where=where)
+    for block, n in (("block", "n_proxy"), ("target_block", "n_target")):
+        if getattr(space, block) > getattr(space, n):
+            raise StackError(f"space.{block} = {getattr(space, block)} is larger than space.{n} = "
+                             f"{getattr(space, n)}: one block would hold the whole sequence", where=where)
     if not 0 < space.density_budget <= 1:
         raise StackError(f"space.density_budget is a fraction of dense causal's block density in (0, 1], "
                          f"got {space.density_budget}", where=where)

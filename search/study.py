@@ -1,16 +1,21 @@
-"""The Optuna study: storage, sampler, reference trials, budget, progress, resumption.
+"""The Optuna study: opening it under its definition, reference trials, budget, workers, the end.
 
-``run_search(task, space, kernel, settings)`` opens (or resumes) the study named ``settings.study``
-in ``settings.storage`` (default: sqlite under ``outputs/search/``), enqueues the space's classic
-patterns once, and runs trials until the study holds ``settings.n_trials`` counted trials in all
-(scored or diverged; every worker and every earlier run counted), so a rerun of a killed search,
-or a second worker on the same storage, finishes the same budget and never repeats a trial. With
-several workers the study may end a trial or so past the budget: each worker checks the budget
-before it starts a trial, and others may finish theirs meanwhile.
+``run_search(task, space, kernel, settings)`` checks every value (``search.validate``), opens (or
+resumes) the study that this run's definition names (``search.definition``), enqueues the space's
+classic patterns that have no live trial, and runs trials until the study is *finished*
+(``search.accounting``): ``settings.n_trials`` counted trials in all (every worker and every
+earlier run counted), every reference scored, nothing RUNNING or WAITING. A rerun of a killed
+search, or another worker on the same storage, finishes the same budget and never repeats a trial.
+With several workers, a worker starts a sampled trial only while the trials counted and those running
+elsewhere are fewer than the budget (then it waits for those, and takes over any that go stale), so
+the study ends on the budget, or a trial past it when two workers start one at the same instant; a
+reference retried after the budget was spent still runs (a yardstick is never dropped).
 
-Workers send heartbeats; a trial whose worker died (SIGKILL, a lost machine) is marked FAIL by the
-next worker that starts a trial once ``2 * heartbeat`` seconds passed, and retried
-``settings.retries`` times with the same parameters.
+Workers send heartbeats; a trial whose worker died (SIGKILL, a lost machine) is marked FAIL once
+``2 * heartbeat`` seconds passed without one, and retried ``settings.retries`` times with the same
+parameters. A worker with nothing left to run but trials RUNNING elsewhere waits for them up to
+``3 * heartbeat`` seconds: a dead worker's trial goes stale in that time and this worker retries it;
+a live worker's heartbeat goes on, and that worker accounts for its own trial.
 
 >>> study = run_search(task, space, kernel, settings, seed=0)   # doctest: +SKIP
 """
@@ -18,238 +23,233 @@ next worker that starts a trial once ``2 * heartbeat`` seconds passed, and retri
 from __future__ import annotations
 
 import logging
-import pathlib
+import os
+import socket
 import time
-import warnings
 
+import numpy as np
 import optuna
-import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from search import record
+from search.accounting import Account, account, missing_references, rejection_reasons, speaks_for, spent
 from search.config import KernelConfig, SearchConfig, SpaceConfig, TaskConfig
+from search.definition import DEFINITION, definition, differences, study_name
+from search.errors import SpaceRejectsAll, StudyMismatch
 from search.objective import Diverged, Objective
-from search.space import check_space, enqueue_params
+from search.samplers import make_sampler
+from search.space import enqueue_params
+from search.storage import fail_stale, make_storage, shown, url_of
+from search.validate import check_search
 
-__all__ = ["DEFAULT_STORAGE_DIR", "SAMPLERS", "EscapeRejections", "counted", "load_existing", "make_sampler",
-           "make_storage", "open_study", "run_search", "spent"]
-
-DEFAULT_STORAGE_DIR = pathlib.Path("outputs/search")
-SCHEMA_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
+__all__ = ["load_existing", "open_study", "run_search", "study_account", "trial_line"]
 
 log = logging.getLogger("patternc.search")
 
 
-def make_sampler(settings: SearchConfig, n_startup: int) -> optuna.samplers.BaseSampler:
-    """The sampler named in ``search.sampler``, seeded, escaping runs of rejected candidates."""
-    name, seed = settings.sampler, settings.seed
-    if name == "tpe":
-        # constant_liar: parallel workers do not all sample the same point while trials run
-        base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True,
-                                          constant_liar=True)
-    elif name == "nsga2":
-        base = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
-    elif name == "gp":
-        base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
-    elif name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    else:
-        raise ValueError(f"unknown search.sampler={name!r}; choose from {', '.join(SAMPLERS)}")
-    return EscapeRejections(base, seed=seed)
+def _where(settings: SearchConfig, name: str) -> str:
+    return shown(url_of(settings, name))
 
 
-class EscapeRejections(optuna.samplers.BaseSampler):
-    """``base``, except that after ``streak`` rejected candidates in a row the next is drawn at random.
+def open_study(settings: SearchConfig, space: SpaceConfig, defined: dict, name: str) -> optuna.Study:
+    """Create study ``name`` under ``defined``, or load it when it exists and has that definition.
 
-    Why: a rejected candidate is a PRUNED trial, and model-based samplers fit only what they see;
-    GPSampler sees COMPLETE trials alone, so when its model favours a region the checks reject, it
-    proposes that region again and again (seen: 40 rejections in a row, ending the run on
-    ``search.max_rejected``). A random draw lands elsewhere; once scored, it moves the model on.
-
-    >>> EscapeRejections(optuna.samplers.GPSampler(seed=0), seed=0)   # doctest: +SKIP
+    Whoever opens it then enqueues each reference that has no live trial, so a creator killed
+    halfway through enqueueing, or a reference failed on a fault, is completed by the next run.
     """
-
-    def __init__(self, base: optuna.samplers.BaseSampler, seed: int | None = None, streak: int = 3):
-        self.base, self.streak = base, streak
-        self.random = optuna.samplers.RandomSampler(seed=seed)
-        self._escaping: set[int] = set()  # numbers of the trials being drawn at random
-
-    def _rejected_streak(self, study: optuna.Study) -> bool:
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        last = finished[-self.streak:]  # in trial-number order
-        return len(last) == self.streak and all(t.user_attrs.get(record.STATUS) == "rejected" for t in last)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self._rejected_streak(study):
-            self._escaping.add(trial.number)
-        self.base.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return {} if trial.number in self._escaping else self.base.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return {} if trial.number in self._escaping else self.base.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        sampler = self.random if trial.number in self._escaping else self.base
-        return sampler.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self._escaping.discard(trial.number)
-        self.base.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.base.reseed_rng()
-        self.random.reseed_rng()
-
-
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
-
-
-def make_storage(settings: SearchConfig) -> RDBStorage:
-    """The study's storage: ``search.storage`` (any SQLAlchemy URL Optuna takes, e.g.
-    ``postgresql://user@host/db``) or a sqlite file per study under ``outputs/search/``."""
-    url = settings.storage
-    if url is None:
-        DEFAULT_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{DEFAULT_STORAGE_DIR / settings.study}.db"
-    if settings.heartbeat < 1 or settings.retries < 0:
-        raise ValueError(f"search.heartbeat must be >= 1 second and search.retries >= 0, got "
-                         f"{settings.heartbeat} and {settings.retries}")
-    for attempt in range(SCHEMA_ATTEMPTS):
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" (Optuna 2.8); we rely on them
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.retries)
-                return RDBStorage(url, heartbeat_interval=settings.heartbeat,
-                                  grace_period=2 * settings.heartbeat, heartbeat_stale_trial_callback=retry)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            # Workers started together on an empty database race to create Optuna's tables; PostgreSQL
-            # fails the loser's CREATE TYPE/TABLE (duplicate key in pg_type). The tables exist next time.
-            if attempt == SCHEMA_ATTEMPTS - 1:
-                raise ValueError(f"cannot create Optuna's tables in search.storage={url} after "
-                                 f"{SCHEMA_ATTEMPTS} attempts (other workers creating them?)") from None
-            time.sleep(0.5 * (attempt + 1))
-        except Exception as error:  # SQLAlchemy's errors name the driver or the server that failed
-            raise ValueError(f"cannot open search.storage={url}: {type(error).__name__}: {error}") from None
-
-
-def load_existing(settings: SearchConfig) -> optuna.Study:
-    """The study ``settings.study`` as it stands, for a report: never creates a storage or a study.
-
-    >>> load_existing(SearchConfig(study="large_fixed_window_majority")).trials   # doctest: +SKIP
-    """
-    if settings.storage is None:
-        path = DEFAULT_STORAGE_DIR / f"{settings.study}.db"
-        if not path.is_file():
-            found = sorted(p.stem for p in DEFAULT_STORAGE_DIR.glob("*.db"))
-            raise ValueError(f"no study {settings.study!r}: {path} does not exist (studies under "
-                             f"{DEFAULT_STORAGE_DIR}/: {', '.join(found) or 'none'}); set search.study, "
-                             f"or search.storage for a study elsewhere")
-    storage = make_storage(settings)
+    storage = make_storage(settings, name)
     try:
-        return optuna.load_study(study_name=settings.study, storage=storage)
-    except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
-        raise ValueError(f"no study {settings.study!r} in {settings.storage or 'outputs/search/'}; "
-                         f"studies there: {', '.join(names) or 'none'}") from None
-
-
-def counted(trial: FrozenTrial) -> bool:
-    """Does a trial spend the budget? Scored trials do, and so do trials whose training diverged
-    (an outcome of the candidate). Rejected candidates (PRUNED, milliseconds) do not, nor do trials
-    failed because their worker died: those are retried."""
-    return trial.state == TrialState.COMPLETE or (
-        trial.state == TrialState.FAIL and trial.user_attrs.get(record.STATUS) == "diverged")
-
-
-def spent(study: optuna.Study) -> int:
-    return sum(counted(t) for t in study.get_trials(deepcopy=False))
-
-
-def open_study(settings: SearchConfig, sampler: optuna.samplers.BaseSampler,
-               space: SpaceConfig) -> optuna.Study:
-    """Create the study, or load it when it exists (a resumed run, a second worker).
-
-    Only the worker that creates the study enqueues the reference trials, so two workers starting
-    together never enqueue them twice.
-    """
-    storage = make_storage(settings)
-    try:
-        study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler,
-                                    directions=list(record.DIRECTIONS))
+        study = optuna.create_study(study_name=name, storage=storage, directions=list(record.DIRECTIONS))
+        study.set_user_attr(DEFINITION, defined)
     except optuna.exceptions.DuplicatedStudyError:
-        # a second worker or a rerun must not redraw the first worker's candidates: only the worker
-        # that creates the study samples from search.seed
-        sampler.reseed_rng()
-        study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler)
-        directions = tuple(d.name.lower() for d in study.directions)
-        if directions != record.DIRECTIONS:
-            raise ValueError(f"study {settings.study!r} in {settings.storage or 'outputs/search/'} has "
-                             f"objectives {directions}, not {record.DIRECTIONS}: choose another "
-                             f"search.study") from None
-        return study
+        study = optuna.load_study(study_name=name, storage=storage)
+        _check_definition(study, settings, defined)
     if settings.references:
-        for name in space.references:
-            study.enqueue_trial(enqueue_params(space, name), user_attrs={record.REFERENCE: name})
+        for reference in missing_references(study.get_trials(deepcopy=False), space.references):
+            study.enqueue_trial(enqueue_params(space, reference), user_attrs={record.REFERENCE: reference})
     return study
 
 
-class _Budgeted:
-    """The objective, refusing to start a trial once the study's budget is spent (another worker
-    may have spent it while this one was training): the trial is pruned as "over budget"."""
+def _check_definition(study: optuna.Study, settings: SearchConfig, defined: dict) -> None:
+    name, where = study.study_name, _where(settings, study.study_name)
+    directions = tuple(d.name.lower() for d in study.directions)
+    if directions != record.DIRECTIONS:
+        raise StudyMismatch(f"study {name!r} in {where} has objectives {directions}, not "
+                            f"{record.DIRECTIONS}: it is not a patternc-search study; choose another "
+                            f"search.study")
+    stored = study.user_attrs.get(DEFINITION)
+    if stored is None and not study.get_trials(deepcopy=False):
+        study.set_user_attr(DEFINITION, defined)  # its creator died before recording it
+    elif stored is None:
+        raise StudyMismatch(f"study {name!r} in {where} records no definition (an older patternc-search "
+                            f"made it), so this run cannot tell whether its trials are comparable: "
+                            f"choose another search.study, or leave it unset")
+    elif stored != defined:
+        raise StudyMismatch(
+            f"study {name!r} in {where} was defined by other values than this run's: "
+            + "; ".join(differences(stored, defined)) + ". Its trials would not compare with this run's: "
+            "leave search.study unset (each definition gets its own study, this one "
+            f"{study_name(defined)!r}) or choose another name")
 
-    def __init__(self, objective: Objective, budget: int):
+
+def load_existing(settings: SearchConfig, defined: dict) -> optuna.Study:
+    """The study of ``defined`` (or ``settings.study``) as it stands, for a report: never creates a
+    storage or a study, and refuses one of another definition.
+
+    >>> load_existing(SearchConfig(), definition(task, space, kernel, seed=0)).trials   # doctest: +SKIP
+    """
+    name = settings.study or study_name(defined)
+    url = url_of(settings, name)
+    if settings.storage is None:
+        from search.storage import DEFAULT_STORAGE_DIR
+
+        path = DEFAULT_STORAGE_DIR / f"{name}.db"
+        if not path.is_file():
+            found = sorted(p.stem for p in DEFAULT_STORAGE_DIR.glob("*.db"))
+            raise StudyMismatch(f"no study {name!r}: {path} does not exist (studies under "
+                                f"{DEFAULT_STORAGE_DIR}/: {', '.join(found) or 'none'}); give the config "
+                                f"the search ran with, set search.study, or search.storage for a study "
+                                f"elsewhere")
+    storage = make_storage(settings, name)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        raise StudyMismatch(f"no study {name!r} in {shown(url)}; studies there: "
+                            f"{', '.join(names) or 'none'}") from None
+    _check_definition(study, settings, defined)
+    return study
+
+
+def study_account(study: optuna.Study, settings: SearchConfig, space: SpaceConfig) -> Account:
+    return account(study.get_trials(deepcopy=False), settings.n_trials,
+                   space.references if settings.references else ())
+
+
+def _seed_stream(study: optuna.Study, settings: SearchConfig) -> int:
+    """The sampler seed of this run of worker ``settings.worker``: ``search.seed`` itself for the first
+    run of worker 0, else a stream of it keyed by (worker, run), so no two workers or reruns redraw
+    the same candidates and each is reproducible."""
+    key = f"runs:worker{settings.worker}"
+    runs = int(study.user_attrs.get(key, 0))
+    study.set_user_attr(key, runs + 1)
+    if settings.worker == 0 and runs == 0:
+        return settings.seed
+    return int(np.random.SeedSequence([settings.seed, settings.worker, runs]).generate_state(1)[0])
+
+
+def _committed(trials: list[FrozenTrial]) -> int:
+    """Trials that spend the budget or are running (in other workers) and will likely spend it: a
+    worker starts a sampled trial only while these are fewer than the budget, so N workers do not
+    overshoot it by N - 1 trials."""
+    return spent(trials) + sum(t.state == TrialState.RUNNING for t in trials)
+
+
+class _Accounted:
+    """The objective, run only when a trial is still needed: a reference that another trial already
+    speaks for is pruned as a duplicate, and a sampled trial as over budget once the budget is spent
+    or committed to trials running elsewhere. Each trial records which worker ran it
+    (``record.WORKER``)."""
+
+    def __init__(self, objective: Objective, budget: int, worker: int):
         self.objective, self.budget = objective, budget
+        self.worker = {"index": worker, "host": socket.gethostname(), "pid": os.getpid()}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        if spent(trial.study) >= self.budget:
+        trial.set_user_attr(record.WORKER, self.worker)
+        trials = trial.study.get_trials(deepcopy=False)
+        reference = trial.user_attrs.get(record.REFERENCE)
+        if reference:
+            other = speaks_for(trials, reference, trial.number)
+            if other is not None:
+                trial.set_user_attr(record.STATUS, "duplicate")
+                raise optuna.TrialPruned(f"reference {reference} is trial {other}'s")
+        elif _committed(trials) - 1 >= self.budget:  # - 1: this trial, RUNNING itself
             trial.set_user_attr(record.STATUS, "over budget")
-            trial.study.stop()
             raise optuna.TrialPruned("the study's budget was spent by other trials")
         return self.objective(trial)
 
 
+def _wait_for_others(study: optuna.Study, settings: SearchConfig, running: tuple[int, ...], say) -> bool:
+    """Wait (at most 3 heartbeats) for trials RUNNING in other workers: True once one ended or went
+    stale (failed and retried: there is work again), False when all are alive."""
+    grace = 2 * settings.heartbeat
+    say(f"waiting up to {grace + settings.heartbeat} s for trial {', '.join(map(str, running))} running "
+        f"elsewhere: a dead worker's trial is stale after {grace} s without a heartbeat, then retried here")
+    deadline = time.monotonic() + grace + settings.heartbeat
+    while time.monotonic() < deadline:
+        fail_stale(study)
+        states = {t.number: t.state for t in study.get_trials(deepcopy=False) if t.number in running}
+        if any(state != TrialState.RUNNING for state in states.values()):
+            return True
+        time.sleep(min(1.0, settings.heartbeat / 4))
+    say(f"trial {', '.join(map(str, running))} kept sending heartbeats: live workers will finish them")
+    return False
+
+
 def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, settings: SearchConfig,
                seed: int = 0, progress: bool = True) -> optuna.Study:
-    """Run (or resume) the study until it holds ``settings.n_trials`` finished trials."""
-    check_space(space)
-    if settings.n_trials < 1:
-        raise ValueError(f"search.n_trials must be at least 1, got {settings.n_trials}")
-    objective = _Budgeted(Objective(task, space, kernel, seed=seed), settings.n_trials)
+    """Run (or resume) the study until it is finished, or this worker's time or patience runs out."""
+    check_search(task, space, kernel, settings, seed)
+    defined = definition(task, space, kernel, seed)
+    name = settings.study or study_name(defined)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
-    study = open_study(settings, make_sampler(settings, n_startup=max(4, settings.n_trials // 3)), space)
-    done = spent(study)
-    bar = tqdm(total=settings.n_trials, initial=min(done, settings.n_trials), unit="trial",
-               desc=f"study {settings.study}", disable=not progress, dynamic_ncols=True)
-    started = time.perf_counter()
+    study = open_study(settings, space, defined, name)
+    study.sampler = make_sampler(settings.sampler, _seed_stream(study, settings),
+                                 n_startup=max(4, settings.n_trials // 3))
+    objective = _Accounted(Objective(task, space, kernel, seed=seed), settings.n_trials, settings.worker)
+    done = spent(study.get_trials(deepcopy=False))
+    bar = tqdm(total=settings.n_trials, initial=min(done, settings.n_trials),
+               unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True)
+    say = bar.write if progress else log.info
+    started = time.monotonic()
     rejected_here = 0
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal rejected_here
-        finished = spent(study)
+        trials = study.get_trials(deepcopy=False)
+        finished = spent(trials)
         bar.n = min(finished, settings.n_trials)
         bar.refresh()
-        line = trial_line(trial, finished, settings.n_trials)
-        bar.write(line) if progress else log.info(line)
-        if finished >= settings.n_trials:
-            study.stop()
-        elif trial.state == TrialState.PRUNED:
+        say(trial_line(trial, finished, settings.n_trials))
+        if trial.user_attrs.get(record.STATUS) == "rejected":
             rejected_here += 1
-            if rejected_here >= settings.max_rejected:
-                bar.write(f"stopping: {rejected_here} candidates rejected in this worker "
-                          f"(search.max_rejected); the space's density budget or depth rules out "
-                          f"almost everything in it")
-                study.stop()
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if rejected_here >= settings.max_rejected or (_committed(trials) >= settings.n_trials
+                                                      and not waiting):
+            study.stop()  # what is left runs in other workers: the loop below waits for it
 
-    if done < settings.n_trials:
-        study.optimize(objective, timeout=settings.timeout, catch=(Diverged,), gc_after_trial=False,
-                       callbacks=[after_trial])
+    while True:
+        left = None if settings.timeout is None else settings.timeout - (time.monotonic() - started)
+        state = study_account(study, settings, space)
+        if state.finished or (left is not None and left <= 0):
+            break
+        if state.waiting or state.spent + len(state.running) < settings.n_trials:
+            try:
+                study.optimize(objective, timeout=left, catch=(Diverged,), gc_after_trial=False,
+                               callbacks=[after_trial])
+            except UpdateFinishedTrialError as error:  # its heartbeat lapsed (a stalled database?)
+                say(f"a trial of this worker was failed by another meanwhile; its retry scores it ({error})")
+            if rejected_here >= settings.max_rejected and spent(study.get_trials()) < settings.n_trials:
+                bar.close()
+                raise SpaceRejectsAll(_hopeless(study, rejected_here, space), study)
+        elif not (state.running and _wait_for_others(study, settings, state.running, say)):
+            break  # the rest is in live workers' hands (they account for it), or a reference failed
     bar.close()
-    log.info("search ran %.0f s in this worker", time.perf_counter() - started)
+    say(f"study {name}: {study_account(study, settings, space).describe()} "
+        f"(this worker ran {time.monotonic() - started:.0f} s)")
     return study
+
+
+def _hopeless(study: optuna.Study, rejected: int, space: SpaceConfig) -> str:
+    reasons = rejection_reasons(study.get_trials(deepcopy=False))
+    count, example, _ = reasons[0]
+    return (f"stopping: {rejected} candidates rejected in this worker (search.max_rejected) before the "
+            f"budget was spent; commonest reason ({count} of them): {example}. The space "
+            f"{space.name} rules out almost everything it proposes: widen its parameters or raise "
+            f"space.density_budget")
 
 
 def trial_line(trial: FrozenTrial, finished: int, budget: int) -> str:
@@ -259,10 +259,13 @@ def trial_line(trial: FrozenTrial, finished: int, budget: int) -> str:
     pattern = attrs.get(record.EXPRESSION)
     seconds = sum(attrs.get(record.DURATIONS, {}).values())
     head = f"trial {trial.number:>3} ({finished}/{budget}){name}"
+    status = attrs.get(record.STATUS)
+    if trial.state == TrialState.PRUNED and status in ("duplicate", "over budget"):
+        return f"{head} skipped: {status}"
     if trial.state == TrialState.PRUNED:
         return f"{head} rejected in {1e3 * seconds:.0f} ms: {attrs.get(record.REJECTED)} | {pattern}"
     if trial.state == TrialState.FAIL:
-        return f"{head} failed ({attrs.get(record.STATUS, 'error')}) | {pattern}"
+        return f"{head} failed ({status or 'error'}) | {pattern}"
     accuracy, cost = trial.values
     feasible = all(v <= 0 for v in trial.constraints.values())
     return (f"{head} accuracy {accuracy:.3f} cost {cost:.3f}x density {attrs.get(record.DENSITY, 0):.3f} "

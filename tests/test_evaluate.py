@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -125,10 +126,13 @@ def test_bad_patterns_raise_clear_errors(pattern, message):
 
 
 @pytest.mark.parametrize("train, message", [
-    pytest.param(dict(lr=2.0), "train.lr must be in (0, 1]", id="lr"),
-    pytest.param(dict(steps=0), "train.steps must be at least 1", id="steps"),
-    pytest.param(dict(threads=0), "train.threads must be at least 1", id="threads"),
-    pytest.param(dict(clip=float("inf")), "train.clip must be positive and finite", id="clip"),
+    pytest.param(dict(lr=2.0), "train.lr must be a number in (0, 1]", id="lr"),
+    pytest.param(dict(steps=0), "train.steps must be an integer >= 1, got 0", id="steps"),
+    pytest.param(dict(threads=0), "train.threads must be null (keep the process's setting) or an integer",
+                 id="threads"),
+    pytest.param(dict(clip=float("inf")), "train.clip must be a positive finite number", id="clip"),
+    pytest.param(dict(warmup=-1), "train.warmup must be an integer >= 0", id="warmup"),
+    pytest.param(dict(weight_decay=2.0), "train.weight_decay must be a number in [0, 1]", id="weight-decay"),
     pytest.param(dict(device="tpu"), "train.device: device 'tpu' is not a torch device", id="device"),
 ] + ([] if torch.cuda.is_available() else [
     pytest.param(dict(device="cuda"), "train.device: device 'cuda': this torch build or machine has no CUDA",
@@ -136,6 +140,21 @@ def test_bad_patterns_raise_clear_errors(pattern, message):
 def test_bad_training_values(train, message):
     with pytest.raises(ValueError) as error:
         evaluate("causal", tiny_mqar(**train), seed=0)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("model, message", [
+    pytest.param(dict(d_model=0), "model.d_model must be an integer >= 2 (a width of 0 or 1 trains nothing)",
+                 id="d_model-0"),
+    pytest.param(dict(d_model=1), "model.d_model must be an integer >= 2", id="d_model-1"),
+    pytest.param(dict(heads=0), "model.heads must be an integer >= 1", id="heads"),
+    pytest.param(dict(mlp_ratio=0), "model.mlp_ratio must be an integer >= 1", id="mlp_ratio"),
+])
+def test_degenerate_models_are_refused_before_training(model, message):
+    task = tiny_mqar()
+    task.model = ModelConfig(**{**dataclasses.asdict(task.model), **model})
+    with pytest.raises(ValueError) as error:
+        evaluate("causal", task, seed=0)
     assert message in str(error.value)
 
 

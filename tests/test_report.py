@@ -160,7 +160,7 @@ def test_trials_csv(report):
                        "accuracy", "cost", "density", "mixing_depth", "feasible", "constraint_density",
                        "constraint_mixing", "rejected_reason", *(f"bucket_{b}" for b in BUCKETS),
                        "seconds_compile", "seconds_reach", "seconds_cost", "seconds_train",
-                       "datetime_start", "datetime_complete"]
+                       "worker", "datetime_start", "datetime_complete"]
     assert [r["state"] for r in rows].count("PRUNED") == 3
     assert rows[0]["reference"] == "dense_causal" and rows[0]["feasible"] == "False"
     assert rows[9]["rejected_reason"].startswith("does not mix") and rows[9]["accuracy"] == ""

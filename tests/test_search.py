@@ -7,31 +7,23 @@ import importlib.util
 
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from searchconf import objects, tiny
 
 import patternc
 import search.objective
 from search import record
+from search.accounting import counted
 from search.app import CONF, run_report_mode, run_search_mode
+from search.errors import SpaceRejectsAll
 from search.objective import density_vs_causal
 from search.pareto import dominates
-from search.study import EscapeRejections, counted, run_search
+from search.samplers import EscapeRejections
+from search.study import run_search
 
 
 @pytest.fixture(autouse=True)
 def cost_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path / "cost-cache"))
-
-
-def tiny(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=["experiment=tiny", f"search.storage=sqlite:///{tmp_path}/s.db",
-                                            *overrides])
-
-
-def objects(cfg):
-    return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]
 
 
 def test_tiny_search_end_to_end(tmp_path):
@@ -71,7 +63,7 @@ def test_report_mode_reports_the_study_as_it_stands_and_runs_nothing(tmp_path, m
 
 def test_report_mode_names_the_studies_it_could_have_meant(tmp_path):
     run_search_mode(tiny(tmp_path, "search.n_trials=1", "search.references=false"), tmp_path / "w")
-    with pytest.raises(ValueError, match=r"no study 'nope' in .*studies there: tiny"):
+    with pytest.raises(ValueError, match=r"no study 'nope' in .*there: fixed_window-mqar-n1024-seed0"):
         run_report_mode(tiny(tmp_path, "mode=report", "search.study=nope"), tmp_path / "final")
 
 
@@ -92,7 +84,9 @@ def test_infeasible_candidates_never_reach_cost_or_training(tmp_path, monkeypatc
     # at n_target = 1024 on 128-token blocks every candidate exceeds a 0.3 budget; references still train
     task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=4", "space.density_budget=0.3",
                                                  "search.max_rejected=6"))
-    study = run_search(task, space, kernel, settings, progress=False)
+    with pytest.raises(SpaceRejectsAll, match="commonest reason") as error:
+        run_search(task, space, kernel, settings, progress=False)
+    study = error.value.study
     rejected = [t for t in study.trials if t.user_attrs.get(record.STATUS) == "rejected"]
     assert rejected, "the budget should reject some candidates"
     for t in rejected:
@@ -118,32 +112,65 @@ def test_rerun_with_the_same_study_resumes_it(tmp_path):
     assert sorted(references) == sorted(set(references))  # enqueued once, by the run that created it
 
 
-def test_a_hopeless_space_stops_with_a_message(tmp_path, capsys):
+def test_a_hopeless_space_stops_with_an_error_and_the_commonest_reason(tmp_path):
     task, space, kernel, settings = objects(tiny(
         tmp_path, "search.n_trials=2", "search.references=false", "search.max_rejected=5",
         "space.density_budget=0.01"))
-    study = run_search(task, space, kernel, settings, progress=True)
+    with pytest.raises(SpaceRejectsAll) as error:
+        run_search(task, space, kernel, settings, progress=False)
+    study = error.value.study
     assert len(study.trials) == 5 and all(t.state.name == "PRUNED" for t in study.trials)
-    assert "stopping: 5 candidates rejected" in capsys.readouterr().out
+    message = str(error.value)
+    assert message.startswith("stopping: 5 candidates rejected in this worker (search.max_rejected)")
+    assert "commonest reason (5 of them): density" in message and "over the budget 0.01" in message
 
 
 @pytest.mark.parametrize("override, message", [
-    pytest.param("search.sampler=bogus", "unknown search.sampler='bogus'; choose from tpe, nsga2, gp, random",
+    pytest.param("search.sampler=bogus", "search.sampler must be one of tpe, nsga2, gp, random, got 'bogus'",
                  id="sampler"),
-    pytest.param("search.n_trials=0", "search.n_trials must be at least 1", id="n_trials"),
+    pytest.param("search.n_trials=0", "search.n_trials must be an integer >= 1, got 0", id="n_trials"),
+    pytest.param("search.n_trials=2", "search.n_trials = 2 is fewer than the 3 reference trials",
+                 id="budget-below-references"),
+    pytest.param("search.timeout=-10", "search.timeout must be null (no limit) or a positive", id="timeout"),
+    pytest.param("search.heartbeat=0", "search.heartbeat must be an integer >= 1", id="heartbeat"),
+    pytest.param("search.max_rejected=0", "search.max_rejected must be an integer >= 1", id="max_rejected"),
+    pytest.param("search.seed=-1", "search.seed must be an integer in [0, 2**32)", id="search-seed"),
+    pytest.param("seed=-3", "seed must be an integer in [0, 2**32)", id="seed"),
+    pytest.param("search.worker=2", "search.worker is this worker's index among search", id="worker"),
+    pytest.param("search.workers=2", "an embedded sqlite file cannot hold safely", id="sqlite-workers"),
     pytest.param("space.template='causal & windw(ceil($w * n))'", "unknown primitive 'windw'", id="template"),
+    pytest.param("space.target_block=2048", "space.target_block = 2048 is larger than space.n_target = 1024",
+                 id="target-block"),
     pytest.param("kernel.dtype=float64", "kernel.dtype must be one of float32, bfloat16, float16",
                  id="dtype"),
+    pytest.param("kernel.backend=cuda_magic", "kernel.backend must be one of reference, flex, sdpa",
+                 id="backend"),
+    pytest.param("kernel.repeats=0", "kernel.repeats must be an integer >= 1, got 0", id="repeats"),
+    pytest.param("kernel.batch=-1", "kernel.batch must be an integer >= 1, got -1", id="kernel-batch"),
+    pytest.param("kernel.head_dim=0", "kernel.head_dim must be an integer >= 1, got 0", id="kernel-head-dim"),
+    pytest.param("kernel.warmup=-1", "kernel.warmup must be an integer >= 0, got -1", id="warmup"),
     pytest.param("search.storage=nosuchdb://x", "cannot open search.storage=nosuchdb://x", id="storage"),
     pytest.param("kernel.device=tpu", "kernel.device: device 'tpu' is not a torch device",
                  id="kernel-device"),
     pytest.param("task.train.device=gpu", "task.train.device: device 'gpu' is not a torch device",
                  id="train-device"),
+    pytest.param("task.train.steps=0", "task.train.steps must be an integer >= 1, got 0", id="steps"),
+    pytest.param("task.train.batch=0", "task.train.batch must be an integer >= 1, got 0", id="batch"),
+    pytest.param("task.train.lr=0", "task.train.lr must be a number in (0, 1]", id="lr"),
+    pytest.param("task.train.eval_sequences=0", "task.train.eval_sequences must be an integer >= 1",
+                 id="eval-sequences"),
+    pytest.param("task.train.threads=0", "task.train.threads must be null", id="threads"),
+    pytest.param("task.train.log_every=0", "task.train.log_every must be an integer >= 1", id="log-every"),
+    pytest.param("task.model.d_model=0", "task.model.d_model must be an integer >= 2 (a width of 0 or 1",
+                 id="d_model-0"),
+    pytest.param("task.model.d_model=1", "task.model.d_model must be an integer >= 2", id="d_model-1"),
+    pytest.param("task.model.head_dim=3", "task.model.head_dim must be an even integer >= 2", id="head-dim"),
+    pytest.param("task.pairs=6", "task.pairs = 6 needs 18 positions", id="pairs"),
 ])
 def test_bad_config_values_raise_clear_errors(tmp_path, override, message):
     cfg = tiny(tmp_path, override)
     with pytest.raises(ValueError) as error:
-        run_search(*objects(cfg), progress=False)
+        run_search(*objects(cfg), seed=cfg.seed, progress=False)
     assert message in str(error.value)
 
 

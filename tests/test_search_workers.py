@@ -10,6 +10,7 @@ hangs it.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import re
 import signal
@@ -23,9 +24,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from optuna.trial import FrozenTrial, TrialState
 
+from search.accounting import counted
 from search.app import CONF
-from search.record import REFERENCE
-from search.study import counted
+from search.record import ACCURACY, REFERENCE, STATUS, WORKER
 
 DEADLINE = 600  # seconds for one search process: generous, for a slow 2-core machine shared with others
 HEARTBEAT = 1  # search.heartbeat in the resume test: a killed trial is stale after 2 s
@@ -82,8 +83,15 @@ def originals(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def assert_references_once(trials: list[FrozenTrial]) -> None:
-    names = [t.user_attrs[REFERENCE] for t in originals(trials) if REFERENCE in t.user_attrs]
-    assert sorted(names) == sorted(reference_names()), f"reference trials enqueued: {names}"
+    """Each classic pattern scored exactly once. Workers starting together may both enqueue one (any
+    worker completes the set): the later copy must then be pruned as a duplicate, never trained."""
+    references = [t for t in trials if REFERENCE in t.user_attrs]
+    scored = [t.user_attrs[REFERENCE] for t in references if counted(t)]
+    assert sorted(scored) == sorted(reference_names()), f"references scored: {scored}"
+    for t in references:
+        assert counted(t) or t.state == TrialState.FAIL or (
+            t.state == TrialState.PRUNED and t.user_attrs.get(STATUS) == "duplicate"
+            and ACCURACY not in t.user_attrs), f"reference trial {t.number} ended {t.state.name}"
 
 
 def sampled_params(trials: list[FrozenTrial]) -> list[tuple]:
@@ -202,3 +210,105 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path):
     scored = {t.number for t in trials if counted(t)}
     for name, numbers_run in ran.items():
         assert numbers_run & scored, f"{name} ran no counted trial: {ran}"
+
+
+def sweep(tmp_path, *overrides: str) -> subprocess.Popen:
+    """``patternc-search -m experiment=tiny ...`` (a multirun) into ``tmp_path/sweep``, output to files."""
+    command = [sys.executable, "-m", "search", "-m", "experiment=tiny", *overrides,
+               f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {**os.environ, "PATTERNC_CACHE_DIR": str(tmp_path / "cache")}
+    with open(tmp_path / "sweep.out", "w") as out, open(tmp_path / "sweep.err", "w") as err:
+        return subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=tmp_path,
+                                env=env, start_new_session=True)
+
+
+def test_sqlite_shared_by_several_workers_is_refused_before_any_job_starts(tmp_path):
+    proc = sweep(tmp_path, "search.workers=3", "hydra/launcher=joblib")
+    finish_code = proc.wait(timeout=DEADLINE)
+    err = (tmp_path / "sweep.err").read_text()
+    assert finish_code == 2 and "patternc-search: error: search.workers = 3 share one study" in err, err
+    assert "give a server URL, search.storage=postgresql" in err and "Traceback" not in err
+    assert not (tmp_path / "sweep").exists()  # no job was launched
+
+
+def test_jobs_that_name_one_study_but_define_it_differently_are_refused_before_any_starts(tmp_path):
+    """The issue's sweep: two spaces under one explicit study name; refused, naming the difference."""
+    proc = sweep(tmp_path, "space=fixed_window,window_global", "search.study=mix")
+    code, err = proc.wait(timeout=DEADLINE), (tmp_path / "sweep.err").read_text()
+    assert code == 2 and "jobs 0 and 1 of this sweep both use study 'mix' but define it differently" in err
+    assert "space.name: fixed_window in job 0, window_global in job 1" in err and "Traceback" not in err
+    assert not (tmp_path / "sweep").exists()
+
+
+def assert_accounted(trials: list[FrozenTrial], budget: int, workers: int) -> None:
+    """Every trial by one worker, none RUNNING or WAITING, no candidate twice, each classic once."""
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) and set(numbers) == set(range(len(numbers)))
+    assert budget <= sum(map(counted, trials)) <= budget + workers - 1
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    sampled = sampled_params(trials)
+    assert len(sampled) == len(set(sampled)), f"a candidate was sampled twice: {sorted(sampled)}"
+    assert_references_once(trials)
+
+
+@pytest.mark.skipif(not POSTGRES, reason="set PATTERNC_TEST_POSTGRES to a PostgreSQL URL (.ci/run does)")
+@pytest.mark.parametrize("launcher, workers", [("submitit_local", 3), ("joblib", 2)])
+def test_workers_through_a_launcher_share_one_study(tmp_path, launcher, workers):
+    """search.workers=N with a Hydra launcher: N jobs, each its own run directory and worker index,
+    one budget spent once, and one report of the whole study that covers every trial."""
+    study, budget = f"launched-{uuid.uuid4().hex[:12]}", 5
+    proc = sweep(tmp_path, f"hydra/launcher={launcher}", f"search.workers={workers}",
+                 f"search.storage={POSTGRES}", f"search.study={study}", f"search.n_trials={budget}")
+    try:
+        finish(proc, tmp_path, "sweep", time.monotonic() + DEADLINE)
+        trials = read_trials(POSTGRES, study)
+    finally:
+        kill(proc)
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=study, storage=POSTGRES)
+    assert_accounted(trials, budget, workers)
+    assert {t.user_attrs[WORKER]["index"] for t in trials if counted(t)} <= set(range(workers))
+    for job in range(workers):  # each worker its own run directory, with its config
+        overrides = (tmp_path / "sweep" / str(job) / ".hydra" / "overrides.yaml").read_text()
+        assert f"search.worker={job}" in overrides
+    report = tmp_path / "sweep" / study
+    with open(report / "trials.csv") as f:
+        assert sorted(int(row["number"]) for row in csv.DictReader(f)) == [t.number for t in trials]
+    assert "- Study finished:" in (report / "summary.md").read_text()
+
+
+@pytest.mark.skipif(not POSTGRES, reason="set PATTERNC_TEST_POSTGRES to a PostgreSQL URL (.ci/run does)")
+def test_a_preempted_worker_leaves_its_trial_to_the_heartbeat_retry(tmp_path):
+    """Through submitit_local, worker 1 is pre-empted mid-trial as a scheduler does it (SIGTERM, which
+    submitit logs and ignores, then SIGKILL): worker 0 fails the stale trial, retries it and
+    finishes the study; the sweeper says a worker was killed, reports the study finished, exits 0."""
+    study, budget = f"preempted-{uuid.uuid4().hex[:12]}", 5
+    proc = sweep(tmp_path, "hydra/launcher=submitit_local", "search.workers=2", f"search.storage={POSTGRES}",
+                 f"search.study={study}", f"search.n_trials={budget}", f"search.heartbeat={HEARTBEAT}",
+                 "task.train.steps=150")
+    try:
+        deadline, victim = time.monotonic() + DEADLINE, None
+        while victim is None:
+            assert proc.poll() is None and time.monotonic() < deadline, tail(tmp_path, "sweep")
+            with contextlib.suppress(Exception):  # no study yet
+                victim = next((t for t in read_trials(POSTGRES, study) if t.state == TrialState.RUNNING
+                               and t.user_attrs.get(WORKER, {}).get("index") == 1), None)
+            time.sleep(0.1)
+        pid = victim.user_attrs[WORKER]["pid"]
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+        finish(proc, tmp_path, "sweep", deadline)
+        trials = read_trials(POSTGRES, study)
+    finally:
+        kill(proc)
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=study, storage=POSTGRES)
+    assert trials[victim.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and counted(retries[0]) and retries[0].user_attrs[WORKER]["index"] == 0
+    assert_accounted(trials, budget, 2)
+    assert "a worker job failed or was killed" in tail(tmp_path, "sweep")
+    assert "- Study finished:" in (tmp_path / "sweep" / study / "summary.md").read_text()
+    assert "Bypassing signal SIGTERM" in "".join(
+        p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.err"))

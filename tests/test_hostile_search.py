@@ -1,0 +1,188 @@
+"""The search's adversarial suite: kill -9 at each step of a trial, crafted storage files, bad
+values, a space that rejects everything, a database server restarted under running workers.
+
+Each case asserts a clear error (``patternc-search: error: ...``, exit status 2, no traceback) or a
+correct result: no completed trial lost, no trial left RUNNING once a study reports finished, every
+reference scored exactly once. Searches run as real processes (``python -m search``) where a user's
+process is what is attacked; every wait has a deadline and every child is killed in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pgserver
+import pytest
+from optuna.trial import TrialState
+from searchconf import objects, tiny
+
+from search.accounting import account, counted
+from search.errors import StorageError
+from search.record import REFERENCE
+from search.study import run_search
+
+HERE = pathlib.Path(__file__).resolve().parent
+DEADLINE = 300  # seconds for one search process, on a slow shared machine
+
+
+@pytest.fixture(autouse=True)
+def cost_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path / "cost-cache"))
+
+
+def search_cli(tmp_path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """``patternc-search experiment=tiny ARGS`` run in ``tmp_path`` (its outputs/ there), or through
+    tests/kill_at.py so that it SIGKILLs itself at stage ``kill_at``."""
+    command = [sys.executable, *([str(HERE / "kill_at.py"), kill_at] if kill_at else ["-m", "search"]),
+               "experiment=tiny", *args, f"hydra.run.dir={tmp_path / 'runs' / (kill_at or 'run')}"]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE, cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def assert_clear_error(run: subprocess.CompletedProcess, message: str) -> None:
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "patternc-search: error: " in run.stderr and message in run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+
+
+def only_study(url: str) -> optuna.Study:
+    (summary,) = optuna.get_all_study_summaries(url)
+    return optuna.load_study(study_name=summary.study_name, storage=url)
+
+
+def test_kill_9_at_every_step_loses_nothing(tmp_path):
+    """One study, killed at each step in turn (between two reference enqueues, in compile, reach,
+    cost, training, while storing a result, before the report), each rerun at once: the last run
+    ends with the study finished, every trial a killed run completed kept as it was, nothing
+    RUNNING, each reference scored exactly once."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    args = (f"search.storage={url}", "search.n_trials=5", "search.heartbeat=1", "space.n_target=256")
+    kept: dict[int, tuple] = {}
+    for stage in ("enqueue", "compile", "reach", "cost", "train", "store", "report"):
+        run = search_cli(tmp_path, *args, kill_at=stage)
+        assert run.returncode == -9, f"{stage}: exited {run.returncode}\n{run.stderr[-2000:]}"
+        trials = only_study(url).get_trials()
+        for number, before in kept.items():
+            t = trials[number]
+            assert (t.state, t.params, t.values, t.user_attrs) == before, f"{stage} changed trial {number}"
+        kept.update({t.number: (t.state, t.params, t.values, t.user_attrs) for t in trials
+                     if t.state == TrialState.COMPLETE})
+    final = search_cli(tmp_path, *args)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "Study finished" in (tmp_path / "runs" / "run" / "summary.md").read_text()
+    study = only_study(url)
+    trials = study.get_trials()
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    references = study.user_attrs["definition"]["space"]["references"]
+    scored = [t.user_attrs[REFERENCE] for t in trials if counted(t) and REFERENCE in t.user_attrs]
+    assert sorted(scored) == sorted(references)
+    assert account(trials, 5, references).finished
+    assert all(trials[n].state == TrialState.COMPLETE for n in kept)
+
+
+@pytest.mark.parametrize("override, message", [
+    pytest.param("kernel.backend=cuda_magic", "kernel.backend must be one of reference", id="backend"),
+    pytest.param("task.model.d_model=0", "task.model.d_model must be an integer >= 2", id="d_model"),
+    pytest.param("search.timeout=-10", "search.timeout must be null (no limit) or a positive", id="timeout"),
+])
+def test_bad_values_exit_2_before_any_trial(tmp_path, override, message):
+    run = search_cli(tmp_path, f"search.storage=sqlite:///{tmp_path / 's.db'}", override)
+    assert_clear_error(run, message)
+    assert not (tmp_path / "s.db").exists()  # refused before the study was opened
+
+
+def _damaged(path: pathlib.Path) -> None:
+    cfg = tiny(path.parent, "search.n_trials=1", "search.references=false", "space.n_target=256")
+    run_search(*objects(cfg), progress=False)
+    data = bytearray((path.parent / "s.db").read_bytes())
+    data[4096:8192] = b"\xff" * 4096  # the second page: part of Optuna's tables
+    path.write_bytes(bytes(data))
+
+
+def _foreign(path: pathlib.Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (x TEXT)")
+    db.close()
+
+
+@pytest.mark.parametrize("craft, message", [
+    pytest.param(lambda p: p.write_bytes(os.urandom(5000)), "is not a sqlite database", id="not-sqlite"),
+    pytest.param(_foreign, "is the sqlite database of another application (tables: notes)", id="foreign"),
+    pytest.param(_damaged, "is a damaged sqlite database", id="damaged"),
+    pytest.param(lambda p: p.mkdir(), "is a directory", id="directory"),
+])
+def test_crafted_study_files_are_refused_naming_the_file(tmp_path, craft, message):
+    path = tmp_path / "crafted" / "c.db"
+    path.parent.mkdir()
+    craft(path)
+    before = sorted(p.name for p in path.parent.iterdir())
+    with pytest.raises(StorageError) as error:
+        run_search(*objects(tiny(tmp_path, f"search.storage=sqlite:///{path}")), progress=False)
+    assert str(path) in str(error.value) and message in str(error.value)
+    assert sorted(p.name for p in path.parent.iterdir()) == before  # nothing added to it
+
+
+def test_a_foreign_file_is_refused_on_the_command_line(tmp_path):
+    path = tmp_path / "notes.db"
+    _foreign(path)
+    assert_clear_error(search_cli(tmp_path, f"search.storage=sqlite:///{path}"),
+                       f"{path} is the sqlite database of another application")
+    with sqlite3.connect(path) as db:
+        assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    db.close()
+
+
+def test_a_space_that_rejects_everything_exits_2_with_the_commonest_reason(tmp_path):
+    run = search_cli(tmp_path, f"search.storage=sqlite:///{tmp_path / 's.db'}", "search.references=false",
+                     "search.max_rejected=4", "space.density_budget=0.01")
+    assert_clear_error(run, "stopping: 4 candidates rejected in this worker (search.max_rejected)")
+    assert "commonest reason (4 of them): density" in run.stderr
+    assert "Rejected before training: 4" in (tmp_path / "runs" / "run" / "summary.md").read_text()
+
+
+@pytest.fixture
+def private_postgres():
+    if not os.environ.get("PATTERNC_TEST_POSTGRES") or pgserver.binaries() is None:
+        pytest.skip("set PATTERNC_TEST_POSTGRES on a machine with PostgreSQL installed (.ci/run does): "
+                    "this test starts and restarts a private server of its own")
+    with pgserver.private_server() as server:
+        yield server
+
+
+def test_a_database_restart_does_not_kill_the_workers(tmp_path, private_postgres):
+    """The server goes down for 3 s (three heartbeats) while a worker trains, then comes back: its storage
+    calls wait and retry, it says so, finishes the budget and exits 0."""
+    url, restart = private_postgres
+    command = [sys.executable, "-m", "search", "experiment=tiny", f"search.storage={url}",
+               "search.n_trials=3", "space.n_target=256", "search.storage_retry=60", "search.heartbeat=1",
+               f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not _running(url) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        restart(3.0)
+        err, _ = proc.communicate(timeout=DEADLINE)  # the log: stdout and stderr together
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "lost the database" in err and "the database answers again" in err, err[-3000:]
+    trials = only_study(url).get_trials()
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(map(counted, trials)) >= 3
+
+
+def _running(url: str) -> bool:
+    """Does the study there have a RUNNING trial yet?"""
+    try:
+        return any(t.state == TrialState.RUNNING for t in only_study(url).get_trials(deepcopy=False))
+    except Exception:  # no tables or no study yet
+        return False
