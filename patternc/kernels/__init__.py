@@ -20,12 +20,16 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from patternc.errors import KernelInputError
+from patternc.kernels.paths import PATH_ENV, KernelPaths, PathTimes, measure_paths, resolve_paths
 from patternc.kernels.reference import block_sparse_attention
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["BACKENDS", "Run", "block_sparse_attention", "causal_sdpa", "compiled_flex", "prepare"]
+__all__ = ["BACKENDS", "PATH_ENV", "KernelInputError", "KernelPaths", "PathTimes", "Run",
+           "block_sparse_attention", "causal_sdpa", "compiled_flex", "measure_paths", "prepare",
+           "resolve_paths"]
 
 Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
