@@ -123,7 +123,9 @@ def _math_forward(q, k, v, mask: CallMask, scale: float) -> tuple[Tensor, Tensor
 def _math_backward(grad, q, k, v, out, lse, mask: CallMask, scale: float, needs) -> Grads:
     acc = accumulator(q.dtype)
     grad, q, k, v, out = (x.to(acc) for x in (grad, q, k, v, out))
-    p = torch.exp(_math_scores(q, k, mask, scale) - lse.unsqueeze(-1))  # masked pairs exactly 0
+    p = torch.exp(_math_scores(q, k, mask, scale) - lse.unsqueeze(-1))  # (BH, R, Lq, Lk)
+    if mask.allowed is not None:  # a row's NaN lse (it reads a NaN) must not reach its masked keys
+        p = p.masked_fill(~mask.allowed, 0.0)
     dq = dk = dv = None
     if needs[2]:
         dv = inert_matmul(p.transpose(-1, -2), grad, mask.allowed_t)  # (BH, R, Lk, d)

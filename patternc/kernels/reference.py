@@ -16,9 +16,10 @@ Grouped-query attention: k and v may have fewer heads than q; query head ``h`` r
 ``h // (Hq // Hkv)``, as SDPA's ``enable_gqa`` groups them, and dk, dv sum over the group.
 
 A query with no allowed key gets 0 and zero gradients (not SDPA's NaN), as FlexAttention does.
-A key the pattern masks for a row has no effect on that row, whatever its value: calls with
-PARTIAL blocks whose keys, values (or, backward, queries and output gradients) hold a NaN or inf
-are computed by the ``math`` path, which selects instead of adding -inf; other calls are untouched.
+A key the pattern masks for a row has no effect on that row, whatever its value, nor the row on
+it: calls with PARTIAL blocks whose keys or values (backward: also queries, outputs or output
+gradients) hold a NaN or inf are computed by the ``math`` path, which selects instead of adding
+-inf; other calls are untouched.
 
 >>> cp = patternc.compile("causal & window(512)", n=4096, block=128)          # doctest: +SKIP
 >>> out = block_sparse_attention(q, k, v, cp, layer=0)  # q, k, v: (B, H, 4096, d)  # doctest: +SKIP
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from patternc.kernels.attend import FLOOR, PATHS, accumulator
 from patternc.kernels.inputs import Shapes, check_inputs
@@ -101,8 +101,10 @@ class _Attention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative would be silently 0
+            raise RuntimeError("block_sparse_attention has first derivatives only: differentiating "
+                               "its gradients (create_graph=True, double backward) is not supported")
         q, k, v, out, lse = ctx.saved_tensors
         return (*_backward(grad, q, k, v, out, lse, ctx.run, tuple(ctx.needs_input_grad[:3])), None)
 
@@ -283,11 +285,12 @@ def _layout_forward(q, k, v, run: _Run, head: int) -> tuple[Tensor, Tensor]:
     for call in _calls(plan, grid, B * Hg, run.budget, masks):
         path = PATHS[_path_of(call, run.paths.forward, bad_keys)]
         # o (BH, R, q, d), l (BH, R, q): R rows (1 when folded) of q queries each
-        o, l = path.forward(call.queries.view(xq), call.keys.view(xk), call.keys.view(xv), call.mask, run.scale)
+        qs, ks = call.queries, call.keys
+        o, l = path.forward(qs.view(xq), ks.view(xk), ks.view(xv), call.mask, run.scale)
         if call.mask.dead is not None:  # these queries' lse is 0 or NaN: they must weigh nothing
             o[:, :, call.mask.dead] = 0.0
             l[:, :, call.mask.dead] = FLOOR
-        _store_or_merge(call.queries.view(out), call.queries.view(lse), o, l, call.fresh)
+        _store_or_merge(qs.view(out), qs.view(lse), o, l, call.fresh)
     return out.view(B, Hg, n, d), lse.view(B, Hg, n)
 
 
@@ -300,7 +303,9 @@ def _layout_backward(grad, q, k, v, out, lse, run: _Run, head: int, needs):
     plan = segments(run.cp, run.layer, head, max(1, run.budget // (B * Hg * grid.bq * grid.bk)))
     acc = accumulator(q.dtype)
     dq, dk, dv = (xq.new_zeros(xq.shape, dtype=acc) if need else None for need in needs)
-    bad_keys, bad_queries = _nonfinite_tokens(xk, xv), _nonfinite_tokens(xq, xg)
+    # a row whose output is NaN (it read a NaN) has a NaN log-sum-exp: in a fused call it would
+    # reach the keys it may not read as well
+    bad_keys, bad_queries = _nonfinite_tokens(xk, xv), _nonfinite_tokens(xq, xg, xo)
     masks = MaskCache(run.cp, run.layer, head, q.device, q.dtype)
     for call in _calls(plan, grid, B * Hg, run.budget, masks):
         path = PATHS[_path_of(call, run.paths.backward, bad_keys, bad_queries)]
