@@ -50,6 +50,7 @@ class Path:
     name: str
     forward: Callable[[Tensor, Tensor, Tensor, CallMask, float], tuple[Tensor, Tensor]]
     backward: Callable[..., Grads]
+    call_scores: int = 1 << 62  # the largest call it runs at full speed (scores); no limit by default
 
 
 def accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -68,7 +69,10 @@ def _fused_backward(grad, q, k, v, out, lse, mask: CallMask, scale: float, needs
 
 
 def _scaled(q: Tensor, scale: float) -> Tensor:
-    """``q * scale`` rounded once to q's dtype (the product is taken in float32)."""
+    """``q * scale`` rounded once to q's dtype: a power of two scales exactly in one pass
+    (``1 / sqrt(64)``), any other scale goes through float32."""
+    if math.frexp(scale)[0] == 0.5:
+        return q * scale
     return (q.float() * scale).to(q.dtype)
 
 
@@ -170,6 +174,7 @@ def inert_matmul(a: Tensor, b: Tensor, allowed: Tensor | None) -> Tensor:
 
 PATHS: dict[str, Path] = {
     "fused": Path("fused", _fused_forward, _fused_backward),
-    "bf16": Path("bf16", _bf16_forward, _bf16_backward),
+    # its scores and probabilities are materialised: calls that fit in L2 / L3 (512 KiB of bf16)
+    "bf16": Path("bf16", _bf16_forward, _bf16_backward, call_scores=1 << 18),
     "math": Path("math", _math_forward, _math_backward),
 }

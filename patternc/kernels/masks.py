@@ -7,7 +7,7 @@ fused kernel, which only takes an additive mask. Key columns that no query of th
 cut off (``sink(64)`` in a block of 128 reads 64 keys, unmasked), and the queries with no allowed
 key in the run are listed, so that the caller can give them nothing.
 
->>> masks = MaskCache(cp, layer=0, head=0, device=q.device, dtype=q.dtype)  # doctest: +SKIP
+>>> masks = mask_cache(cp, layer=0, head=0, device=q.device, dtype=q.dtype)  # doctest: +SKIP
 >>> masks.get(seg.kinds, seg.q_len, seg.k_len, tiles=1).k_len                 # doctest: +SKIP
 """
 
@@ -25,7 +25,7 @@ from patternc.kernels.plan import partial_kinds
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["CallMask", "MaskCache"]
+__all__ = ["CallMask", "MaskCache", "mask_cache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +46,8 @@ class CallMask:
 
 
 class MaskCache:
-    """Each distinct run content's ``CallMask``, built once per layout and call of the kernel;
-    ``tiles`` rows folded into one query run repeat the mask."""
+    """Each distinct run content's ``CallMask``, built on first use and kept with the layout
+    (``mask_cache``); ``tiles`` rows folded into one query run repeat the mask."""
 
     def __init__(self, cp: CompiledPattern, layer: int, head: int, device: torch.device,
                  dtype: torch.dtype) -> None:
@@ -78,6 +78,14 @@ class MaskCache:
         additive.masked_fill_(~allowed, -math.inf)
         dead = torch.nonzero(~allowed.any(-1)).flatten()
         return CallMask(allowed, additive, dead if len(dead) else None, skip, end - skip)
+
+
+@lru_cache(maxsize=16)
+def mask_cache(cp: CompiledPattern, layer: int, head: int, device: torch.device,
+               dtype: torch.dtype) -> MaskCache:
+    """The ``MaskCache`` of one layout, device and dtype, shared by every call of the kernel (a
+    training loop builds each mask once, not once per step)."""
+    return MaskCache(cp, layer, head, device, dtype)
 
 
 @lru_cache(maxsize=16)

@@ -37,7 +37,7 @@ import torch
 
 from patternc.kernels.attend import FLOOR, PATHS, accumulator
 from patternc.kernels.inputs import Shapes, check_inputs
-from patternc.kernels.masks import CallMask, MaskCache
+from patternc.kernels.masks import CallMask, MaskCache, mask_cache
 from patternc.kernels.paths import KernelPaths, resolve_paths
 from patternc.kernels.plan import Plan, segments
 
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["SCORE_BUDGET", "block_sparse_attention"]
 
 SCORE_BUDGET = 1 << 24  # scores one call would hold if materialised (64 MiB of float32)
+BACKWARD_SCORES = 1 << 20  # a backward call's gradients then stay within a few MiB (in cache)
 
 Tensor = torch.Tensor
 
@@ -262,6 +263,15 @@ def _path_of(call: _Call, chosen: str, bad_keys: Tensor | None, bad_queries: Ten
     return chosen
 
 
+def _budget(run: _Run, path: str, backward: bool) -> int:
+    """Scores per call: the caller's bound, lowered to what keeps a call's working set in cache
+    where that pays (the backward's calls hold their gradients, the ``bf16`` path its scores)."""
+    cap = PATHS[path].call_scores
+    if backward:
+        cap = min(cap, BACKWARD_SCORES)
+    return min(run.budget, cap)
+
+
 def _flat(*xs: Tensor) -> list[Tensor]:
     """(B, Hg, n, *) -> (B * Hg, n, *) contiguous."""
     return [x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]).contiguous() for x in xs]
@@ -272,7 +282,8 @@ def _layout_forward(q, k, v, run: _Run, head: int) -> tuple[Tensor, Tensor]:
     B, Hg, n, d = q.shape
     grid = run.cp.grid
     xq, xk, xv = _flat(q, k, v)  # (BH, n, d)
-    plan = segments(run.cp, run.layer, head, max(1, run.budget // (B * Hg * grid.bq * grid.bk)))
+    budget = _budget(run, run.paths.forward, backward=False)
+    plan = segments(run.cp, run.layer, head, max(1, budget // (B * Hg * grid.bq * grid.bk)))
     # running outputs (in the work dtype: a bfloat16 result is not copied or converted) and their
     # log-sum-exp; only rows that no call stores whole need a start value
     out = xq.new_empty(B * Hg, n, d)  # (BH, n, d)
@@ -281,8 +292,8 @@ def _layout_forward(q, k, v, run: _Run, head: int) -> tuple[Tensor, Tensor]:
         out[:, start:end] = 0.0
         lse[:, start:end] = FLOOR
     bad_keys = _nonfinite_tokens(xk, xv)
-    masks = MaskCache(run.cp, run.layer, head, q.device, q.dtype)
-    for call in _calls(plan, grid, B * Hg, run.budget, masks):
+    masks = mask_cache(run.cp, run.layer, head, q.device, q.dtype)
+    for call in _calls(plan, grid, B * Hg, budget, masks):
         path = PATHS[_path_of(call, run.paths.forward, bad_keys)]
         # o (BH, R, q, d), l (BH, R, q): R rows (1 when folded) of q queries each
         qs, ks = call.queries, call.keys
@@ -300,14 +311,15 @@ def _layout_backward(grad, q, k, v, out, lse, run: _Run, head: int, needs):
     grid = run.cp.grid
     xg, xq, xk, xv, xo = _flat(grad, q, k, v, out)  # (BH, n, d)
     xl = lse.reshape(B * Hg, n)
-    plan = segments(run.cp, run.layer, head, max(1, run.budget // (B * Hg * grid.bq * grid.bk)))
+    budget = _budget(run, run.paths.backward, backward=True)
+    plan = segments(run.cp, run.layer, head, max(1, budget // (B * Hg * grid.bq * grid.bk)))
     acc = accumulator(q.dtype)
     dq, dk, dv = (xq.new_zeros(xq.shape, dtype=acc) if need else None for need in needs)
     # a row whose output is NaN (it read a NaN) has a NaN log-sum-exp: in a fused call it would
     # reach the keys it may not read as well
     bad_keys, bad_queries = _nonfinite_tokens(xk, xv), _nonfinite_tokens(xq, xg, xo)
-    masks = MaskCache(run.cp, run.layer, head, q.device, q.dtype)
-    for call in _calls(plan, grid, B * Hg, run.budget, masks):
+    masks = mask_cache(run.cp, run.layer, head, q.device, q.dtype)
+    for call in _calls(plan, grid, B * Hg, budget, masks):
         path = PATHS[_path_of(call, run.paths.backward, bad_keys, bad_queries)]
         qs, ks = call.queries, call.keys
         gq, gk, gv = path.backward(qs.view(xg), qs.view(xq), ks.view(xk), ks.view(xv), qs.view(xo),
