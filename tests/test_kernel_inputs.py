@@ -88,6 +88,11 @@ def test_bad_settings_are_refused(kwargs, message):
         block_sparse_attention(*good(1, 1), cp, **kwargs)
 
 
+def test_a_pattern_that_is_not_compiled_is_refused():
+    with pytest.raises(KernelInputError, match="cp must be a compiled pattern .*, got str"):
+        block_sparse_attention(*good(1, 1), "causal & window(20)")
+
+
 def test_bad_path_in_the_environment_is_refused(monkeypatch):
     monkeypatch.setenv(PATH_ENV, "turbo")
     cp = patternc.compile("causal & window(20)", N, block=16)

@@ -51,6 +51,8 @@ def _fail(message: str) -> KernelInputError:
 def check_inputs(q, k, v, cp: CompiledPattern, layer: int, scale: float | None = None,
                  score_budget: int = 1) -> Shapes:
     """The call's sizes, or a ``KernelInputError`` for the first thing that is wrong."""
+    if not all(hasattr(cp, name) for name in ("layout", "node", "grid", "heads", "n")):
+        raise _fail(f"cp must be a compiled pattern (patternc.compile(...)), got {type(cp).__name__}")
     named = {"q": q, "k": k, "v": v}
     for name, x in named.items():
         if not isinstance(x, torch.Tensor):
