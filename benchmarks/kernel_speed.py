@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="*", help="window / n (default 0.01 .. 0.5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 on a busy machine")
     parser.add_argument("--no-best-block", action="store_true", help="skip the block size table")
-    parser.add_argument("--path", choices=("auto", "fused", "bf16", "math"), default=None,
+    parser.add_argument("--path", choices=("auto", "fused", "fused_fp32", "bf16", "math"), default=None,
                         help="our kernel's compute path (default: $PATTERNC_KERNEL_PATH, else auto)")
     args = parser.parse_args()
     if args.threads:

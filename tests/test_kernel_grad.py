@@ -82,9 +82,10 @@ def test_float32_gradients_match_dense_sdpa(spec, n, block, layer, heads, kv_hea
 
 
 @pytest.mark.parametrize("spec, n, block, layer, heads, kv_heads", CASES[:9:2])
-@pytest.mark.parametrize("path", ["fused", "bf16", "math"])
+@pytest.mark.parametrize("path", ["fused", "fused_fp32", "bf16", "math"])
 def test_bfloat16_gradients_match_dense_sdpa(spec, n, block, layer, heads, kv_heads, path):
-    """bfloat16 in, bfloat16 out; each call's gradients are summed in float32. Compared with the
+    """bfloat16 in, bfloat16 out; each call's gradients are summed in float32 (``fused_fp32``
+    computes in float32 throughout). Compared with the
     float64 reference on the same (rounded) inputs: within 2e-2 absolute plus 2e-2 relative, the
     rounding of one or two bfloat16 ulps (a value near 4 has a half-ulp of 1.6e-2)."""
     cp, heads = compiled(spec, n, block, heads)

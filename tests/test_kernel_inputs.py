@@ -79,8 +79,8 @@ def test_bad_tensors_are_refused_before_any_work(change, message, monkeypatch):
     pytest.param(dict(scale=math.nan), "scale must be a finite number, got nan", id="scale_nan"),
     pytest.param(dict(scale="0.1"), "scale must be a finite number, got '0.1'", id="scale_str"),
     pytest.param(dict(score_budget=0), "score_budget must be a positive int, got 0", id="budget_0"),
-    pytest.param(dict(path="fast"), "path is 'fast', not a compute path; choose from auto, fused, bf16, "
-                 "math", id="path"),
+    pytest.param(dict(path="fast"), "path is 'fast', not a compute path; choose from auto, fused, "
+                 "fused_fp32, bf16, math", id="path"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
     cp = patternc.compile("causal & window(20)", N, block=16)
@@ -89,7 +89,7 @@ def test_bad_settings_are_refused(kwargs, message):
 
 
 def test_a_pattern_that_is_not_compiled_is_refused():
-    with pytest.raises(KernelInputError, match="cp must be a compiled pattern .*, got str"):
+    with pytest.raises(KernelInputError, match=r"cp must be a compiled pattern .*, got str"):
         block_sparse_attention(*good(1, 1), "causal & window(20)")
 
 

@@ -79,7 +79,7 @@ def test_matches_dense_sdpa_float32(spec, n, block, layer, budget, attend_path):
 
 @pytest.mark.parametrize("spec, n, block, layer", [CASES[1], CASES[3], CASES[5], CASES[10], CASES[11]])
 @pytest.mark.parametrize("budget", [1 << 24, 3000], ids=["one_chunk", "many_chunks"])
-@pytest.mark.parametrize("path", ["fused", "math", "bf16"])
+@pytest.mark.parametrize("path", ["fused", "fused_fp32", "math", "bf16"])
 def test_matches_dense_sdpa_bfloat16(spec, n, block, layer, budget, path):
     """bfloat16 stays bfloat16 on CPU (SDPA's kernel accumulates in float32); merges round it."""
     cp = patternc.compile(spec, n, block=block)

@@ -7,7 +7,8 @@ merged: with those, the softmax it recomputes is the row's own, restricted to th
 the call's gradients are exactly its share of the row's (ring attention splits a row's keys the
 same way). The caller sums dq over a row's calls and dk, dv over every row that reads a key.
 
-- ``fused``: SDPA's fused CPU flash kernel and its backward (CPU only; float32, float64, bfloat16).
+- ``fused``: SDPA's fused CPU flash kernel and its backward (CPU only; float32, float64, bfloat16);
+  ``fused_fp32`` runs it on float32 copies of bfloat16 or float16 inputs.
 - ``bf16``: bfloat16 matmuls for scores and values, float32 softmax and probabilities; wins where
   bfloat16 matmuls are much faster than the fused kernel (chosen by measurement, ``paths``).
 - ``math``: unfused, every step in float32 (float64 kept); any device. It masks by selecting, never by
@@ -50,6 +51,7 @@ class Path:
     name: str
     forward: Callable[[Tensor, Tensor, Tensor, CallMask, float], tuple[Tensor, Tensor]]
     backward: Callable[..., Grads]
+    work: torch.dtype | None = None  # the dtype it computes in; None: the input's
     call_scores: int = 1 << 62  # the largest call it runs at full speed (scores); no limit by default
 
 
@@ -78,8 +80,8 @@ def _scaled(q: Tensor, scale: float) -> Tensor:
 
 def _bf16_forward(q, k, v, mask: CallMask, scale: float) -> tuple[Tensor, Tensor]:
     scores = torch.matmul(_scaled(q, scale), k.transpose(-1, -2))  # (BH, R, Lq, Lk) bf16
-    if mask.allowed is not None:
-        scores.masked_fill_(~mask.allowed, -math.inf)
+    if mask.additive is not None:  # its inputs are finite (see above): adding is exact, and 15x
+        scores.add_(mask.additive)  # faster than a broadcast masked_fill_ on CPU
     p = torch.softmax(scores, dim=-1)  # bf16, computed in float32
     # log-sum-exp = max - log(largest probability), which is exp(max - lse) rounded once to
     # bfloat16 (within 2**-9): two cheap reductions, where a float32 logsumexp costs two passes
@@ -90,9 +92,9 @@ def _bf16_forward(q, k, v, mask: CallMask, scale: float) -> tuple[Tensor, Tensor
 def _bf16_backward(grad, q, k, v, out, lse, mask: CallMask, scale: float, needs) -> Grads:
     q_scaled = _scaled(q, scale)
     scores = torch.matmul(q_scaled, k.transpose(-1, -2))  # (BH, R, Lq, Lk) bf16
+    if mask.additive is not None:
+        scores.add_(mask.additive)
     p = torch.exp(scores - lse.unsqueeze(-1))  # float32: the row's probabilities on these keys
-    if mask.allowed is not None:
-        p.masked_fill_(~mask.allowed, 0.0)
     dq = dk = dv = None
     if needs[2]:
         dv = torch.matmul(p.to(q.dtype).transpose(-1, -2), grad)  # (BH, R, Lk, d)
@@ -174,7 +176,10 @@ def inert_matmul(a: Tensor, b: Tensor, allowed: Tensor | None) -> Tensor:
 
 PATHS: dict[str, Path] = {
     "fused": Path("fused", _fused_forward, _fused_backward),
+    # the same kernel on float32 copies of the inputs (O(n d)): on some CPUs its bfloat16 backward
+    # runs slower than its float32 one, and float16 always does
+    "fused_fp32": Path("fused_fp32", _fused_forward, _fused_backward, work=torch.float32),
     # its scores and probabilities are materialised: calls that fit in L2 / L3 (512 KiB of bf16)
-    "bf16": Path("bf16", _bf16_forward, _bf16_backward, call_scores=1 << 18),
+    "bf16": Path("bf16", _bf16_forward, _bf16_backward, work=torch.bfloat16, call_scores=1 << 18),
     "math": Path("math", _math_forward, _math_backward),
 }

@@ -1,24 +1,29 @@
 """Which path computes the block-sparse kernel's calls: the user's choice, or measured on the machine.
 
 CPUs differ: on some, bfloat16 matmuls run several times faster than float32 ones while SDPA's
-fused CPU kernel gains little from bfloat16; on others bfloat16 matmuls crawl. So for bfloat16
-inputs on CPU, ``auto`` times one representative call of the ``fused`` and the ``bf16`` path, the
-forward and the backward apart, and keeps the faster of each. The measurement runs once per CPU
-model, torch version, thread count and head dimension (about 0.1-0.3 s), and is cached on disk next
-to ``patternc.measure``'s results (``$PATTERNC_CACHE_DIR``, else ``~/.cache/patternc/cost``).
+fused CPU kernel gains little from bfloat16; on others bfloat16 matmuls crawl, or the fused
+kernel's backward runs slower in bfloat16 than in float32. So for bfloat16 inputs on CPU,
+``auto`` times one representative piece of work on each candidate, ``fused`` (SDPA's fused
+kernel in bfloat16), ``fused_fp32`` (the same kernel on float32 copies) and ``bf16`` (bfloat16
+matmuls), the forward and the backward apart, and keeps the fastest of each. The measurement runs
+once per CPU model, torch version, thread count and head dimension (a few hundred ms), and is
+cached on disk next to ``patternc.measure``'s results (``$PATTERNC_CACHE_DIR``, else
+``~/.cache/patternc/cost``).
 
 The choice, first match wins:
 
 - the ``path`` argument of ``block_sparse_attention``;
 - the environment variable ``PATTERNC_KERNEL_PATH``;
-- ``auto``: on CPU, the measured choice for bfloat16 inputs and ``fused`` for the others; off CPU,
+- ``auto``: on CPU, the measured choice for bfloat16 inputs, ``fused_fp32`` for float16 (SDPA's
+  CPU kernel runs float16 ~3x slower than float32) and ``fused`` for float32 and float64; off CPU,
   ``math``.
 
-``fused`` off CPU means ``math`` (SDPA's fused kernel with a log-sum-exp is CPU-only). ``bf16``
-computes any input in bfloat16 (the opt-in for float32 inputs); ``math`` is the unfused oracle.
+``fused`` and ``fused_fp32`` off CPU mean ``math`` (SDPA's fused kernel with a log-sum-exp is
+CPU-only). ``bf16`` computes any input in bfloat16 (the opt-in for float32 inputs); ``math`` is the
+unfused oracle, in float32 (float64 kept).
 
 >>> resolve_paths("auto", torch.bfloat16, torch.device("cpu"), head_dim=64)  # doctest: +SKIP
-KernelPaths(forward='fused', backward='fused', work=torch.bfloat16)
+KernelPaths(forward='fused', backward='fused_fp32', forward_work=torch.bfloat16, backward_work=torch.float32)
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,35 +42,38 @@ import torch
 
 from patternc.cost import cache_dir, cpu_model, write_json
 from patternc.errors import KernelInputError
-from patternc.kernels.attend import PATHS, accumulator
+from patternc.kernels.attend import PATHS
 from patternc.kernels.masks import CallMask
 
 __all__ = ["CHOICES", "PATH_ENV", "KernelPaths", "PathTimes", "measure_paths", "resolve_paths"]
 
 PATH_ENV = "PATTERNC_KERNEL_PATH"
-CHOICES = ("auto", "fused", "bf16", "math")
-# the timed call: 4 (batch x heads) x 4 rows of 128 queries against 512 keys each, a band's shape
-_PROBE = (4, 4, 128, 512)
-_ROUNDS = 5  # timed rounds after one warm-up; each round runs the four calls in turn
+CHOICES = ("auto", *PATHS)
+CANDIDATES = ("fused", "fused_fp32", "bf16")  # what ``auto`` measures for bfloat16 inputs on CPU
+# the timed work: 4 (batch x heads) x 4 rows of 128 queries, each against its own 640 keys (a
+# window of 512 at block 128), run in calls of the size each path runs them in the kernel
+_PROBE = (4, 4, 128, 640)
+_ROUNDS = 5  # timed rounds after one warm-up; each round runs every candidate in turn
 
 
 @dataclass(frozen=True, slots=True)
 class KernelPaths:
-    """The path of the forward's calls, of the backward's, and the dtype both compute in."""
+    """The path of the forward's calls and of the backward's, and the dtype each computes in."""
 
     forward: str
     backward: str
-    work: torch.dtype
+    forward_work: torch.dtype
+    backward_work: torch.dtype
 
 
 @dataclass(frozen=True, slots=True)
 class PathTimes:
-    """Median seconds of the representative call on each path, and what they were measured on."""
+    """Seconds of the representative work on each candidate path, forward and backward (the
+    fastest of the rounds: load on a shared machine only ever slows a round down), and what they
+    were measured on."""
 
-    fused_forward: float
-    bf16_forward: float
-    fused_backward: float
-    bf16_backward: float
+    forward_seconds: dict[str, float]
+    backward_seconds: dict[str, float]
     head_dim: int
     threads: int
     torch_version: str
@@ -73,11 +81,11 @@ class PathTimes:
 
     @property
     def forward(self) -> str:
-        return "bf16" if self.bf16_forward < self.fused_forward else "fused"
+        return min(self.forward_seconds, key=self.forward_seconds.__getitem__)
 
     @property
     def backward(self) -> str:
-        return "bf16" if self.bf16_backward < self.fused_backward else "fused"
+        return min(self.backward_seconds, key=self.backward_seconds.__getitem__)
 
 
 def resolve_paths(path: str | None, dtype: torch.dtype, device: torch.device, head_dim: int) -> KernelPaths:
@@ -90,28 +98,29 @@ def resolve_paths(path: str | None, dtype: torch.dtype, device: torch.device, he
         raise KernelInputError(f"block_sparse_attention: {where} is {chosen!r}, not a compute path; "
                                f"choose from {', '.join(CHOICES)}")
     cpu = device.type == "cpu"
-    if chosen == "auto" and cpu and dtype == torch.bfloat16:
+    if not cpu and chosen != "bf16":
+        forward = backward = "math"  # SDPA's fused kernel with a log-sum-exp is CPU-only
+    elif chosen != "auto":
+        forward = backward = chosen
+    elif dtype == torch.bfloat16:
         times = measure_paths(head_dim)
         forward, backward = times.forward, times.backward
-    elif chosen in ("auto", "fused"):
-        forward = backward = "fused" if cpu else "math"
     else:
-        forward = backward = chosen
-    if "bf16" in (forward, backward):
-        work = torch.bfloat16
-    elif cpu and dtype == torch.float16:
-        work = torch.float32  # float16 runs ~3x slower than float32 in SDPA's CPU kernel
-    else:
-        work = dtype
-    return KernelPaths(forward, backward, work)
+        forward = backward = "fused_fp32" if dtype == torch.float16 else "fused"
+    return KernelPaths(forward, backward, _work(forward, dtype), _work(backward, dtype))
+
+
+def _work(path: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``path`` computes inputs of ``dtype`` in."""
+    return PATHS[path].work or dtype
 
 
 def measure_paths(head_dim: int = 64, cache: bool = True) -> PathTimes:
-    """Time the ``fused`` and ``bf16`` paths on this CPU (bfloat16), or read the cached result.
+    """Time the candidate paths on this CPU for bfloat16 inputs, or read the cached result.
 
     >>> t = measure_paths(64)                       # doctest: +SKIP
-    >>> t.forward, t.bf16_forward / t.fused_forward  # doctest: +SKIP
-    ('fused', 1.4)
+    >>> t.forward, t.backward, t.backward_seconds   # doctest: +SKIP
+    ('fused', 'fused_fp32', {'fused': 0.017, 'fused_fp32': 0.011, 'bf16': 0.013})
     """
     settings = dict(head_dim=head_dim, threads=torch.get_num_threads(), torch_version=torch.__version__,
                     cpu=cpu_model())
@@ -123,11 +132,14 @@ def measure_paths(head_dim: int = 64, cache: bool = True) -> PathTimes:
 @lru_cache(maxsize=8)
 def _cached(directory: str, **settings) -> PathTimes:
     """Once per process and cache directory; on disk once per machine and settings."""
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    # the probe and the candidates are part of the key: changing them measures afresh
+    keyed = {**settings, "probe": _PROBE, "candidates": CANDIDATES}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     path = Path(directory) / f"kernel-paths-{key[:32]}.json"
     try:
         stored = PathTimes(**json.loads(path.read_text()))
-        if all(getattr(stored, name) == value for name, value in settings.items()):
+        if (all(getattr(stored, name) == value for name, value in settings.items())
+                and set(stored.forward_seconds) == set(stored.backward_seconds) == set(CANDIDATES)):
             return stored
     except (OSError, ValueError, TypeError):
         pass  # absent, unreadable or hand-edited: measure again and rewrite it
@@ -139,26 +151,40 @@ def _cached(directory: str, **settings) -> PathTimes:
 def _timed(head_dim: int, threads: int, torch_version: str, cpu: str) -> PathTimes:
     bh, rows, q_len, k_len = _PROBE
     gen = torch.Generator().manual_seed(0)
-    q, grad = (torch.randn(bh, rows, q_len, head_dim, generator=gen).bfloat16() for _ in range(2))
-    k, v = (torch.randn(bh, rows, k_len, head_dim, generator=gen).bfloat16() for _ in range(2))
-    mask = CallMask(None, None, None, 0, k_len)
+    q, grad = (torch.randn(bh, rows, q_len, head_dim, generator=gen) for _ in range(2))
+    k, v = (torch.randn(bh, rows, k_len, head_dim, generator=gen) for _ in range(2))
+    # a window's band: query i (token k_len - q_len + i) reads the keys less than k_len - q_len behind
+    behind = torch.arange(q_len)[:, None] + (k_len - q_len) - torch.arange(k_len)[None, :]
+    allowed = (behind >= 0) & (behind < k_len - q_len)  # (q_len, k_len)
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, -math.inf)
     scale = head_dim ** -0.5
-    fused, bf16 = PATHS["fused"], PATHS["bf16"]
+
+    def probe(name: str, backward: bool):
+        """The probe's rows in calls of the size the path runs in the kernel (``call_scores``),
+        on inputs in the dtype it computes in."""
+        path, work = PATHS[name], _work(name, torch.bfloat16)
+        x = [t.to(work) for t in (q, k, v, grad)]
+        mask = CallMask(allowed, additive.to(work), None, 0, k_len)
+        with torch.no_grad():
+            out, lse = PATHS["fused"].forward(x[0], x[1], x[2], mask, scale)
+        step = max(1, min(rows, path.call_scores // (bh * q_len * k_len)))
+        views = [(slice(None), slice(r, r + step)) for r in range(0, rows, step)]
+        if backward:
+            return lambda: [path.backward(x[3][i], x[0][i], x[1][i], x[2][i], out[i], lse[i], mask, scale,
+                                          (True,) * 3) for i in views]
+        return lambda: [path.forward(x[0][i], x[1][i], x[2][i], mask, scale) for i in views]
+
+    calls = {(direction, name): probe(name, direction == "backward")
+             for direction in ("forward", "backward") for name in CANDIDATES}
+    seconds: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     with torch.no_grad():
-        out, lse = fused.forward(q, k, v, mask, scale)
-        lse = lse.to(accumulator(q.dtype))
-        calls = {
-            "fused_forward": lambda: fused.forward(q, k, v, mask, scale),
-            "bf16_forward": lambda: bf16.forward(q, k, v, mask, scale),
-            "fused_backward": lambda: fused.backward(grad, q, k, v, out, lse, mask, scale, (True,) * 3),
-            "bf16_backward": lambda: bf16.backward(grad, q, k, v, out, lse, mask, scale, (True,) * 3),
-        }
-        seconds: dict[str, list[float]] = {name: [] for name in calls}
         for round_ in range(_ROUNDS + 1):
-            for name, call in calls.items():  # in turns, so a burst of load hits both paths
+            for key, call in calls.items():  # in turns, so a burst of load hits every candidate
                 start = time.perf_counter()
                 call()
                 if round_:  # round 0 warms up
-                    seconds[name].append(time.perf_counter() - start)
-    return PathTimes(**{name: statistics.median(s) for name, s in seconds.items()}, head_dim=head_dim,
-                     threads=threads, torch_version=torch_version, cpu=cpu)
+                    seconds[key].append(time.perf_counter() - start)
+    best = {key: min(s) for key, s in seconds.items()}
+    return PathTimes(forward_seconds={name: best["forward", name] for name in CANDIDATES},
+                     backward_seconds={name: best["backward", name] for name in CANDIDATES},
+                     head_dim=head_dim, threads=threads, torch_version=torch_version, cpu=cpu)

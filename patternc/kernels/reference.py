@@ -139,7 +139,7 @@ def _pick(x: Tensor, heads: Tensor | None, dtype: torch.dtype) -> Tensor:
 
 def _forward(q, k, v, run: _Run) -> tuple[Tensor, Tensor]:
     """Output (B, H, n, d) in q's dtype and log-sum-exp (B, H, n), accumulator dtype."""
-    work = run.paths.work
+    work = run.paths.forward_work
     out = lse = None
     for head, heads in _head_groups(run):
         kv = _kv_heads(heads, run.shapes)
@@ -156,7 +156,7 @@ def _forward(q, k, v, run: _Run) -> tuple[Tensor, Tensor]:
 
 def _backward(grad, q, k, v, out, lse, run: _Run, needs: tuple[bool, bool, bool]):
     """(dq, dk, dv) in the inputs' dtypes, None where ``needs`` says no."""
-    work = run.paths.work
+    work = run.paths.backward_work
     acc = accumulator(work)
     dq = dk = dv = None
     for head, heads in _head_groups(run):
