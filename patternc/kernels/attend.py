@@ -99,10 +99,17 @@ def _bf16_backward(grad, q, k, v, out, lse, mask: CallMask, scale: float, needs)
     if needs[2]:
         dv = torch.matmul(p.to(q.dtype).transpose(-1, -2), grad)  # (BH, R, Lk, d)
     if needs[0] or needs[1]:
-        dp = torch.matmul(grad, v.transpose(-1, -2))  # (BH, R, Lq, Lk) bf16
+        # dS = P * (dP - dO . O). dP and dO . O nearly cancel where one key dominates a row, and a
+        # bfloat16 matmul rounds its output: so the difference is taken inside one matmul, in its
+        # float32 accumulator, as [dO, -hi, -lo] . [v, 1, 1] with hi + lo = dO . O to 2**-16
         row = (grad.float() * out.float()).sum(-1, keepdim=True)  # (BH, R, Lq, 1): dO . O
-        # dS = P * (dP - dO . O); the score scale enters dq as a factor, dk through the scaled q
-        ds = torch.sub(dp, row).mul_(p).to(q.dtype)  # (BH, R, Lq, Lk)
+        hi = row.to(q.dtype)
+        lo = (row - hi.float()).to(q.dtype)
+        ones = v.new_ones(*v.shape[:-1], 2)
+        dp_less_row = torch.matmul(torch.cat([grad, -hi, -lo], -1),
+                                   torch.cat([v, ones], -1).transpose(-1, -2))  # (BH, R, Lq, Lk) bf16
+        # the score scale enters dq as a factor, dk through the scaled q
+        ds = p.mul_(dp_less_row).to(q.dtype)  # (BH, R, Lq, Lk)
         if needs[0]:
             dq = torch.matmul(ds, k).mul_(scale)  # (BH, R, Lq, d)
         if needs[1]:
