@@ -92,7 +92,7 @@ def test_the_measurement_is_real_cached_on_disk_and_read_back(cache, monkeypatch
         assert set(seconds) == set(paths.CANDIDATES) and min(seconds.values()) > 0
     assert first.forward in paths.CANDIDATES and first.backward in paths.CANDIDATES
     assert (first.head_dim, first.threads, first.torch_version) == (16, 1, torch.__version__)
-    (stored,) = cache.glob("kernel-paths-*.json")
+    (stored,) = cache.glob("kernel-paths/*.json")
     assert PathTimes(**json.loads(stored.read_text())) == first
     paths._cached.cache_clear()  # a new process: the file answers, nothing is timed
 
@@ -113,7 +113,7 @@ def test_a_damaged_or_foreign_cache_file_is_measured_again(cache, monkeypatch):
 
     monkeypatch.setattr(paths, "_timed", fake_timed)
     measure_paths(32)
-    (stored,) = cache.glob("kernel-paths-*.json")
+    (stored,) = cache.glob("kernel-paths/*.json")
     for damage in ("{not json", json.dumps({**json.loads(stored.read_text()), "cpu": "another cpu"})):
         stored.write_text(damage)
         paths._cached.cache_clear()

@@ -8,8 +8,8 @@ kernel in bfloat16), ``fused_fp32`` (the same kernel on float32 copies) and ``bf
 matmuls), the forward and the backward apart, and keeps the fastest of each if it beats ``fused``
 by 10% (``MARGIN``). The measurement runs
 once per CPU model, torch version, thread count and head dimension (a few hundred ms), and is
-cached on disk next to ``patternc.measure``'s results (``$PATTERNC_CACHE_DIR``, else
-``~/.cache/patternc/cost``).
+cached on disk beside ``patternc.measure``'s results, in ``kernel-paths/`` under
+``$PATTERNC_CACHE_DIR`` (else ``~/.cache/patternc/cost``).
 
 The choice, first match wins:
 
@@ -144,7 +144,7 @@ def _cached(directory: str, **settings) -> PathTimes:
     # the probe and the candidates are part of the key: changing them measures afresh
     keyed = {**settings, "probe": _PROBE, "candidates": CANDIDATES}
     key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
-    path = Path(directory) / f"kernel-paths-{key[:32]}.json"
+    path = Path(directory) / "kernel-paths" / f"{key[:32]}.json"  # apart from measure's files
     try:
         stored = PathTimes(**json.loads(path.read_text()))
         if (all(getattr(stored, name) == value for name, value in settings.items())
