@@ -8,6 +8,8 @@ The gradients sum each call's share, computed from the row's combined output and
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -182,3 +184,15 @@ def test_second_derivatives_are_refused_not_wrong():
     q.requires_grad_()
     with pytest.raises(RuntimeError, match="first derivatives only"):
         torch.autograd.grad(block_sparse_attention(q, k, v, cp), q, grad, create_graph=True)
+
+
+def test_readme_kernel_example_runs():
+    """The Python example of the README's "Kernels and cost" section trains through the kernel."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Kernels and cost"):]
+    section = section[:section.index("\n## ", 1)]
+    (code,) = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["out"].shape == (1, 8, 1024, 64)
+    assert all(scope[x].grad is not None and scope[x].grad.isfinite().all() for x in ("q", "k", "v"))
