@@ -4,6 +4,7 @@ our BlockMask and with ``create_block_mask``'s, each as a fraction of the ideal 
     python benchmarks/kernel_speed.py            # n = 8k .. 64k, block densities ~1% .. 50%
     python benchmarks/kernel_speed.py --quick    # n = 4k, 8k, three densities, two heads (a smoke run)
     python benchmarks/kernel_speed.py --threads 1 --n 16384 32768 --fractions 0.01 0.02 0.05 0.1
+    python benchmarks/kernel_speed.py --no-flex --path bf16   # our kernel's bf16 matmul path
 
 Patterns are ``causal & (window(W) | sink(64))`` with W a fraction of n. The ideal speedup is the
 dense causal block density over the pattern's block density (the work skipped, if every stored
@@ -11,6 +12,8 @@ block cost what a dense block costs). Every figure of a row, the dense baseline 
 in one process, the kernels taking turns repeat by repeat, so machine noise affects all alike;
 times are medians after an untimed warm-up, which also holds FlexAttention's compile. The last
 table is the fastest block size per pattern for our kernel. On a busy machine use ``--threads 1``.
+``--path`` picks our kernel's compute path (default ``$PATTERNC_KERNEL_PATH``, else ``auto``; see
+``patternc.kernels.paths``). Forward + backward: ``benchmarks/train_speed.py``.
 """
 
 from __future__ import annotations
@@ -56,12 +59,13 @@ def block_density(cp) -> float:
     return cp.stats().per_head[0].block_density
 
 
-def row(n: int, window: int, block: int, repeats: int, flex: bool, qkv) -> dict:
+def row(n: int, window: int, block: int, repeats: int, flex: bool, qkv, path: str | None) -> dict:
     """Speedups over dense causal SDPA of one pattern, with the baseline timed alongside."""
     q, k, v = qkv  # (1, H, n, d) each
     cp = patternc.compile(f"causal & (window({window}) | sink({SINKS}))", n, block=block)
     ideal = block_density(patternc.compile("causal", n, block=block)) / block_density(cp)
-    fns = {"dense": lambda: causal_sdpa(q, k, v), "ours": lambda: block_sparse_attention(q, k, v, cp)}
+    fns = {"dense": lambda: causal_sdpa(q, k, v),
+           "ours": lambda: block_sparse_attention(q, k, v, cp, path=path)}
     if flex:
         fx = compiled_flex()
         ours_bm, theirs_bm = cp.to_block_mask(0), their_block_mask(window, n, block)
@@ -72,13 +76,13 @@ def row(n: int, window: int, block: int, repeats: int, flex: bool, qkv) -> dict:
     return out | {name: seconds["dense"] / t for name, t in seconds.items() if name != "dense"}
 
 
-def best_block(n: int, window: int, qkv, repeats: int) -> tuple[int, dict[int, float]]:
+def best_block(n: int, window: int, qkv, repeats: int, path: str | None) -> tuple[int, dict[int, float]]:
     q, k, v = qkv
     times = {}
     for block in (64, 128, 256):
         cp = patternc.compile(f"causal & (window({window}) | sink({SINKS}))", n, block=block)
-        times[block] = median_seconds({"ours": lambda cp=cp: block_sparse_attention(q, k, v, cp)},
-                                      repeats)["ours"]
+        times[block] = median_seconds(
+            {"ours": lambda cp=cp: block_sparse_attention(q, k, v, cp, path=path)}, repeats)["ours"]
     return min(times, key=times.get), times
 
 
@@ -95,6 +99,8 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="*", help="window / n (default 0.01 .. 0.5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 on a busy machine")
     parser.add_argument("--no-best-block", action="store_true", help="skip the block size table")
+    parser.add_argument("--path", choices=("auto", "fused", "fused_fp32", "bf16", "math"), default=None,
+                        help="our kernel's compute path (default: $PATTERNC_KERNEL_PATH, else auto)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,7 +121,7 @@ def main() -> None:
         qkv = [torch.randn(1, heads, n, args.head_dim, generator=gen).to(dtype) for _ in range(3)]
         for fraction in fractions:
             window = max(64, round(fraction * n / 64) * 64)
-            r = row(n, window, args.block, repeats, not args.no_flex, qkv)
+            r = row(n, window, args.block, repeats, not args.no_flex, qkv, args.path)
 
             def cell(name, r=r):
                 return f"{r[name]:6.2f}x ({r[name] / r['ideal']:.2f})" if name in r else f"{'-':>14}"
@@ -124,7 +130,7 @@ def main() -> None:
             print(f"{n:>6} {window:>6} {r['density']:7.3f} {r['ideal']:6.2f}  {cell('ours')}  "
                   f"{cell('flex_ours')}  {cell('flex_cbm')}  {ratio}", flush=True)
             if n == ns[0] and not args.no_best_block:
-                best.append((n, window, *best_block(n, window, qkv, repeats)))
+                best.append((n, window, *best_block(n, window, qkv, repeats, args.path)))
     if not best:
         return
     print("\nbest block size for our kernel (median ms at 64 / 128 / 256)")

@@ -10,6 +10,7 @@ import importlib
 
 from patternc.compiled import CompiledPattern, PatternStats, compile, load
 from patternc.errors import (
+    KernelInputError,
     LayoutFileError,
     PatternError,
     PatternMeaningError,
@@ -50,6 +51,7 @@ __all__ = [
     "CompiledPattern",
     "HeadStats",
     "KVReport",
+    "KernelInputError",
     "Layout",
     "LayoutFileError",
     "Measurement",

@@ -237,11 +237,15 @@ def _read(path: Path, settings: dict) -> Measurement | None:
 
 
 def _write(path: Path, result: Measurement) -> None:
-    """Write atomically (temp file + rename), so a reader never sees half a file."""
+    write_json(path, result.to_dict())
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write a cache entry atomically (temp file + rename), so a reader never sees half a file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
     except OSError:
         # A read-only or full cache only costs a re-measure next time: not worth failing for.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import reprlib
 
 __all__ = [
+    "KernelInputError",
     "LayoutFileError",
     "PatternError",
     "PatternMeaningError",
@@ -149,3 +150,9 @@ class StackError(PatternError):
 class LayoutFileError(PatternError):
     """A saved layout file (``CompiledPattern.save``) cannot be loaded: unreadable, truncated,
     corrupted, of another format, or its arrays differ from what its metadata compiles to."""
+
+
+class KernelInputError(PatternError):
+    """Tensors or settings given to a kernel that do not fit each other or the compiled pattern:
+    a shape, dtype or device that disagrees (the message names the argument and both values), an
+    unsupported dtype, or an unknown compute path."""

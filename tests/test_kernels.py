@@ -19,7 +19,7 @@ from stacks import per_head_stack
 from torch.nn.attention import flex_attention as flex
 
 import patternc
-from patternc.kernels import block_sparse_attention, causal_sdpa, compiled_flex, prepare, reference
+from patternc.kernels import KernelInputError, block_sparse_attention, causal_sdpa, compiled_flex, prepare
 from patternc.kernels.plan import MASK_SPAN, partial_kinds, segments
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -58,11 +58,9 @@ def dense_reference(q, k, v, cp, layer):
     return out, mask.any(-1)  # (B, H, n, d), (H, n) rows with a key
 
 
-@pytest.fixture(params=["fused", "unfused"])
-def attend_path(request, monkeypatch):
+@pytest.fixture(params=["fused", "math"])
+def attend_path(request):
     """Run the kernel with SDPA's fused CPU kernel, or with the unfused path of other devices."""
-    if request.param == "unfused":
-        monkeypatch.setattr(reference, "_attend_flash", reference.attend_math)
     return request.param
 
 
@@ -71,7 +69,7 @@ def attend_path(request, monkeypatch):
 def test_matches_dense_sdpa_float32(spec, n, block, layer, budget, attend_path):
     cp = patternc.compile(spec, n, block=block)
     q, k, v = qkv(cp.heads, n)
-    out = block_sparse_attention(q, k, v, cp, layer, score_budget=budget)
+    out = block_sparse_attention(q, k, v, cp, layer, score_budget=budget, path=attend_path)
     ref, valid = dense_reference(q, k, v, cp, layer)
     assert out.dtype == torch.float32 and out.shape == q.shape
     torch.testing.assert_close(out[:, valid], ref[:, valid], atol=1e-5, rtol=1e-5)
@@ -81,11 +79,12 @@ def test_matches_dense_sdpa_float32(spec, n, block, layer, budget, attend_path):
 
 @pytest.mark.parametrize("spec, n, block, layer", [CASES[1], CASES[3], CASES[5], CASES[10], CASES[11]])
 @pytest.mark.parametrize("budget", [1 << 24, 3000], ids=["one_chunk", "many_chunks"])
-def test_matches_dense_sdpa_bfloat16(spec, n, block, layer, budget, attend_path):
+@pytest.mark.parametrize("path", ["fused", "fused_fp32", "math", "bf16"])
+def test_matches_dense_sdpa_bfloat16(spec, n, block, layer, budget, path):
     """bfloat16 stays bfloat16 on CPU (SDPA's kernel accumulates in float32); merges round it."""
     cp = patternc.compile(spec, n, block=block)
     q, k, v = qkv(cp.heads, n, dtype=torch.bfloat16)
-    out = block_sparse_attention(q, k, v, cp, layer, score_budget=budget)
+    out = block_sparse_attention(q, k, v, cp, layer, score_budget=budget, path=path)
     ref, valid = dense_reference(q, k, v, cp, layer)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out[:, valid].float(), ref[:, valid], atol=2e-2, rtol=2e-2)
@@ -161,10 +160,10 @@ def test_mask_matters():
 def test_shape_mismatch_is_refused():
     cp = patternc.compile(per_head_stack(), 64, block=16)
     q, k, v = qkv(2, 64)
-    with pytest.raises(ValueError, match=r"must be \(B, 4, 64, d\)"):
+    with pytest.raises(KernelInputError, match="q has 2 heads but the pattern has 4"):
         block_sparse_attention(q, k, v, cp)
     q, k, v = qkv(4, 60)
-    with pytest.raises(ValueError, match=r"must be \(B, 4, 64, d\)"):
+    with pytest.raises(KernelInputError, match="q has length 60 but the pattern was compiled for n = 64"):
         block_sparse_attention(q, k, v, cp)
 
 

@@ -1,6 +1,9 @@
 """Attention kernels that run a compiled layout, behind a small registry of backends.
 
-- ``reference``: our block-sparse kernel in plain torch (``reference.block_sparse_attention``);
+- ``reference``: our block-sparse kernel in plain torch (``reference.block_sparse_attention``),
+  differentiable in q, k and v, with grouped-query heads; its calls run on a compute path
+  (``paths``: SDPA's fused CPU kernel, bfloat16 matmuls, or unfused math) chosen by the user or by
+  a one-off measurement on the machine;
 - ``flex``: ``torch.compile(flex_attention)``, compiled once per process, with ``cp.to_block_mask``;
 - ``sdpa``: dense SDPA with the pattern's dense mask (small ``n`` only);
 - ``dense_causal`` (``causal_sdpa``): SDPA with ``is_causal=True``, the baseline of every ratio.
@@ -20,12 +23,16 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from patternc.errors import KernelInputError
+from patternc.kernels.paths import PATH_ENV, KernelPaths, PathTimes, measure_paths, resolve_paths
 from patternc.kernels.reference import block_sparse_attention
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["BACKENDS", "Run", "block_sparse_attention", "causal_sdpa", "compiled_flex", "prepare"]
+__all__ = ["BACKENDS", "PATH_ENV", "KernelInputError", "KernelPaths", "PathTimes", "Run",
+           "block_sparse_attention", "causal_sdpa", "compiled_flex", "measure_paths", "prepare",
+           "resolve_paths"]
 
 Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -18,7 +18,7 @@ of it and called without one (see ``MASK_SPAN``).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -90,6 +90,44 @@ def partial_kinds(cp: CompiledPattern, layer: int, head: int) -> tuple[np.ndarra
     return kind, masks[keep]
 
 
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One row's call before grouping: the row reads keys ``[k_start, k_start + k_len)``."""
+
+    row: int
+    q_len: int
+    k_start: int
+    k_len: int
+    kinds: tuple[int, ...] | None
+
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """What rows must share to share one call: their runs' shape and content, and where their keys
+    sit, relative to the row's first query (``sliding``: a band) or in place (a sink)."""
+
+    q_len: int
+    anchor: int  # first key token, less the row's first query token when sliding
+    k_len: int
+    kinds: tuple[int, ...] | None
+    sliding: bool
+
+    @classmethod
+    def of(cls, run: _Run, sliding: bool, bq: int) -> _Group:
+        anchor = run.k_start - run.row * bq if sliding else run.k_start
+        return cls(run.q_len, anchor, run.k_len, run.kinds, sliding)
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """A row's consecutive stored blocks called together: CSR slots ``[slot, slot + blocks)``."""
+
+    row: int
+    slot: int
+    blocks: int
+
+
 @lru_cache(maxsize=16)
 def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Plan:
     """The calls that cover every stored block of ``cp.layout(layer, head)`` once, each at most
@@ -101,34 +139,36 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
     grid = cp.grid
     _, indices, _ = cp.layout(layer, head)
     kind, _ = partial_kinds(cp, layer, head)
-    described = []
-    for row, slot, blocks in _pieces(cp, layer, head, max_blocks):
-        col = int(indices[slot])
-        kinds = tuple(kind[slot:slot + blocks].tolist())
-        q_len = min(grid.bq, grid.n - row * grid.bq)
+    runs = []
+    for piece in _pieces(cp, layer, head, max_blocks):
+        col = int(indices[piece.slot])
+        kinds = tuple(kind[piece.slot:piece.slot + piece.blocks].tolist())
         k_start = col * grid.bk
-        k_len = min((col + blocks) * grid.bk, grid.n) - k_start
-        described.append((row, q_len, k_start, k_len, None if max(kinds) < 0 else kinds))
-    # A piece slides with its row (band) or stays put (sink): join the larger of the two groups.
-    slide = Counter((q, k0 - r * grid.bq, kl, ks) for r, q, k0, kl, ks in described)
-    still = Counter((q, k0, kl, ks) for r, q, k0, kl, ks in described)
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for r, q, k0, kl, ks in described:
-        sliding = slide[q, k0 - r * grid.bq, kl, ks] > still[q, k0, kl, ks]
-        groups[(q, k0 - r * grid.bq if sliding else k0, kl, ks, sliding)].append(r)
+        runs.append(_Run(row=piece.row, q_len=min(grid.bq, grid.n - piece.row * grid.bq), k_start=k_start,
+                         k_len=min((col + piece.blocks) * grid.bk, grid.n) - k_start,
+                         kinds=None if max(kinds) < 0 else kinds))
+    # A run slides with its row (band) or stays put (sink): join the larger of the two groups.
+    slide = Counter(_Group.of(run, True, grid.bq) for run in runs)
+    still = Counter(_Group.of(run, False, grid.bq) for run in runs)
+    groups: dict[_Group, list[int]] = defaultdict(list)
+    for run in runs:
+        sliding = slide[_Group.of(run, True, grid.bq)] > still[_Group.of(run, False, grid.bq)]
+        groups[_Group.of(run, sliding, grid.bq)].append(run.row)
     calls = []
-    for (q_len, anchor, k_len, kinds, sliding), rows in groups.items():
+    for g, rows in groups.items():
         for row0, step, count in _progressions(sorted(rows)):
-            k_start = anchor + row0 * grid.bq if sliding else anchor
-            calls.append((row0, step, count, q_len, k_start, step * grid.bq if sliding else 0, k_len, kinds))
-    calls.sort(key=lambda c: -c[2] * c[6])
+            calls.append(Segment(row0=row0, row_step=step, rows=count, q_len=g.q_len,
+                                 k_start=g.anchor + row0 * grid.bq if g.sliding else g.anchor,
+                                 k_step=step * grid.bq if g.sliding else 0, k_len=g.k_len, kinds=g.kinds,
+                                 fresh=False))
+    calls.sort(key=lambda call: -call.rows * call.k_len)
     written = np.zeros(grid.nbq, bool)
     stored = np.zeros(grid.nbq, bool)
     out = []
-    for c in calls:
-        rows = c[0] + c[1] * np.arange(c[2])
+    for call in calls:
+        rows = call.row0 + call.row_step * np.arange(call.rows)
         fresh = not written[rows].any()
-        out.append(Segment(*c, fresh=fresh))
+        out.append(replace(call, fresh=fresh))
         written[rows] = True
         stored[rows] |= fresh
     edges = np.flatnonzero(np.diff(np.concatenate([[False], ~stored, [False]])))  # starts, ends
@@ -136,9 +176,20 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
     return Plan(tuple(out), unstored)
 
 
-def _pieces(cp, layer, head, max_blocks) -> list[tuple[int, int, int]]:
-    """``(row, first CSR slot, blocks)`` of every call of every row: consecutive key blocks joined,
-    a FULL stretch of ``MASK_SPAN`` or more kept apart, each piece at most ``max_blocks`` long."""
+@dataclass(frozen=True, slots=True)
+class _Stretch:
+    """Consecutive stored blocks of one row, CSR slots ``[slot, slot + blocks)``; ``alone`` when it
+    is a long FULL stretch that is called without a mask and joins nothing."""
+
+    row: int
+    slot: int
+    blocks: int
+    alone: bool
+
+
+def _pieces(cp, layer, head, max_blocks) -> list[_Piece]:
+    """Every call of every row: consecutive key blocks joined, a FULL stretch of ``MASK_SPAN`` or
+    more kept apart, each piece at most ``max_blocks`` long."""
     indptr, indices, full = cp.layout(layer, head)
     nnz = len(indices)
     if nnz == 0:
@@ -150,16 +201,18 @@ def _pieces(cp, layer, head, max_blocks) -> list[tuple[int, int, int]]:
     cut[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1) | (full[1:] != full[:-1])
     starts = np.flatnonzero(cut)
     ends = np.append(starts[1:], nnz)
-    pieces: list[list] = []  # [row, first slot, blocks, alone]
+    stretches: list[_Stretch] = []
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        alone = bool(full[s]) and e - s >= MASK_SPAN  # a long FULL stretch: no mask
-        last = pieces[-1] if pieces else None
-        if last and not alone and not last[3] and last[0] == rows[s] and cols[s - 1] + 1 == cols[s]:
-            last[2] += e - s  # the previous atom ends at slot s - 1 in the same row: join it
+        atom = _Stretch(row=int(rows[s]), slot=s, blocks=e - s,
+                        alone=bool(full[s]) and e - s >= MASK_SPAN)  # a long FULL stretch: no mask
+        last = stretches[-1] if stretches else None
+        if (last and not atom.alone and not last.alone and last.row == atom.row
+                and cols[s - 1] + 1 == cols[s]):
+            stretches[-1] = replace(last, blocks=last.blocks + atom.blocks)  # last ends at slot s - 1
         else:
-            pieces.append([int(rows[s]), s, e - s, alone])
-    return [(row, at, min(max_blocks, slot + length - at))
-            for row, slot, length, _ in pieces for at in range(slot, slot + length, max_blocks)]
+            stretches.append(atom)
+    return [_Piece(row=st.row, slot=at, blocks=min(max_blocks, st.slot + st.blocks - at))
+            for st in stretches for at in range(st.slot, st.slot + st.blocks, max_blocks)]
 
 
 def _progressions(rows: list[int]) -> list[tuple[int, int, int]]:

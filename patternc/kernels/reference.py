@@ -1,126 +1,339 @@
-"""Block-sparse attention in plain torch, straight from our block CSR: the correctness oracle.
+"""Block-sparse attention in plain torch, straight from our block CSR, forward and backward.
 
 Each query block row's stored blocks fall into runs of consecutive key blocks (``plan.segments``);
 a run's keys lie contiguously in ``k``, so every call reads queries, keys and values as strided
-views, never a copy. Rows whose runs look alike share one call. On CPU the call is SDPA's fused
-flash kernel (which also returns the log-sum-exp); elsewhere scores, softmax and values in
-float32. The token predicate enters as an additive mask, only for runs with PARTIAL blocks, one
-``(q_len, k_len)`` mask shared by all rows and heads of the call. A row's calls are merged
-through their log-sum-exp (float32), into outputs of the working dtype.
+views, never a copy. Rows whose runs look alike share one call. A call is computed by a path
+(``attend``: SDPA's fused CPU kernel, bfloat16 matmuls, or unfused math), chosen by ``paths``. The
+token predicate enters only for runs with PARTIAL blocks. A row's calls are merged through their
+log-sum-exp, into outputs of the working dtype.
 
-A query with no allowed key gets 0 (not SDPA's NaN), as FlexAttention does.
+The backward walks the same calls. It keeps only the inputs, the output and the log-sum-exp
+(O(n d) beyond the inputs, never the scores): each call recomputes its scores and, given the
+row's combined output and log-sum-exp, yields exactly its share of the gradients; dq sums over a
+row's calls, dk and dv over every row that reads a key (float32 sums; float64 for float64).
+
+Grouped-query attention: k and v may have fewer heads than q; query head ``h`` reads KV head
+``h // (Hq // Hkv)``, as SDPA's ``enable_gqa`` groups them, and dk, dv sum over the group.
+
+A query with no allowed key gets 0 and zero gradients (not SDPA's NaN), as FlexAttention does.
+A key the pattern masks for a row has no effect on that row, whatever its value, nor the row on
+it: calls with PARTIAL blocks whose keys or values (backward: also queries, outputs or output
+gradients) hold a NaN or inf are computed by the ``math`` path, which selects instead of adding
+-inf; other calls are untouched.
 
 >>> cp = patternc.compile("causal & window(512)", n=4096, block=128)          # doctest: +SKIP
 >>> out = block_sparse_attention(q, k, v, cp, layer=0)  # q, k, v: (B, H, 4096, d)  # doctest: +SKIP
+>>> out.sum().backward()                                                      # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import torch
 
-from patternc.kernels.plan import partial_kinds, segments
+from patternc.kernels.attend import FLOOR, PATHS, accumulator
+from patternc.kernels.inputs import Shapes, check_inputs
+from patternc.kernels.masks import CallMask, MaskCache, mask_cache
+from patternc.kernels.paths import KernelPaths, resolve_paths
+from patternc.kernels.plan import Plan, segments
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
-    from patternc.lower.node import Lowered
+    from patternc.lower.grid import Grid
 
-__all__ = ["SCORE_BUDGET", "attend_math", "block_sparse_attention"]
+__all__ = ["SCORE_BUDGET", "block_sparse_attention"]
 
 SCORE_BUDGET = 1 << 24  # scores one call would hold if materialised (64 MiB of float32)
-# log-sum-exp of a query with no allowed key yet: finite, so merging two such rows gives no NaN,
-# and exp(FLOOR - lse) is exactly 0 against any real row
-FLOOR = -1e30
+BACKWARD_SCORES = 1 << 20  # a backward call's gradients then stay within a few MiB (in cache)
+
+Tensor = torch.Tensor
 
 
-def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cp: CompiledPattern,
-                           layer: int = 0, scale: float | None = None,
-                           score_budget: int = SCORE_BUDGET) -> torch.Tensor:
-    """Attention of ``q, k, v`` (B, H, n, d) under layer ``layer`` of ``cp``: ``H == cp.heads``, or
-    any ``H`` when the pattern has one head (its layout then applies to every head).
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int = 0,
+                           scale: float | None = None, score_budget: int = SCORE_BUDGET,
+                           path: str | None = None) -> Tensor:
+    """Attention of ``q`` (B, H, n, d) over ``k``, ``v`` (B, Hkv, n, d) under layer ``layer`` of
+    ``cp``, differentiable in all three. ``H == cp.heads``, or any ``H`` when the pattern has one
+    head (its layout then applies to every head); ``H`` a multiple of ``Hkv`` (grouped-query).
 
     Same scale as SDPA (``1 / sqrt(d)`` unless given). Softmax and log-sum-exp are float32 whatever
-    the input dtype; the output has ``q``'s dtype. Rows with no allowed key are 0. ``score_budget``
-    bounds the scores of one call (rows x keys x batch x heads), as if they were materialised.
+    the input dtype (float64 for float64); the output has ``q``'s dtype. Rows with no allowed key
+    are 0. ``score_budget`` bounds the scores of one call (rows x keys x batch x heads), as if they
+    were materialised. ``path`` (``auto``, ``fused``, ``bf16``, ``math``; default
+    ``$PATTERNC_KERNEL_PATH``, else ``auto``) says how calls are computed: see ``kernels.paths``.
+    Bad inputs raise ``KernelInputError`` before any work.
 
-    >>> block_sparse_attention(q, k, v, patternc.compile("causal", n=q.shape[2]))  # doctest: +SKIP
+    >>> out = block_sparse_attention(q, k, v, patternc.compile("causal", n=q.shape[2]))  # doctest: +SKIP
+    >>> out.sum().backward()                                                            # doctest: +SKIP
     """
-    B, H, n, d = q.shape
-    if (cp.heads != H and cp.heads != 1) or cp.n != n or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"q, k, v must be (B, {cp.heads}, {cp.n}, d) for this pattern; got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    heads_of: dict[Lowered, list[int]] = {}  # heads sharing a bound pattern share one layout
-    for h in range(cp.heads):
-        heads_of.setdefault(cp.node(layer, h), []).append(h)
-    # On CPU, SDPA's flash kernel runs bfloat16 as fast as float32 (it accumulates in float32), so
-    # bfloat16 is kept and not copied; float16 runs ~3x slower there, so it is computed in float32
-    work = torch.float32 if q.device.type == "cpu" and q.dtype != torch.bfloat16 else q.dtype
-    if len(heads_of) == 1:  # one layout for every head: no gather or scatter of heads
-        return _one_layout(q.to(work), k.to(work), v.to(work), cp, layer, 0, scale,
-                           score_budget).to(q.dtype)
-    out = torch.zeros(B, H, n, v.shape[-1], dtype=q.dtype, device=q.device)  # (B, H, n, dv)
-    for heads in heads_of.values():
-        hs = torch.tensor(heads, device=q.device)
-        out[:, hs] = _one_layout(q[:, hs].to(work), k[:, hs].to(work), v[:, hs].to(work), cp, layer,
-                                 heads[0], scale, score_budget).to(q.dtype)
-    return out
+    shapes = check_inputs(q, k, v, cp, layer, scale, score_budget)
+    run = _Run(cp=cp, layer=layer, scale=1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale),
+               budget=score_budget, paths=resolve_paths(path, q.dtype, q.device, shapes.head_dim),
+               shapes=shapes)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _Attention.apply(q, k, v, run)
+    return _forward(q, k, v, run)[0]
 
 
-def _one_layout(q, k, v, cp, layer, head, scale, budget) -> torch.Tensor:
-    """Attention for heads that share ``cp.block_layout(layer, head)``; inputs (B, Hg, n, d)."""
-    B, Hg, n, _ = q.shape
-    dv = v.shape[-1]
-    BH = B * Hg
-    grid = cp.grid
-    xq, xk, xv = (x.reshape(BH, n, x.shape[-1]).contiguous() for x in (q, k, v))  # (BH, n, d|dv)
-    plan = segments(cp, layer, head, max(1, budget // (BH * grid.bq * grid.bk)))
-    # running outputs (in the work dtype: a bfloat16 result is not copied or converted) and their
-    # log-sum-exp (float32); only rows that no call stores whole need a start value
-    out = q.new_empty(BH, n, dv)  # (BH, n, dv)
-    lse = q.new_empty(BH, n, dtype=torch.float32)  # (BH, n)
-    for start, end in plan.unstored:
-        out[:, start:end] = 0.0
-        lse[:, start:end] = FLOOR
-    attend = _attend_flash if q.device.type == "cpu" else attend_math
-    masks = _MaskCache(cp, layer, head, q.device, q.dtype)
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Everything one kernel call needs besides its tensors."""
+
+    cp: CompiledPattern
+    layer: int
+    scale: float
+    budget: int
+    paths: KernelPaths
+    shapes: Shapes
+
+
+class _Attention(torch.autograd.Function):
+    """The kernel as an autograd op: saves q, k, v, the output and the log-sum-exp (B, H, n)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, run: _Run):
+        out, lse = _forward(q, k, v, run)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.run = run
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative would be silently 0
+            raise RuntimeError("block_sparse_attention has first derivatives only: differentiating "
+                               "its gradients (create_graph=True, double backward) is not supported")
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*_backward(grad, q, k, v, out, lse, ctx.run, tuple(ctx.needs_input_grad[:3])), None)
+
+
+# ---- heads: which share a layout, which KV head each reads -----------------------------------------
+
+def _head_groups(run: _Run) -> list[tuple[int, Tensor | None]]:
+    """``(a head of the group, its query heads)`` per distinct layout; None: every head, in order."""
+    cp, heads = run.cp, run.shapes.heads
+    if cp.heads == 1:
+        return [(0, None)]
+    heads_of: dict[object, list[int]] = {}  # heads sharing a bound pattern share one layout
+    for h in range(heads):
+        heads_of.setdefault(cp.node(run.layer, h), []).append(h)
+    if len(heads_of) == 1:
+        return [(0, None)]
+    return [(hs[0], torch.tensor(hs)) for hs in heads_of.values()]
+
+
+def _kv_heads(heads: Tensor | None, shapes: Shapes) -> Tensor | None:
+    """The KV head each of ``heads`` reads; None when that is every KV head, in order."""
+    if shapes.group == 1:
+        return heads
+    return (torch.arange(shapes.heads) if heads is None else heads) // shapes.group
+
+
+def _pick(x: Tensor, heads: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Heads ``heads`` of x (B, H, n, *), in ``dtype``; no copy when nothing changes."""
+    return (x if heads is None else x.index_select(1, heads.to(x.device))).to(dtype)
+
+
+def _forward(q, k, v, run: _Run) -> tuple[Tensor, Tensor]:
+    """Output (B, H, n, d) in q's dtype and log-sum-exp (B, H, n), accumulator dtype."""
+    work = run.paths.forward_work
+    out = lse = None
+    for head, heads in _head_groups(run):
+        kv = _kv_heads(heads, run.shapes)
+        o, l = _layout_forward(_pick(q, heads, work), _pick(k, kv, work), _pick(v, kv, work), run, head)
+        if heads is None:
+            return o.to(q.dtype), l
+        if out is None:
+            out = q.new_zeros(q.shape)  # (B, H, n, d)
+            lse = l.new_empty(q.shape[:3])  # (B, H, n)
+        out[:, heads] = o.to(q.dtype)
+        lse[:, heads] = l
+    return out, lse
+
+
+def _backward(grad, q, k, v, out, lse, run: _Run, needs: tuple[bool, bool, bool]):
+    """(dq, dk, dv) in the inputs' dtypes, None where ``needs`` says no."""
+    work = run.paths.backward_work
+    acc = accumulator(work)
+    dq = dk = dv = None
+    for head, heads in _head_groups(run):
+        kv = _kv_heads(heads, run.shapes)
+        gq, gk, gv = _layout_backward(_pick(grad, heads, work), _pick(q, heads, work), _pick(k, kv, work),
+                                      _pick(v, kv, work), _pick(out, heads, work), _pick(lse, heads, acc),
+                                      run, head, needs)
+        dq = _gather(dq, heads, gq, q.shape)
+        dk = _gather(dk, kv, gk, k.shape)
+        dv = _gather(dv, kv, gv, v.shape)
+    return tuple(None if g is None else g.to(x.dtype) for g, x in ((dq, q), (dk, k), (dv, v)))
+
+
+def _gather(total: Tensor | None, heads: Tensor | None, part: Tensor | None, shape) -> Tensor | None:
+    """Add a group's gradient ``part`` (B, Hg, n, d) into ``total`` (B, *shape[1:]) at ``heads``
+    (repeated heads sum: the query heads of one KV head); ``heads`` None: ``part`` is all of it."""
+    if part is None:
+        return None
+    if heads is None:
+        return part
+    if total is None:
+        total = part.new_zeros(shape)
+    return total.index_add_(1, heads.to(part.device), part)
+
+
+# ---- one layout: the walk over the plan's calls ----------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Windows:
+    """``rows`` windows of ``length`` tokens, the r-th at token ``start + r * step``: a call's
+    queries or keys, viewed in place (``step`` 0 repeats one window)."""
+
+    start: int
+    step: int
+    rows: int
+    length: int
+
+    def view(self, x: Tensor) -> Tensor:
+        """(BH, n[, d]) -> (BH, rows, length[, d]), no copy."""
+        n = x.shape[1]
+        tail = x.shape[2:]
+        inner = math.prod(tail)  # elements per token
+        return x.as_strided((x.shape[0], self.rows, self.length, *tail),
+                            (n * inner, self.step * inner, inner, *x.stride()[2:]),
+                            x.storage_offset() + self.start * inner)
+
+    def add(self, total: Tensor, part: Tensor) -> None:
+        """``total`` (BH, n, d) += ``part`` (BH, rows, length, d) at these windows, which may
+        overlap (a band's rows share keys): in slices of ``step`` tokens, each a view without
+        overlap."""
+        if self.rows == 1 or self.step >= self.length:
+            self.view(total).add_(part)
+        elif self.step == 0:
+            self.view(total)[:, 0].add_(part.sum(1))
+        else:
+            for offset in range(0, self.length, self.step):
+                piece = part[:, :, offset:offset + self.step]
+                _Windows(self.start + offset, self.step, self.rows, piece.shape[2]).view(total).add_(piece)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    queries: _Windows
+    keys: _Windows
+    mask: CallMask
+    fresh: bool  # no earlier call writes these rows: store instead of merge
+
+
+def _calls(plan: Plan, grid: Grid, bh: int, budget: int, masks: MaskCache) -> Iterator[_Call]:
+    """The plan's segments cut into calls of at most ``budget`` scores."""
     for seg in plan.segments:
         # rows that read the same keys (a sink) and follow each other fold into one long query
         # run: SDPA's CPU kernel tiles 128 queries in 32s but a long run in 256s
         fold = seg.k_step == 0 and seg.row_step == 1 and seg.q_len == grid.bq
-        per_call = max(1, budget // (BH * seg.q_len * seg.k_len))
+        per_call = max(1, budget // (bh * seg.q_len * seg.k_len))
         for first in range(0, seg.rows, per_call):
             rows = min(per_call, seg.rows - first)
-            m = masks.get(seg.kinds, seg.q_len, seg.k_len, rows if fold else 1)
+            mask = masks.get(seg.kinds, seg.q_len, seg.k_len, rows if fold else 1)
             q0 = (seg.row0 + first * seg.row_step) * grid.bq  # first query token of the call
-            k0 = seg.k_start + first * seg.k_step + m.k_skip
-            qs = (q0, 0, 1, rows * seg.q_len) if fold else (q0, seg.row_step * grid.bq, rows, seg.q_len)
-            ks = (k0, seg.k_step, 1 if fold else rows, m.k_len)
-            # o (BH, R, q, dv), l (BH, R, q): R rows (1 when folded) of q queries each
-            o, l = attend(_rows(xq, *qs), _rows(xk, *ks), _rows(xv, *ks), m.mask, scale)
-            if m.dead is not None:  # SDPA gives these queries lse 0 (or NaN): they must weigh nothing
-                o[:, :, m.dead] = 0.0
-                l[:, :, m.dead] = FLOOR
-            _store_or_merge(_rows(out, *qs), _rows(lse, *qs), o, l, seg.fresh)
-    return out.view(B, Hg, n, dv)
+            k0 = seg.k_start + first * seg.k_step + mask.k_skip
+            queries = (_Windows(q0, 0, 1, rows * seg.q_len) if fold
+                       else _Windows(q0, seg.row_step * grid.bq, rows, seg.q_len))
+            keys = _Windows(k0, seg.k_step, 1 if fold else rows, mask.k_len)
+            yield _Call(queries, keys, mask, seg.fresh)
 
 
-def _rows(x: torch.Tensor, start: int, step: int, rows: int, length: int) -> torch.Tensor:
-    """View of ``rows`` windows of ``length`` tokens of ``x`` (BH, n[, d]), the r-th at token
-    ``start + r * step``: (BH, rows, length[, d]); ``step`` 0 repeats one window, no copy."""
-    n = x.shape[1]
-    tail = x.shape[2:]
-    inner = math.prod(tail)  # elements per token
-    return x.as_strided((x.shape[0], rows, length, *tail), (n * inner, step * inner, inner, *x.stride()[2:]),
-                        x.storage_offset() + start * inner)
+def _nonfinite_tokens(*xs: Tensor) -> Tensor | None:
+    """(BH, n) True where a token of any of ``xs`` (BH, n, d) holds a NaN or inf; None if none does
+    (a sum is the cheap first test: it is non-finite whenever an element is)."""
+    if all(bool(torch.isfinite(x.sum())) for x in xs):
+        return None
+    bad = torch.stack([~torch.isfinite(x).all(-1) for x in xs]).any(0)
+    return bad if bool(bad.any()) else None
 
 
-def _store_or_merge(out: torch.Tensor, lse: torch.Tensor, o: torch.Tensor, l: torch.Tensor,
-                    fresh: bool) -> None:
+def _path_of(call: _Call, chosen: str, bad_keys: Tensor | None, bad_queries: Tensor | None = None) -> str:
+    """``chosen``, or ``math`` where a masked pair could carry a non-finite value."""
+    if call.mask.allowed is None:
+        return chosen  # every pair of the call is allowed: nothing to keep inert
+    if bad_keys is not None and bool(call.keys.view(bad_keys).any()):
+        return "math"
+    if bad_queries is not None and bool(call.queries.view(bad_queries).any()):
+        return "math"
+    return chosen
+
+
+def _budget(run: _Run, path: str, backward: bool) -> int:
+    """Scores per call: the caller's bound, lowered to what keeps a call's working set in cache
+    where that pays (the backward's calls hold their gradients, the ``bf16`` path its scores)."""
+    cap = PATHS[path].call_scores
+    if backward:
+        cap = min(cap, BACKWARD_SCORES)
+    return min(run.budget, cap)
+
+
+def _flat(*xs: Tensor) -> list[Tensor]:
+    """(B, Hg, n, *) -> (B * Hg, n, *) contiguous."""
+    return [x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]).contiguous() for x in xs]
+
+
+def _layout_forward(q, k, v, run: _Run, head: int) -> tuple[Tensor, Tensor]:
+    """Attention for heads that share ``cp.layout(layer, head)``; inputs (B, Hg, n, d)."""
+    B, Hg, n, d = q.shape
+    grid = run.cp.grid
+    xq, xk, xv = _flat(q, k, v)  # (BH, n, d)
+    budget = _budget(run, run.paths.forward, backward=False)
+    plan = segments(run.cp, run.layer, head, max(1, budget // (B * Hg * grid.bq * grid.bk)))
+    # running outputs (in the work dtype: a bfloat16 result is not copied or converted) and their
+    # log-sum-exp; only rows that no call stores whole need a start value
+    out = xq.new_empty(B * Hg, n, d)  # (BH, n, d)
+    lse = xq.new_empty(B * Hg, n, dtype=accumulator(q.dtype))  # (BH, n)
+    for start, end in plan.unstored:
+        out[:, start:end] = 0.0
+        lse[:, start:end] = FLOOR
+    bad_keys = _nonfinite_tokens(xk, xv)
+    masks = mask_cache(run.cp, run.layer, head, q.device, q.dtype)
+    for call in _calls(plan, grid, B * Hg, budget, masks):
+        path = PATHS[_path_of(call, run.paths.forward, bad_keys)]
+        # o (BH, R, q, d), l (BH, R, q): R rows (1 when folded) of q queries each
+        qs, ks = call.queries, call.keys
+        o, l = path.forward(qs.view(xq), ks.view(xk), ks.view(xv), call.mask, run.scale)
+        if call.mask.dead is not None:  # these queries' lse is 0 or NaN: they must weigh nothing
+            o[:, :, call.mask.dead] = 0.0
+            l[:, :, call.mask.dead] = FLOOR
+        _store_or_merge(qs.view(out), qs.view(lse), o, l, call.fresh)
+    return out.view(B, Hg, n, d), lse.view(B, Hg, n)
+
+
+def _layout_backward(grad, q, k, v, out, lse, run: _Run, head: int, needs):
+    """Gradient sums (B, Hg, n, d) for heads that share one layout; None where not needed."""
+    B, Hg, n, d = q.shape
+    grid = run.cp.grid
+    xg, xq, xk, xv, xo = _flat(grad, q, k, v, out)  # (BH, n, d)
+    xl = lse.reshape(B * Hg, n)
+    budget = _budget(run, run.paths.backward, backward=True)
+    plan = segments(run.cp, run.layer, head, max(1, budget // (B * Hg * grid.bq * grid.bk)))
+    acc = accumulator(q.dtype)
+    dq, dk, dv = (xq.new_zeros(xq.shape, dtype=acc) if need else None for need in needs)
+    # a row whose output is NaN (it read a NaN) has a NaN log-sum-exp: in a fused call it would
+    # reach the keys it may not read as well
+    bad_keys, bad_queries = _nonfinite_tokens(xk, xv), _nonfinite_tokens(xq, xg, xo)
+    masks = mask_cache(run.cp, run.layer, head, q.device, q.dtype)
+    for call in _calls(plan, grid, B * Hg, budget, masks):
+        path = PATHS[_path_of(call, run.paths.backward, bad_keys, bad_queries)]
+        qs, ks = call.queries, call.keys
+        gq, gk, gv = path.backward(qs.view(xg), qs.view(xq), ks.view(xk), ks.view(xv), qs.view(xo),
+                                   qs.view(xl), call.mask, run.scale, needs)
+        if dq is not None:
+            qs.view(dq).add_(gq)
+        if dk is not None:
+            ks.add(dk, gk)
+        if dv is not None:
+            ks.add(dv, gv)
+    return tuple(None if g is None else g.view(B, Hg, n, d) for g in (dq, dk, dv))
+
+
+def _store_or_merge(out: Tensor, lse: Tensor, o: Tensor, l: Tensor, fresh: bool) -> None:
     """Fold a call's (o, l) into the running (out, lse) of its rows, in place."""
     if fresh:
         out.copy_(o)
@@ -128,80 +341,5 @@ def _store_or_merge(out: torch.Tensor, lse: torch.Tensor, o: torch.Tensor, l: to
         return
     # the weights exp(lse - new) and exp(l - new) sum to 1: one lerp pass over the outputs
     weight = torch.sigmoid(l - lse).unsqueeze(-1)  # (BH, R, q, 1) = exp(l - logaddexp(lse, l))
-    out.lerp_(o, weight.to(out.dtype))
+    out.lerp_(o.to(out.dtype), weight.to(out.dtype))
     torch.logaddexp(lse, l, out=lse)
-
-
-def _attend_flash(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDPA's fused CPU kernel: (BH, R, q, d) x (BH, R, k, d) -> out (BH, R, q, dv), lse (BH, R, q)."""
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    out, lse = flash(q, k, v, attn_mask=mask, scale=scale)
-    return out, lse
-
-
-def attend_math(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unfused attention with its log-sum-exp, float32 softmax; any device, any dtype.
-
-    (BH, R, q, d) x (BH, R, k, d) -> out (BH, R, q, dv) in v's dtype, lse (BH, R, q) float32; a query
-    whose mask row is all -inf gets NaN, which the caller zeroes.
-
-    >>> o, l = attend_math(q, k, v, None, 0.125)  # doctest: +SKIP
-    """
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (BH, R, q, k)
-    if mask is not None:
-        scores += mask
-    lse = torch.logsumexp(scores, dim=-1)  # (BH, R, q)
-    p = torch.exp(scores - lse.unsqueeze(-1))
-    return torch.matmul(p.to(v.dtype), v), lse
-
-
-@dataclass(frozen=True, slots=True)
-class _Mask:
-    """What a run's content asks of its call: keys ``[k_skip, k_skip + k_len)`` of the run, the
-    additive mask on them (None when all are allowed) and the queries with no allowed key."""
-
-    mask: torch.Tensor | None  # (tiles * q_len, k_len): 0 allowed, -inf not
-    dead: torch.Tensor | None  # (m,) query positions, or None
-    k_skip: int
-    k_len: int
-
-
-class _MaskCache:
-    """Each distinct run content's ``_Mask``, built once per call of the kernel. Key columns that
-    no query may see are cut off (``sink(64)`` in a block of 128 reads 64 keys, unmasked);
-    ``tiles`` rows folded into one query run repeat the mask."""
-
-    def __init__(self, cp, layer, head, device, dtype) -> None:
-        self.kind_masks = _device_masks(cp, layer, head, str(device))  # (u, bq, bk) bool
-        self.dtype = dtype
-        self.built: dict[tuple, _Mask] = {}
-
-    def get(self, kinds: tuple[int, ...] | None, q_len: int, k_len: int, tiles: int) -> _Mask:
-        if kinds is None:
-            return _Mask(None, None, 0, k_len)
-        key = (kinds, q_len, k_len, tiles)
-        if key not in self.built:
-            self.built[key] = self._build(kinds, q_len, k_len, tiles)
-        return self.built[key]
-
-    def _build(self, kinds, q_len, k_len, tiles) -> _Mask:
-        ids = torch.tensor(kinds, device=self.kind_masks.device)  # (c,)
-        allowed = self.kind_masks[ids.clamp(min=0)]  # (c, bq, bk)
-        allowed[ids < 0] = True
-        allowed = allowed.transpose(0, 1).reshape(allowed.shape[1], -1)[:q_len, :k_len]  # (q_len, k_len)
-        seen = torch.nonzero(allowed.any(0)).flatten()  # never empty: a PARTIAL block allows a pair
-        skip, end = int(seen[0]), int(seen[-1]) + 1
-        allowed = allowed[:, skip:end]
-        if bool(allowed.all()):
-            return _Mask(None, None, skip, end - skip)
-        allowed = allowed.repeat(tiles, 1)  # (tiles * q_len, k_len)
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
-        mask.masked_fill_(~allowed, -math.inf)
-        dead = torch.nonzero(~allowed.any(-1)).flatten()
-        return _Mask(mask, dead if len(dead) else None, skip, end - skip)
-
-
-@lru_cache(maxsize=16)
-def _device_masks(cp, layer, head, device: str) -> torch.Tensor:
-    """``plan.partial_kinds``' distinct block masks on ``device``, cached per layout."""
-    return torch.from_numpy(partial_kinds(cp, layer, head)[1]).to(device)

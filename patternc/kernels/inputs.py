@@ -1,0 +1,114 @@
+"""What the block-sparse kernel checks before any of its work runs.
+
+Every fault is a :class:`~patternc.errors.KernelInputError` that names the argument and both values:
+tensors that are not 4-d, an empty batch or no heads, shapes that disagree with each other or with
+the compiled pattern (``n``, heads, the grouping of query heads over KV heads, the length and head
+dimension of ``v``), dtypes or devices that differ, and dtypes the kernel does not take.
+
+>>> check_inputs(q, k, v, patternc.compile("causal", n=q.shape[2]), layer=0)  # doctest: +SKIP
+Shapes(batch=2, heads=8, kv_heads=2, n=1024, head_dim=64)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from patternc.errors import KernelInputError
+
+if TYPE_CHECKING:
+    from patternc.compiled import CompiledPattern
+
+__all__ = ["DTYPES", "Shapes", "check_inputs"]
+
+# the dtypes SDPA's fused CPU kernel and its backward take (float16 is computed in float32 on CPU)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True, slots=True)
+class Shapes:
+    """The sizes of one call: q is (batch, heads, n, head_dim), k and v (batch, kv_heads, n, head_dim)."""
+
+    batch: int
+    heads: int
+    kv_heads: int
+    n: int
+    head_dim: int
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head: query head ``h`` reads KV head ``h // group``."""
+        return self.heads // self.kv_heads
+
+
+def _fail(message: str) -> KernelInputError:
+    return KernelInputError(f"block_sparse_attention: {message}")
+
+
+def check_inputs(q, k, v, cp: CompiledPattern, layer: int, scale: float | None = None,
+                 score_budget: int = 1) -> Shapes:
+    """The call's sizes, or a ``KernelInputError`` for the first thing that is wrong."""
+    if not all(hasattr(cp, name) for name in ("layout", "node", "grid", "heads", "n")):
+        raise _fail(f"cp must be a compiled pattern (patternc.compile(...)), got {type(cp).__name__}")
+    named = {"q": q, "k": k, "v": v}
+    for name, x in named.items():
+        if not isinstance(x, torch.Tensor):
+            raise _fail(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise _fail(f"{name} must be 4-d (batch, heads, n, head_dim), got {x.dim()}-d of shape "
+                        f"{tuple(x.shape)}")
+    for name, x in named.items():
+        if x.device != q.device:
+            raise _fail(f"{name} is on {x.device} but q is on {q.device}: all three must be on one device")
+        if x.dtype != q.dtype:
+            raise _fail(f"{name} has dtype {_name(x.dtype)} but q has {_name(q.dtype)}: all three must "
+                        f"have one dtype")
+    if q.device.type == "meta":
+        raise _fail("q, k and v are meta tensors, which hold no values: the kernel needs real data")
+    if q.dtype not in DTYPES:
+        raise _fail(f"q has dtype {_name(q.dtype)}; the kernel takes "
+                    f"{', '.join(_name(d) for d in DTYPES)}")
+    B, H, n, d = q.shape
+    if B == 0 or H == 0 or d == 0:
+        raise _fail(f"q has shape {tuple(q.shape)}: batch, heads and head_dim must be at least 1")
+    for name in ("k", "v"):
+        x = named[name]
+        if x.shape[0] != B:
+            raise _fail(f"{name} has batch {x.shape[0]} but q has batch {B}")
+    if v.shape[1] != k.shape[1]:
+        raise _fail(f"v has {v.shape[1]} heads but k has {k.shape[1]}")
+    kv_heads = k.shape[1]
+    if kv_heads == 0 or H % kv_heads:
+        raise _fail(f"q has {H} heads and k has {kv_heads}: q's heads must be a multiple of k's "
+                    f"(grouped-query attention: query head h reads KV head h // {H // max(kv_heads, 1)})")
+    if cp.heads not in (1, H):
+        raise _fail(f"q has {H} heads but the pattern has {cp.heads} (a one-head pattern applies to "
+                    f"any number of heads)")
+    if cp.first_query:
+        raise _fail(f"the pattern is compiled for the queries [{cp.first_query:,}, {cp.n:,}) only; this "
+                    "kernel runs whole sequences: compile without first_query")
+    if n != cp.n:
+        raise _fail(f"q has length {n} but the pattern was compiled for n = {cp.n}")
+    for name in ("k", "v"):
+        x = named[name]
+        if x.shape[2] != n:
+            raise _fail(f"{name} has length {x.shape[2]} but q has {n} (the pattern's n)")
+    if k.shape[3] != d:
+        raise _fail(f"k has head_dim {k.shape[3]} but q has {d}")
+    if v.shape[3] != d:
+        # SDPA's fused CPU kernel and its backward need one head size for q, k and v
+        raise _fail(f"v has head_dim {v.shape[3]} but q has {d}: this kernel needs one head_dim for "
+                    f"q, k and v")
+    if scale is not None and not (isinstance(scale, int | float) and math.isfinite(scale)):
+        raise _fail(f"scale must be a finite number, got {scale!r}")
+    if not isinstance(score_budget, int) or score_budget < 1:
+        raise _fail(f"score_budget must be a positive int, got {score_budget!r}")
+    cp.node(layer, 0)  # a layer outside the stack is refused here, before any work
+    return Shapes(batch=B, heads=H, kv_heads=kv_heads, n=n, head_dim=d)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
