@@ -31,10 +31,12 @@ import os
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import patternc
+from patternc.compiled import clear_cache
 from patternc.kernels import block_sparse_attention, measure_paths
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -168,8 +170,47 @@ def rate_table(n, fractions, heads, d, block, dtypes, repeats, path) -> None:
 
 
 # ---- per-batch rebuild of a document mask -----------------------------------------------------------
-# (issue 12, item 4: ``causal & window(512) & documents`` rebuilt per batch against
-# ``create_block_mask`` at 32k and 128k; added here with the documents primitive.)
+
+PACKED = "causal & window(512) & documents($starts)"
+
+
+def document_table(ns: list[int], repeats: int) -> None:
+    """A packed batch changes its document starts every step: the mask is rebuilt each time. Ours
+    (a cold compile with new starts) against create_block_mask(_compile=True) evaluating the same
+    predicate on every pair, in turns; then ours against one training step of our kernel."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    warnings.filterwarnings("ignore", message="_compile flag", category=DeprecationWarning)
+    rng = np.random.default_rng(0)
+    print(f"\n{'n':>7} {'patternc compile':>17} {'create_block_mask':>18} {'speedup':>8}  (per batch: "
+          f"{PACKED}, 8 documents)")
+    for n in ns:
+        batches = [sorted(rng.choice(np.arange(1, n), 7, replace=False).tolist()) for _ in range(repeats + 1)]
+
+        def theirs(starts=batches[0], n=n):
+            doc = torch.zeros(n, dtype=torch.int32)
+            doc[torch.tensor(starts)] = 1
+            doc = doc.cumsum(0)
+
+            def mask_mod(b, h, q, k):
+                return (k <= q) & (q - k < 512) & (doc[q] == doc[k])
+
+            return create_block_mask(mask_mod, None, None, n, n, device="cpu", _compile=True)
+
+        theirs()  # torch.compile of the mask_mod, untimed
+        ours_s, theirs_s = [], []
+        for starts in batches[1:]:
+            clear_cache()
+            start = time.perf_counter()
+            patternc.compile(PACKED, n=n, params={"starts": starts})
+            ours_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            theirs(starts)
+            theirs_s.append(time.perf_counter() - start)
+        ours, base = statistics.median(ours_s), statistics.median(theirs_s)
+        print(f"{n:>7} {1e3 * ours:14.1f} ms {1e3 * base:15.1f} ms {base / ours:7.0f}x", flush=True)
 
 
 def _ms(seconds: dict[str, float]) -> str:
@@ -190,6 +231,8 @@ def main() -> None:
                         help="our kernel's compute path (default: $PATTERNC_KERNEL_PATH, else auto)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 on a busy machine")
     parser.add_argument("--no-rates", action="store_true", help="skip the forward rate table")
+    parser.add_argument("--documents", type=int, nargs="*", help="lengths of the document-mask table "
+                        "(default 32k 128k; 4k with --quick); --documents alone skips it")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -207,6 +250,9 @@ def main() -> None:
     train_table(ns, fractions, heads, args.head_dim, args.block, dtypes, repeats, args.path)
     if not args.no_rates:
         rate_table(ns[len(ns) // 2], fractions, heads, args.head_dim, args.block, dtypes, repeats, args.path)
+    documents = args.documents if args.documents is not None else ([4096] if args.quick else [32768, 131072])
+    if documents:
+        document_table(documents, repeats)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ class Stack:
                 for r in self.overrides
             ]
         if self.params:
-            data["params"] = dict(self.params)
+            data["params"] = {name: list(v) if isinstance(v, tuple) else v for name, v in self.params}
         if self.description:
             data["description"] = self.description
         return data
@@ -402,6 +402,12 @@ def check_params(values, where: str = "params") -> tuple[tuple[str, int | float]
         if not isinstance(name, str) or not name.isidentifier():
             raise StackError(f"parameter name {brief(name)} is not an identifier (write w, not $w)",
                              where=where)
+        if isinstance(value, (list, tuple)):  # a list of integers, for a list argument: documents($starts)
+            if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in value):
+                raise StackError(f"parameter {name} must be a number or a list of integers, got "
+                                 f"{brief(value)}", where=where)
+            out.append((name, tuple(int(v) for v in value)))
+            continue
         if isinstance(value, bool) or not isinstance(value, Real):
             raise StackError(f"parameter {name} must be a number, got {brief(value)}", where=where)
         out.append((name, int(value) if isinstance(value, Integral) else float(value)))

@@ -127,7 +127,7 @@ ORACLE = [
     "all", "none", "causal", "window(5)", "band(-3, 7)", "dilated(4, 3)", "stride(7)", "fixed(16, 3)",
     "chunk(12)", "sink(5)", "global(6)", "tokens([3, 40, 77])", "columns([0, 31, 32])",
     "diagonals([-9, 0, 13])", "prefix(20)", "random(2, seed=5)", "neighborhood([9, 10], [3, 4])",
-    "neighborhood([2, 4, 11], [2, 3, 5])",
+    "neighborhood([2, 4, 11], [2, 3, 5])", "causal & documents([7, 30, 31, 64])",
     "causal & (window(9) | sink(2) | stride(11))",
     "~(window(4) | global(3)) - diagonals([2])", "(chunk(10) & causal) | (columns([50]) - prefix(60))",
 ]

@@ -25,8 +25,8 @@ _UNEXPECTED = ("expected a name, a number, a $parameter or one of"
                " | & - ~ ( ) [ ] , = + * / // % **")
 _NAMES = "numbers may use n, l, h, L, H and parameters such as $w"
 _FUNCS = "functions: min, max, sqrt, log2, ceil, floor, round"
-_PRIMS = ("primitives: all, band, causal, chunk, columns, diagonals, dilated, fixed, global, neighborhood,"
-          " none, prefix, random, sink, stride, tokens, window")
+_PRIMS = ("primitives: all, band, causal, chunk, columns, diagonals, dilated, documents, fixed, global,"
+          " neighborhood, none, prefix, random, sink, stride, tokens, window")
 _ROUND = "; round it explicitly with round(), floor() or ceil()"
 _MALFORMED = (": expected digits with an optional fraction and exponent (512, 0.5, 1e-3); names"
               " cannot start with a digit")

@@ -105,7 +105,7 @@ def _example(cls: type) -> Lowered:
         "all", "none", "causal", "stride(5)", "dilated(3, 2)", "diagonals([1, 3])", "chunk(8)", "sink(2)",
         "global(2)", "prefix(9)", "tokens([3])", "columns([4])", "fixed(8, 2)", "random(1, seed=1)",
         "window(2) | sink(1)", "window(9) & stride(2)", "window(9) - sink(1)", "~stride(3)",
-        "neighborhood([4, 8], [3, 3])")}
+        "neighborhood([4, 8], [3, 3])", "documents([5, 40])")}
     nodes = []
     for node in examples.values():
         stack = [node]

@@ -77,6 +77,10 @@ def dense(name, args, n, bq, bk, layer=0, head=0):
         case "prefix":
             (p,) = args
             m = (q < p) & (k < p)
+        case "documents":  # documents start at the listed positions and at 0
+            (starts,) = args
+            doc = np.searchsorted(np.array(sorted({0, *starts})), np.arange(n), "right")
+            m = doc[q] == doc[k]
         case "neighborhood":  # NATTEN's window: kernel cells per axis, shifted inward at borders
             size, kernel = args
             cells = int(np.prod(size))
@@ -103,7 +107,7 @@ def dense(name, args, n, bq, bk, layer=0, head=0):
 def text_of(name, args):
     if name in ("all", "none", "causal"):
         return name
-    if name in ("tokens", "columns", "diagonals"):
+    if name in ("tokens", "columns", "diagonals", "documents"):
         return f"{name}([{', '.join(str(v) for v in args[0])}])"
     if name == "random":
         return f"random({args[0]}, seed={args[1]})"
@@ -229,6 +233,8 @@ PRIMITIVES = [
     ("random1", "random", lambda n: (1, 0)),
     ("random2", "random", lambda n: (2, 7)),
     ("random5", "random", lambda n: (5, 1)),
+    ("documents", "documents", lambda n: (_spread(n, [0.2, 0.21, 0.5, 0.77]),)),
+    ("documents_one", "documents", lambda n: ([0],)),
     # grids: the largest rows x cols (x frames) that fit n, odd, even and too-large kernels
     ("neighborhood2d_3x3", "neighborhood", lambda n: (_grid2(n), (3, 3))),
     ("neighborhood2d_even", "neighborhood", lambda n: (_grid2(n), (2, 4))),
@@ -356,7 +362,7 @@ def test_fixed_summary_columns_are_the_last_s_of_each_chunk():
 def _primitive(draw, n):
     name = draw(st.sampled_from(["all", "none", "causal", "window", "band", "dilated", "stride",
                                  "fixed", "chunk", "sink", "global", "tokens", "columns",
-                                 "diagonals", "prefix", "random", "neighborhood"]))
+                                 "diagonals", "prefix", "random", "neighborhood", "documents"]))
     count = st.integers(1, n + 3)
     match name:
         case "all" | "none" | "causal":
@@ -371,7 +377,7 @@ def _primitive(draw, n):
         case "fixed":
             c = draw(count)
             args = (c, draw(st.integers(1, c)))
-        case "tokens" | "columns":
+        case "tokens" | "columns" | "documents":
             args = (draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=4)),)
         case "diagonals":
             args = (draw(st.lists(st.integers(1 - n, n - 1), min_size=1, max_size=4)),)

@@ -23,6 +23,7 @@ from patternc.errors import PatternError
 from patternc.explore.encode import packed
 from patternc.lower import algebra
 from patternc.lower.node import Lowered
+from patternc.primitives.documents import Documents
 from patternc.primitives.neighborhood import Neighborhood
 from patternc.primitives.offsets import Band, Diagonals, Dilated, Stride
 from patternc.primitives.positions import (
@@ -72,6 +73,7 @@ RECORDS: dict[type, Callable[[Lowered], dict]] = {
     Columns: lambda node: {"op": "columns", "positions": _positions(node.positions)},  # k listed
     PeriodicColumns: lambda node: {"op": "periodic", "c": node.c, "s": node.s},  # k % c >= c - s
     RandomBlocks: _random,  # key block drawn for the query block
+    Documents: lambda node: {"op": "documents", "starts": _positions(node.starts)},  # same document
     Neighborhood: lambda node: {"op": "neighborhood", "size": list(node.size), "kernel": list(node.kernel)},
     algebra.Union: _binary("union"),
     algebra.Intersect: _binary("intersect"),

@@ -75,7 +75,10 @@ def bind_arguments(prim: ast.Primitive) -> dict[str, ast.Arg]:
                     pos=prim.span[0], end=prim.span[1],
                 )
             bound[p.name] = ast.Num(p.default)
-        if p.is_list != isinstance(bound[p.name], ast.ListArg):
+        # a list argument is written [i, j, ...] or given whole as a parameter bound to a list
+        given = bound[p.name]
+        is_list = isinstance(given, ast.ListArg) or (p.is_list and isinstance(given, ast.Param))
+        if p.is_list != is_list:
             node = bound[p.name]
             want = "a list such as [0, 1]" if p.is_list else "a number, not a list"
             raise PatternMeaningError(

@@ -57,6 +57,8 @@ def evaluate(node: ast.Number, env: Mapping[str, Value], params: Mapping[str, Va
                 f" or --set {node.id}=...",
                 node,
             )
+        if isinstance(params[node.id], tuple):
+            raise _fail(f"parameter ${node.id} is a list; a number is needed here", node)
         return _bounded(params[node.id], node)
     if isinstance(node, ast.Unary):
         value = evaluate(node.operand, env, params)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from patternc.errors import PatternMeaningError
+from patternc.errors import PatternMeaningError, brief
 from patternc.lang import ast
 from patternc.lang.check import bind_arguments
 from patternc.lang.numeric import Value, evaluate, to_integer
@@ -22,7 +22,7 @@ from patternc.lower import algebra
 from patternc.lower.grid import Grid
 from patternc.lower.node import Lowered
 from patternc.lower.rules import simplify
-from patternc.primitives import PRIMITIVES
+from patternc.primitives import LIST_KINDS, PRIMITIVES
 
 __all__ = ["Scope", "lower"]
 
@@ -66,6 +66,15 @@ def _values(prim: ast.Primitive, scope: Scope) -> dict[str, int | tuple[int, ...
     values: dict[str, int | tuple[int, ...]] = {}
     for name, arg in bind_arguments(prim).items():
         kind, what = kinds[name], f"{prim.name}'s argument '{name}'"
+        if isinstance(arg, ast.Param) and kind in LIST_KINDS:  # a list bound at compile time
+            if arg.id not in scope.params:
+                bound = ", ".join(sorted(scope.params)) or "none"
+                raise _fail(f"parameter ${arg.id} is not bound (bound: {bound}); pass "
+                            f"params={{'{arg.id}': [...]}}", arg)
+            bound = scope.params[arg.id]
+            if not isinstance(bound, tuple):
+                raise _fail(f"{what} takes a list, but parameter ${arg.id} is the number {brief(bound)}", arg)
+            arg = ast.ListArg(tuple(ast.Num(v, arg.span) for v in bound), arg.span)
         if isinstance(arg, ast.ListArg):
             items = []
             for item in arg.items:

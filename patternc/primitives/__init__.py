@@ -3,6 +3,7 @@ definition. Importing this package registers every entry; the families live in t
 
 - ``offsets``: causal, window, band, dilated, stride, diagonals (sets of offsets ``q - k``);
 - ``positions``: all, none, chunk, fixed, sink, global, tokens, columns, prefix;
+- ``documents``: documents (packed sequences, the starts bound per batch);
 - ``random_blocks``: random (BigBird's blocks);
 - ``neighborhood``: neighborhood (2-D and 3-D windows over image and video tokens).
 
@@ -16,7 +17,7 @@ fails until both exist, and the browser test checks them pair by pair).
 ['all', 'band', 'causal', 'chunk']
 """
 
-from patternc.primitives import neighborhood, offsets, positions, random_blocks  # noqa: F401  (registers them)
+from patternc.primitives import documents, neighborhood, offsets, positions, random_blocks  # noqa: F401
 from patternc.primitives.registry import KINDS, LIST_KINDS, PRIMITIVES, Arg, Definition, primitive
 
 __all__ = ["KINDS", "LIST_KINDS", "PRIMITIVES", "Arg", "Definition", "primitive"]

@@ -36,6 +36,11 @@ async function allowedBy(tree) {
     case "tokens": { const set = new Set(await unpack(tree.positions)); return (q, k) => set.has(q) || set.has(k); }
     case "columns": { const set = new Set(await unpack(tree.positions)); return (q, k) => set.has(k); }
     case "periodic": { const c = tree.c, s = tree.s; return (q, k) => k % c >= c - s; }
+    case "documents": {  // the same document: the last start at or before each position
+      const starts = await unpack(tree.starts);
+      const doc = (x) => { let lo = 0, hi = starts.length - 1; while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (starts[mid] <= x) lo = mid; else hi = mid - 1; } return lo; };
+      return (q, k) => doc(q) === doc(k);
+    }
     case "neighborhood": {  // NATTEN's window per axis of a row-major grid, shifted inward at borders
       const size = tree.size, kernel = tree.kernel, cells = size.reduce((a, b) => a * b, 1);
       const strides = size.map((_, a) => size.slice(a + 1).reduce((x, y) => x * y, 1));
