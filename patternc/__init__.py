@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 # never pay for importing torch (about 1 s).
 _LAZY_NAMES = {"Measurement": "patternc.cost", "layout_hash": "patternc.cost", "measure": "patternc.cost",
                "resolve_device": "patternc.cost"}
-_LAZY_MODULES = ("cost", "kernels")
+_LAZY_MODULES = ("cost", "kernels", "nn")
 
 
 def __getattr__(name: str):
@@ -74,6 +74,7 @@ __all__ = [
     "load",
     "load_stack",
     "measure",
+    "nn",
     "parse",
     "reach",
     "resolve_device",

@@ -1,0 +1,83 @@
+"""patternc.nn: every backend gives SDPA-with-the-dense-mask's output and gradients (forward and
+backward), compiles once per length, handles grouped-query heads and rows without keys, and refuses
+what does not fit with a clear error. (CUDA's flex backend is checked in benchmarks/gpu_check.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import patternc
+from patternc.nn import SparseAttention, sparse_attention
+
+PATTERNS = [
+    pytest.param("causal & (window(24) | sink(3))", id="window_sink"),
+    pytest.param("causal & fixed(32, 4)", id="fixed"),
+    pytest.param("band(1, 9)", id="rows_without_keys"),
+    pytest.param("conf/pattern/bigbird.yaml", id="bigbird_stack"),
+]
+
+
+def dense_reference(q, k, v, cp, layer):
+    mask = torch.from_numpy(cp.to_dense(layer=layer))  # (H, n, n)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None],
+                                         enable_gqa=q.shape[1] != k.shape[1])
+    return torch.nan_to_num(out) * mask.any(-1)[None, :, :, None]  # rows without keys give 0
+
+
+@pytest.mark.parametrize("backend", ["kernel", "sdpa"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_output_and_gradients_match_the_dense_mask(pattern, backend):
+    n = 192
+    cp = patternc.compile(pattern, n, block=32)
+    heads = cp.heads if cp.heads > 1 else 4
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, heads, n, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    layer = cp.layers - 1
+    out = sparse_attention(q, k, v, pattern, layer, block=32, backend=backend)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    want = dense_reference(q, k, v, cp, layer)
+    want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+    torch.testing.assert_close(out, want)
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_grouped_query_heads_read_their_kv_head():
+    stack = patternc.Stack("causal & window(8)", heads=4,
+                           overrides=(patternc.Override("causal & sink(5)", None, (2, 4)),))
+    cp = patternc.compile(stack, 64)
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 4, 64, 8, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 64, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    torch.testing.assert_close(sparse_attention(q, k, v, cp), dense_reference(q, k, v, cp, 0))
+
+
+def test_a_module_compiles_once_per_length(monkeypatch):
+    calls = []
+    real = patternc.nn.compile
+    monkeypatch.setattr(patternc.nn, "compile", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    patternc.nn._compiled.cache_clear()
+    attend = SparseAttention("causal & window(16)")
+    for n in (64, 64, 128, 64):
+        attend(*(torch.randn(1, 2, n, 8) for _ in range(3)))
+    assert calls == [64, 128]
+
+
+@pytest.mark.parametrize("call, message", [
+    pytest.param(lambda x: sparse_attention(x, x, x, "causal", backend="magic"), "backend must be one of",
+                 id="backend"),
+    pytest.param(lambda x: sparse_attention(x, x, x, "causal", backend="flex"), "trains on CUDA only",
+                 id="flex_on_cpu"),
+    pytest.param(lambda x: sparse_attention(x, x, x, patternc.compile("causal", 32)), "compiled for n = 32",
+                 id="wrong_length"),
+    pytest.param(lambda x: sparse_attention(x, x, x, 42), "pattern must be", id="not_a_pattern"),
+    pytest.param(lambda x: sparse_attention(x[0], x[0], x[0], "causal"), r"must be \(batch, heads", id="3d"),
+    pytest.param(lambda x: sparse_attention(x, x, x, "causal", layer=3, backend="sdpa"), "layer 3 is outside",
+                 id="layer"),
+])
+def test_bad_input_is_a_clear_error(call, message):
+    with pytest.raises(patternc.PatternError, match=message):
+        call(torch.randn(1, 2, 64, 8))
