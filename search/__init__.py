@@ -9,7 +9,7 @@ Hydra app.
 from search.config import MajorityConfig, ModelConfig, MQARConfig, PatternConfig, TaskConfig, TrainConfig
 from search.errors import ConfigError, SearchError, SpaceRejectsAll, StorageError, StudyMismatch
 from search.evaluate import EvalResult, evaluate, resolve_pattern
-from search.model import TinyTransformer, masks_of
+from search.model import TinyTransformer
 from search.tasks import TASKS, make_task
 
 __all__ = [
@@ -29,6 +29,5 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "make_task",
-    "masks_of",
     "resolve_pattern",
 ]

@@ -41,6 +41,7 @@ class ModelConfig:
     heads: int = 4
     head_dim: int = 16  # per head, so that any head count works with any width
     mlp_ratio: int = 4  # GPT-2's 4x hidden width
+    attention: str = "auto"  # auto | kernel | sdpa | flex: search.model.attention_backend
 
 
 @dataclass

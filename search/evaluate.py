@@ -32,7 +32,7 @@ from patternc.compiled import CompiledPattern
 from patternc.cost import resolve_device
 from patternc.stack import Stack
 from search.config import ModelConfig, PatternConfig, TaskConfig
-from search.model import TinyTransformer, masks_of
+from search.model import TinyTransformer
 from search.tasks import IGNORE, Task, make_task
 from search.validate import check_task
 
@@ -158,7 +158,7 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
     device = resolve_device(task.train.device, where="train.device")
     with _threads(task.train.threads) as threads, torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = TinyTransformer(problem.vocab, masks_of(cp), task.model).to(device)  # CPU init: same weights
+        model = TinyTransformer(problem.vocab, cp, task.model).to(device)  # CPU init: same weights
         start = time.perf_counter()
         curve, steps, failure = _train(model, problem, task, np.random.default_rng([seed, _TRAIN_STREAM]),
                                        device)

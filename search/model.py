@@ -1,40 +1,56 @@
 """The tiny decoder-only transformer whose attention is exactly the compiled pattern.
 
-Every layer and head attends under its own boolean mask from ``CompiledPattern.to_dense`` at the
-proxy length: SDPA with a ``(H, n, n)`` mask per layer, because FlexAttention has no backward on
-CPU and at proxy lengths the dense mask is small (256 x 256 bytes per head). Rotary position
-embeddings give every head relative positions for free, which is what a short-range head needs to
-learn "the token before me" quickly; learned absolute positions slow the recall tasks down by
-hundreds of steps.
+Every layer and head attends under its own layout through ``patternc.nn.sparse_attention``: our
+block-sparse kernel on CPU (forward and backward, so a training step costs what the pattern
+costs), compiled FlexAttention with our BlockMask on CUDA, or SDPA with the exact dense mask where
+that is cheaper: on CPU below ``KERNEL_FROM`` tokens, where the dense mask is small and one fused
+call beats the kernel's per-run calls (measured on the project's 2-core machine: n = 128, 4 heads
+of 16, fwd + bwd 7 ms dense against 22 ms in blocks; at n = 2,048, 270 ms against 79 ms). Every
+backend is held to the dense mask by the tests, so the choice changes speed, never accuracy.
 
-A query with no allowed key (possible: ``causal & window(4) - diagonals([0])`` at q = 0) attends
-to nothing and outputs 0, as FlexAttention does: its mask row is opened on the diagonal so that
-softmax stays finite (no NaN forward or backward) and the output is then zeroed.
+Rotary position embeddings give every head relative positions for free, which is what a
+short-range head needs to learn "the token before me" quickly; learned absolute positions slow the
+recall tasks down by hundreds of steps. A query with no allowed key attends to nothing and outputs
+0, as FlexAttention does.
 
->>> model = TinyTransformer(vocab=129, masks=masks_of(cp), cfg=ModelConfig())   # doctest: +SKIP
->>> logits = model(tokens)  # (B, n) -> (B, n, vocab)                          # doctest: +SKIP
+>>> cp = patternc.compile("causal & window(8)", n=32)
+>>> model = TinyTransformer(vocab=10, pattern=cp, cfg=ModelConfig(d_model=16, head_dim=4, heads=1))
+>>> model(torch.zeros(2, 32, dtype=torch.long)).shape  # (B, n) -> (B, n, vocab)
+torch.Size([2, 32, 10])
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from patternc.nn import sparse_attention
 from search.config import ModelConfig
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["TinyTransformer", "masks_of"]
+__all__ = ["KERNEL_FROM", "TinyTransformer", "attention_backend"]
+
+KERNEL_FROM = 512  # tokens from which the CPU trains through the block-sparse kernel
 
 
-def masks_of(cp: CompiledPattern) -> torch.Tensor:
-    """The exact token masks of every layer and head: ``(L, H, n, n)`` bool."""
-    return torch.from_numpy(np.ascontiguousarray(cp.to_dense()))
+def attention_backend(choice: str, n: int, device: torch.device) -> str:
+    """The ``patternc.nn`` backend for ``model.attention``: ``auto`` is SDPA with the dense mask on a
+    CPU below ``KERNEL_FROM`` tokens, else the device's sparse kernel.
+
+    >>> cpu = torch.device("cpu")
+    >>> attention_backend("auto", 128, cpu), attention_backend("auto", 1024, cpu)
+    ('sdpa', 'kernel')
+    """
+    if choice != "auto":
+        return choice
+    if device.type == "cpu":
+        return "sdpa" if n < KERNEL_FROM else "kernel"
+    return "flex"
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -45,38 +61,30 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, heads: int, mask: torch.Tensor):
+    def __init__(self, cfg: ModelConfig, pattern: CompiledPattern, layer: int):
         super().__init__()
-        self.heads, self.head_dim = heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * heads * cfg.head_dim, bias=False)
-        self.out = nn.Linear(heads * cfg.head_dim, cfg.d_model, bias=False)
-        has_key = mask.any(-1)  # (H, n)
-        diagonal = torch.eye(mask.shape[-1], dtype=torch.bool)
-        # rows with no key are opened on the diagonal (finite softmax) and zeroed after
-        # 4-d (1, H, n, n): SDPA takes its fused CPU kernel; a 3-d per-head mask falls back to the math
-        # path, 5x slower forward and backward (torch 2.13)
-        opened = mask | (~has_key[..., None] & diagonal)
-        self.register_buffer("mask", opened[None], persistent=False)  # (1, H, n, n)
-        self.register_buffer("keep", has_key[None, :, :, None].float(), persistent=False)  # (1, H, n, 1)
-        self.zero_rows = not bool(has_key.all())
+        self.heads, self.head_dim = pattern.heads, cfg.head_dim
+        self.pattern, self.layer = pattern, layer
+        self.qkv = nn.Linear(cfg.d_model, 3 * self.heads * cfg.head_dim, bias=False)
+        self.out = nn.Linear(self.heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.backend = cfg.attention
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, n, _ = x.shape
         q, k, v = self.qkv(x).view(B, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, n, hd)
         q, k = rotary(q, cos, sin), rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)  # (B, H, n, hd)
-        if self.zero_rows:
-            y = y * self.keep
+        backend = attention_backend(self.backend, n, x.device)
+        y = sparse_attention(q, k, v, self.pattern, self.layer, backend=backend)  # (B, H, n, hd)
         return self.out(y.transpose(1, 2).reshape(B, n, -1))  # (B, n, d_model)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: attention under one layer's masks, then an MLP."""
+    """Pre-norm residual block: attention under one layer of the pattern, then an MLP."""
 
-    def __init__(self, cfg: ModelConfig, heads: int, mask: torch.Tensor):
+    def __init__(self, cfg: ModelConfig, pattern: CompiledPattern, layer: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(cfg, heads, mask)
+        self.attn = Attention(cfg, pattern, layer)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         hidden = cfg.mlp_ratio * cfg.d_model
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model))
@@ -87,21 +95,20 @@ class Block(nn.Module):
 
 
 class TinyTransformer(nn.Module):
-    """Token embedding, one block per layer of ``masks`` (L, H, n, n), final norm, tied-free head.
+    """Token embedding, one block per layer of ``pattern``, final norm, tied-free head.
 
     Depth and heads are the pattern's; width, head size and MLP ratio are ``cfg``'s.
     """
 
-    def __init__(self, vocab: int, masks: torch.Tensor, cfg: ModelConfig):
+    def __init__(self, vocab: int, pattern: CompiledPattern, cfg: ModelConfig):
         super().__init__()
         if cfg.head_dim % 2:
             raise ValueError(f"model.head_dim must be even (rotary embeddings pair dimensions), got "
                              f"{cfg.head_dim}")
-        L, H, n, _ = masks.shape
-        self.n = n
+        self.n = n = pattern.n
         self.embed = nn.Embedding(vocab, cfg.d_model)
         self.embed_previous = nn.Embedding(vocab + 1, cfg.d_model)  # id `vocab`: before the start
-        self.blocks = nn.ModuleList(Block(cfg, H, masks[layer]) for layer in range(L))
+        self.blocks = nn.ModuleList(Block(cfg, pattern, layer) for layer in range(pattern.layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab, bias=False)
         half = cfg.head_dim // 2
@@ -112,7 +119,7 @@ class TinyTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[-1] != self.n:
-            raise ValueError(f"the model's masks are for n = {self.n}, got sequences of {tokens.shape[-1]}")
+            raise ValueError(f"the model's pattern is for n = {self.n}, got sequences of {tokens.shape[-1]}")
         previous = F.pad(tokens[:, :-1], (1, 0), value=self.embed_previous.num_embeddings - 1)  # (B, n)
         x = self.embed(tokens) + self.embed_previous(previous)  # (B, n, d_model)
         for block in self.blocks:

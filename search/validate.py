@@ -44,6 +44,7 @@ def _optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 AT_LEAST_1 = (_int(1), "an integer >= 1")
+ATTENTION = ("auto", "kernel", "sdpa", "flex")  # patternc.nn's backends (search.model.attention_backend)
 SEED = (_int(0, 2**32 - 1), "an integer in [0, 2**32) (numpy and Optuna seed their generators with it)")
 
 MODEL_RULES = [
@@ -54,6 +55,7 @@ MODEL_RULES = [
     ("model.head_dim", lambda v: _int(2)(v) and v % 2 == 0,
      "an even integer >= 2 (rotary embeddings pair dimensions)"),
     ("model.mlp_ratio", *AT_LEAST_1),
+    ("model.attention", lambda v: v in ATTENTION, "one of " + ", ".join(ATTENTION)),
 ]
 TRAIN_RULES = [
     ("train.steps", *AT_LEAST_1),

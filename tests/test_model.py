@@ -8,7 +8,7 @@ import torch
 
 import patternc
 from patternc.stack import Override, Stack
-from search import ModelConfig, TinyTransformer, masks_of
+from search import ModelConfig, TinyTransformer
 
 N, VOCAB = 24, 11
 
@@ -17,7 +17,7 @@ def model_for(spec, layers=1, heads=2, seed=0, **model):
     stack = spec if isinstance(spec, Stack) else Stack(default=spec, layers=layers, heads=heads)
     cp = patternc.compile(stack, N, block=8)
     torch.manual_seed(seed)
-    return TinyTransformer(VOCAB, masks_of(cp), ModelConfig(d_model=16, head_dim=4, heads=heads, **model)), cp
+    return TinyTransformer(VOCAB, cp, ModelConfig(d_model=16, head_dim=4, heads=heads, **model)), cp
 
 
 def influence(model, tokens, position):
@@ -38,14 +38,15 @@ def reach_of(cp):
     return reach
 
 
+@pytest.mark.parametrize("attention", ["kernel", "sdpa"])
 @pytest.mark.parametrize("spec, layers", [
     pytest.param("causal & window(3)", 1, id="window_1_layer"),
     pytest.param("causal & window(3)", 2, id="window_2_layers"),
     pytest.param("causal & (stride(7) | diagonals([0]))", 2, id="stride"),
     pytest.param("causal & (sink(2) | window(2))", 1, id="sink"),
 ])
-def test_outputs_depend_exactly_on_what_the_pattern_reaches(spec, layers):
-    model, cp = model_for(spec, layers=layers)
+def test_outputs_depend_exactly_on_what_the_pattern_reaches(spec, layers, attention):
+    model, cp = model_for(spec, layers=layers, attention=attention)
     tokens = torch.randint(VOCAB, (1, N), generator=torch.Generator().manual_seed(1))
     reach = reach_of(cp)
     for k in range(N):
@@ -56,15 +57,14 @@ def test_heads_use_their_own_masks():
     stack = Stack(default="causal & window(2)", layers=1, heads=2,
                   overrides=(Override("causal & diagonals([0, 9])", heads=(1, 2)),))
     model, cp = model_for(stack)
-    attn = model.blocks[0].attn
-    assert attn.mask.shape == (1, 2, N, N)
-    assert (attn.mask[0].numpy() == cp.to_dense(layer=0)).all()
+    assert model.blocks[0].attn.pattern is cp and model.blocks[0].attn.layer == 0
     tokens = torch.randint(VOCAB, (1, N), generator=torch.Generator().manual_seed(2))
     assert influence(model, tokens, 3)[12]  # only head 1 links 12 to 3 (offset 9)
 
 
-def test_rows_without_keys_give_finite_values_and_gradients():
-    model, cp = model_for("causal & window(4) - diagonals([0]) - tokens([5])")
+@pytest.mark.parametrize("attention", ["kernel", "sdpa"])
+def test_rows_without_keys_give_finite_values_and_gradients(attention):
+    model, cp = model_for("causal & window(4) - diagonals([0]) - tokens([5])", attention=attention)
     assert not cp.to_dense().any(-1).all()  # some query has no key at all
     tokens = torch.randint(VOCAB, (3, N), generator=torch.Generator().manual_seed(3))
     out = model(tokens)
@@ -73,10 +73,21 @@ def test_rows_without_keys_give_finite_values_and_gradients():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_the_two_backends_train_alike():
+    stack = Stack(default="causal & (window(5) | sink(2))", layers=2, heads=2)
+    tokens = torch.randint(VOCAB, (3, N), generator=torch.Generator().manual_seed(4))
+    grads = []
+    for attention in ("kernel", "sdpa"):
+        model, _ = model_for(stack, heads=2, attention=attention)
+        model(tokens).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
 def test_wrong_length_and_odd_head_dim_are_refused():
     model, _ = model_for("causal")
-    with pytest.raises(ValueError, match="masks are for n = 24, got sequences of 10"):
+    with pytest.raises(ValueError, match="pattern is for n = 24, got sequences of 10"):
         model(torch.zeros(1, 10, dtype=torch.long))
     cp = patternc.compile("causal", N)
     with pytest.raises(ValueError, match=r"model\.head_dim must be even"):
-        TinyTransformer(VOCAB, masks_of(cp), ModelConfig(head_dim=5))
+        TinyTransformer(VOCAB, cp, ModelConfig(head_dim=5))
