@@ -23,8 +23,10 @@ __all__ = [
     "ModelConfig",
     "ParamSpec",
     "PatternConfig",
+    "ProxyConfig",
     "SearchConfig",
     "SpaceConfig",
+    "TargetConfig",
     "TaskConfig",
     "TrainConfig",
     "register_configs",
@@ -58,6 +60,11 @@ class TrainConfig:
     log_every: int = 10  # one point of the loss curve per this many steps (their mean loss)
     threads: int | None = None  # torch threads during the run; None keeps the process's setting
     device: str = "cpu"  # cpu or cuda: where the proxy model trains (bit-exact reruns on cpu only)
+    # multi-fidelity: a search scores a checkpoint after `screen` steps (of the full schedule) and
+    # trains on only candidates within `promote_within` of the front so far; 0: every trial in full
+    screen: int = 0
+    promote_within: float = 0.05
+    screen_sequences: int = 128  # held-out sequences for the checkpoint's score
 
 
 @dataclass
@@ -132,8 +139,33 @@ class ParamSpec:
 
 
 @dataclass
+class TargetConfig:
+    """The model the pattern is for: reach, density, cost and the KV cache are checked on its stack
+    at its length. The defaults are a GPT-2-small-sized decoder at 8k tokens."""
+
+    layers: int = 12  # the depth within which every causal pair must be reached
+    heads: int = 8
+    kv_heads: int | None = None  # grouped-query attention (its KV cache); None: one per head
+    head_dim: int = 64  # the cost is measured at this head size
+    n: int = 8192  # the deployment length, where cost is measured
+    block: int = 128  # the kernel's tile at n (FlexAttention's default)
+
+
+@dataclass
+class ProxyConfig:
+    """The small model trained for accuracy (its width and budget are ``task.model`` and
+    ``task.train``). Its layer p stands for a group of the target's layers (``search.space.build``)."""
+
+    layers: int = 2  # the tasks need two hops (recall: the value learns its key, the query finds it)
+    heads: int = 4
+    n: int = 1024  # where accuracy is measured (the task's n)
+    block: int = 64  # 16 x 16 blocks at n (random() is drawn on these blocks)
+
+
+@dataclass
 class SpaceConfig:
-    """A search space: a template expression over ``$params``, per-layer choices, limits, lengths.
+    """A search space: a template expression over ``$params``, per-layer choices, limits, and the
+    target and proxy it describes.
 
     Templates are written relative to ``n`` (``window(ceil($w * n))``), so the proxy length and the
     target length see the same shape of pattern.
@@ -143,15 +175,12 @@ class SpaceConfig:
     description: str = ""
     template: str = "causal"  # the pattern of every layer and head, over $params and n, l, h, L, H
     params: dict[str, ParamSpec] = field(default_factory=dict)
-    layer_choices: list[str] = field(default_factory=list)  # per layer: "template" or an expression
-    layers: int = 2  # the proxy model's depth, and the depth at which reach is required
-    heads: int = 4
-    block: int = 16  # block size at the proxy length (random() is drawn on these blocks)
-    target_block: int = 128  # block size at the target length (the kernel's tile)
-    n_proxy: int = 128  # where accuracy is measured (the task's n)
-    n_target: int = 8192  # where cost is measured (the deployment length)
-    density_budget: float = 0.5  # max mean block density at n_target, as a fraction of dense causal's
-    require_mixing: bool = True  # reject patterns that do not mix within `layers` at n_proxy
+    layer_choices: list[str] = field(default_factory=list)  # per proxy layer: "template" or an expression
+    target: TargetConfig = field(default_factory=TargetConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    density_budget: float = 0.5  # max mean block density at target.n, as a fraction of dense causal's
+    kv_budget: float | None = None  # max KV-cache bytes as a fraction of a dense cache's; None: any
+    require_mixing: bool = True  # reject patterns that certainly do not mix within target.layers
     references: dict[str, Any] = field(default_factory=dict)  # name -> {params: ...} or {expr: ...}
 
 
@@ -160,12 +189,12 @@ DTYPES = ("float32", "bfloat16", "float16")  # kernel.dtype: torch dtypes by nam
 
 @dataclass
 class KernelConfig:
-    """How cost is measured at n_target (``patternc.measure``), per distinct layer, cached on disk."""
+    """How cost is measured at space.target.n with the target's heads and head size
+    (``patternc.measure``), per distinct layer, cached on disk."""
 
     backend: str = "reference"  # reference (our block-sparse kernel), flex, sdpa
     dtype: str = "float32"  # one of DTYPES; float32 on CPUs without fast bf16 matmuls; bfloat16 on GPU
     batch: int = 1
-    head_dim: int = 64
     repeats: int = 9  # median of 9 kernel/baseline ratios taken in turns: repeat calls agree within 5%
     warmup: int = 1
     device: str = "cpu"  # where cost is measured: cpu, or cuda for the GPU you deploy on
@@ -178,7 +207,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")  # search.sampler (search.study.make
 class SearchConfig:
     """The Optuna study: budget, sampler, storage, study name, workers."""
 
-    # None: named from what defines the study (search.definition.study_name): space, task, n_target,
+    # None: named from what defines the study (search.definition.study_name): space, task, target.n,
     # seed and a hash of every value that changes a trial's result. A given name is kept, and a run whose
     # definition differs from the named study's is refused.
     study: str | None = None

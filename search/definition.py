@@ -10,7 +10,7 @@ Not in the definition, because they do not change what a trial scores: the budge
 (``search.n_trials`` may grow on a rerun), the sampler and its seed, the storage, heartbeats,
 timeouts, workers, ``kernel.repeats``/``warmup`` (precision of a measurement, not its meaning),
 ``task.train.threads``/``device`` (where training runs), ``task.n`` (trials train at
-``space.n_proxy``) and the space's ``description``.
+``space.proxy.n``) and the space's ``description``.
 
 The default study name says what the study is and ends in a hash of the whole definition, so each
 job of a sweep (``-m space=fixed_window,window_global seed=0,1``, ``task.train.steps=200,400``) gets
@@ -61,10 +61,10 @@ def definition(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed:
 
 
 def study_name(defined: dict) -> str:
-    """``<space>-<task>-n<n_target>-seed<seed>-<8 hex of the definition's hash>``."""
+    """``<space>-<task>-n<target.n>-seed<seed>-<8 hex of the definition's hash>``."""
     digest = hashlib.sha256(json.dumps(defined, sort_keys=True).encode()).hexdigest()[:8]
     space, task = defined["space"], defined["task"]
-    return f"{space['name']}-{task['name']}-n{space['n_target']}-seed{defined['seed']}-{digest}"
+    return f"{space['name']}-{task['name']}-n{space['target']['n']}-seed{defined['seed']}-{digest}"
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

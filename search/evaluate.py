@@ -17,10 +17,11 @@ and has no accuracy; nothing is raised, so a search can record the trial and mov
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -38,7 +39,7 @@ from search.validate import check_task
 
 __all__ = ["EvalResult", "evaluate", "resolve_pattern"]
 
-_TRAIN_STREAM, _EVAL_STREAM = 0, 1  # numpy seed sequences [seed, stream]: disjoint data per seed
+_TRAIN_STREAM, _EVAL_STREAM, _SCREEN_STREAM = 0, 1, 2  # numpy seed sequences [seed, stream]: disjoint data
 
 
 @dataclass
@@ -63,6 +64,7 @@ class EvalResult:
     threads: int
     pattern: str  # the expression, or the stack's description
     failure: str | None = None  # why a diverged run stopped
+    screen_accuracy: float | None = None  # the checkpoint's accuracy, with task.train.screen and promote
     extra: dict = field(default_factory=dict)
 
     @property
@@ -137,11 +139,15 @@ def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = None) -> EvalResult:
+def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = None,
+             promote: Callable[[float], bool] | None = None) -> EvalResult:
     """Train the tiny model under ``pattern`` on ``task`` from ``seed``; held-out accuracy.
 
     ``pattern``: an expression (``"causal & window(16)"``), a stack YAML path, a ``Stack``, a
     ``PatternConfig`` or a ``CompiledPattern`` compiled at ``task.n``. ``params`` bind ``$names``.
+    With ``promote`` and ``task.train.screen`` steps, a checkpoint there (the learning-rate schedule
+    is the full budget's) is scored on ``screen_sequences`` held-out sequences and training goes on
+    only if ``promote(accuracy)`` says so; the result is then scored where training stopped.
 
     >>> evaluate("causal", MQARConfig(), seed=1).accuracy   # doctest: +SKIP
     0.997
@@ -160,8 +166,21 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
         torch.manual_seed(seed)
         model = TinyTransformer(problem.vocab, cp, task.model).to(device)  # CPU init: same weights
         start = time.perf_counter()
+        screened: list[float] = []
+
+        def checkpoint() -> bool:  # at task.train.screen steps: score, and ask whether to go on
+            sub = dataclasses.replace(task, train=dataclasses.replace(
+                task.train, eval_sequences=task.train.screen_sequences))
+            rng = np.random.default_rng([seed, _SCREEN_STREAM])
+            correct, total = _score(model, problem, sub, rng, device)
+            model.train()
+            screened.append(float(correct.sum() / total.sum()))
+            return promote(screened[-1])
+
+        screening = promote is not None and 0 < task.train.screen < task.train.steps
+        screen = task.train.screen if screening else None
         curve, steps, failure = _train(model, problem, task, np.random.default_rng([seed, _TRAIN_STREAM]),
-                                       device)
+                                       device, screen, checkpoint)
         trained = time.perf_counter()
         if failure is None:
             correct, total = _score(model, problem, task, np.random.default_rng([seed, _EVAL_STREAM]),
@@ -180,12 +199,13 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
         train_seconds=trained - start, eval_seconds=scored - trained,
         task=problem.name, n=task.n, layers=cp.layers, heads=cp.heads,
         parameters=sum(p.numel() for p in model.parameters()), seed=seed, threads=threads,
-        pattern=_describe(cp), failure=failure)
+        pattern=_describe(cp), failure=failure, screen_accuracy=screened[0] if screened else None)
 
 
 def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator,
-           device: torch.device):
-    """Train in place; returns (loss curve, steps done, failure or None)."""
+           device: torch.device, screen: int | None = None, checkpoint: Callable[[], bool] | None = None):
+    """Train in place; returns (loss curve, steps done, failure or None). After ``screen`` steps,
+    ``checkpoint()`` decides whether training goes on."""
     t = task.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     curve: list[tuple[int, float]] = []
@@ -209,6 +229,8 @@ def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.rand
         if len(window) == t.log_every or step == t.steps - 1:
             curve.append((step + 1, round(float(np.mean(window)), 5)))
             window.clear()
+        if step + 1 == screen and not checkpoint():
+            return curve, screen, None
     return curve, t.steps, None
 
 

@@ -1,16 +1,21 @@
-"""One trial of the search: candidate -> checks -> measured cost -> proxy accuracy.
+"""One trial of the search: candidate -> checks on the target -> measured cost -> proxy accuracy.
 
-1. the space suggests a stack (or a reference trial names a classic pattern);
-2. it is compiled at ``n_target`` (the kernel's block) and at ``n_proxy`` (the model's);
-3. constraints, in milliseconds: mean block density at ``n_target`` within the budget (as a
-   fraction of dense causal's), the share of causal pairs allowed at ``n_proxy`` within it too (a
-   pattern that rounds to dense at the proxy length would get dense accuracy there), and, when
-   required, every causal pair reached within the model's
-   depth at ``n_proxy`` (``patternc.reach``, exact). A failing candidate is recorded with its reason
-   and pruned: it never reaches the kernel or the training;
-4. cost: ``patternc.measure`` on every distinct layer at ``n_target`` (cached on disk), the mean
-   latency as a fraction of dense causal SDPA's;
-5. accuracy: ``search.evaluate`` on the proxy task at ``n_proxy``.
+1. the space suggests a candidate (or a reference trial names a classic pattern): the target's
+   stack and the proxy's (``search.space.build`` maps one onto the other);
+2. the target's is compiled at ``target.n`` on the kernel's tile, the proxy's at ``proxy.n``;
+3. constraints, in milliseconds to a second, all on the *target*: mean block density at
+   ``target.n`` within the budget (as a fraction of dense causal's), every causal pair reached
+   within ``target.layers`` (``patternc.reach``: exact up to 8k tokens, sound block bounds beyond;
+   a candidate is rejected only when it certainly does not mix, and ``mixing_certified`` says
+   whether it certainly does), the KV cache within ``kv_budget`` when one is set; and at the proxy,
+   the share of causal pairs it allows within the density budget too (a pattern that rounds to
+   dense at the proxy length would be credited with dense accuracy). A failing candidate is
+   recorded with its reason and pruned: it never reaches the kernel or the training;
+4. a candidate whose layouts at both lengths equal an earlier trial's reuses that trial's result;
+5. cost: ``patternc.measure`` on every distinct layer at ``target.n`` with the target's heads and
+   head size (cached on disk), the mean latency as a fraction of dense causal SDPA's;
+6. accuracy: ``search.evaluate`` on the proxy task at ``proxy.n``; with ``task.train.screen``, a
+   checkpoint is scored first and only candidates near the front so far train their full budget.
 
 Everything found is a trial attribute (keys in ``search.record``).
 
@@ -21,22 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import time
 
 import optuna
 import torch
 
 import patternc
-from patternc.compiled import CompiledPattern
-from patternc.cost import layout_hash
-from patternc.errors import PatternError
-from patternc.stack import Stack
+from patternc import CompiledPattern, PatternError, Stack, layout_hash
 from search import record
 from search.config import KernelConfig, SpaceConfig, TaskConfig
-from search.evaluate import evaluate
-from search.space import reference_stack, suggest
+from search.evaluate import EvalResult, evaluate
+from search.space import reference, suggest
 
-__all__ = ["Diverged", "Objective", "density_vs_causal", "describe"]
+__all__ = ["Diverged", "Objective", "density_vs_causal", "describe", "layout_key"]
 
 
 class Diverged(RuntimeError):
@@ -82,19 +85,21 @@ class Objective:
 
     def __init__(self, task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed: int = 0):
         # every value is checked before the first trial: search.validate.check_search (run_search)
-        self.task = dataclasses.replace(task, n=space.n_proxy)
+        self.task = dataclasses.replace(task, n=space.proxy.n)
         self.space, self.kernel, self.seed = space, kernel, seed
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         durations: dict[str, float] = {}
         start = time.perf_counter()
-        reference = trial.user_attrs.get(record.REFERENCE)
-        stack = reference_stack(self.space, reference, trial) if reference else suggest(trial, self.space)
-        trial.set_user_attr(record.STACK, stack.to_dict())
-        trial.set_user_attr(record.EXPRESSION, describe(stack))
+        ref = trial.user_attrs.get(record.REFERENCE)
+        candidate = reference(self.space, ref, trial) if ref else suggest(trial, self.space)
+        trial.set_user_attr(record.STACK, candidate.target.to_dict())
+        trial.set_user_attr(record.PROXY_STACK, candidate.proxy.to_dict())
+        trial.set_user_attr(record.EXPRESSION, describe(candidate.target))
+        target_cfg, proxy_cfg = self.space.target, self.space.proxy
         try:
-            target = patternc.compile(stack, self.space.n_target, block=self.space.target_block)
-            proxy = patternc.compile(stack, self.space.n_proxy, block=self.space.block)
+            target = patternc.compile(candidate.target, target_cfg.n, block=target_cfg.block)
+            proxy = patternc.compile(candidate.proxy, proxy_cfg.n, block=proxy_cfg.block)
             density = density_vs_causal(target)
             proxy_per_head = proxy.stats().per_head
             proxy_density = sum(s.token_density for s in proxy_per_head) / len(proxy_per_head)
@@ -105,19 +110,35 @@ class Objective:
         durations["compile"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        depth = patternc.reach(proxy, max_depth=self.space.layers).mixing_depth
+        mixing = patternc.reach(target, max_depth=target_cfg.layers)
+        kv = self._kv(target)
         durations["reach"] = time.perf_counter() - start
+        certain, possible = mixing.covered_bounds  # at the target's own depth
         trial.set_user_attr(record.DENSITY, density)
         trial.set_user_attr(record.PROXY_DENSITY, proxy_density)
-        trial.set_user_attr(record.MIXING_DEPTH, depth)
+        trial.set_user_attr(record.MIXING_DEPTH, mixing.mixing_depth)
+        trial.set_user_attr(record.MIXING_CERTIFIED, certain == 1.0)
+        trial.set_user_attr(record.KV, kv)
         trial.set_user_attr(record.DURATIONS, durations)
+        key = layout_key(target, proxy)
+        trial.set_user_attr(record.LAYOUT_KEY, key)
         reasons = []
-        for name, excess, reason in self._constraints(density, proxy_density, depth):
+        for name, excess, reason in self._constraints(density, proxy_density, possible, kv["ratio"]):
             trial.set_constraint(name, excess)
             if excess > 0:
                 reasons.append(reason)
-        if reasons and not reference:
+        if reasons and not ref:
             self._reject(trial, "; ".join(reasons))
+
+        earlier = _scored_with(trial.study, key)
+        if earlier is not None and not ref:  # the same layouts: the same scores (search.record)
+            for name in (record.COST, record.BUCKETS, record.CHANCE, record.ACCURACY, record.FIDELITY,
+                         record.SCREEN_ACCURACY):
+                if name in earlier.user_attrs:
+                    trial.set_user_attr(name, earlier.user_attrs[name])
+            trial.set_user_attr(record.REUSED_FROM, earlier.number)
+            trial.set_user_attr(record.STATUS, "ok")
+            return tuple(earlier.values)
 
         start = time.perf_counter()
         cost = self._cost(target)
@@ -125,46 +146,81 @@ class Objective:
         trial.set_user_attr(record.COST, cost)
         trial.set_user_attr(record.DURATIONS, durations)
 
-        result = evaluate(proxy, self.task, seed=self.seed)
+        promote = None if ref else (lambda screened: self._promote(trial, screened, cost["ratio"]))
+        result = evaluate(proxy, self.task, seed=self.seed, promote=promote)
         durations["train"] = result.wall_seconds
         trial.set_user_attr(record.DURATIONS, durations)
+        self._record_result(trial, result)
+        return result.accuracy, cost["ratio"]
+
+    def _record_result(self, trial: optuna.Trial, result: EvalResult) -> None:
         trial.set_user_attr(record.BUCKETS, result.buckets)
         trial.set_user_attr(record.CHANCE, result.chance)
+        if result.screen_accuracy is not None:
+            trial.set_user_attr(record.SCREEN_ACCURACY, result.screen_accuracy)
+        trial.set_user_attr(record.FIDELITY, "full" if result.steps == self.task.train.steps else "screen")
         if result.status != "ok":
             trial.set_user_attr(record.STATUS, "diverged")
             raise Diverged(result.failure)
         trial.set_user_attr(record.STATUS, "ok")
         trial.set_user_attr(record.ACCURACY, result.accuracy)
-        return result.accuracy, cost["ratio"]
 
-    def _constraints(self, density: float, proxy_density: float,
-                     depth: int | None) -> list[tuple[str, float, str]]:
+    def _promote(self, trial: optuna.Trial, screened: float, cost: float) -> bool:
+        """Train on past the checkpoint unless an earlier trial, screened at the same step, was more
+        accurate by ``promote_within`` at no more cost: the candidate is then off the front."""
+        trial.set_user_attr(record.SCREEN_ACCURACY, screened)
+        margin = self.task.train.promote_within
+        for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            theirs = other.user_attrs.get(record.SCREEN_ACCURACY)
+            if theirs is not None and other.values[1] <= cost and theirs >= screened + margin:
+                return False
+        return True
+
+    def _constraints(self, density: float, proxy_density: float, possible: float,
+                     kv_ratio: float) -> list[tuple[str, float, str]]:
         """(name, value, reason): Optuna's constraint values (feasible when <= 0) and, for each, why
         a candidate exceeding it is rejected."""
         space = self.space
-        mixes = depth is not None and depth <= space.layers
-        return [
+        target, proxy = space.target, space.proxy
+        constraints = [
             ("density", density - space.density_budget,
-             f"density {density:.3f} of dense causal at n = {space.n_target} is over the budget "
+             f"density {density:.3f} of dense causal at n = {target.n} is over the budget "
              f"{space.density_budget}"),
             # a pattern that rounds to (nearly) dense at the proxy length would be credited with dense
-            # accuracy while it is sparse at n_target: its proxy accuracy says nothing
+            # accuracy while it is sparse at target.n: its proxy accuracy says nothing
             ("proxy_density", proxy_density - space.density_budget,
-             f"allows {proxy_density:.3f} of the causal pairs at n = {space.n_proxy}, over the budget "
-             f"{space.density_budget}: its proxy accuracy would not speak for n = {space.n_target}"),
-            ("mixing", 0.0 if mixes or not space.require_mixing else 1.0,
-             f"does not reach every causal pair within {space.layers} layers at n = {space.n_proxy}"),
+             f"allows {proxy_density:.3f} of the causal pairs at n = {proxy.n}, over the budget "
+             f"{space.density_budget}: its proxy accuracy would not speak for n = {target.n}"),
+            # the upper bound: only a candidate that certainly does not mix is refused
+            ("mixing", 0.0 if possible == 1.0 or not space.require_mixing else 1.0,
+             f"does not reach every causal pair within the target's {target.layers} layers at n = "
+             f"{target.n} (at most {possible:.1%} of them)"),
         ]
+        if space.kv_budget is not None:
+            constraints.append(("kv", kv_ratio - space.kv_budget,
+                                f"keeps {kv_ratio:.3f} of a dense KV cache at n = {target.n}, over the "
+                                f"budget {space.kv_budget}"))
+        return constraints
+
+    def _kv(self, cp: CompiledPattern) -> dict:
+        """The target's KV cache against a dense one (a causal target; 1.0 when it is not causal)."""
+        t = self.space.target
+        if not cp.causal:
+            return {"ratio": 1.0, "bytes": None, "max_live_keys": None}
+        report = patternc.kv(cp, kv_heads=t.kv_heads, head_dim=t.head_dim,
+                             dtype={"float32": "float32"}.get(self.kernel.dtype, "bfloat16"))
+        return {"ratio": report.ratio, "bytes": report.bytes,
+                "max_live_keys": max(max(row) for row in report.max_live_keys)}
 
     def _cost(self, cp: CompiledPattern) -> dict:
         """Mean measured latency over the layers (each distinct layer timed once), against dense."""
-        k = self.kernel
+        k, t = self.kernel, self.space.target
         by_layout: dict[str, patternc.Measurement] = {}
         ratios, seconds, baseline = [], [], []
         for layer in range(cp.layers):
             key = layout_hash(cp, layer)
             if key not in by_layout:
-                by_layout[key] = patternc.measure(cp, batch=k.batch, head_dim=k.head_dim, backend=k.backend,
+                by_layout[key] = patternc.measure(cp, batch=k.batch, head_dim=t.head_dim, backend=k.backend,
                                                   dtype=getattr(torch, k.dtype), layer=layer,
                                                   repeats=k.repeats, warmup=k.warmup, device=k.device)
             m = by_layout[key]
@@ -181,3 +237,23 @@ class Objective:
         trial.set_user_attr(record.STATUS, "rejected")
         trial.set_user_attr(record.REJECTED, reason)
         raise optuna.TrialPruned(reason)
+
+
+def layout_key(target: CompiledPattern, proxy: CompiledPattern) -> str:
+    """One hash of every layout a trial is scored on: two candidates with equal keys have equal
+    layouts at both lengths (parameters that round alike), so they score alike."""
+    digest = hashlib.sha256()
+    for cp in (target, proxy):
+        for layer in range(cp.layers):
+            digest.update(layout_hash(cp, layer).encode())
+    return digest.hexdigest()[:32]
+
+
+def _scored_with(study: optuna.Study, key: str) -> optuna.trial.FrozenTrial | None:
+    """An earlier trial scored on these layouts (complete, trained, not itself reused), or None."""
+    for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = other.user_attrs
+        if attrs.get(record.LAYOUT_KEY) == key and attrs.get(record.STATUS) == "ok" \
+                and record.REUSED_FROM not in attrs:
+            return other
+    return None

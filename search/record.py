@@ -1,7 +1,7 @@
 """What a search trial records: the user-attribute keys shared by the objective and the report.
 
 Values: ``[accuracy, cost]``, directions ``[maximize, minimize]``, where cost is the measured
-latency at ``n_target`` as a fraction of dense causal attention's (mean over the stack's layers).
+latency at ``target.n`` as a fraction of dense causal attention's (mean over the stack's layers).
 Feasibility is Optuna's own: ``trial.set_constraint("density", density - budget)``,
 ``trial.set_constraint("proxy_density", proxy_density - budget)`` and
 ``trial.set_constraint("mixing", 0 or 1)``; a trial is feasible when every constraint is <= 0.
@@ -15,18 +15,26 @@ beside the front; an infeasible one is COMPLETE with its constraints > 0 and nev
 from __future__ import annotations
 
 __all__ = ["ACCURACY", "BUCKETS", "CHANCE", "COST", "DENSITY", "DIRECTIONS", "DURATIONS", "EXPRESSION",
-           "MIXING_DEPTH", "PROXY_DENSITY", "REFERENCE", "REJECTED", "STACK", "STATUS", "WORKER"]
+           "FIDELITY", "KV", "LAYOUT_KEY", "MIXING_CERTIFIED", "MIXING_DEPTH", "PROXY_DENSITY", "PROXY_STACK",
+           "REFERENCE", "REJECTED", "REUSED_FROM", "SCREEN_ACCURACY", "STACK", "STATUS", "WORKER"]
 
 DIRECTIONS = ("maximize", "minimize")  # accuracy, cost
 
 REFERENCE = "reference"  # name of the classic pattern a reference trial reproduces (absent otherwise)
-STACK = "stack"  # the candidate as a stack dict (patternc.Stack.to_dict()): drops into conf/pattern/
+STACK = "stack"  # the target's stack as a dict (patternc.Stack.to_dict()): drops into conf/pattern/
+PROXY_STACK = "proxy_stack"  # the stack the proxy model trained under (search.space.build maps it)
 EXPRESSION = "expression"  # one line: the expression, or "layer l: expr; ..." when layers differ
 STATUS = "status"  # "ok", "rejected" (failed a constraint, never trained) or "diverged" (NaN loss)
 REJECTED = "rejected"  # why a candidate was rejected, in words
-DENSITY = "density"  # mean block density at n_target, as a fraction of dense causal's block density
-PROXY_DENSITY = "proxy_density"  # share of the causal pairs allowed at n_proxy (what the model sees)
-MIXING_DEPTH = "mixing_depth"  # layers until every causal pair is reached at n_proxy; None: not within
+DENSITY = "density"  # mean block density at target.n, as a fraction of dense causal's block density
+PROXY_DENSITY = "proxy_density"  # share of the causal pairs allowed at proxy.n (what the model sees)
+MIXING_DEPTH = "mixing_depth"  # layers until every causal pair is reached at target.n; None: unknown
+MIXING_CERTIFIED = "mixing_certified"  # True: certainly mixes within target.layers; False: bounds differ
+KV = "kv"  # {"ratio", "bytes", "max_live_keys"}: the target's KV cache against a dense one
+LAYOUT_KEY = "layout_key"  # hash of every layout at target.n and proxy.n: equal keys score alike
+REUSED_FROM = "reused_from"  # the earlier trial whose result a candidate with equal layouts reused
+FIDELITY = "fidelity"  # "full" (trained its whole budget) or "screen" (stopped at the checkpoint)
+SCREEN_ACCURACY = "screen_accuracy"  # the checkpoint's held-out accuracy (with task.train.screen)
 COST = "cost"  # {"ratio", "seconds", "baseline_seconds", "backend", "n", "dtype", "device", ...}
 ACCURACY = "accuracy"  # held-out proxy accuracy (also the first objective value)
 BUCKETS = "buckets"  # {bucket name: accuracy}

@@ -3,7 +3,7 @@ ready-to-use pattern files, and a short summary.
 
     out_dir/trials.csv  pareto.csv  pareto.md  pareto.png  summary.md
     out_dir/patterns/01_<slug>.yaml           # drops into conf/pattern/
-    out_dir/patterns/01_<slug>.safetensors    # its layout at n_target (patternc.load)
+    out_dir/patterns/01_<slug>.safetensors    # its layout at target.n (patternc.load)
 
 The front is taken among COMPLETE feasible trials only: rejected candidates are PRUNED with no
 values, and infeasible reference trials are scored to be drawn beside the front, never on it.
@@ -146,7 +146,7 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def _pattern_files(trial: FrozenTrial, rank: str, study: str, space: SpaceConfig, task: str,
                    folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path] | None:
-    """Write one front member's stack YAML and its compiled layout at n_target; None without a stack."""
+    """Write one front member's stack YAML and its compiled layout at target.n; None without a stack."""
     data = trial.user_attrs.get(R.STACK)
     if not isinstance(data, dict):
         return None
@@ -157,16 +157,16 @@ def _pattern_files(trial: FrozenTrial, rank: str, study: str, space: SpaceConfig
     stem = f"{rank}_{_slug(name)}"
     density = trial.user_attrs.get(R.DENSITY)
     description = (f"Pareto #{int(rank)} of study {study} (trial {trial.number}; space {space.name}, task "
-                   f"{task}): accuracy {acc:.3f}, cost {cost:.2f}x dense causal at n={space.n_target}"
+                   f"{task}): accuracy {acc:.3f}, cost {cost:.2f}x dense causal at n={space.target.n}"
                    + ("" if density is None else f", block density {density:.3f}"))
-    # The cost was measured on target_block tiles, so the file carries that block: loaded as is, it
+    # The cost was measured on target.block tiles, so the file carries that block: loaded as is, it
     # compiles to the layout that was timed.
-    stack = Stack.from_dict({**data, "block": space.target_block, "description": description})
+    stack = Stack.from_dict({**data, "block": space.target.block, "description": description})
     yaml_path, layout_path = folder / f"{stem}.yaml", folder / f"{stem}.safetensors"
     header = f"# Found by patternc-search; copy into conf/pattern/ to use it as pattern={stem}\n"
     yaml_path.write_text(header + yaml.safe_dump(stack.to_dict(), sort_keys=False, width=100),
                          encoding="utf-8")
-    patternc.compile(stack, space.n_target, block=space.target_block).save(layout_path)
+    patternc.compile(stack, space.target.n, block=space.target.block).save(layout_path)
     return yaml_path, layout_path
 
 
@@ -326,7 +326,7 @@ def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[Fro
                      "start to the last one's end.")
     return "\n".join([
         f"# Search summary: space {space.name}, task {task}, study {study}", "",
-        f"Cost is measured{_kernel(trials)} at n_target={space.n_target} on {space.target_block}-token "
+        f"Cost is measured{_kernel(trials)} at target.n={space.target.n} on {space.target.block}-token "
         "blocks, as a fraction of dense causal attention's time; accuracy is held-out proxy accuracy.", "",
         # each fact a bullet, so that it renders on its own line; the reasons are already sub-bullets
         *(fact if fact.startswith("  ") else f"- {fact}" for fact in facts), *beats, ""])
@@ -373,7 +373,7 @@ def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path,
          "safetensors": pair[1].name if pair else "", "dominates": ";".join(dominated.get(t.number, []))}
         for rank, (t, name, pair) in enumerate(zip(front, names, files, strict=True), 1)])
 
-    title = f"{space.name} on {task_name}: accuracy vs measured cost at n_target={space.n_target}"
+    title = f"{space.name} on {task_name}: accuracy vs measured cost at target.n={space.target.n}"
     paths["pareto.md"].write_text(pareto_markdown(front, names, dominated, refs, title), encoding="utf-8")
     pareto_figure(trials, front, title).savefig(paths["pareto.png"], dpi=120)
     write_report_html(out_dir, trials, front, files, space, task_name, title)  # report.html, explorer/

@@ -3,7 +3,7 @@
 An interactive Pareto plot (hover a point: its pattern, parameters, accuracy per bucket and cost;
 click a front pattern: its explorer page), every trial in a table sorted by any column, and the
 rejected candidates with their reasons. Each front pattern's explorer page is written at
-``n_target`` under ``explorer/``, named as its YAML under ``patterns/``.
+``target.n`` under ``explorer/``, named as its YAML under ``patterns/``.
 
 >>> write_report_html(out_dir, study.trials, front, files, space, "mqar", title)   # doctest: +SKIP
 """
@@ -39,7 +39,7 @@ def _point(t: FrozenTrial, page: str | None, front_rank: int | None) -> dict:
 
 
 def _explorer_pages(out_dir: pathlib.Path, pattern_files: list, space: SpaceConfig) -> list[str | None]:
-    """Each front member's explorer page at n_target, from its pattern file; relative links."""
+    """Each front member's explorer page at target.n, from its pattern file; relative links."""
     folder = out_dir / "explorer"
     folder.mkdir(exist_ok=True)
     for old in folder.glob("[0-9]*_*.html"):  # an earlier report's ranks are stale
@@ -50,8 +50,8 @@ def _explorer_pages(out_dir: pathlib.Path, pattern_files: list, space: SpaceConf
             links.append(None)
             continue
         yaml_path = pair[0]
-        cp = patternc.compile(yaml_path, space.n_target)
-        write_explorer(cp, folder / f"{yaml_path.stem}.html", title=f"{yaml_path.stem} at n_target")
+        cp = patternc.compile(yaml_path, space.target.n)
+        write_explorer(cp, folder / f"{yaml_path.stem}.html", title=f"{yaml_path.stem} at target.n")
         links.append(f"explorer/{yaml_path.stem}.html")
     return links
 
@@ -65,7 +65,7 @@ def write_report_html(out_dir: pathlib.Path, trials: list[FrozenTrial], front: l
     rank = {t.number: r for r, t in enumerate(front, 1)}
     page = {t.number: link for t, link in zip(front, links, strict=True)}
     points = [_point(t, page.get(t.number), rank.get(t.number)) for t in trials]
-    data = {"title": title, "task": task, "space": space.name, "n_target": space.n_target,
+    data = {"title": title, "task": task, "space": space.name, "n_target": space.target.n,
             "trials": points}
     template = (files("search") / "static" / "report.html").read_text(encoding="utf-8")
     text = fill_template(template, {"TITLE": html.escape(title),

@@ -2,9 +2,9 @@
 
 A space (``conf/space/*.yaml``, schema ``SpaceConfig``) names its parameters with their
 distributions and a template written relative to ``n``. For a trial, ``suggest`` asks Optuna for
-every parameter (and, with ``layer_choices``, which expression each layer uses) and returns the
-candidate as a ``Stack`` whose ``params`` hold the values, so the same stack compiles at the proxy
-length and at the target length, and its YAML drops into ``conf/pattern/`` unchanged.
+every parameter (and, with ``layer_choices``, which expression each proxy layer, and with it its
+group of target layers, uses) and returns the candidate as two stacks whose ``params`` hold the
+values: the target's compiles at ``target.n`` and drops into ``conf/pattern/`` unchanged.
 
 .. code-block:: yaml
 
@@ -14,23 +14,29 @@ length and at the target length, and its YAML drops into ``conf/pattern/`` uncha
       a: {type: float, low: 0.3, high: 0.7}
     layer_choices: [template, causal]     # each layer: the template, or dense causal
 
->>> stack = suggest(trial, space)         # doctest: +SKIP
+A space describes a *target* (the deployed model: its depth, heads, length and tile, where reach,
+density and cost are checked) and a *proxy* (the small model trained for accuracy, at its own
+length); ``build`` maps one onto the other (see its docstring).
+
+>>> candidate = build(SpaceConfig(template="causal & window(ceil($w * n))"), {"w": 0.1}, ["template"] * 2)
+>>> candidate.target.layers, candidate.proxy.layers
+(12, 2)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from patternc.errors import PatternError, StackError
-from patternc.lang import parse
-from patternc.lang.ast import Param, walk
-from patternc.stack import Override, Stack
+from patternc import Override, PatternError, Stack, StackError, ast, parse, unparse
 from search.config import ParamSpec, SpaceConfig
 
-__all__ = ["TEMPLATE", "build_stack", "check_space", "enqueue_params", "reference_stack", "suggest"]
+__all__ = ["TEMPLATE", "Candidate", "bind_names", "build", "check_space", "enqueue_params", "layer_group",
+           "reference", "suggest"]
 
 TEMPLATE = "template"  # in layer_choices: the space's template
 
@@ -39,7 +45,7 @@ def check_space(space: SpaceConfig) -> None:
     """Every fault of a space, named by key, before any trial runs (``StackError``)."""
     where = f"space {space.name}"
     try:
-        used = {node.id for node in walk(parse(space.template)) if isinstance(node, Param)}
+        used = {node.id for node in ast.walk(parse(space.template)) if isinstance(node, ast.Param)}
     except PatternError as error:
         raise StackError(f"space.template: {error}", where=where) from None
     missing, unused = used - set(space.params), set(space.params) - used
@@ -57,16 +63,25 @@ def check_space(space: SpaceConfig) -> None:
                 parse(choice)
             except PatternError as error:
                 raise StackError(f"space.layer_choices[{i}]: {error}", where=where) from None
-    for key in ("layers", "heads", "block", "target_block"):
-        if getattr(space, key) < 1:
-            raise StackError(f"space.{key} must be at least 1, got {getattr(space, key)}", where=where)
-    if not 8 <= space.n_proxy <= space.n_target:
-        raise StackError(f"need 8 <= space.n_proxy <= space.n_target, got {space.n_proxy} and "
-                         f"{space.n_target}", where=where)
-    for block, n in (("block", "n_proxy"), ("target_block", "n_target")):
-        if getattr(space, block) > getattr(space, n):
-            raise StackError(f"space.{block} = {getattr(space, block)} is larger than space.{n} = "
-                             f"{getattr(space, n)}: one block would hold the whole sequence", where=where)
+    target, proxy = space.target, space.proxy
+    for part, cfg in (("target", target), ("proxy", proxy)):
+        for key in ("layers", "heads", "block", "n", *(("head_dim",) if part == "target" else ())):
+            if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+                raise StackError(f"space.{part}.{key} must be an integer >= 1, got {getattr(cfg, key)!r}",
+                                 where=where)
+        if cfg.block > cfg.n:
+            raise StackError(f"space.{part}.block = {cfg.block} is larger than space.{part}.n = {cfg.n}: one "
+                             "block would hold the whole sequence", where=where)
+    if target.kv_heads is not None and (target.kv_heads < 1 or target.heads % target.kv_heads):
+        raise StackError(f"space.target.kv_heads must divide space.target.heads = {target.heads}, got "
+                         f"{target.kv_heads}", where=where)
+    for key, what in (("layers", "deeper"), ("heads", "wider"), ("n", "longer")):
+        if getattr(proxy, key) > getattr(target, key):
+            raise StackError(f"space.proxy.{key} = {getattr(proxy, key)} is {what} than space.target.{key} "
+                             f"= {getattr(target, key)}: the proxy stands for a part of the target",
+                             where=where)
+    if proxy.n < 8:
+        raise StackError(f"space.proxy.n must be at least 8, got {proxy.n}", where=where)
     if not 0 < space.density_budget <= 1:
         raise StackError(f"space.density_budget is a fraction of dense causal's block density in (0, 1], "
                          f"got {space.density_budget}", where=where)
@@ -105,31 +120,104 @@ def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
     return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
-def suggest(trial: optuna.Trial, space: SpaceConfig) -> Stack:
-    """The trial's candidate: Optuna picks each parameter and each layer's choice."""
+@dataclass(frozen=True)
+class Candidate:
+    """One point of a space as two stacks: ``target``, the deployed model's (reach, density and cost
+    are its; its YAML drops into ``conf/pattern/``), and ``proxy``, the model trained for accuracy."""
+
+    target: Stack
+    proxy: Stack
+
+
+def suggest(trial: optuna.Trial, space: SpaceConfig) -> Candidate:
+    """The trial's candidate: Optuna picks each parameter and each proxy layer's choice."""
     values = {name: _suggest(trial, name, spec) for name, spec in space.params.items()}
-    layers = [trial.suggest_categorical(f"layer{l}", list(space.layer_choices)) if space.layer_choices
-              else TEMPLATE for l in range(space.layers)]
-    return build_stack(space, values, layers)
+    layers = [trial.suggest_categorical(f"layer{p}", list(space.layer_choices)) if space.layer_choices
+              else TEMPLATE for p in range(space.proxy.layers)]
+    return build(space, values, layers)
 
 
-def build_stack(space: SpaceConfig, values: dict[str, Any], layers: list[str]) -> Stack:
-    """The stack of a template, parameter values and per-layer choices ("template" or an expression)."""
-    overrides = tuple(Override(expr=choice, layers=(l, l + 1)) for l, choice in enumerate(layers)
-                      if choice != TEMPLATE)
+def layer_group(space: SpaceConfig, p: int) -> tuple[int, int]:
+    """The target layers ``[start, stop)`` that proxy layer ``p`` stands for: the target's depth cut
+    into ``proxy.layers`` consecutive groups, as even as they divide.
+
+    >>> layer_group(SpaceConfig(), 1)
+    (6, 12)
+    """
+    t, q = space.target.layers, space.proxy.layers
+    return p * t // q, (p + 1) * t // q
+
+
+def build(space: SpaceConfig, values: dict[str, Any], layers: list[str]) -> Candidate:
+    """The candidate of parameter values and per-proxy-layer choices ("template" or an expression).
+
+    The target runs proxy layer ``p``'s choice on every layer of ``layer_group(p)``. The proxy runs,
+    at its layer ``p`` and head ``j``, what the target runs at the middle layer of that group and the
+    middle head of ``j``'s group of heads: ``l``, ``L``, ``h`` and ``H`` are bound to the target's
+    values there, so a per-layer or per-head expression means at the proxy what it means at the
+    target. ``n`` stays free: templates are written relative to it, and each compiles at its own.
+    """
     params = tuple(sorted((name, _number(value)) for name, value in values.items()))
-    return Stack(default=space.template, layers=space.layers, heads=space.heads, block=(space.block,) * 2,
-                 causal=None, overrides=overrides, params=params)
+    target, proxy = space.target, space.proxy
+    choice = [space.template if c == TEMPLATE else c for c in layers]
+    groups = [layer_group(space, p) for p in range(proxy.layers)]
+    target_rules = tuple(Override(expr=choice[p], layers=groups[p]) for p in range(proxy.layers)
+                         if choice[p] != space.template and groups[p][0] < groups[p][1])
+    proxy_rules = []
+    for p, (start, stop) in enumerate(groups):
+        for j in range(proxy.heads):
+            heads = (j * target.heads // proxy.heads, (j + 1) * target.heads // proxy.heads)
+            names = {"l": (start + stop - 1) // 2, "L": target.layers, "h": (heads[0] + heads[1] - 1) // 2,
+                     "H": target.heads}
+            text = bind_names(choice[p], names)
+            if text != space.template:
+                proxy_rules.append(Override(expr=text, layers=(p, p + 1), heads=(j, j + 1)))
+    return Candidate(
+        Stack(default=space.template, layers=target.layers, heads=target.heads, block=(target.block,) * 2,
+              overrides=target_rules, params=params),
+        Stack(default=space.template, layers=proxy.layers, heads=proxy.heads, block=(proxy.block,) * 2,
+              overrides=tuple(proxy_rules), params=params))
 
 
-def reference_stack(space: SpaceConfig, name: str, trial: optuna.Trial | None = None) -> Stack:
-    """A classic pattern of the space: ``{expr}`` on every layer, or ``{params, layers}`` in the
-    space's own terms (suggested through ``trial`` so that Optuna records them as the trial's)."""
+def bind_names(text: str, names: dict[str, int]) -> str:
+    """``text`` with the names ``l``, ``L``, ``h``, ``H`` it uses replaced by numbers (unchanged when it
+    uses none).
+
+    >>> bind_names("causal & window(64 * 2 ** (h % 4))", {"h": 5, "H": 8, "l": 0, "L": 12})
+    'causal & window(64 * 2 ** (5 % 4))'
+    """
+    tree = parse(text)
+    if not any(isinstance(node, ast.Name) and node.id in names for node in ast.walk(tree)):
+        return text
+    return unparse(_substitute(tree, names))
+
+
+def _substitute(node, names: dict[str, int]):
+    if isinstance(node, ast.Name) and node.id in names:
+        return ast.Num(names[node.id], node.span)
+    if not dataclasses.is_dataclass(node):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, tuple):
+            changes[f.name] = tuple(_substitute(v, names) if not isinstance(v, tuple)
+                                    else tuple(_substitute(x, names) for x in v) for v in value)
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = _substitute(value, names)
+    return dataclasses.replace(node, **changes)
+
+
+def reference(space: SpaceConfig, name: str, trial: optuna.Trial | None = None) -> Candidate:
+    """A classic pattern of the space: ``{expr}`` on every layer (written for the target), or
+    ``{params, layers}`` in the space's own terms (suggested through ``trial`` so that Optuna
+    records them as the trial's)."""
     ref = space.references[name]
     if "expr" in ref:
-        return Stack(default=ref["expr"], layers=space.layers, heads=space.heads, block=(space.block,) * 2)
+        return build(dataclasses.replace(space, template=ref["expr"], params={}), {},
+                     [TEMPLATE] * space.proxy.layers)
     if trial is None:
-        return build_stack(space, dict(ref["params"]), list(ref.get("layers") or [TEMPLATE] * space.layers))
+        return build(space, dict(ref["params"]), list(ref.get("layers") or [TEMPLATE] * space.proxy.layers))
     return suggest(trial, space)  # the enqueued values come back from suggest_*
 
 
@@ -140,8 +228,8 @@ def enqueue_params(space: SpaceConfig, name: str) -> dict[str, Any]:
         return {}
     params = dict(ref["params"])
     if space.layer_choices:
-        layers = list(ref.get("layers") or [TEMPLATE] * space.layers)
-        params.update({f"layer{l}": choice for l, choice in enumerate(layers)})
+        layers = list(ref.get("layers") or [TEMPLATE] * space.proxy.layers)
+        params.update({f"layer{p}": choice for p, choice in enumerate(layers)})
     return params
 
 

@@ -71,7 +71,6 @@ TRAIN_RULES = [
 KERNEL_RULES = [
     ("dtype", lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
     ("batch", *AT_LEAST_1),
-    ("head_dim", *AT_LEAST_1),
     ("repeats", *AT_LEAST_1),
     ("warmup", _int(0), "an integer >= 0"),
 ]
@@ -157,4 +156,4 @@ def check_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, set
     check_space(space)
     check_settings(settings, space)
     check_kernel(kernel, devices)
-    check_task(dataclasses.replace(task, n=space.n_proxy), devices=devices)  # trials train at n_proxy
+    check_task(dataclasses.replace(task, n=space.proxy.n), devices=devices)  # trials train at proxy.n

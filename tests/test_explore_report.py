@@ -51,7 +51,7 @@ def test_each_front_pattern_has_an_explorer_page(run):
         yaml_name = Path(t["page"]).with_suffix(".yaml").name
         assert (run / "patterns" / yaml_name).exists()  # named as the pattern file it shows
         explorer = page_json(page.read_text())
-        assert explorer["n"] == SPACE.n_target and explorer["expressions"] == [t["expression"]]
+        assert explorer["n"] == SPACE.target.n and explorer["expressions"] == [t["expression"]]
 
 
 def test_a_second_report_replaces_the_stale_pages(run):

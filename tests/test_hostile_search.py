@@ -63,7 +63,7 @@ def test_kill_9_at_every_step_loses_nothing(tmp_path):
     ends with the study finished, every trial a killed run completed kept as it was, nothing
     RUNNING, each reference scored exactly once."""
     url = f"sqlite:///{tmp_path / 's.db'}"
-    args = (f"search.storage={url}", "search.n_trials=5", "search.heartbeat=1", "space.n_target=256")
+    args = (f"search.storage={url}", "search.n_trials=5", "search.heartbeat=1", "space.target.n=256")
     kept: dict[int, tuple] = {}
     for stage in ("enqueue", "compile", "reach", "cost", "train", "store", "report"):
         run = search_cli(tmp_path, *args, kill_at=stage)
@@ -99,7 +99,7 @@ def test_bad_values_exit_2_before_any_trial(tmp_path, override, message):
 
 
 def _damaged(path: pathlib.Path) -> None:
-    cfg = tiny(path.parent, "search.n_trials=1", "search.references=false", "space.n_target=256")
+    cfg = tiny(path.parent, "search.n_trials=1", "search.references=false", "space.target.n=256")
     run_search(*objects(cfg), progress=False)
     data = bytearray((path.parent / "s.db").read_bytes())
     data[4096:8192] = b"\xff" * 4096  # the second page: part of Optuna's tables
@@ -161,7 +161,7 @@ def test_a_database_restart_does_not_kill_the_workers(tmp_path, private_postgres
     calls wait and retry, it says so, finishes the budget and exits 0."""
     url, restart = private_postgres
     command = [sys.executable, "-m", "search", "experiment=tiny", f"search.storage={url}",
-               "search.n_trials=3", "space.n_target=256", "search.storage_retry=60", "search.heartbeat=1",
+               "search.n_trials=3", "space.target.n=256", "search.storage_retry=60", "search.heartbeat=1",
                f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})

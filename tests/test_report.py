@@ -13,13 +13,14 @@ from optuna.trial import TrialState
 
 import patternc
 from search import record as R
-from search.config import SpaceConfig
+from search.config import SpaceConfig, TargetConfig
 from search.pareto import dominated_pairs, dominates, pareto_front
 from search.report import front_trials, pareto_figure, write_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SPACE = SpaceConfig(name="window_global", n_target=1024, target_block=128, density_budget=0.5)  # tiny n
+SPACE = SpaceConfig(name="window_global", target=TargetConfig(layers=2, heads=2, n=1024, block=128),  # tiny n
+                    density_budget=0.5)
 MAX, MIN = "maximize", "minimize"
 BUCKETS = ("d2-16", "d16-48", "d48-128")  # in distance order, which must survive into the CSV
 DISTS = {"w": IntDistribution(4, 1024, log=True), "g": IntDistribution(0, 64)}
@@ -193,7 +194,7 @@ def test_pattern_files_load_and_compile(report):
         assert f"trial {trial.number}" in stack.description and "accuracy" in stack.description
         cp = patternc.load(layout_path)
         assert (cp.n, cp.block, cp.layers, cp.heads) == (1024, (128, 128), 2, 2)
-        fresh = patternc.compile(stack, SPACE.n_target)
+        fresh = patternc.compile(stack, SPACE.target.n)
         assert all((a == b).all() for a, b in zip(cp.layout(1, 1), fresh.layout(1, 1), strict=True))
 
 
@@ -210,7 +211,7 @@ def test_summary(report):
                  "  - 1 x does not mix within 2 layers at n=128", "Pareto front: 4 patterns",
                  "Best accuracy: dense_causal `causal`: accuracy 0.950, cost 1.00x dense (infeasible).",
                  "Cheapest feasible within 0.02 of the best accuracy: trial 6", "dominates longformer",
-                 "Elapsed:", "Cost is measured with reference (float32) on cpu at n_target=1024"]:
+                 "Elapsed:", "Cost is measured with reference (float32) on cpu at target.n=1024"]:
         assert fact in text, fact
 
 

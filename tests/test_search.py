@@ -71,9 +71,9 @@ def test_infeasible_candidates_never_reach_cost_or_training(tmp_path, monkeypatc
     trained, measured = [], []
     evaluate, measure = search.objective.evaluate, patternc.measure
 
-    def spy_evaluate(cp, task, seed):
+    def spy_evaluate(cp, task, seed, promote=None):
         trained.append(cp)
-        return evaluate(cp, task, seed=seed)
+        return evaluate(cp, task, seed=seed, promote=promote)
 
     def spy_measure(cp, **kwargs):
         measured.append(cp)
@@ -81,7 +81,7 @@ def test_infeasible_candidates_never_reach_cost_or_training(tmp_path, monkeypatc
 
     monkeypatch.setattr(search.objective, "evaluate", spy_evaluate)
     monkeypatch.setattr(patternc, "measure", spy_measure)
-    # at n_target = 1024 on 128-token blocks every candidate exceeds a 0.3 budget; references still train
+    # at target.n = 1024 on 128-token blocks every candidate exceeds a 0.3 budget; references still train
     task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=4", "space.density_budget=0.3",
                                                  "search.max_rejected=6"))
     with pytest.raises(SpaceRejectsAll, match="commonest reason") as error:
@@ -139,15 +139,22 @@ def test_a_hopeless_space_stops_with_an_error_and_the_commonest_reason(tmp_path)
     pytest.param("search.worker=2", "search.worker is this worker's index among search", id="worker"),
     pytest.param("search.workers=2", "an embedded sqlite file cannot hold safely", id="sqlite-workers"),
     pytest.param("space.template='causal & windw(ceil($w * n))'", "unknown primitive 'windw'", id="template"),
-    pytest.param("space.target_block=2048", "space.target_block = 2048 is larger than space.n_target = 1024",
+    pytest.param("space.target.block=2048", "space.target.block = 2048 is larger than space.target.n = 1024",
                  id="target-block"),
+    pytest.param("space.proxy.layers=8", "space.proxy.layers = 8 is deeper than space.target.layers = 4",
+                 id="proxy-deeper"),
+    pytest.param("space.proxy.n=2048", "space.proxy.n = 2048 is longer than space.target.n = 1024",
+                 id="proxy-longer"),
     pytest.param("kernel.dtype=float64", "kernel.dtype must be one of float32, bfloat16, float16",
                  id="dtype"),
     pytest.param("kernel.backend=cuda_magic", "kernel.backend must be one of reference, flex, sdpa",
                  id="backend"),
     pytest.param("kernel.repeats=0", "kernel.repeats must be an integer >= 1, got 0", id="repeats"),
     pytest.param("kernel.batch=-1", "kernel.batch must be an integer >= 1, got -1", id="kernel-batch"),
-    pytest.param("kernel.head_dim=0", "kernel.head_dim must be an integer >= 1, got 0", id="kernel-head-dim"),
+    pytest.param("space.target.head_dim=0", "space.target.head_dim must be an integer >= 1, got 0",
+                 id="target-head-dim"),
+    pytest.param("space.target.kv_heads=3", "space.target.kv_heads must divide space.target.heads = 4",
+                 id="kv-heads"),
     pytest.param("kernel.warmup=-1", "kernel.warmup must be an integer >= 0, got -1", id="warmup"),
     pytest.param("search.storage=nosuchdb://x", "cannot open search.storage=nosuchdb://x", id="storage"),
     pytest.param("kernel.device=tpu", "kernel.device: device 'tpu' is not a torch device",
@@ -194,17 +201,19 @@ def test_a_pattern_dense_at_the_proxy_length_is_rejected(tmp_path):
     proxy accuracy would be dense accuracy, so the objective rejects it before training."""
     import optuna
 
-    from search.config import KernelConfig, MQARConfig, ParamSpec, SpaceConfig
+    from search.config import KernelConfig, MQARConfig, ParamSpec, ProxyConfig, SpaceConfig, TargetConfig
     from search.objective import Objective
 
     space = SpaceConfig(name="t", template="causal & fixed(n // 16, $s)",
-                        params={"s": ParamSpec(type="int", low=1, high=8)}, layers=2, heads=1,
-                        n_proxy=128, n_target=8192, density_budget=0.5)
+                        params={"s": ParamSpec(type="int", low=1, high=8)},
+                        target=TargetConfig(layers=2, heads=1, n=8192),
+                        proxy=ProxyConfig(layers=2, heads=1, n=128, block=16),
+                        density_budget=0.5)
     trial = optuna.trial.FixedTrial({"s": 8})
     with pytest.raises(optuna.TrialPruned, match=r"allows 1\.000 of the causal pairs at n = 128"):
         Objective(MQARConfig(), space, KernelConfig())(trial)
     assert trial.constraints["proxy_density"] == pytest.approx(0.5)
-    assert trial.constraints["density"] < 0  # within budget at n_target: only the proxy is dense
+    assert trial.constraints["density"] < 0  # within budget at target.n: only the proxy is dense
 
 
 class StuckSampler(optuna.samplers.BaseSampler):

@@ -54,7 +54,7 @@ def test_each_space_of_a_sweep_gets_its_own_study(tmp_path):
     and the references of its own space."""
     studies = {}
     for space in ("fixed_window", "window_global"):
-        cfg = tiny(tmp_path, f"space={space}", "space.n_proxy=32", "space.n_target=1024", "space.block=8",
+        cfg = tiny(tmp_path, f"space={space}", "space.proxy.n=32", "space.proxy.block=8", "space.target.n=1024",
                    "space.density_budget=1.0")
         report = run_search_mode(cfg, tmp_path / space)
         studies[space] = report
@@ -71,7 +71,7 @@ def test_a_named_study_refuses_another_definition_and_says_how_they_differ(tmp_p
     run_search(*objects(tiny(tmp_path, "search.study=mix", "search.n_trials=1", "search.references=false")),
                progress=False)
     other = tiny(tmp_path, "search.study=mix", "search.n_trials=1", "search.references=false",
-                 "space=window_global", "space.n_proxy=32", "space.n_target=1024", "space.block=8")
+                 "space=window_global", "space.proxy.n=32", "space.proxy.block=8", "space.target.n=1024")
     with pytest.raises(StudyMismatch) as error:
         run_search(*objects(other), progress=False)
     message = str(error.value)
@@ -85,7 +85,7 @@ def test_a_named_study_refuses_another_definition_and_says_how_they_differ(tmp_p
 
 def _opened(tmp_path, *overrides):
     """The tiny study opened as a first worker would, with nothing run yet."""
-    task, space, kernel, settings = objects(tiny(tmp_path, "space.n_target=256", *overrides))  # fast cost
+    task, space, kernel, settings = objects(tiny(tmp_path, "space.target.n=256", *overrides))  # fast cost
     defined = definition(task, space, kernel, seed=0)
     return (task, space, kernel, settings), optuna.create_study(
         study_name=study_name(defined), storage=make_storage(settings, study_name(defined)),
