@@ -54,8 +54,8 @@ def test_each_space_of_a_sweep_gets_its_own_study(tmp_path):
     and the references of its own space."""
     studies = {}
     for space in ("fixed_window", "window_global"):
-        cfg = tiny(tmp_path, f"space={space}", "space.proxy.n=32", "space.proxy.block=8", "space.target.n=1024",
-                   "space.density_budget=1.0")
+        cfg = tiny(tmp_path, f"space={space}", "space.proxy.n=32", "space.proxy.block=8",
+                   "space.target.n=1024", "space.density_budget=1.0")
         report = run_search_mode(cfg, tmp_path / space)
         studies[space] = report
         assert f"space {space}" in report.summary_md.read_text()
