@@ -57,9 +57,20 @@ def last_reads(node: Lowered, layout: Layout) -> np.ndarray:
         first, inverse = distinct_blocks(node, grid, i, j)
         masks = block_masks(node, grid, i[first], j[first])  # (u, bq, bk), False past n
         read = masks.any(axis=1)  # (u, bk)
-        last_row = grid.bq - 1 - np.argmax(masks[:, ::-1, :], axis=1)  # (u, bk)
-        reader = np.where(read[inverse], i[:, None] * grid.bq + last_row[inverse], -1)  # (p, bk)
-        np.maximum.at(per_key, j, reader)
+        last_row = np.where(read, grid.bq - 1 - np.argmax(masks[:, ::-1, :], axis=1), -1)
+        # Blocks of one column and one content are read last by the latest of them: reduce to
+        # (column, content) pairs first, then expand to keys in slices, so memory stays bounded
+        # when a long sequence has millions of partial blocks.
+        pair, slot = np.unique(j * len(first) + inverse, return_inverse=True)
+        latest_row = np.full(len(pair), -1, np.int64)
+        np.maximum.at(latest_row, slot.reshape(-1), i)
+        pair_col, pair_content = pair // len(first), pair % len(first)
+        step = max(1, (1 << 22) // grid.bk)
+        for s in range(0, len(pair), step):
+            col, content = pair_col[s : s + step], pair_content[s : s + step]
+            row = last_row[content]  # (slice, bk), -1 where the content reads no key
+            reader = np.where(row >= 0, latest_row[s : s + step, None] * grid.bq + row, -1)
+            np.maximum.at(per_key, col, reader)
     return per_key.reshape(-1)[: grid.n]
 
 
