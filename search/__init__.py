@@ -6,7 +6,15 @@ Hydra app.
 >>> result.accuracy, result.buckets                                              # doctest: +SKIP
 """
 
-from search.config import MajorityConfig, ModelConfig, MQARConfig, PatternConfig, TaskConfig, TrainConfig
+from search.config import (
+    HopsConfig,
+    MajorityConfig,
+    ModelConfig,
+    MQARConfig,
+    PatternConfig,
+    TaskConfig,
+    TrainConfig,
+)
 from search.errors import ConfigError, SearchError, SpaceRejectsAll, StorageError, StudyMismatch
 from search.evaluate import EvalResult, evaluate, resolve_pattern
 from search.model import TinyTransformer
@@ -16,6 +24,7 @@ __all__ = [
     "TASKS",
     "ConfigError",
     "EvalResult",
+    "HopsConfig",
     "MQARConfig",
     "MajorityConfig",
     "ModelConfig",

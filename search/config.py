@@ -17,6 +17,7 @@ __all__ = [
     "MODES",
     "SAMPLERS",
     "AppConfig",
+    "HopsConfig",
     "KernelConfig",
     "MQARConfig",
     "MajorityConfig",
@@ -60,9 +61,10 @@ class TrainConfig:
     log_every: int = 10  # one point of the loss curve per this many steps (their mean loss)
     threads: int | None = None  # torch threads during the run; None keeps the process's setting
     device: str = "cpu"  # cpu or cuda: where the proxy model trains (bit-exact reruns on cpu only)
-    # multi-fidelity: a search scores a checkpoint after `screen` steps (of the full schedule) and
+    # multi-fidelity: a search scores a checkpoint at the fraction `screen` of the steps (of the full
+    # schedule, so overriding `steps` moves it along) and
     # trains on only candidates within `promote_within` of the front so far; 0: every trial in full
-    screen: int = 0
+    screen: float = 0.0
     promote_within: float = 0.05
     screen_sequences: int = 128  # held-out sequences for the checkpoint's score
 
@@ -104,6 +106,20 @@ class MajorityConfig(TaskConfig):
     count: list[int] = field(default_factory=lambda: [6, 12])  # markers per group, drawn in [lo, hi]
     noise: int = 16  # filler token types between the markers
     margins: list[int] = field(default_factory=lambda: [1, 2, 3])  # buckets of max - runner-up: 1, 2, 3+
+
+
+@dataclass
+class HopsConfig(TaskConfig):
+    """Pointer chasing: each question names a variable bound through ``hops`` assignments to a value.
+    Depth and reach decide it: every hop is one more position the information passes through.
+    Buckets are hop counts (``search.tasks.hops``)."""
+
+    name: str = "hops"
+    n: int = 256
+    chains: int = 4  # questions per sequence, one per chain, asked in the last positions
+    hops: list[int] = field(default_factory=lambda: [1, 2, 3])  # hop counts drawn evenly: the buckets
+    variables: int = 48  # variable vocabulary (distinct within a sequence: chains * max(hops) at most)
+    values: int = 16  # value vocabulary; chance is 1 / values
 
 
 @dataclass
@@ -243,7 +259,8 @@ class AppConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
 
 
-TASK_SCHEMAS: dict[str, type[TaskConfig]] = {"mqar": MQARConfig, "majority": MajorityConfig}
+TASK_SCHEMAS: dict[str, type[TaskConfig]] = {"mqar": MQARConfig, "majority": MajorityConfig,
+                                              "hops": HopsConfig}
 
 
 def register_configs() -> None:

@@ -32,12 +32,12 @@ import patternc
 from patternc.compiled import CompiledPattern
 from patternc.cost import resolve_device
 from patternc.stack import Stack
-from search.config import ModelConfig, PatternConfig, TaskConfig
+from search.config import ModelConfig, PatternConfig, TaskConfig, TrainConfig
 from search.model import TinyTransformer
 from search.tasks import IGNORE, Task, make_task
 from search.validate import check_task
 
-__all__ = ["EvalResult", "evaluate", "resolve_pattern"]
+__all__ = ["EvalResult", "evaluate", "resolve_pattern", "screen_step"]
 
 _TRAIN_STREAM, _EVAL_STREAM, _SCREEN_STREAM = 0, 1, 2  # numpy seed sequences [seed, stream]: disjoint data
 
@@ -64,8 +64,20 @@ class EvalResult:
     threads: int
     pattern: str  # the expression, or the stack's description
     failure: str | None = None  # why a diverged run stopped
-    screen_accuracy: float | None = None  # the checkpoint's accuracy, with task.train.screen and promote
+    screen_accuracy: float | None = None  # the checkpoint's score, with task.train.screen and promote
     extra: dict = field(default_factory=dict)
+
+    @property
+    def score(self) -> float | None:
+        """The task's aggregate: mean accuracy over its difficulty buckets (those with answers), the
+        area under the accuracy-difficulty curve in unit steps. Each bucket weighs the same however
+        many answers fell in it, so the hard end counts as much as the easy one; for tasks that draw
+        buckets evenly (mqar, hops) it is the pooled accuracy up to sampling. What a search maximises.
+        None when diverged."""
+        if self.status != "ok":
+            return None
+        scores = [a for a in self.buckets.values() if a is not None]
+        return float(np.mean(scores)) if scores else self.accuracy
 
     @property
     def wall_seconds(self) -> float:
@@ -74,6 +86,7 @@ class EvalResult:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["wall_seconds"] = round(self.wall_seconds, 3)
+        out["score"] = self.score
         out["loss_curve"] = [[step, loss] for step, loss in self.loss_curve]
         return out
 
@@ -145,7 +158,7 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
 
     ``pattern``: an expression (``"causal & window(16)"``), a stack YAML path, a ``Stack``, a
     ``PatternConfig`` or a ``CompiledPattern`` compiled at ``task.n``. ``params`` bind ``$names``.
-    With ``promote`` and ``task.train.screen`` steps, a checkpoint there (the learning-rate schedule
+    With ``promote`` and ``task.train.screen``, a checkpoint at ``screen_step`` (the learning-rate schedule
     is the full budget's) is scored on ``screen_sequences`` held-out sequences and training goes on
     only if ``promote(accuracy)`` says so; the result is then scored where training stopped.
 
@@ -168,17 +181,16 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
         start = time.perf_counter()
         screened: list[float] = []
 
-        def checkpoint() -> bool:  # at task.train.screen steps: score, and ask whether to go on
+        def checkpoint() -> bool:  # at screen_step(task.train): score, and ask whether to go on
             sub = dataclasses.replace(task, train=dataclasses.replace(
                 task.train, eval_sequences=task.train.screen_sequences))
             rng = np.random.default_rng([seed, _SCREEN_STREAM])
             correct, total = _score(model, problem, sub, rng, device)
             model.train()
-            screened.append(float(correct.sum() / total.sum()))
+            screened.append(_mean_over_buckets(correct, total))  # as EvalResult.score
             return promote(screened[-1])
 
-        screening = promote is not None and 0 < task.train.screen < task.train.steps
-        screen = task.train.screen if screening else None
+        screen = screen_step(task.train) if promote is not None else None
         curve, steps, failure = _train(model, problem, task, np.random.default_rng([seed, _TRAIN_STREAM]),
                                        device, screen, checkpoint)
         trained = time.perf_counter()
@@ -200,6 +212,18 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
         task=problem.name, n=task.n, layers=cp.layers, heads=cp.heads,
         parameters=sum(p.numel() for p in model.parameters()), seed=seed, threads=threads,
         pattern=_describe(cp), failure=failure, screen_accuracy=screened[0] if screened else None)
+
+
+def screen_step(train: TrainConfig) -> int | None:
+    """The step after which a screened trial is scored: ``screen`` of ``steps``, at least one step
+    in and one before the end; None without screening (``screen`` 0, or a budget too short).
+
+    >>> screen_step(TrainConfig(steps=400, screen=0.375)), screen_step(TrainConfig(steps=400))
+    (150, None)
+    """
+    if train.screen <= 0 or train.steps < 2:
+        return None
+    return min(max(1, round(train.screen * train.steps)), train.steps - 1)
 
 
 def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator,
@@ -253,6 +277,11 @@ def _score(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.rand
         total += np.bincount(bucket, minlength=k)
         remaining -= size
     return correct, total
+
+
+def _mean_over_buckets(correct: np.ndarray, total: np.ndarray) -> float:
+    answered = total > 0
+    return float(np.mean(correct[answered] / total[answered]))
 
 
 def _describe(cp: CompiledPattern) -> str:

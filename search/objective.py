@@ -132,8 +132,8 @@ class Objective:
 
         earlier = _scored_with(trial.study, key)
         if earlier is not None and not ref:  # the same layouts: the same scores (search.record)
-            for name in (record.COST, record.BUCKETS, record.CHANCE, record.ACCURACY, record.FIDELITY,
-                         record.SCREEN_ACCURACY):
+            for name in (record.COST, record.BUCKETS, record.CHANCE, record.ACCURACY, record.POOLED_ACCURACY,
+                         record.FIDELITY, record.SCREEN_ACCURACY):
                 if name in earlier.user_attrs:
                     trial.set_user_attr(name, earlier.user_attrs[name])
             trial.set_user_attr(record.REUSED_FROM, earlier.number)
@@ -146,12 +146,14 @@ class Objective:
         trial.set_user_attr(record.COST, cost)
         trial.set_user_attr(record.DURATIONS, durations)
 
-        promote = None if ref else (lambda screened: self._promote(trial, screened, cost["ratio"]))
+        # references score at the checkpoint too (the yardsticks later candidates are screened
+        # against) and always train on
+        promote = lambda screened: self._promote(trial, screened, cost["ratio"], always=ref)  # noqa: E731
         result = evaluate(proxy, self.task, seed=self.seed, promote=promote)
         durations["train"] = result.wall_seconds
         trial.set_user_attr(record.DURATIONS, durations)
         self._record_result(trial, result)
-        return result.accuracy, cost["ratio"]
+        return result.score, cost["ratio"]
 
     def _record_result(self, trial: optuna.Trial, result: EvalResult) -> None:
         trial.set_user_attr(record.BUCKETS, result.buckets)
@@ -163,12 +165,15 @@ class Objective:
             trial.set_user_attr(record.STATUS, "diverged")
             raise Diverged(result.failure)
         trial.set_user_attr(record.STATUS, "ok")
-        trial.set_user_attr(record.ACCURACY, result.accuracy)
+        trial.set_user_attr(record.ACCURACY, result.score)
+        trial.set_user_attr(record.POOLED_ACCURACY, result.accuracy)
 
-    def _promote(self, trial: optuna.Trial, screened: float, cost: float) -> bool:
+    def _promote(self, trial: optuna.Trial, screened: float, cost: float, always: bool = False) -> bool:
         """Train on past the checkpoint unless an earlier trial, screened at the same step, was more
         accurate by ``promote_within`` at no more cost: the candidate is then off the front."""
         trial.set_user_attr(record.SCREEN_ACCURACY, screened)
+        if always:
+            return True
         margin = self.task.train.promote_within
         for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             theirs = other.user_attrs.get(record.SCREEN_ACCURACY)

@@ -1,6 +1,7 @@
 """What a search trial records: the user-attribute keys shared by the objective and the report.
 
-Values: ``[accuracy, cost]``, directions ``[maximize, minimize]``, where cost is the measured
+Values: ``[accuracy, cost]``, directions ``[maximize, minimize]``, where accuracy is the proxy's
+held-out accuracy averaged over the task's difficulty buckets (``EvalResult.score``) and cost the measured
 latency at ``target.n`` as a fraction of dense causal attention's (mean over the stack's layers).
 Feasibility is Optuna's own: ``trial.set_constraint("density", density - budget)``,
 ``trial.set_constraint("proxy_density", proxy_density - budget)`` and
@@ -15,8 +16,9 @@ beside the front; an infeasible one is COMPLETE with its constraints > 0 and nev
 from __future__ import annotations
 
 __all__ = ["ACCURACY", "BUCKETS", "CHANCE", "COST", "DENSITY", "DIRECTIONS", "DURATIONS", "EXPRESSION",
-           "FIDELITY", "KV", "LAYOUT_KEY", "MIXING_CERTIFIED", "MIXING_DEPTH", "PROXY_DENSITY", "PROXY_STACK",
-           "REFERENCE", "REJECTED", "REUSED_FROM", "SCREEN_ACCURACY", "STACK", "STATUS", "WORKER"]
+           "FIDELITY", "KV", "LAYOUT_KEY", "MIXING_CERTIFIED", "MIXING_DEPTH", "POOLED_ACCURACY",
+           "PROXY_DENSITY", "PROXY_STACK", "REFERENCE", "REJECTED", "REUSED_FROM", "SCREEN_ACCURACY",
+           "STACK", "STATUS", "WORKER"]
 
 DIRECTIONS = ("maximize", "minimize")  # accuracy, cost
 
@@ -36,7 +38,8 @@ REUSED_FROM = "reused_from"  # the earlier trial whose result a candidate with e
 FIDELITY = "fidelity"  # "full" (trained its whole budget) or "screen" (stopped at the checkpoint)
 SCREEN_ACCURACY = "screen_accuracy"  # the checkpoint's held-out accuracy (with task.train.screen)
 COST = "cost"  # {"ratio", "seconds", "baseline_seconds", "backend", "n", "dtype", "device", ...}
-ACCURACY = "accuracy"  # held-out proxy accuracy (also the first objective value)
+ACCURACY = "accuracy"  # the first objective value: held-out accuracy, the mean over difficulty buckets
+POOLED_ACCURACY = "pooled_accuracy"  # held-out accuracy over every answer, whatever its bucket
 BUCKETS = "buckets"  # {bucket name: accuracy}
 CHANCE = "chance"  # the task's chance accuracy
 DURATIONS = "durations"  # {"compile", "reach", "cost", "train"}: seconds of each stage

@@ -71,12 +71,14 @@ def scored(trial: FrozenTrial) -> bool:
 
 
 def front_trials(trials: list[FrozenTrial], directions: Sequence[str] = R.DIRECTIONS) -> list[FrozenTrial]:
-    """The Pareto front among scored feasible trials, cheapest first (ties: more accurate first).
+    """The Pareto front among scored feasible trials trained in full, cheapest first (ties: more
+    accurate first). A screened trial (stopped at the checkpoint, ``fidelity: screen``) was judged
+    off the front there, and its checkpoint accuracy cannot stand beside full budgets.
 
     >>> [t.number for t in front_trials(study.trials)]   # doctest: +SKIP
     [4, 11, 2]
     """
-    pool = [t for t in trials if scored(t) and feasible(t)]
+    pool = [t for t in trials if scored(t) and feasible(t) and t.user_attrs.get(R.FIDELITY) != "screen"]
     front = [pool[i] for i in pareto_front([t.values for t in pool], directions)]
     return sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
 
@@ -327,7 +329,8 @@ def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[Fro
     return "\n".join([
         f"# Search summary: space {space.name}, task {task}, study {study}", "",
         f"Cost is measured{_kernel(trials)} at target.n={space.target.n} on {space.target.block}-token "
-        "blocks, as a fraction of dense causal attention's time; accuracy is held-out proxy accuracy.", "",
+        "blocks, as a fraction of dense causal attention's time; accuracy is held-out proxy accuracy, "
+        "the mean over the task's difficulty buckets.", "",
         # each fact a bullet, so that it renders on its own line; the reasons are already sub-bullets
         *(fact if fact.startswith("  ") else f"- {fact}" for fact in facts), *beats, ""])
 

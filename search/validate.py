@@ -67,6 +67,11 @@ TRAIN_RULES = [
     ("train.weight_decay", _real(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
     ("train.clip", _real(lambda v: v > 0), "a positive finite number (the gradient-norm clip)"),
     ("train.threads", _optional(_int(1)), "null (keep the process's setting) or an integer >= 1"),
+    ("train.screen", _real(lambda v: 0 <= v < 1),
+     "a number in [0, 1): the checkpoint as a fraction of train.steps, 0 to train every trial in full"),
+    ("train.promote_within", _real(lambda v: 0 <= v <= 1),
+     "a number in [0, 1] (below 0 a candidate as good as the front would be stopped)"),
+    ("train.screen_sequences", *AT_LEAST_1),
 ]
 KERNEL_RULES = [
     ("dtype", lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),

@@ -134,6 +134,13 @@ def test_bad_patterns_raise_clear_errors(pattern, message):
     pytest.param(dict(warmup=-1), "train.warmup must be an integer >= 0", id="warmup"),
     pytest.param(dict(weight_decay=2.0), "train.weight_decay must be a number in [0, 1]", id="weight-decay"),
     pytest.param(dict(device="tpu"), "train.device: device 'tpu' is not a torch device", id="device"),
+    pytest.param(dict(screen=-1), "train.screen must be a number in [0, 1): the checkpoint as a fraction",
+                 id="screen-negative"),
+    pytest.param(dict(screen=1.0), "train.screen must be a number in [0, 1)", id="screen-at-the-end"),
+    pytest.param(dict(promote_within=-0.1), "train.promote_within must be a number in [0, 1] (below 0",
+                 id="promote-negative"),
+    pytest.param(dict(screen_sequences=0), "train.screen_sequences must be an integer >= 1",
+                 id="screen-sequences"),
 ] + ([] if torch.cuda.is_available() else [
     pytest.param(dict(device="cuda"), "train.device: device 'cuda': this torch build or machine has no CUDA",
                  id="no-gpu")]))

@@ -162,3 +162,53 @@ def test_a_report_says_when_a_study_is_not_finished(tmp_path):
     assert f"trial {alive.number} still RUNNING" in text
     summary = write_report(study, space, tmp_path / "report", task.name, account=state).summary_md.read_text()
     assert "- Study NOT finished: 0 of 3 budgeted trials counted" in summary
+
+
+def test_screening_scores_every_trial_at_the_checkpoint_and_keeps_stopped_ones_off_the_front(tmp_path,
+                                                                                            monkeypatch):
+    """task.train.screen: references score at the checkpoint and train in full; a candidate the rule
+    stops keeps its checkpoint score, says fidelity "screen", and never stands on the front."""
+    from search.objective import Objective
+    from search.report import front_trials
+
+    rule = Objective._promote
+
+    def stop_every_candidate(self, trial, screened, cost, always=False):
+        rule(self, trial, screened, cost, always)
+        return always
+
+    monkeypatch.setattr(Objective, "_promote", stop_every_candidate)
+    task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=5", "task.train.steps=8",
+                                                 "task.train.screen=0.5"))
+    done = run_search(task, space, kernel, settings, progress=False)
+    scored = [t for t in done.trials if t.user_attrs.get(record.STATUS) == "ok" and
+              record.REUSED_FROM not in t.user_attrs]
+    references = [t for t in scored if record.REFERENCE in t.user_attrs]
+    candidates = [t for t in scored if record.REFERENCE not in t.user_attrs]
+    assert len(references) == len(space.references) and candidates
+    assert all(t.user_attrs[record.FIDELITY] == "full" and record.SCREEN_ACCURACY in t.user_attrs
+               for t in references)
+    assert all(t.user_attrs[record.FIDELITY] == "screen" and record.SCREEN_ACCURACY in t.user_attrs
+               for t in candidates)
+    front = front_trials(done.trials)
+    assert front and not {t.number for t in front} & {t.number for t in candidates}
+
+
+@pytest.mark.parametrize("screened, cost, promoted", [
+    pytest.param(0.50, 0.40, False, id="dominated-by-more-than-the-margin"),
+    pytest.param(0.57, 0.40, True, id="within-the-margin"),
+    pytest.param(0.50, 0.20, True, id="cheaper-than-every-earlier-trial"),
+])
+def test_the_promotion_rule(screened, cost, promoted):
+    """Stopped only when an earlier trial screened at no more cost was better by promote_within."""
+    from types import SimpleNamespace
+
+    from search.objective import Objective
+
+    study = optuna.create_study(directions=list(record.DIRECTIONS))
+    study.add_trial(optuna.trial.create_trial(values=[0.7, 0.3], user_attrs={record.SCREEN_ACCURACY: 0.6}))
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 0.9]))  # never screened: not a yardstick
+    objective = SimpleNamespace(task=MQARConfig())  # promote_within 0.05
+    trial = study.ask()
+    assert Objective._promote(objective, trial, screened, cost) is promoted
+    assert study.trials[-1].user_attrs[record.SCREEN_ACCURACY] == screened

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from search import MajorityConfig, MQARConfig, make_task
+from search import HopsConfig, MajorityConfig, MQARConfig, make_task
 from search.tasks import IGNORE, bucket_of
 
 
@@ -94,6 +94,54 @@ def test_majority_label_is_the_strict_winner(seed, groups, markers):
             assert task.bucket_names[buckets[at]] == (f"margin {margin}" if margin < 3 else "margin 3+")
 
 
+def assignments(body: np.ndarray) -> list[tuple[int, int, int]]:
+    """(position, variable, source) of every pair in the body, read from the tokens alone: pairs
+    never hold filler and never overlap, so each run of non-filler tokens is whole pairs."""
+    pairs, p = [], 0
+    while p < len(body):
+        if body[p]:
+            pairs.append((p, int(body[p]), int(body[p + 1])))
+            p += 2
+        else:
+            p += 1
+    return pairs
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), chains=st.integers(1, 4), top=st.integers(1, 4))
+def test_hops_every_question_resolves_to_its_label_in_its_hop_count(seed, chains, top):
+    cfg = HopsConfig(n=128, chains=chains, hops=list(range(1, top + 1)), variables=16, values=5)
+    task = make_task(cfg)
+    batch = task.batch(np.random.default_rng(seed), 5)
+    assert batch.tokens.max() < task.vocab and task.chance == 1 / 5
+    values_from = 1 + cfg.variables
+    for tokens, labels, buckets in zip(batch.tokens, batch.labels, batch.buckets, strict=True):
+        answers = np.flatnonzero(labels != IGNORE)
+        assert answers.tolist() == list(range(cfg.n - chains, cfg.n))  # questions are the last positions
+        assert ((buckets >= 0) == (labels != IGNORE)).all()
+        pairs = assignments(tokens[: cfg.n - chains])
+        bound = {variable: (at, source) for at, variable, source in pairs}
+        assert len(bound) == len(pairs) and all(1 <= v < values_from for v in bound)  # each assigned once
+        assert len(set(tokens[answers].tolist())) == chains  # one question per chain
+        for at in answers:  # follow the question back, as the model must
+            name, hops, before = int(tokens[at]), 0, at
+            while name < values_from:
+                where, name = bound[name]
+                assert where < before  # each link comes after the one it reads
+                hops, before = hops + 1, where
+            assert name == labels[at] and hops == cfg.hops[buckets[at]]
+
+
+def test_hops_buckets_are_balanced_and_links_spread():
+    task = make_task(HopsConfig())
+    batch = task.batch(np.random.default_rng(0), 400)
+    counts = np.bincount(batch.buckets[batch.buckets >= 0], minlength=len(task.bucket_names))
+    assert counts.min() > 0.85 * counts.mean()
+    assert task.bucket_names == ("1 hop", "2 hops", "3 hops")
+    used = np.flatnonzero((batch.tokens[:, : task.n - 4] != 0).any(axis=0))
+    assert used.min() < task.n // 8 and used.max() > task.n * 7 // 8  # links anywhere in the body
+
+
 def test_bucket_of():
     assert bucket_of(np.array([2, 15, 16, 127]), (2, 16, 48, 128)).tolist() == [0, 0, 1, 2]
 
@@ -111,6 +159,13 @@ def test_bucket_of():
     pytest.param(MajorityConfig(margins=[2, 3]), "starting at 1", id="majority_margins"),
     pytest.param(MajorityConfig(markers=1), "task.markers >= 2", id="majority_markers"),
     pytest.param(MQARConfig(n=4, distances=[2, 4], pairs=1), "task.n must be at least 8", id="tiny_n"),
+    pytest.param(HopsConfig(hops=[2, 1]), "task.hops must be increasing hop counts", id="hops_order"),
+    pytest.param(HopsConfig(hops=[0, 1]), "task.hops must be increasing hop counts of 1", id="hops_zero"),
+    pytest.param(HopsConfig(chains=8, hops=[1, 8], variables=48), "task.variables = 48 is too few",
+                 id="hops_variables"),
+    pytest.param(HopsConfig(n=64, chains=4, hops=[1, 4], variables=48), "links take 32 positions",
+                 id="hops_crowded"),
+    pytest.param(HopsConfig(values=1), "task.values >= 2", id="hops_values"),
 ])
 def test_bad_task_config_names_the_key(cfg, message):
     with pytest.raises(ValueError) as error:
@@ -119,5 +174,5 @@ def test_bad_task_config_names_the_key(cfg, message):
 
 
 def test_unknown_task_name():
-    with pytest.raises(ValueError, match="unknown task 'mqr'; choose from mqar, majority"):
+    with pytest.raises(ValueError, match="unknown task 'mqr'; choose from mqar, majority, hops"):
         make_task(MQARConfig(name="mqr"))

@@ -1,7 +1,8 @@
 """Proxy tasks: seeded generators of token sequences with answers in buckets.
 
 - ``mqar``: multi-query associative recall at controlled query-to-key distances;
-- ``majority``: which marker of a group occurred most often, asked at the end (aggregation).
+- ``majority``: which marker of a group occurred most often, asked at the end (aggregation);
+- ``hops``: pointer chasing through 1, 2, 3 ... assignments (depth and reach).
 
 A new task is a ``Task`` subclass here, its config dataclass in ``search.config.TASK_SCHEMAS`` and
 a YAML under ``conf/task/``; ``make_task`` finds it by the config's ``name``.
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 from search.config import TASK_SCHEMAS, TaskConfig
 from search.tasks.base import IGNORE, Batch, Task, bucket_of
+from search.tasks.hops import Hops
 from search.tasks.majority import Majority
 from search.tasks.mqar import MQAR
 
-__all__ = ["IGNORE", "MQAR", "TASKS", "Batch", "Majority", "Task", "bucket_of", "make_task"]
+__all__ = ["IGNORE", "MQAR", "TASKS", "Batch", "Hops", "Majority", "Task", "bucket_of", "make_task"]
 
-TASKS: dict[str, type[Task]] = {"mqar": MQAR, "majority": Majority}  # their schemas: config.TASK_SCHEMAS
+# their schemas: config.TASK_SCHEMAS
+TASKS: dict[str, type[Task]] = {"mqar": MQAR, "majority": Majority, "hops": Hops}
 
 
 def make_task(cfg: TaskConfig) -> Task:

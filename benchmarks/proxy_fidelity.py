@@ -1,0 +1,208 @@
+"""Does the proxy's score rank patterns as a longer budget, a longer proxy and other seeds would?
+
+    python benchmarks/proxy_fidelity.py                                # default space and task, CPU
+    python benchmarks/proxy_fidelity.py --sampled 10 --jobs 2 --out fidelity.json
+    python benchmarks/proxy_fidelity.py task=hops space.proxy.layers=4 # any patternc-search override
+
+The patterns: the classic ones at the space's scale (dense causal, sliding window, Longformer,
+BigBird, Sparse Transformer strided and fixed, StreamingLLM, each written in fractions of ``n`` so
+that the proxy length and the target length see the same shape) and ``--sampled`` candidates drawn
+at random from the space (those that compile within its density budget). Each is mapped onto the
+proxy as a search maps it (``search.space.build``) and scored (``EvalResult.score``, the mean
+accuracy over the task's difficulty buckets) at
+
+- the default budget and proxy length, seeds 0, 1, 2 (the rows' mean and standard error);
+- ``--budget-factor`` (4) times the training steps, seed 0;
+- ``--n-factor`` (4) times the proxy length (and its block, so the block grid is the same), seed 0.
+
+It prints the table and three Spearman rank correlations: (a) default budget against the longer
+one, (b) default length against the longer one, (c) the mean over pairs of seeds; then which pairs
+of classic patterns the default proxy cannot tell apart (means within 2 standard errors of their
+difference). Results are appended to ``--out`` as they finish and a rerun with the same file skips
+what is there, so a long run interrupted loses at most the training in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import os
+import pathlib
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import numpy as np
+import optuna
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from scipy.stats import spearmanr
+
+import patternc
+from search.config import SpaceConfig, TaskConfig, register_configs
+from search.evaluate import evaluate
+from search.objective import density_vs_causal
+from search.space import TEMPLATE, build, suggest
+
+CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
+
+CLASSICS = {  # at the space's scale: every size a fraction of n (at n = 8192 the sizes in conf/pattern/)
+    "dense causal": "causal",
+    "sliding window": "causal & window(ceil(n / 8))",
+    "longformer": "causal & (window(ceil(n / 32)) | global(ceil(n / 512)))",
+    "bigbird": "causal & (window(ceil(n / 64)) | global(ceil(n / 64)) | random(3, seed=0))",
+    "sparse transformer strided": "causal & (window(round(sqrt(n))) | stride(round(sqrt(n))))",
+    "sparse transformer fixed": "causal & fixed(n // 16, max(1, n // 1024))",
+    "streaming llm": "causal & (sink(4) | window(ceil(n / 4)))",
+}
+SEEDS = (0, 1, 2)
+
+
+def configs(overrides: list[str]) -> tuple[TaskConfig, SpaceConfig]:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return OmegaConf.to_object(cfg.task), OmegaConf.to_object(cfg.space)
+
+
+def classic(space: SpaceConfig, expr: str):
+    return build(dataclasses.replace(space, template=expr, params={}), {}, [TEMPLATE] * space.proxy.layers)
+
+
+def sampled(space: SpaceConfig, count: int, seed: int) -> dict[str, dict]:
+    """``count`` random candidates of the space that compile within its density budget at target.n:
+    {name: {"values": ..., "layers": ...}}."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    found: dict[str, dict] = {}
+    for _ in range(50 * count):
+        if len(found) == count:
+            break
+        trial = study.ask()
+        candidate = suggest(trial, space)
+        try:
+            target = patternc.compile(candidate.target, space.target.n, block=space.target.block)
+            patternc.compile(candidate.proxy, space.proxy.n, block=space.proxy.block)
+        except patternc.PatternError:
+            continue
+        if density_vs_causal(target) <= space.density_budget:
+            values = {k: v for k, v in trial.params.items() if not k.startswith("layer")}
+            layers = [trial.params.get(f"layer{p}", TEMPLATE) for p in range(space.proxy.layers)]
+            found[f"sampled {len(found)}"] = {"values": values, "layers": layers}
+    return found
+
+
+def candidate_of(space: SpaceConfig, spec: dict):
+    return classic(space, spec["expr"]) if "expr" in spec else build(space, spec["values"], spec["layers"])
+
+
+def run_one(job: dict) -> dict:
+    """One training: ``job`` holds the pattern, the variant (seed, steps factor, length factor) and
+    the configs as dicts (a worker process rebuilds them)."""
+    task, space = job["task"], job["space"]
+    space = dataclasses.replace(space, proxy=dataclasses.replace(
+        space.proxy, n=space.proxy.n * job["n_factor"], block=space.proxy.block * job["n_factor"]))
+    task = dataclasses.replace(task, n=space.proxy.n, train=dataclasses.replace(
+        task.train, steps=task.train.steps * job["steps_factor"], threads=job["threads"]))
+    proxy = candidate_of(space, job["spec"]).proxy
+    cp = patternc.compile(proxy, space.proxy.n, block=space.proxy.block)
+    start = time.perf_counter()
+    result = evaluate(cp, task, seed=job["seed"])
+    return {"key": job["key"], "score": result.score, "accuracy": result.accuracy, "buckets": result.buckets,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def variants(budget_factor: int, n_factor: int) -> dict[str, dict]:
+    out = {f"seed {s}": {"seed": s, "steps_factor": 1, "n_factor": 1} for s in SEEDS}
+    out[f"{budget_factor}x steps"] = {"seed": 0, "steps_factor": budget_factor, "n_factor": 1}
+    out[f"{n_factor}x n"] = {"seed": 0, "steps_factor": 1, "n_factor": n_factor}
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    return float(spearmanr(a, b).statistic) if len(a) > 2 else math.nan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="patternc-search overrides: task=hops, space=...")
+    parser.add_argument("--sampled", type=int, default=10, help="random candidates of the space")
+    parser.add_argument("--budget-factor", type=int, default=4)
+    parser.add_argument("--n-factor", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once, one process each")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per training")
+    parser.add_argument("--out", default=None, help="JSON results, appended as they finish; reruns resume")
+    args = parser.parse_args()
+    task, space = configs(args.overrides)
+    specs = {name: {"expr": expr} for name, expr in CLASSICS.items()}
+    specs.update(sampled(space, args.sampled, seed=0))
+    kinds = variants(args.budget_factor, args.n_factor)
+    done: dict[str, dict] = {}
+    out = pathlib.Path(args.out) if args.out else None
+    if out is not None and out.exists():
+        done = {r["key"]: r for r in map(json.loads, out.read_text().splitlines()) if r.get("key")}
+    jobs = [{"key": f"{name} | {kind}", "spec": spec, "task": task, "space": space, "threads": args.threads,
+             **variant} for kind, variant in kinds.items() for name, spec in specs.items()]
+    todo = [job for job in jobs if job["key"] not in done]
+    print(f"space {space.name}, task {task.name}, proxy n {space.proxy.n} ({space.proxy.layers} layers x "
+          f"{space.proxy.heads} heads), {task.train.steps} steps; {len(jobs)} trainings, {len(todo)} to run, "
+          f"{args.jobs} at once, {os.cpu_count()} CPUs", flush=True)
+    start = time.perf_counter()
+
+    def keep(result: dict) -> None:
+        done[result["key"]] = result
+        print(f"  {result['key']}: {result['score']:.3f} ({result['seconds']} s)", flush=True)
+        if out is not None:
+            with out.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            for result in pool.map(run_one, todo):
+                keep(result)
+    else:
+        for job in todo:
+            keep(run_one(job))
+    print(f"{time.perf_counter() - start:.0f} s of training\n")
+    report(specs, kinds, done, space)
+
+
+def report(specs: dict, kinds: dict, done: dict, space: SpaceConfig) -> None:
+    score = {(name, kind): done[f"{name} | {kind}"]["score"] for name in specs for kind in kinds}
+    seeds = [f"seed {s}" for s in SEEDS]
+    longer_steps, longer_n = list(kinds)[len(SEEDS):]
+    density = {name: density_vs_causal(patternc.compile(candidate_of(space, spec).target, space.target.n,
+                                                         block=space.target.block))
+               for name, spec in specs.items()}
+    mean = {name: float(np.mean([score[name, k] for k in seeds])) for name in specs}
+    se = {name: float(np.std([score[name, k] for k in seeds], ddof=1) / math.sqrt(len(seeds)))
+          for name in specs}
+    width = max(map(len, specs)) + 2
+    print(f"{'pattern':<{width}}{'density':>8}  {'mean +- se (3 seeds)':>21}  {longer_steps:>9}  "
+          f"{longer_n:>7}  expression or parameters")
+    for name, spec in specs.items():
+        what = spec.get("expr") or json.dumps(spec["values"]) + (
+            f" layers {spec['layers']}" if any(c != TEMPLATE for c in spec["layers"]) else "")
+        print(f"{name:<{width}}{density[name]:>8.3f}  {mean[name]:>13.3f} +- {se[name]:.3f}  "
+              f"{score[name, longer_steps]:>9.3f}  {score[name, longer_n]:>7.3f}  {what}")
+    names = list(specs)
+    base = [score[name, seeds[0]] for name in names]
+    a = spearman(base, [score[name, longer_steps] for name in names])
+    b = spearman(base, [score[name, longer_n] for name in names])
+    c = float(np.mean([spearman([score[name, x] for name in names], [score[name, y] for name in names])
+                       for x, y in itertools.combinations(seeds, 2)]))
+    print(f"\nSpearman rank correlation over {len(names)} patterns (target: each at least 0.8):")
+    print(f"  (a) default budget vs {longer_steps}: {a:.3f}")
+    print(f"  (b) default proxy length vs {longer_n}: {b:.3f}")
+    print(f"  (c) across seeds (mean of the 3 pairs): {c:.3f}")
+    ties = [(x, y) for x, y in itertools.combinations(CLASSICS, 2)
+            if abs(mean[x] - mean[y]) <= 2 * math.hypot(se[x], se[y])]
+    pairs = len(CLASSICS) * (len(CLASSICS) - 1) // 2
+    print(f"\nClassic patterns the default proxy cannot tell apart (within 2 standard errors): {len(ties)} "
+          f"of {pairs} pairs" + "".join(f"\n  {x} ~ {y}: {mean[x]:.3f} vs {mean[y]:.3f}" for x, y in ties))
+
+
+if __name__ == "__main__":
+    main()
