@@ -21,6 +21,7 @@ import reprlib
 __all__ = [
     "KernelInputError",
     "LayoutFileError",
+    "ModelError",
     "PatternError",
     "PatternMeaningError",
     "PatternSizeError",
@@ -156,3 +157,10 @@ class KernelInputError(PatternError):
     """Tensors or settings given to a kernel that do not fit each other or the compiled pattern:
     a shape, dtype or device that disagrees (the message names the argument and both values), an
     unsupported dtype, or an unknown compute path."""
+
+
+class ModelError(PatternError):
+    """A model and a pattern that do not fit together (``patternc.hf``): a stack whose layers or
+    heads differ from the model's, a non-causal stack on a causal model, a model that does not route
+    attention through transformers' ``AttentionInterface``, or attention settings the pattern's
+    kernels cannot honour (the message names both sides)."""

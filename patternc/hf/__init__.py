@@ -1,0 +1,21 @@
+"""Hugging Face transformers models under a patternc pattern (the ``hf`` extra: ``pip install
+'patternc[hf]'``). Torch and transformers are imported here, never by ``import patternc``.
+
+>>> from transformers import AutoModelForCausalLM                        # doctest: +SKIP
+>>> import patternc.hf                                                   # doctest: +SKIP
+>>> model = AutoModelForCausalLM.from_pretrained("outputs/calibration_demo/model")   # doctest: +SKIP
+>>> patternc.hf.sparsify(model, "causal & (sink(64) | window(512))")     # doctest: +SKIP
+>>> logits = model(input_ids).logits      # every layer and head under the pattern   # doctest: +SKIP
+>>> patternc.hf.densify(model)            # the model's own attention, bit for bit   # doctest: +SKIP
+
+- ``sparsify(model, spec, *, block=None, params=None, backend="auto")`` and ``densify(model)``:
+  ``patternc.hf.sparsify``;
+- which kernel runs a call (``backend``): ``patternc.hf.backends``;
+- padding, caches and decode steps: ``patternc.hf.calls``.
+"""
+
+from patternc.errors import ModelError
+from patternc.hf.backends import BACKENDS
+from patternc.hf.sparsify import NAME, SparseAttention, densify, sparsified, sparsify
+
+__all__ = ["BACKENDS", "NAME", "ModelError", "SparseAttention", "densify", "sparsified", "sparsify"]
