@@ -12,9 +12,11 @@ kernel. A cache file that does not parse is ignored and rewritten. The directory
 ``$PATTERNC_CACHE_DIR``, else ``~/.cache/patternc/cost``. On a GPU each repeat is timed between two
 ``torch.cuda.synchronize()`` calls, so the figure is the kernel's, not its launch's.
 
->>> m = patternc.measure(patternc.compile("causal & window(128)", n=2048), backend="reference", cache=False)
+>>> import torch
+>>> cp = patternc.compile("causal & window(128)", n=1024)
+>>> m = patternc.measure(cp, backend="reference", dtype=torch.float32, cache=False)
 >>> m.backend, m.n, m.block, m.repeats  # m.ratio: our latency / dense causal SDPA's; below 1 is faster
-('reference', 2048, (128, 128), 9)
+('reference', 1024, (128, 128), 9)
 """
 
 from __future__ import annotations
@@ -148,9 +150,9 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     ``repeats`` 9: on a shared 2-core machine, repeated calls' ratios then
     agree within ~3% (5 repeats: ~6-12%; ``benchmarks/cost_repeat.py``).
 
-    >>> m = measure(patternc.compile("causal & window(256)", n=4096), backend="sdpa", repeats=3, cache=False)
+    >>> m = measure(patternc.compile("causal & window(256)", n=1024), backend="sdpa", repeats=3, cache=False)
     >>> m.backend, m.n, m.heads, m.dtype
-    ('sdpa', 4096, 1, 'bfloat16')
+    ('sdpa', 1024, 1, 'bfloat16')
     """
     from patternc.kernels import BACKENDS, causal_sdpa, prepare
 

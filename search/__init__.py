@@ -2,8 +2,14 @@
 Hydra app.
 
 >>> import search
->>> result = search.evaluate("causal & window(16)", search.MQARConfig(), seed=0)   # doctest: +SKIP
->>> result.accuracy, result.buckets                                              # doctest: +SKIP
+>>> task = search.MQARConfig(n=32, pairs=3, distances=[2, 8, 32],  # a smoke-test size
+...                          model=search.ModelConfig(d_model=16, head_dim=4),
+...                          train=search.TrainConfig(steps=4, batch=4, eval_sequences=16, threads=1))
+>>> result = search.evaluate("causal & window(16)", task, seed=0)
+>>> result.status, result.steps, result.bucket_counts  # 16 held-out sequences x 3 answers, per distance
+('ok', 4, {'2-7': 19, '8-31': 29})
+>>> 0 <= result.buckets["8-31"] <= 1  # accuracy over those answers (4 steps learn next to nothing)
+True
 """
 
 from search.config import (

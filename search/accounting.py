@@ -10,8 +10,16 @@ that has no live trial (the creating worker may have died between two enqueues, 
 on a fault since fixed), so two workers may enqueue the same one. The lowest-numbered live copy
 speaks for the reference; the others are pruned as duplicates when they come up, before any work.
 
->>> account(study.get_trials(), budget=12, references=["dense_causal"]).finished   # doctest: +SKIP
+>>> from optuna.trial import create_trial
+>>> trials = [create_trial(values=[0.9, 1.0], user_attrs={"reference": "dense_causal"}),  # [accuracy, cost]
+...           create_trial(values=[0.7, 0.3]),
+...           create_trial(state=TrialState.PRUNED, user_attrs={"status": "rejected"})]  # not counted
+>>> account(trials, budget=2, references=["dense_causal"]).finished
 True
+>>> print(account(trials, budget=3, references=["dense_causal", "longformer"]).describe())
+... # doctest: +NORMALIZE_WHITESPACE
+NOT finished: 2 of 3 budgeted trials counted, 1 of 2 references scored; reference longformer missing;
+1 budgeted trials to go
 """
 
 from __future__ import annotations

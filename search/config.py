@@ -4,7 +4,18 @@ Each schema is a dataclass registered with Hydra's ConfigStore, so a YAML file u
 names a key the schema lacks, or gives a value of the wrong type, fails at start-up with the key and
 the file, never inside a run. The same dataclasses are the Python API:
 
->>> search.evaluate("causal & window(16)", MQARConfig(n=128), seed=0)    # doctest: +SKIP
+>>> task = MQARConfig(n=64, train=TrainConfig(steps=200))
+>>> task.name, task.pairs, task.model.layers, task.train.lr  # the rest keeps its defaults
+('mqar', 8, 2, 0.005)
+
+and Hydra checks a YAML file (or an override) against the same schema:
+
+>>> from omegaconf import OmegaConf
+>>> OmegaConf.merge(OmegaConf.structured(MQARConfig), {"pairz": 3})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+  ...
+omegaconf.errors.ConfigKeyError: Key 'pairz' not in 'MQARConfig'
+...
 """
 
 from __future__ import annotations
@@ -174,8 +185,8 @@ class ProxyConfig:
 
     layers: int = 2  # the tasks need two hops (recall: the value learns its key, the query finds it)
     heads: int = 4
-    n: int = 1024  # where accuracy is measured (the task's n)
-    block: int = 64  # 16 x 16 blocks at n (random() is drawn on these blocks)
+    n: int = 256  # where accuracy is measured (the task's n)
+    block: int = 32  # 8 x 8 blocks at n (random() is drawn on these blocks)
 
 
 @dataclass

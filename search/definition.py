@@ -16,9 +16,15 @@ The default study name says what the study is and ends in a hash of the whole de
 job of a sweep (``-m space=fixed_window,window_global seed=0,1``, ``task.train.steps=200,400``) gets
 its own study and a rerun of the same command resumes it:
 
->>> study_name(definition(MQARConfig(), SpaceConfig(name="fixed_window"), KernelConfig(), seed=0))
-... # doctest: +SKIP
-'fixed_window-mqar-n8192-seed0-3c9a41d2'
+>>> from search.config import MQARConfig, TrainConfig
+>>> space = SpaceConfig(name="fixed_window")
+>>> name = study_name(definition(MQARConfig(), space, KernelConfig(), seed=0))
+>>> name  # doctest: +ELLIPSIS
+'fixed_window-mqar-n8192-seed0-...'
+>>> study_name(definition(MQARConfig(train=TrainConfig(threads=1)), space, KernelConfig(), seed=0)) == name
+True
+>>> study_name(definition(MQARConfig(train=TrainConfig(steps=200)), space, KernelConfig(), seed=0)) == name
+False
 """
 
 from __future__ import annotations

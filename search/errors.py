@@ -3,7 +3,14 @@
 The app prints every one as ``patternc-search: error: ...`` and exits with status 2, as ``patternc``
 does for a bad pattern; the message names the config key, the study or the file at fault.
 
->>> raise ConfigError("task.train.steps must be an integer >= 1, got 0")   # doctest: +SKIP
+>>> from search.config import SearchConfig, SpaceConfig
+>>> from search.validate import check_settings
+>>> check_settings(SearchConfig(workers=2), SpaceConfig())  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+  ...
+search.errors.ConfigError: search.workers = 2 share one study, which an embedded sqlite file cannot hold ...
+>>> issubclass(ConfigError, SearchError) and issubclass(SearchError, ValueError)
+True
 """
 
 from __future__ import annotations

@@ -13,10 +13,20 @@ short-range head needs to learn "the token before me" quickly; learned absolute 
 recall tasks down by hundreds of steps. A query with no allowed key attends to nothing and outputs
 0, as FlexAttention does.
 
->>> cp = patternc.compile("causal & window(8)", n=32)
->>> model = TinyTransformer(vocab=10, pattern=cp, cfg=ModelConfig(d_model=16, head_dim=4, heads=1))
->>> model(torch.zeros(2, 32, dtype=torch.long)).shape  # (B, n) -> (B, n, vocab)
-torch.Size([2, 32, 10])
+Each position's input also holds the token before it (README, "Why the tiny model reads the
+previous token"), so a layer reaches one token further back than its pattern:
+
+>>> cp = patternc.compile("causal & window(4)", n=32)  # each query sees itself and the 3 keys before it
+>>> _ = torch.manual_seed(0)
+>>> model = TinyTransformer(vocab=40, pattern=cp, cfg=ModelConfig(d_model=16, head_dim=4, heads=1))
+>>> tokens = torch.randint(40, (1, 32), generator=torch.Generator().manual_seed(0))  # (B, n)
+>>> logits = model(tokens)  # (B, n, vocab)
+>>> logits.shape
+torch.Size([1, 32, 40])
+>>> changed = tokens.clone()
+>>> changed[0, 0] = (tokens[0, 0] + 1) % 40
+>>> [bool((model(changed)[0, i] != logits[0, i]).any()) for i in range(8)]  # which outputs token 0 reaches
+[True, True, True, True, True, False, False, False]
 """
 
 from __future__ import annotations

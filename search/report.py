@@ -8,8 +8,22 @@ ready-to-use pattern files, and a short summary.
 The front is taken among COMPLETE feasible trials only: rejected candidates are PRUNED with no
 values, and infeasible reference trials are scored to be drawn beside the front, never on it.
 
->>> report = write_report(study, space, pathlib.Path("outputs/run"), "mqar")   # doctest: +SKIP
->>> [t.user_attrs["expression"] for t in report.front]                          # doctest: +SKIP
+>>> from optuna.trial import create_trial
+>>> from search.config import TargetConfig
+>>> def scored(expr, accuracy, cost, **attrs):  # a finished trial, as the objective records it
+...     return create_trial(values=[accuracy, cost], user_attrs={
+...         "expression": expr, "status": "ok", "stack": {"default": expr, "layers": 2}, **attrs})
+>>> study = optuna.create_study(directions=["maximize", "minimize"])  # accuracy, cost
+>>> study.add_trials([scored("causal", 0.9, 1.0, reference="dense_causal"),
+...                   scored("causal & window(64)", 0.8, 0.3),
+...                   scored("causal & window(16)", 0.5, 0.4, reference="local")])
+>>> space = SpaceConfig(name="window", target=TargetConfig(n=1024))
+>>> report = write_report(study, space, tmp_path / "run", "mqar")
+>>> [t.user_attrs["expression"] for t in report.front], report.dominated  # trial 1 beats local
+(['causal & window(64)', 'causal'], {1: ['local']})
+>>> [p.name for p in report.patterns]  # doctest: +NORMALIZE_WHITESPACE
+['01_window_trial1.yaml', '01_window_trial1.safetensors',
+ '02_dense_causal.yaml', '02_dense_causal.safetensors']
 """
 
 from __future__ import annotations
@@ -75,8 +89,11 @@ def front_trials(trials: list[FrozenTrial], directions: Sequence[str] = R.DIRECT
     accurate first). A screened trial (stopped at the checkpoint, ``fidelity: screen``) was judged
     off the front there, and its checkpoint accuracy cannot stand beside full budgets.
 
-    >>> [t.number for t in front_trials(study.trials)]   # doctest: +SKIP
-    [4, 11, 2]
+    >>> from optuna.trial import create_trial
+    >>> trials = [create_trial(values=v) for v in ([0.9, 1.0], [0.8, 0.3], [0.7, 0.5], [0.6, 0.2])]
+    >>> trials.append(create_trial(values=[0.95, 0.1], constraints={"density": 0.2}))  # over budget
+    >>> [t.values for t in front_trials(trials)]  # [0.7, 0.5] is dominated by [0.8, 0.3]
+    [[0.6, 0.2], [0.8, 0.3], [0.9, 1.0]]
     """
     pool = [t for t in trials if scored(t) and feasible(t) and t.user_attrs.get(R.FIDELITY) != "screen"]
     front = [pool[i] for i in pareto_front([t.values for t in pool], directions)]
@@ -101,9 +118,15 @@ def _ordered(names: list[str], first: tuple[str, ...] = ()) -> list[str]:
 def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
     """(columns, one dict per trial) for ``trials.csv``; columns depend only on the trials' keys.
 
-    >>> columns, rows = trial_rows(study.trials)   # doctest: +SKIP
-    >>> columns[:5]                                # doctest: +SKIP
-    ['number', 'state', 'reference', 'status', 'expression']
+    >>> from optuna.distributions import FloatDistribution
+    >>> from optuna.trial import create_trial
+    >>> trial = create_trial(values=[0.8, 0.3], user_attrs={"expression": "causal & window(ceil($w * n))"},
+    ...                      params={"w": 0.1}, distributions={"w": FloatDistribution(0, 1)})
+    >>> columns, rows = trial_rows([trial])
+    >>> columns[:8]
+    ['number', 'state', 'reference', 'status', 'expression', 'param_w', 'accuracy', 'cost']
+    >>> rows[0]["param_w"], rows[0]["accuracy"], rows[0]["feasible"], rows[0]["density"]
+    (0.1, 0.8, True, '')
     """
     params = sorted({p for t in trials for p in t.params})
     constraints = sorted({c for t in trials for c in t.constraints})
@@ -176,7 +199,14 @@ def pareto_figure(trials: list[FrozenTrial], front: list[FrozenTrial], title: st
     """Accuracy against measured cost: feasible trials grey, infeasible hollow, references labelled,
     the front as a step line (the best accuracy any budget up to that cost buys).
 
-    >>> pareto_figure(study.trials, front_trials(study.trials), "tpe").savefig("p.png")  # doctest: +SKIP
+    >>> from optuna.trial import create_trial
+    >>> trials = [create_trial(values=v) for v in ([0.9, 1.0], [0.8, 0.3], [0.6, 0.2])]
+    >>> figure = pareto_figure(trials, front_trials(trials), "tpe")
+    >>> [line.get_label() for line in figure.axes[0].get_lines()]
+    ['Pareto front']
+    >>> figure.savefig(tmp_path / "p.png")
+    >>> (tmp_path / "p.png").read_bytes()[:4]
+    b'\x89PNG'
     """
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()
@@ -340,8 +370,17 @@ def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path,
     """Write every output of a search run into ``out_dir`` and return where, with the front;
     ``account`` (``search.accounting``) puts whether the study is finished at the top of the summary.
 
-    >>> write_report(study, SpaceConfig(name="window_global"), pathlib.Path("out"), "mqar").front
-    ... # doctest: +SKIP
+    >>> from optuna.trial import create_trial
+    >>> study = optuna.create_study(directions=["maximize", "minimize"])  # accuracy, cost
+    >>> study.add_trial(create_trial(values=[0.8, 0.3], user_attrs={"expression": "causal & window(64)"}))
+    >>> report = write_report(study, SpaceConfig(name="window"), tmp_path, "mqar")
+    >>> sorted(p.name for p in tmp_path.iterdir())  # doctest: +NORMALIZE_WHITESPACE
+    ['explorer', 'pareto.csv', 'pareto.md', 'pareto.png', 'patterns', 'report.html', 'summary.md',
+     'trials.csv']
+    >>> write_report(optuna.create_study(), SpaceConfig(), tmp_path, "mqar")
+    Traceback (most recent call last):
+      ...
+    ValueError: a search study has directions ('maximize', 'minimize') (accuracy, cost), got ('minimize',)
     """
     directions = tuple(d.name.lower() for d in study.directions)
     if directions != R.DIRECTIONS:

@@ -5,7 +5,19 @@ click a front pattern: its explorer page), every trial in a table sorted by any 
 rejected candidates with their reasons. Each front pattern's explorer page is written at
 ``target.n`` under ``explorer/``, named as its YAML under ``patterns/``.
 
->>> write_report_html(out_dir, study.trials, front, files, space, "mqar", title)   # doctest: +SKIP
+>>> import json
+>>> import optuna
+>>> from optuna.trial import create_trial
+>>> study = optuna.create_study(directions=["maximize", "minimize"])  # accuracy, cost
+>>> study.add_trials([create_trial(values=[0.9, 1.0], user_attrs={"reference": "dense_causal"}),
+...                   create_trial(values=[0.8, 0.3], user_attrs={"expression": "causal & window(64)"})])
+>>> front = study.trials[::-1]  # cheapest first, as search.report.front_trials gives it
+>>> page = write_report_html(tmp_path, study.trials, front, [None, None], SpaceConfig(name="window"),
+...                          "mqar", "window on mqar")  # no pattern files: no explorer pages
+>>> text = page.read_text(encoding="utf-8")
+>>> data = json.loads(text.split('id="report-data">')[1].split("</script>")[0])  # what the page draws
+>>> [(t["number"], t["reference"], t["front"]) for t in data["trials"]]
+[(0, 'dense_causal', 2), (1, None, 1)]
 """
 
 from __future__ import annotations

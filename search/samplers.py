@@ -15,7 +15,13 @@ __all__ = ["EscapeRejections", "make_sampler"]
 def make_sampler(name: str, seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
     """The sampler ``name`` (``search.sampler``), seeded, escaping runs of rejected candidates.
 
-    >>> make_sampler("gp", seed=0, n_startup=4)   # doctest: +SKIP
+    >>> sampler = make_sampler("gp", seed=0, n_startup=4)
+    >>> type(sampler).__name__, type(sampler.base).__name__
+    ('EscapeRejections', 'GPSampler')
+    >>> make_sampler("cmaes", seed=0, n_startup=4)
+    Traceback (most recent call last):
+      ...
+    search.errors.ConfigError: search.sampler must be one of tpe, nsga2, gp, random, got 'cmaes'
     """
     if name == "tpe":
         # constant_liar: parallel workers do not all sample the same point while trials run
@@ -40,7 +46,19 @@ class EscapeRejections(optuna.samplers.BaseSampler):
     proposes that region again and again (seen: 40 rejections in a row, ending the run on
     ``search.max_rejected``). A random draw lands elsewhere; once scored, it moves the model on.
 
-    >>> EscapeRejections(optuna.samplers.GPSampler(seed=0), seed=0)   # doctest: +SKIP
+    >>> class Half(optuna.samplers.RandomSampler):  # a base that always proposes x = 0.5
+    ...     def sample_independent(self, *args):
+    ...         return 0.5
+    >>> study = optuna.create_study(sampler=EscapeRejections(Half(), seed=0, streak=3))
+    >>> for _ in range(4):
+    ...     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    ...     print(trial.number, trial.params["x"])
+    ...     trial.set_user_attr("status", "rejected")  # as the objective records a rejected candidate
+    ...     _ = study.tell(trial, state=TrialState.PRUNED)
+    0 0.5
+    1 0.5
+    2 0.5
+    3 0.5488135039273248
     """
 
     def __init__(self, base: optuna.samplers.BaseSampler, seed: int | None = None, streak: int = 3):

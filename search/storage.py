@@ -10,8 +10,19 @@ with faults named and a lost server retried.
   dropped (``pool_pre_ping``) once the server is back. A write whose acknowledgement was lost is
   retried too, so in that rare case a trial can be recorded twice.
 
->>> storage = make_storage(SearchConfig(storage="postgresql+psycopg2://user:pw@host/db"), "mine")
-... # doctest: +SKIP
+>>> url_of(SearchConfig(), "mine")  # the default: the study's own sqlite file
+'sqlite:///outputs/search/mine.db'
+>>> shown("postgresql+psycopg2://user:pw@host/db")  # a server, as messages and logs name it
+'postgresql+psycopg2://user:***@host/db'
+>>> storage = make_storage(SearchConfig(storage=f"sqlite:///{tmp_path}/studies.db"), "mine")
+>>> optuna.create_study(study_name="mine", storage=storage).study_name
+'mine'
+>>> notes = tmp_path / "notes.db"
+>>> _ = notes.write_text("my notes")
+>>> make_storage(SearchConfig(storage=f"sqlite:///{notes}"), "mine")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+  ...
+search.errors.StorageError: .../notes.db is not a sqlite database (it starts with b'my notes'): it cannot ...
 """
 
 from __future__ import annotations

@@ -17,7 +17,20 @@ parameters. A worker with nothing left to run but trials RUNNING elsewhere waits
 ``3 * heartbeat`` seconds: a dead worker's trial goes stale in that time and this worker retries it;
 a live worker's heartbeat goes on, and that worker accounts for its own trial.
 
->>> study = run_search(task, space, kernel, settings, seed=0)   # doctest: +SKIP
+>>> from search.config import ModelConfig, MQARConfig, ParamSpec, ProxyConfig, TargetConfig, TrainConfig
+>>> task = MQARConfig(n=32, pairs=3, distances=[2, 8, 32], model=ModelConfig(d_model=16, head_dim=4),
+...                   train=TrainConfig(steps=4, batch=4, eval_sequences=16, threads=1))  # a smoke-test size
+>>> space = SpaceConfig(name="window", template="causal & window(ceil($w * n))",
+...                     params={"w": ParamSpec(type="float", low=0.05, high=0.5)},
+...                     target=TargetConfig(layers=2, heads=4, head_dim=16, n=512, block=64),
+...                     proxy=ProxyConfig(n=32, block=8), density_budget=1.0, require_mixing=False)
+>>> kernel = KernelConfig(repeats=1, warmup=0)
+>>> settings = SearchConfig(n_trials=1, storage=f"sqlite:///{tmp_path}/studies.db")  # one trial
+>>> study = run_search(task, space, kernel, settings, seed=0, progress=False)
+>>> [t.state.name for t in study.trials], study_account(study, settings, space).finished
+(['COMPLETE'], True)
+>>> len(run_search(task, space, kernel, settings, seed=0, progress=False).trials)  # a rerun: nothing to do
+1
 """
 
 from __future__ import annotations
@@ -98,7 +111,17 @@ def load_existing(settings: SearchConfig, defined: dict) -> optuna.Study:
     """The study of ``defined`` (or ``settings.study``) as it stands, for a report: never creates a
     storage or a study, and refuses one of another definition.
 
-    >>> load_existing(SearchConfig(), definition(task, space, kernel, seed=0)).trials   # doctest: +SKIP
+    >>> from search.config import MQARConfig
+    >>> space = SpaceConfig(name="window")
+    >>> settings = SearchConfig(study="mine", storage=f"sqlite:///{tmp_path}/studies.db")
+    >>> defined = definition(MQARConfig(), space, KernelConfig(), seed=0)
+    >>> _ = open_study(settings, space, defined, "mine")  # as run_search creates it
+    >>> load_existing(settings, defined).study_name
+    'mine'
+    >>> load_existing(settings, definition(MQARConfig(), space, KernelConfig(), seed=1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    search.errors.StudyMismatch: study 'mine' in ... than this run's: seed: 0 in the study, 1 here. ...
     """
     name = settings.study or study_name(defined)
     url = url_of(settings, name)

@@ -155,7 +155,15 @@ def check_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, set
     """Everything a search run uses, before its first trial; ``devices=False`` (a launcher checking
     its jobs) leaves the devices to the machines the jobs run on.
 
-    >>> check_search(task, space, kernel, settings, seed=0)   # doctest: +SKIP
+    >>> from search.config import MQARConfig
+    >>> space = SpaceConfig(name="window", references={"dense": {"expr": "causal"},
+    ...                                                "local": {"expr": "causal & window(16)"}})
+    >>> check_search(MQARConfig(), space, KernelConfig(), SearchConfig(), seed=0)  # all good: nothing
+    >>> check_search(MQARConfig(), space, KernelConfig(), SearchConfig(n_trials=1), seed=0)
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    search.errors.ConfigError: search.n_trials = 1 is fewer than the 2 reference trials of space window ...
     """
     check_seed(seed)
     check_space(space)

@@ -7,7 +7,10 @@ MQA and GQA. Everything is computed here and inlined: the page fetches nothing.
 
 >>> import patternc
 >>> from patternc.explore import write_explorer
->>> write_explorer(patternc.compile("conf/pattern/longformer.yaml", n=8192), "lf.html")  # doctest: +SKIP
+>>> page = write_explorer(patternc.compile("conf/pattern/longformer.yaml", n=1024), tmp_path / "lf.html")
+>>> html = page.read_text(encoding="utf-8")
+>>> html.startswith("<!DOCTYPE html>"), any(tag in html for tag in ("<link", "<script src", "<img"))
+(True, False)
 
 From the command line: ``patternc show conf/pattern/longformer.yaml --n 8192 --html lf.html``.
 """

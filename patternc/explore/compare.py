@@ -7,7 +7,12 @@ blocks), the keys each KV head caches, the layers until every position has heard
 it may (the mixing depth), and whether some token is heard directly by every query. FLOPs and
 bytes follow on the page from the head dimension and element size the reader picks.
 
->>> rows = comparison_rows(cp, reach(cp), cp.stats())  # doctest: +SKIP
+>>> cp = patternc.compile("causal & (window(128) | sink(1))", n=1024)
+>>> mha, mqa, gqa, ours = comparison_rows(cp, patternc.reach(cp), cp.stats())
+>>> mha.pairs, ours.pairs, ours.computed_pairs, ours.kv_keys  # a KV cache of 128 window keys + 1 sink
+(524800, 123840, 344064, 129)
+>>> ours.global_token
+'yes: key 0, heard directly by every other query (layer 0, head 0)'
 """
 
 from __future__ import annotations

@@ -5,8 +5,14 @@ tensors that are not 4-d, an empty batch or no heads, shapes that disagree with 
 the compiled pattern (``n``, heads, the grouping of query heads over KV heads, the length and head
 dimension of ``v``), dtypes or devices that differ, and dtypes the kernel does not take.
 
->>> check_inputs(q, k, v, patternc.compile("causal", n=q.shape[2]), layer=0)  # doctest: +SKIP
-Shapes(batch=2, heads=8, kv_heads=2, n=1024, head_dim=64)
+>>> import torch
+>>> q, k = torch.zeros(2, 8, 128, 16), torch.zeros(2, 2, 128, 16)  # (B, H, n, d), (B, Hkv, n, d)
+>>> check_inputs(q, k, k, patternc.compile("causal", n=128), layer=0)
+Shapes(batch=2, heads=8, kv_heads=2, n=128, head_dim=16)
+>>> check_inputs(q, k[:, :, :64], k, patternc.compile("causal", n=128), layer=0)
+Traceback (most recent call last):
+  ...
+patternc.errors.KernelInputError: block_sparse_attention: k has length 64 but q has 128 (the pattern's n)
 """
 
 from __future__ import annotations

@@ -7,8 +7,18 @@ fused kernel, which only takes an additive mask. Key columns that no query of th
 cut off (``sink(64)`` in a block of 128 reads 64 keys, unmasked), and the queries with no allowed
 key in the run are listed, so that the caller can give them nothing.
 
->>> masks = mask_cache(cp, layer=0, head=0, device=q.device, dtype=q.dtype)  # doctest: +SKIP
->>> masks.get(seg.kinds, seg.q_len, seg.k_len, tiles=1).k_len                 # doctest: +SKIP
+>>> import torch
+>>> from patternc.kernels.plan import segments
+>>> cp = patternc.compile("sink(64)", n=256, block=128)
+>>> (call,) = segments(cp, 0, 0, max_blocks=64).segments  # both rows read key block 0
+>>> masks = mask_cache(cp, layer=0, head=0, device=torch.device("cpu"), dtype=torch.float32)
+>>> m = masks.get(call.kinds, call.q_len, call.k_len, tiles=1)
+>>> m.k_skip, m.k_len, m.allowed  # the block's first 64 keys, every pair among them allowed: no mask
+(0, 64, None)
+>>> cp = patternc.compile("causal & window(4) - diagonals([0])", n=64, block=16)  # query 0 sees no key
+>>> call = next(s for s in segments(cp, 0, 0, max_blocks=64).segments if s.row0 == 0)  # block row 0
+>>> mask_cache(cp, 0, 0, torch.device("cpu"), torch.float32).get(call.kinds, call.q_len, call.k_len, 1).dead
+tensor([0])
 """
 
 from __future__ import annotations

@@ -10,8 +10,11 @@ their rows form an arithmetic progression, so queries, keys and outputs are all 
 A run that holds PARTIAL blocks carries a token mask; a long stretch of FULL blocks is cut out
 of it and called without one (see ``MASK_SPAN``).
 
->>> cp = patternc.compile("causal & (window(512) | sink(64))", n=8192)   # doctest: +SKIP
->>> [s.rows for s in segments(cp, 0, 0, max_blocks=64).segments][:2]     # doctest: +SKIP
+>>> p = segments(patternc.compile("causal & window(64)", n=256, block=64), 0, 0, max_blocks=64)
+>>> [(s.row0, s.rows, s.k_start, s.k_step, s.k_len) for s in p.segments]  # rows 1-3 slide; row 0 alone
+[(1, 3, 0, 64, 128), (0, 1, 0, 0, 64)]
+>>> cp = patternc.compile("causal & (window(512) | sink(64))", n=8192)
+>>> [s.rows for s in segments(cp, 0, 0, max_blocks=64).segments][:2]  # 58 rows' bands, their 58 sinks
 [58, 58]
 """
 
@@ -66,9 +69,11 @@ def partial_kinds(cp: CompiledPattern, layer: int, head: int) -> tuple[np.ndarra
     """Token masks of PARTIAL blocks, each distinct content once (a window's edge blocks all look
     alike): ``kind`` (nnz,) int64 index into ``masks`` (u, bq, bk) bool, -1 for FULL blocks.
 
-    >>> kind, masks = partial_kinds(patternc.compile("causal", n=256, block=64), 0, 0)  # doctest: +SKIP
-    >>> masks.shape                                                                       # doctest: +SKIP
-    (1, 64, 64)
+    >>> kind, masks = partial_kinds(patternc.compile("causal", n=256, block=64), 0, 0)
+    >>> kind  # the 4 diagonal blocks share mask 0; the 6 below them are FULL
+    array([ 0, -1,  0, -1, -1,  0, -1, -1, -1,  0])
+    >>> masks.shape, bool((masks[0] == np.tril(np.ones((64, 64), bool))).all())
+    ((1, 64, 64), True)
     """
     indptr, indices, full = cp.layout(layer, head)
     kind = np.full(len(indices), -1, np.int64)
@@ -133,8 +138,9 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
     """The calls that cover every stored block of ``cp.layout(layer, head)`` once, each at most
     ``max_blocks`` key blocks long; largest first, so most rows are stored before any merge.
 
-    >>> segments(patternc.compile("causal", n=256, block=64), 0, 0, 64).segments[0].kinds  # doctest: +SKIP
-    (0,)
+    >>> plan = segments(patternc.compile("causal", n=256, block=64), 0, 0, 64)
+    >>> [(s.row0, s.k_len, s.kinds) for s in plan.segments]  # FULL blocks -1, then the diagonal's mask
+    [(3, 256, (-1, -1, -1, 0)), (2, 192, (-1, -1, 0)), (1, 128, (-1, 0)), (0, 64, (0,))]
     """
     grid = cp.grid
     _, indices, _ = cp.layout(layer, head)

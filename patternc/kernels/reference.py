@@ -21,9 +21,18 @@ it: calls with PARTIAL blocks whose keys or values (backward: also queries, outp
 gradients) hold a NaN or inf are computed by the ``math`` path, which selects instead of adding
 -inf; other calls are untouched.
 
->>> cp = patternc.compile("causal & window(512)", n=4096, block=128)          # doctest: +SKIP
->>> out = block_sparse_attention(q, k, v, cp, layer=0)  # q, k, v: (B, H, 4096, d)  # doctest: +SKIP
->>> out.sum().backward()                                                      # doctest: +SKIP
+>>> import torch
+>>> import torch.nn.functional as F
+>>> cp = patternc.compile("causal & window(128)", n=512, block=64)
+>>> gen = torch.Generator().manual_seed(0)  # q, k, v: (B, H, n, d)
+>>> q, k, v = (torch.randn(1, 2, 512, 16, generator=gen, requires_grad=True) for _ in range(3))
+>>> out = block_sparse_attention(q, k, v, cp, layer=0)  # (B, H, n, d)
+>>> out.sum().backward()
+>>> mask = torch.from_numpy(cp.to_dense(layer=0))  # (H, n, n) bool: the oracle, small n only
+>>> x = [t.detach().requires_grad_() for t in (q, k, v)]
+>>> F.scaled_dot_product_attention(*x, attn_mask=mask).sum().backward()
+>>> [torch.allclose(ours.grad, dense.grad, atol=1e-5) for ours, dense in zip((q, k, v), x)]
+[True, True, True]
 """
 
 from __future__ import annotations
@@ -67,8 +76,26 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern,
     ``$PATTERNC_KERNEL_PATH``, else ``auto``) says how calls are computed: see ``kernels.paths``.
     Bad inputs raise ``KernelInputError`` before any work.
 
-    >>> out = block_sparse_attention(q, k, v, patternc.compile("causal", n=q.shape[2]))  # doctest: +SKIP
-    >>> out.sum().backward()                                                            # doctest: +SKIP
+    Grouped-query heads: 4 query heads over 2 KV heads.
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> cp = patternc.compile("causal & window(32)", n=128, block=32)
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> q = torch.randn(1, 4, 128, 16, generator=gen, requires_grad=True)  # (B, H, n, d)
+    >>> k, v = (torch.randn(1, 2, 128, 16, generator=gen, requires_grad=True) for _ in range(2))  # Hkv = 2
+    >>> out = block_sparse_attention(q, k, v, cp)
+    >>> out.sum().backward()  # dk, dv sum over the two query heads of each KV head
+    >>> out.shape, k.grad.shape
+    (torch.Size([1, 4, 128, 16]), torch.Size([1, 2, 128, 16]))
+    >>> dense = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.from_numpy(cp.to_dense(layer=0)),
+    ...                                        enable_gqa=True)
+    >>> torch.allclose(out, dense, atol=1e-5)
+    True
+    >>> block_sparse_attention(q, k, v, patternc.compile("causal", n=256))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    patternc.errors.KernelInputError: ...: q has length 128 but the pattern was compiled for n = 256
     """
     shapes = check_inputs(q, k, v, cp, layer, scale, score_budget)
     run = _Run(cp=cp, layer=layer, scale=1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale),

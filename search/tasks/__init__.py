@@ -7,8 +7,14 @@
 A new task is a ``Task`` subclass here, its config dataclass in ``search.config.TASK_SCHEMAS`` and
 a YAML under ``conf/task/``; ``make_task`` finds it by the config's ``name``.
 
->>> make_task(MQARConfig(n=128)).batch(np.random.default_rng(0), 8).tokens.shape   # doctest: +SKIP
+>>> import numpy as np
+>>> from search.config import MajorityConfig, MQARConfig
+>>> make_task(MQARConfig(n=128)).batch(np.random.default_rng(0), 8).tokens.shape
 (8, 128)
+>>> make_task(MajorityConfig(n=4))
+Traceback (most recent call last):
+  ...
+ValueError: task.n must be at least 8, got 4
 """
 
 from __future__ import annotations

@@ -7,8 +7,14 @@ must predict the answer token from the sequence so far (a decoder reads left to 
 answer belongs to a bucket (a query-to-key distance range, a margin, ...), so accuracy can be
 reported per bucket: the buckets are what separate one pattern from another.
 
->>> task = make_task(MQARConfig(n=128))                                    # doctest: +SKIP
->>> batch = task.batch(np.random.default_rng(0), 32)  # tokens (32, 128)   # doctest: +SKIP
+>>> from search.config import MQARConfig
+>>> from search.tasks import make_task
+>>> task = make_task(MQARConfig(n=128))
+>>> batch = task.batch(np.random.default_rng(0), 32)
+>>> batch.tokens.shape, task.bucket_names
+((32, 128), ('2-15', '16-47', '48-127'))
+>>> (batch.labels != IGNORE).sum(axis=1)[:4], bool(((batch.labels != IGNORE) == (batch.buckets >= 0)).all())
+(array([8, 8, 8, 8]), True)
 """
 
 from __future__ import annotations

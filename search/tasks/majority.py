@@ -10,7 +10,12 @@ margin 1 needs exact counting, larger margins forgive a rough estimate.
 
 Token ids: ``0 .. noise - 1`` filler, then ``groups * markers`` markers, then ``groups`` questions.
 
->>> task = Majority(MajorityConfig(n=128))                                 # doctest: +SKIP
+>>> task = Majority(MajorityConfig(n=128))
+>>> task.bucket_names, task.vocab, task.chance
+(('margin 1', 'margin 2', 'margin 3+'), 36, 0.25)
+>>> batch = task.batch(np.random.default_rng(0), 4)
+>>> np.flatnonzero(batch.labels[0] != IGNORE)  # the 4 questions close the sequence
+array([124, 125, 126, 127])
 """
 
 from __future__ import annotations

@@ -12,7 +12,14 @@ pattern can route. Pairs sit anywhere, not at the start, so sinks or a prefix ca
 
 Token ids: 0 filler, ``1 .. keys`` keys, ``keys + 1 .. keys + values`` values.
 
->>> task = MQAR(MQARConfig(n=128, distances=[2, 32, 128]))                  # doctest: +SKIP
+>>> task = MQAR(MQARConfig(n=16, pairs=2, keys=4, values=4, distances=[2, 8, 16]))
+>>> task.bucket_names, task.vocab, task.chance
+(('2-7', '8-15'), 9, 0.25)
+>>> batch = task.batch(np.random.default_rng(0), 1)
+>>> batch.tokens[0]  # key 3, value 6, then key 3 asked; key 4, value 6, asked at 12
+array([3, 6, 3, 0, 0, 0, 4, 6, 0, 0, 0, 0, 4, 0, 0, 0])
+>>> np.flatnonzero(batch.labels[0] != IGNORE), batch.labels[0, [2, 12]], batch.buckets[0, [2, 12]]
+(array([ 2, 12]), array([6, 6]), array([0, 0]))
 """
 
 from __future__ import annotations
