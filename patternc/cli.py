@@ -229,7 +229,8 @@ def _check(cp: CompiledPattern, args) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         how = "exact, token by token" if report.exact else f"block-level bounds (blocks of {report.block[0]})"
-        print(f"n = {cp.n}, {cp.layers} layers x {cp.heads} heads, "
+        kv = f" ({cp.stack.kv_heads} KV heads)" if cp.stack.kv_heads != cp.heads else ""
+        print(f"n = {cp.n}, {cp.layers} layers x {cp.heads} heads{kv}, "
               f"{'causal' if report.causal else 'not causal'} envelope; {how}")
         low, high = report.mixing_depth_bounds
         if report.mixing_depth is not None:
@@ -258,6 +259,8 @@ def _check(cp: CompiledPattern, args) -> int:
                       f"hear key {k}; raise --exact-limit for tokens): {steps}")
         for error in report.errors:
             print(f"error: {error}")
+        for warning in report.warnings:
+            print(f"warning: {warning}")
     if args.png:
         print(f"wrote {args.png}", file=sys.stderr if args.json else sys.stdout)
     failed = bool(report.errors) or (args.require_mixing and not report.covered)

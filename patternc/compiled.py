@@ -241,18 +241,21 @@ class CompiledPattern:
 
     # ---- exports (patternc/export/) ------------------------------------------------------------------
 
-    def to_block_mask(self, layer: int | None = None, device: str = "cpu") -> BlockMask:
+    def to_block_mask(self, layer: int | None = None, device: str = "cpu", width: str = "auto",
+                      backward: bool = True) -> BlockMask:
         """A FlexAttention ``BlockMask`` of shape ``(1, heads, n, n)`` for every head of ``layer``:
         FULL blocks as ``full_kv_*``, PARTIAL ones as ``kv_*`` with one ``mask_mod`` exact for every
         head, ``BLOCK_SIZE = (bq, bk)``. Build it on the device it runs on: ``BlockMask.to`` moves
-        the block tables but not the ``mask_mod``'s lookup tables.
+        the block tables but not the ``mask_mod``'s lookup tables. ``width``: ``"auto"`` (what the
+        device's compiled kernel takes under this torch), ``"compact"``, ``"padded"`` or ``"full"``
+        (``patternc.export.widths``); ``backward=False`` leaves out the backward's tables.
 
         >>> patternc.compile("causal & window(64)", n=1000, block=64).to_block_mask().BLOCK_SIZE
         (64, 64)
         """
         from patternc.export.flex import to_block_mask
 
-        return to_block_mask(self, self.at(layer, 0)[0], device)
+        return to_block_mask(self, self.at(layer, 0)[0], device, width, backward)
 
     def to_bsr(self, layer: int | None = None, head: int | None = None, with_masks: bool = False) -> BlockCSR:
         """Block CSR of one (layer, head) as FlashInfer's ``BlockSparseAttentionWrapper.plan`` takes
