@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
     from patternc.lower.node import Lowered
 
-__all__ = ["KVGroupMismatch", "KVPattern", "head_runs", "kv_patterns", "mixed_kv_groups"]
+__all__ = ["KVGroupMismatch", "KVPattern", "head_runs", "heads_text", "kv_patterns", "mixed_kv_groups",
+           "query_heads"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -54,9 +55,9 @@ class KVGroupMismatch:
     expressions: tuple[tuple[str, tuple[int, ...]], ...]
 
     def describe(self) -> str:
-        parts = "; ".join(f"head{'s' if len(hs) > 1 else ''} {_heads_text(hs)}: {text}"
+        parts = "; ".join(f"head{'s' if len(hs) > 1 else ''} {heads_text(hs)}: {text}"
                           for text, hs in self.expressions)
-        return (f"layer {self.layer}: KV head {self.kv_head} (query heads {_heads_text(self.heads)}) is read "
+        return (f"layer {self.layer}: KV head {self.kv_head} ({query_heads(self.heads)}) is read "
                 f"by heads whose patterns differ ({parts})")
 
     def to_dict(self) -> dict:
@@ -143,6 +144,11 @@ def _mismatch(cp: CompiledPattern, layer: int, g: int, heads: tuple[int, ...]) -
                                                   for text, members in zip(texts, classes, strict=True)))
 
 
-def _heads_text(heads) -> str:
+def query_heads(heads) -> str:
+    """'query head 3' or 'query heads 0-3'."""
+    return f"query head{'s' if len(heads) > 1 else ''} {heads_text(heads)}"
+
+
+def heads_text(heads) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in head_runs(heads))
