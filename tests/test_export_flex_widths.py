@@ -180,3 +180,56 @@ def test_compiled_cuda_kernel_matches_the_width_table():
 def test_every_device_row_names_its_evidence():
     assert {rule.device for rule in WIDTH_RULES} == {"cpu", "cuda"}
     assert all(rule.form in FORMS and rule.evidence for rule in WIDTH_RULES)
+
+
+def test_a_million_tokens_take_tables_proportional_to_their_blocks(monkeypatch):
+    """n = 1M, 32 heads of causal & (window(4096) | sink(64)): full-width tables would be 32 GiB;
+    compact ones hold the stored blocks (shared by the heads), plus the query side's sink column,
+    which is as long as there are query blocks. And no predicate sees more than the one-element
+    tensors that record the mask_mod: nothing is evaluated per token."""
+    from patternc.lower.node import Lowered
+
+    largest = []
+
+    def watch(cls):
+        original = cls.predicate
+
+        def predicate(self, q, k):
+            largest.append(max(x.numel() if hasattr(x, "numel") else np.size(x) for x in (q, k)))
+            return original(self, q, k)
+
+        monkeypatch.setattr(cls, "predicate", predicate)
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    n, heads = 2**20, 32
+    cp = patternc.compile(patternc.Stack("causal & (window(4096) | sink(64))", heads=heads), n)
+    nbq = cp.grid.nbq  # 8192
+    stored = int(np.diff(cp.layout(0, 0).indptr).max())  # the widest row of stored blocks
+    for cls in set(subclasses(Lowered)):  # from here on, every predicate call is seen
+        if "predicate" in vars(cls):
+            watch(cls)
+    bm = cp.to_block_mask(0, width="compact")
+    assert largest and max(largest) == 1
+    for name in ("kv_indices", "full_kv_indices"):
+        table = getattr(bm, name)
+        assert table.shape[:3] == (1, heads, nbq) and table.shape[3] <= stored
+        assert table.untyped_storage().nbytes() == 4 * nbq * table.shape[3]  # one table for all heads
+    q_bytes = sum(getattr(bm, name).untyped_storage().nbytes() for name in ("q_indices", "full_q_indices"))
+    assert q_bytes <= 4 * nbq * (nbq + 64)  # the sink column lists every query block once
+    total = sum(t.untyped_storage().nbytes() for t in (
+        bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices, bm.q_num_blocks,
+        bm.q_indices, bm.full_q_num_blocks, bm.full_q_indices))
+    assert total < 300 * 2**20 < 32 * 2**30
+    forward = cp.to_block_mask(0, width="compact", backward=False)
+    assert forward.kv_indices.untyped_storage().nbytes() + forward.full_kv_indices.untyped_storage().nbytes() \
+        < 2 * 2**20
+
+
+def test_full_width_tables_at_a_million_tokens_are_refused_before_allocation():
+    cp = patternc.compile(patternc.Stack("causal & (window(4096) | sink(64))", heads=32), 2**20)
+    with pytest.raises(patternc.PatternSizeError, match="bytes of full BlockMask tables for layer 0"):
+        cp.to_block_mask(0, width="full")

@@ -97,10 +97,21 @@ def fa4_to_dense(mask_block_cnt, mask_block_idx, full_block_cnt, full_block_idx,
         where = np.nonzero(listed)
         blocks[kind][(*where[:3], idx[listed])] = True
     per_token = blocks.repeat(bq, axis=3).repeat(bk, axis=4)[..., :n, :n]  # (2, B, H, n, n)
-    q, k = torch.arange(n)[:, None], torch.arange(n)[None, :]
-    allowed = np.stack([np.stack([mask_mod(torch.tensor(bi), torch.tensor(hi), q, k).numpy()
-                                  for hi in range(h)]) for bi in range(b)])  # (B, H, n, n)
+    allowed = np.stack([_every_head(mask_mod, bi, h, n) for bi in range(b)])  # (B, H, n, n)
     return per_token[1] | (per_token[0] & allowed)
+
+
+def _every_head(mask_mod, b: int, heads: int, n: int) -> np.ndarray:
+    """(H, n, n): ``mask_mod`` on every pair of every head, in one call where it broadcasts over a
+    head tensor (ours do, as FlexAttention's vmap needs), else head by head."""
+    import torch
+
+    q, k = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    out = torch.as_tensor(mask_mod(torch.tensor(b), torch.arange(heads)[:, None, None], q[None], k[None]))
+    if tuple(out.shape) == (heads, n, n):
+        return out.numpy()
+    return np.stack([torch.as_tensor(mask_mod(torch.tensor(b), torch.tensor(h), q, k)).numpy()
+                     for h in range(heads)])
 
 
 def save_fa4(cp: CompiledPattern, path) -> None:
