@@ -47,7 +47,8 @@ def metadata(path) -> dict:
 
 def test_flashmask_file(capsys, tmp_path, stack_file):
     path = tmp_path / "out" / "fm.safetensors"
-    code, out, _ = run(capsys, "export", stack_file, "--n", 200, "--format", "flashmask", "--union", "-o", path)
+    code, out, _ = run(capsys, "export", stack_file, "--n", 200, "--format", "flashmask", "--union",
+                       "-o", path)
     assert code == 0 and f"wrote {path}" in out
     cp = patternc.compile(str(stack_file), 200)
     tensors = safetensors.numpy.load_file(path)
@@ -97,8 +98,8 @@ def test_a_mixed_group_exits_2_and_writes_nothing(capsys, tmp_path, stack_file, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    pytest.param(["--format", "fa4", "--union"], "--union applies to --format flashinfer_variable or flashmask",
-                 id="union_for_fa4"),
+    pytest.param(["--format", "fa4", "--union"],
+                 "--union applies to --format flashinfer_variable or flashmask", id="union_for_fa4"),
     pytest.param(["--format", "flashmask", "--masks"], "--masks applies to --format bsr", id="masks"),
 ])
 def test_misplaced_options_exit_2(capsys, tmp_path, stack_file, argv, message):
@@ -108,5 +109,6 @@ def test_misplaced_options_exit_2(capsys, tmp_path, stack_file, argv, message):
 
 def test_an_unrepresentable_pattern_exits_2(capsys, tmp_path):
     path = tmp_path / "x.safetensors"
-    code, _, err = run(capsys, "export", "causal & stride(7)", "--n", 300, "--format", "flashmask", "-o", path)
+    code, _, err = run(capsys, "export", "causal & stride(7)", "--n", 300, "--format", "flashmask",
+                       "-o", path)
     assert code == 2 and not path.exists() and "FlashMask cannot express the term stride(7)" in err

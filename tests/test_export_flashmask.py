@@ -10,7 +10,7 @@ import pytest
 from test_flex_oracle import EXPRESSIONS, SHAPES
 
 import patternc
-from patternc.export.flashmask import FORMATS, flashmask_to_dense, to_flashmask
+from patternc.export.flashmask import FORMATS, flashmask_to_dense
 
 # patterns FlashMask must take, and the form they take (causal, values)
 REPRESENTABLE = [
@@ -43,6 +43,10 @@ NOT_REPRESENTABLE = [
 ]
 
 
+def read_back(fm):
+    return flashmask_to_dense(fm.startend_row_indices, fm.causal)[0, 0]
+
+
 @pytest.mark.parametrize("n, block", SHAPES)
 @pytest.mark.parametrize("expr", [p.values[0] for p in EXPRESSIONS])
 def test_oracle_table_round_trips_exactly_or_is_refused(expr, n, block):
@@ -53,7 +57,7 @@ def test_oracle_table_round_trips_exactly_or_is_refused(expr, n, block):
         assert "FlashMask cannot express" in str(err) and "at most two per key column" in str(err)
         return
     assert fm.startend_row_indices.dtype == np.int32 and fm.startend_row_indices.shape[:3] == (1, 1, n)
-    np.testing.assert_array_equal(flashmask_to_dense(fm.startend_row_indices, fm.causal)[0, 0], cp.to_dense(0, 0))
+    np.testing.assert_array_equal(read_back(fm), cp.to_dense(0, 0))
 
 
 @pytest.mark.parametrize("n, block", SHAPES)
@@ -63,7 +67,7 @@ def test_patterns_people_use_are_representable_in_the_fewest_values(expr, form, 
     fm = cp.to_flashmask()
     assert (fm.causal, fm.values) == form
     assert fm.exact
-    np.testing.assert_array_equal(flashmask_to_dense(fm.startend_row_indices, fm.causal)[0, 0], cp.to_dense(0, 0))
+    np.testing.assert_array_equal(read_back(fm), cp.to_dense(0, 0))
     # no form with fewer values (or the causal one at a tie) is exact: the choice is the first that is
     for causal, values in FORMATS[:FORMATS.index(form)]:
         assert not _some_exact(cp, causal, values), f"{expr} also fits causal={causal} with {values} values"

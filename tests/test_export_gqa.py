@@ -100,8 +100,8 @@ def test_per_kv_head_patterns_refuse_a_mixed_group_or_unite_it(mixed):
     cp = patternc.compile(str(mixed), 256, block=32)
     assert [p.heads for p in kv_patterns(cp, 0)] == [(0, 1), (2, 3)]
     with pytest.raises(patternc.PatternMeaningError,
-                       match=r"layer 1: KV head 1 \(query heads 2-3\).*head 2: causal & window\(16\); head 3: "
-                             r"causal & \(window\(16\) \| sink\(4\)\).*union=True"):
+                       match=r"layer 1: KV head 1 \(query heads 2-3\).*head 2: causal & window\(16\); "
+                             r"head 3: causal & \(window\(16\) \| sink\(4\)\).*union=True"):
         kv_patterns(cp, 1)
     united = kv_patterns(cp, 1, union=True)
     assert [p.exact for p in united] == [True, False]
@@ -116,7 +116,7 @@ def test_exports_per_kv_head_refuse_or_unite(export):
     stack = Stack.from_dict(yaml.safe_load(MIXED.replace("window(16)", "chunk(64)")))
     cp = patternc.compile(stack, 256, block=32)
     getattr(cp, export)(0)
-    with pytest.raises(patternc.PatternMeaningError, match="KV head 1 .query heads 2-3."):
+    with pytest.raises(patternc.PatternMeaningError, match=r"KV head 1 \(query heads 2-3\)"):
         getattr(cp, export)(1)
     assert getattr(cp, export)(1, union=True).exact is False
     assert getattr(cp, export)(0, union=True).exact is True
@@ -130,9 +130,9 @@ def test_check_warns_of_mixed_groups_and_lists_them_in_json(capsys, mixed):
     out = capsys.readouterr().out
     assert "2 layers x 4 heads (2 KV heads)" in out.splitlines()[0]
     warning = [line for line in out.splitlines() if line.startswith("warning:")]
-    assert warning == ["warning: layer 1: KV head 1 (query heads 2-3) is read by heads whose patterns differ "
-                       "(head 2: causal & window(16); head 3: causal & (window(16) | sink(4))); exports per KV "
-                       "head need one pattern per group (or --union, not exact)"]
+    assert warning == ["warning: layer 1: KV head 1 (query heads 2-3) is read by heads whose patterns "
+                       "differ (head 2: causal & window(16); head 3: causal & (window(16) | sink(4))); "
+                       "exports per KV head need one pattern per group (or --union, not exact)"]
     assert main(["check", str(mixed), "--n", "256", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["kv_mismatches"] == [{"layer": 1, "kv_head": 1, "heads": [2, 3], "patterns": [

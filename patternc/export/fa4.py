@@ -79,7 +79,6 @@ def fa4_to_dense(mask_block_cnt, mask_block_idx, full_block_cnt, full_block_idx,
     >>> bool((dense[0, 0] == cp.to_dense(0, 0)).all())
     True
     """
-    import torch
 
     tables = [np.asarray(a) for a in (mask_block_cnt, mask_block_idx, full_block_cnt, full_block_idx)]
     b, h, nbq = tables[0].shape
