@@ -69,12 +69,13 @@ def to_flashmask(cp: CompiledPattern, layer: int, union: bool = False) -> FlashM
     patterns = kv_patterns(cp, layer, union)
     require(4 * 4 * len(patterns) * cp.n, MAX_INDEX_BYTES, f"bytes of FlashMask indices at n = {cp.n:,}",
             "export fewer KV heads or a shorter sequence")
-    runs = []
+    runs, by_node = [], {}
     for p in patterns:
-        found = column_runs(p.node, p.layout)
-        if found.over is not None or not any(_fits(found, fmt) is not None for fmt in FORMATS):
-            raise _not_representable(cp, layer, p, found)
-        runs.append(found)
+        if p.node not in by_node:  # KV heads with one pattern share its runs
+            found = by_node[p.node] = column_runs(p.node, p.layout)
+            if found.over is not None or not any(_fits(found, fmt) is not None for fmt in FORMATS):
+                raise _not_representable(cp, layer, p, found)
+        runs.append(by_node[p.node])
     for fmt in FORMATS:  # the last form holds every column any form holds, so one always fits
         values = [_fits(found, fmt) for found in runs]
         if all(v is not None for v in values):
