@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from safetensors import safe_open
+from test_cli_export import run
 
 import patternc
-from patternc.cli import main
 
 STACK = """\
 layers: 2
@@ -32,12 +32,6 @@ def stack_file(tmp_path):
     path = tmp_path / "stack.yaml"
     path.write_text(STACK)
     return path
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def metadata(path) -> dict:
