@@ -1,8 +1,11 @@
-"""GPU check: compiled FlexAttention with our BlockMask against dense causal SDPA at 32k-128k in
-bf16, its output against our reference kernel, and FlashInfer's block-sparse wrapper with our BSR
-when ``flashinfer`` imports; then what the search sees on a GPU: ``patternc.measure`` ratios with
-``device="cuda"`` (``kernel=gpu``) for the default space's references at 32k, and the proxy
-model's training speed with ``train.device=cuda``. Sized to finish in a few minutes on one GPU.
+"""GPU check: compiled FlexAttention with our BlockMask (compact tables, the CUDA row of
+``patternc.export.widths``) against dense causal SDPA at 32k-128k in bf16, its output against our
+reference kernel and against the same mask with full-width tables; FlashInfer's two wrappers when
+``flashinfer`` imports (``BlockSparseAttentionWrapper`` with our BSR and per-block masks,
+``VariableBlockSparseAttentionWrapper`` with ``to_flashinfer_variable`` on a GQA stack); then what
+the search sees on a GPU: ``patternc.measure`` ratios with ``device="cuda"`` (``kernel=gpu``) for
+the default space's references at 32k, and the proxy model's training speed with
+``train.device=cuda``. Sized to finish in a few minutes on one GPU.
 
     python benchmarks/gpu_check.py          # prints "CUDA not available: skipping" without CUDA
 """
@@ -61,6 +64,49 @@ def flashinfer_check(cp, q, k, v, ref) -> str:
         "" if err < TOLERANCE else "  MISMATCH")
 
 
+def flashinfer_variable_check(n: int = 32768, heads: int = HEADS, kv_heads: int = 2) -> str:
+    """FlashInfer's variable block-sparse wrapper with ``to_flashinfer_variable`` (one partition per
+    KV head, causal=True on the diagonal cells) on a GQA stack, against our reference kernel."""
+    try:
+        import flashinfer
+    except ImportError:
+        return "flashinfer not installed: skipped"
+    stack = patternc.Stack("causal & (chunk(2048 * (1 + h // 4)) | sink(64))", heads=heads, kv_heads=kv_heads)
+    cp = patternc.compile(stack, n, block=128)
+    fi = cp.to_flashinfer_variable(0)
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    q = torch.randn(1, heads, n, D, device="cuda", generator=gen, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, kv_heads, n, D, device="cuda", generator=gen, dtype=torch.bfloat16)
+            for _ in range(2))
+    group = heads // kv_heads
+    with torch.inference_mode():  # the reference takes one K/V head per query head
+        ref = block_sparse_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), cp)
+    workspace = torch.empty(128 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    wrapper = flashinfer.VariableBlockSparseAttentionWrapper(workspace)
+    wrapper.plan(*(torch.from_numpy(a).cuda() for a in (fi.block_mask_map, fi.block_row_sz, fi.block_col_sz)),
+                 heads, kv_heads, D, causal=fi.causal, q_data_type=q.dtype)
+    qh, kh, vh = q[0].contiguous(), k[0].contiguous(), v[0].contiguous()  # (H, n, d): its HND layout
+    ms = cuda_ms(lambda: wrapper.run(qh, kh, vh))
+    out = wrapper.run(qh, kh, vh)[None]
+    err = (out.float() - ref.float()).abs().max().item()
+    cells = fi.block_mask_map.shape[1]
+    return (f"flashinfer variable ({heads} q / {kv_heads} kv heads, {cells} cells a side, "
+            f"causal={fi.causal}): {ms:.2f} ms, max |flashinfer - reference| = {err:.2e}"
+            + ("" if err < TOLERANCE else "  MISMATCH"))
+
+
+def compact_against_full(cp, q, k, v, flex) -> str:
+    """The compact tables (CUDA's form) and create_block_mask's full-width ones give one output."""
+    compact = cp.to_block_mask(0, device="cuda", width="compact")
+    full = cp.to_block_mask(0, device="cuda", width="full")
+    full.mask_mod = compact.mask_mod
+    a, b = flex(q, k, v, block_mask=compact), flex(q, k, v, block_mask=full)
+    widths = f"kv_indices {compact.kv_indices.shape[-1]} vs {full.kv_indices.shape[-1]} wide"
+    same = torch.equal(a, b)
+    return f"compact vs full-width tables ({widths}): " + ("identical" if same else
+                                                          f"DIFFER by {(a - b).abs().max().item():.2e}")
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("CUDA not available: skipping")
@@ -74,7 +120,7 @@ def main() -> int:
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(1, HEADS, n, D, device="cuda", generator=gen, dtype=torch.bfloat16)
                    for _ in range(3))
-        block_mask = cp.to_block_mask(0, device="cuda")
+        block_mask = cp.to_block_mask(0, device="cuda")  # width="auto": compact tables on CUDA
         with torch.inference_mode():
             sdpa_ms = cuda_ms(lambda: causal_sdpa(q, k, v))  # noqa: B023 (used in this iteration)
             flex_ms = cuda_ms(lambda: flex(q, k, v, block_mask=block_mask))  # noqa: B023
@@ -85,7 +131,13 @@ def main() -> int:
             failed |= err >= TOLERANCE
             print(line + ("" if err < TOLERANCE else "  MISMATCH"), flush=True)
             if n == 32768:
+                line = compact_against_full(cp, q, k, v, flex)
+                failed |= "DIFFER" in line
+                print("  " + line, flush=True)
                 print("  " + flashinfer_check(cp, q, k, v, ref), flush=True)
+                line = flashinfer_variable_check()
+                failed |= "MISMATCH" in line
+                print("  " + line, flush=True)
     search_on_gpu()
     return 1 if failed else 0
 

@@ -21,7 +21,7 @@ from patternc import __version__
 from patternc.compiled import CompiledPattern, block_shape, compile
 from patternc.draw import TEXT_LEGEND, draw_growth_png, draw_png, draw_text
 from patternc.errors import PatternError, brief
-from patternc.export.bsr import save_bsr
+from patternc.export import save_bsr, save_fa4, save_flashinfer_variable, save_flashmask
 from patternc.layout import head_stats
 from patternc.limits import MAX_N
 from patternc.reach import EXACT_LIMIT, check_size, reach
@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=_output, required=True, metavar="PATH",
                    help="file to write (parents are made)")
     p.add_argument("--masks", action="store_true", help="bsr: also write per-block token masks")
+    p.add_argument("--union", action="store_true",
+                   help="flashinfer_variable, flashmask: a KV group whose query heads differ gets their "
+                        "union (not exact for those heads) instead of an error")
 
     p = commands.add_parser("kv", help="the KV cache a decoder must keep: keys per head, bytes, and why")
     _common(p)
@@ -153,7 +156,11 @@ EXPORT_FORMATS = {
     "bsr": "safetensors of layer{l}.head{h}.indptr/indices/full(/masks), FlashInfer's block CSR",
     "layout": ".npy int64 (L, H, nbq, nbk), 1 where a block is stored (DeepSpeed / Triton)",
     "dense": ".npy bool (L, H, n, n), refused above 2**28 elements",
+    "flashinfer_variable": "safetensors of layer{l}.block_mask_map/block_row_sz/block_col_sz, per KV head",
+    "flashmask": "safetensors of layer{l}.startend_row_indices (1, kv_heads, n, 1|2|4), per KV head",
+    "fa4": "safetensors of layer{l}.mask_block_cnt/mask_block_idx/full_block_cnt/full_block_idx",
 }
+PER_KV_HEAD = ("flashinfer_variable", "flashmask")  # the formats that take one layout per KV head
 
 
 def _compile(args) -> CompiledPattern:
@@ -210,6 +217,8 @@ def _export(cp: CompiledPattern, args) -> None:
     path = Path(args.output)
     if args.masks and args.format != "bsr":
         raise PatternError(f"--masks applies to --format bsr, not {args.format}")
+    if args.union and args.format not in PER_KV_HEAD:
+        raise PatternError(f"--union applies to --format {' or '.join(PER_KV_HEAD)}, not {args.format}")
     # arrays are built before the file is opened, so a refused size leaves no file behind
     array = {"layout": cp.to_dense_blocks, "dense": cp.to_dense}.get(args.format, lambda: None)()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +226,12 @@ def _export(cp: CompiledPattern, args) -> None:
         cp.save(path)
     elif args.format == "bsr":
         save_bsr(cp, path, with_masks=args.masks)
+    elif args.format == "flashinfer_variable":
+        save_flashinfer_variable(cp, path, union=args.union)
+    elif args.format == "flashmask":
+        save_flashmask(cp, path, union=args.union)
+    elif args.format == "fa4":
+        save_fa4(cp, path)
     else:
         with open(path, "wb") as f:  # np.save(f, ...) writes exactly PATH, with no ".npy" added
             np.save(f, array)
@@ -237,7 +252,8 @@ def _check(cp: CompiledPattern, args) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         how = "exact, token by token" if report.exact else f"block-level bounds (blocks of {report.block[0]})"
-        print(f"n = {cp.n}, {cp.layers} layers x {cp.heads} heads, "
+        kv = f" ({cp.stack.kv_heads} KV heads)" if cp.stack.kv_heads != cp.heads else ""
+        print(f"n = {cp.n}, {cp.layers} layers x {cp.heads} heads{kv}, "
               f"{'causal' if report.causal else 'not causal'} envelope; {how}")
         low, high = report.mixing_depth_bounds
         if report.mixing_depth is not None:
@@ -266,6 +282,8 @@ def _check(cp: CompiledPattern, args) -> int:
                       f"hear key {k}; raise --exact-limit for tokens): {steps}")
         for error in report.errors:
             print(f"error: {error}")
+        for warning in report.warnings:
+            print(f"warning: {warning}")
     if args.png:
         print(f"wrote {args.png}", file=sys.stderr if args.json else sys.stdout)
     failed = bool(report.errors) or (args.require_mixing and not report.covered)

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
     from patternc.export.bsr import BlockCSR
+    from patternc.export.fa4 import FA4BlockSparse
+    from patternc.export.flashinfer import FlashInferVariable
+    from patternc.export.flashmask import FlashMask
 
 __all__ = ["DEFAULT_BLOCK", "CompiledPattern", "PatternStats", "block_shape", "clear_cache", "compile",
            "load"]
@@ -250,18 +253,21 @@ class CompiledPattern:
 
     # ---- exports (patternc/export/) ------------------------------------------------------------------
 
-    def to_block_mask(self, layer: int | None = None, device: str = "cpu") -> BlockMask:
+    def to_block_mask(self, layer: int | None = None, device: str = "cpu", width: str = "auto",
+                      backward: bool = True) -> BlockMask:
         """A FlexAttention ``BlockMask`` of shape ``(1, heads, n, n)`` for every head of ``layer``:
         FULL blocks as ``full_kv_*``, PARTIAL ones as ``kv_*`` with one ``mask_mod`` exact for every
         head, ``BLOCK_SIZE = (bq, bk)``. Build it on the device it runs on: ``BlockMask.to`` moves
-        the block tables but not the ``mask_mod``'s lookup tables.
+        the block tables but not the ``mask_mod``'s lookup tables. ``width``: ``"auto"`` (what the
+        device's compiled kernel takes under this torch), ``"compact"``, ``"padded"`` or ``"full"``
+        (``patternc.export.widths``); ``backward=False`` leaves out the backward's tables.
 
         >>> patternc.compile("causal & window(64)", n=1000, block=64).to_block_mask().BLOCK_SIZE
         (64, 64)
         """
         from patternc.export.flex import to_block_mask
 
-        return to_block_mask(self, self.at(layer, 0)[0], device)
+        return to_block_mask(self, self.at(layer, 0)[0], device, width, backward)
 
     def to_bsr(self, layer: int | None = None, head: int | None = None, with_masks: bool = False) -> BlockCSR:
         """Block CSR of one (layer, head) as FlashInfer's ``BlockSparseAttentionWrapper.plan`` takes
@@ -270,6 +276,45 @@ class CompiledPattern:
         from patternc.export.bsr import to_bsr
 
         return to_bsr(self, *self.at(layer, head), with_masks)
+
+    def to_flashinfer_variable(self, layer: int | None = None, union: bool = False) -> FlashInferVariable:
+        """FlashInfer's ``VariableBlockSparseAttentionWrapper.plan`` inputs for ``layer``, one
+        partition into whole cells per KV head: ``block_mask_map``, ``block_row_sz``,
+        ``block_col_sz`` and ``causal`` (``patternc.export.flashinfer``). Exact, or a
+        ``PatternError`` naming a block that whole cells cannot express; a KV group whose heads
+        differ is refused unless ``union=True``, whose union is then not exact for those heads.
+
+        >>> patternc.compile("causal & chunk(96)", n=256, block=64).to_flashinfer_variable().causal
+        True
+        """
+        from patternc.export.flashinfer import to_flashinfer_variable
+
+        return to_flashinfer_variable(self, self.at(layer, 0)[0], union)
+
+    def to_flashmask(self, layer: int | None = None, union: bool = False) -> FlashMask:
+        """FlashMask's ``startend_row_indices`` (1, kv_heads, n, 1|2|4) and ``causal`` for ``layer``,
+        in the fewest values exact for every KV head (``patternc.export.flashmask``); a pattern a
+        column's intervals cannot hold is a ``PatternError`` naming the term. A KV group whose heads
+        differ is refused unless ``union=True``, whose union is then not exact for those heads.
+
+        >>> patternc.compile("causal & window(3)", n=5).to_flashmask().startend_row_indices[0, 0, :, 0]
+        array([3, 4, 5, 5, 5], dtype=int32)
+        """
+        from patternc.export.flashmask import to_flashmask
+
+        return to_flashmask(self, self.at(layer, 0)[0], union)
+
+    def to_fa4(self, layer: int | None = None) -> FA4BlockSparse:
+        """FlashAttention 4's block sparsity for every head of ``layer``: partial and full block
+        counts and indices per query block, and ``block_size`` (``patternc.export.fa4``, which says
+        the tiles FA4 needs); partial blocks take ``to_block_mask(layer).mask_mod``.
+
+        >>> patternc.compile("causal", n=512, block=128).to_fa4().full_block_cnt
+        array([[[0, 1, 2, 3]]], dtype=int32)
+        """
+        from patternc.export.fa4 import to_fa4
+
+        return to_fa4(self, self.at(layer, 0)[0])
 
     def to_dense_blocks(self, max_elements: int | None = None) -> np.ndarray:
         """int64 ``(L, H, nbq, nbk)``, 1 where a block is stored: DeepSpeed's / Triton's layout, the

@@ -20,6 +20,7 @@ __all__ = [
     "LAYOUT_LIMIT",
     "MAX_BLOCK_PAIRS",
     "MAX_HEADS",
+    "MAX_INDEX_BYTES",
     "MAX_LAYOUT_BLOCKS",
     "MAX_N",
     "MAX_OVERRIDES",
@@ -43,6 +44,7 @@ MAX_REACH_BYTES = 2**31  # bits of reachability state (token-exact: n^2 / 8; blo
 MAX_STACK_BYTES = 2**20  # a stack file, or the stack stored in a layout file, is configuration
 MAX_YAML_DEPTH = 32  # nesting of a stack file (a stack is 4 deep)
 MAX_YAML_NODES = 2**15  # YAML nodes of a stack file, aliases expanded (no alias bombs)
+MAX_INDEX_BYTES = 2**32  # bytes of the index tables one kernel export builds (BlockMask, FA4, FlashMask)
 
 
 def require(size: int, limit: int, what: str, hint: str) -> None:

@@ -11,6 +11,7 @@
       - heads: "4:8"
         expr: causal & stride(round(sqrt(n)))
     params: {w: 512}           # default values of $parameters
+    kv_heads: 2                # grouped-query attention: query head h reads KV head h // (heads // kv_heads)
 
 A bare expression is a stack of one layer and one head.
 """
@@ -37,7 +38,7 @@ from patternc.limits import (
 
 __all__ = ["Override", "Stack", "as_stack", "check_params", "load_stack", "load_yaml"]
 
-_KEYS = ("layers", "heads", "block", "causal", "default", "overrides", "params", "description")
+_KEYS = ("layers", "heads", "block", "causal", "default", "overrides", "params", "description", "kv_heads")
 _OVERRIDE_KEYS = ("layers", "heads", "expr")
 
 
@@ -68,6 +69,7 @@ class Stack:
     params: tuple[tuple[str, int | float], ...] = ()  # default values of $parameters, sorted
     description: str = ""
     source: str | None = field(default=None, compare=False)  # file it was read from
+    kv_heads: int | None = None  # grouped-query attention's KV heads; None: one per query head
 
     def __post_init__(self) -> None:
         where = self.source or "stack"
@@ -76,6 +78,13 @@ class Stack:
         object.__setattr__(self, "description", " ".join(str(self.description).split()))
         _positive_int(self.layers, f"{where}: layers")
         _positive_int(self.heads, f"{where}: heads")
+        if self.kv_heads is None:  # stored as the count, so that kv_heads=heads and None compare equal
+            object.__setattr__(self, "kv_heads", self.heads)
+        _positive_int(self.kv_heads, f"{where}: kv_heads")
+        if self.heads % self.kv_heads:
+            raise StackError(f"{self.kv_heads} KV heads do not divide {self.heads} query heads "
+                             "(grouped-query attention gives each KV head as many query heads)",
+                             where=f"{where}: kv_heads")
         require(self.layers * self.heads, MAX_HEADS,
                 f"{where}: layers x heads ({self.layers} x {self.heads})", "a stack describes one model")
         require(len(self.overrides), MAX_OVERRIDES, f"{where}: override rules",
@@ -107,6 +116,25 @@ class Stack:
     def expressions(self) -> set[str]:
         return {self.default, *(rule.expr for rule in self.overrides)}
 
+    # ---- grouped-query attention ---------------------------------------------------------------------
+
+    def kv_head_of(self, head: int) -> int:
+        """The KV head query head ``head`` reads, as PyTorch's ``enable_gqa`` groups them.
+
+        >>> Stack("causal", heads=8, kv_heads=2).kv_head_of(5)
+        1
+        """
+        return head // (self.heads // self.kv_heads)
+
+    def kv_group(self, kv_head: int) -> range:
+        """The query heads that read ``kv_head``: a contiguous run of ``heads // kv_heads``.
+
+        >>> Stack("causal", heads=8, kv_heads=2).kv_group(1)
+        range(4, 8)
+        """
+        size = self.heads // self.kv_heads
+        return range(kv_head * size, (kv_head + 1) * size)
+
     # ---- YAML --------------------------------------------------------------------------------------
 
     @staticmethod
@@ -136,11 +164,14 @@ class Stack:
             params=check_params(data.get("params") or {}, f"{where}: params"),
             description=str(data.get("description", "")),
             source=source,
+            kv_heads=data.get("kv_heads"),
         )
 
     def to_dict(self) -> dict:
         """The stack as YAML-ready data; ``Stack.from_dict(s.to_dict()) == s``."""
         data: dict = {"layers": self.layers, "heads": self.heads}
+        if self.kv_heads != self.heads:
+            data["kv_heads"] = self.kv_heads
         if self.block is not None:
             data["block"] = self.block[0] if self.block[0] == self.block[1] else list(self.block)
         if self.causal is not None:

@@ -2,7 +2,8 @@
 
 FULL blocks go to ``full_kv_num_blocks``/``full_kv_indices`` (the kernel skips the ``mask_mod``
 there), PARTIAL blocks to ``kv_num_blocks``/``kv_indices`` (the kernel applies the ``mask_mod``).
-Nothing evaluates the token grid: the lists come straight from the compiled layout.
+Nothing evaluates the token grid: the lists come straight from the compiled layout
+(``patternc.export.tables``), as wide as the device's kernel needs (``patternc.export.widths``).
 
     cp = patternc.compile("causal & window(512)", n=4096)
     out = torch.compile(flex_attention)(q, k, v, block_mask=cp.to_block_mask(0))
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from patternc.export.gqa import head_runs
+from patternc.export.tables import LayerLists, layer_lists
+from patternc.export.widths import check_form, table_form
 from patternc.lang import identifier
+from patternc.limits import MAX_INDEX_BYTES, require
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -25,61 +28,88 @@ if TYPE_CHECKING:
 __all__ = ["head_mask_mod", "layer_mask_mod", "to_block_mask"]
 
 
-def to_block_mask(cp: CompiledPattern, layer: int = 0, device: str = "cpu") -> BlockMask:
+def to_block_mask(cp: CompiledPattern, layer: int = 0, device: str = "cpu", width: str = "auto",
+                  backward: bool = True) -> BlockMask:
     """A ``BlockMask`` of shape ``(1, heads, n, n)`` for ``layer``, with ``BLOCK_SIZE = (bq, bk)``,
     built on ``device`` (``BlockMask.to`` would not move the ``mask_mod``'s lookup tables).
 
-    Key-side tables are ``(1, heads, nbq, nbk)`` int32, each row padded with zeros past its count:
-    FlexAttention reads the number of key blocks from the last dimension (compiled kernels assert
-    that it covers ``n``; ``BlockMask.to_dense`` indexes by it), so they are dense in blocks, as
-    ``create_block_mask``'s are, never in tokens. The query-side tables (the backward's) are the
-    transpose of our CSR, also built here: torch's own transposition argsorts every block row.
+    Key-side tables are ``(1, heads, nbq, w)`` int32, each row zero-padded past its count. ``width``
+    chooses ``w`` (``patternc.export.widths``): ``"compact"``, the widest row's count; ``"padded"``,
+    ``nbk`` by shape over compact memory (rows overlap past their counts); ``"full"``, ``nbk`` and
+    dense, as ``create_block_mask`` makes them; ``"auto"``, what the compiled kernel on ``device``
+    needs under the running torch (``table_form``). The query-side tables (the backward's) are the
+    transpose of our CSR, as wide as the widest column, built here (torch's own transposition
+    argsorts a dense grid); ``backward=False`` leaves them out (FlexAttention then refuses a
+    backward pass). Heads with the same bound pattern share one table: a stride-0 head axis when
+    every head of the layer does.
 
-    >>> bm = to_block_mask(patternc.compile("causal & window(64)", n=1000, block=64), 0)
-    >>> bm.shape, bm.BLOCK_SIZE
-    ((1, 1, 1000, 1000), (64, 64))
+    >>> bm = to_block_mask(patternc.compile("causal & window(64)", n=1000, block=64), 0, width="compact")
+    >>> bm.shape, bm.BLOCK_SIZE, tuple(bm.kv_indices.shape), tuple(bm.full_kv_indices.shape)
+    ((1, 1, 1000, 1000), (64, 64), (1, 1, 16, 2), (1, 1, 16, 1))
     """
     import torch
     from torch.nn.attention.flex_attention import BlockMask
 
-    cp.node(layer, 0)  # refuses a layer outside the stack before allocating anything
-    grid, heads = cp.grid, cp.heads
-    kv_num = np.zeros((2, 1, heads, grid.nbq), np.int32)  # [PARTIAL, FULL] x (1, H, nbq)
-    kv_idx = np.zeros((2, 1, heads, grid.nbq, grid.nbk), np.int32)
-    q_num = np.zeros((2, 1, heads, grid.nbk), np.int32)
-    q_idx = np.zeros((2, 1, heads, grid.nbk, grid.nbq), np.int32)
-    first_head: dict[Lowered, int] = {}
-    for h in range(heads):
-        node = cp.node(layer, h)
-        if node in first_head:  # heads with the same bound pattern share one layout: copy it
-            for array in (kv_num, kv_idx, q_num, q_idx):
-                array[:, 0, h] = array[:, 0, first_head[node]]
-            continue
-        first_head[node] = h
-        layout = cp.layout(layer, h)
-        rows, cols = layout.rows(), layout.indices
-        for kind, chosen in enumerate((~layout.full, layout.full)):
-            _fill_lists(rows[chosen], cols[chosen], kv_num[kind, 0, h], kv_idx[kind, 0, h])
-            by_col = np.argsort(cols[chosen], kind="stable")  # stable: rows stay sorted per column
-            _fill_lists(cols[chosen][by_col], rows[chosen][by_col], q_num[kind, 0, h], q_idx[kind, 0, h])
-    kv_num, kv_idx, q_num, q_idx = (torch.from_numpy(a).to(device) for a in (kv_num, kv_idx, q_num, q_idx))
+    form = table_form(device) if check_form(width) == "auto" else width
+    lists = layer_lists(cp, layer, transposed=backward)
+    grid = cp.grid
+    _check_size(cp, layer, lists, form)
+    heads = torch.from_numpy(lists.heads).to(device)
+
+    def tables(block_lists, full_width: int):
+        if block_lists is None:
+            return None, None
+        num = torch.from_numpy(block_lists.num).to(device)[heads][None]  # (1, H, rows), contiguous
+        return num, _head_tables(torch.from_numpy(block_lists.idx).to(device), heads, form, full_width)
+
+    kv_num, kv_idx = tables(lists.partial_kv, grid.nbk)
+    full_kv_num, full_kv_idx = tables(lists.full_kv, grid.nbk)
+    q_num, q_idx = tables(lists.partial_q, grid.nbq)
+    full_q_num, full_q_idx = tables(lists.full_q, grid.nbq)
     return BlockMask(
         seq_lengths=(cp.nq, cp.n),  # a query range: row r is query first_query + r
-        kv_num_blocks=kv_num[0], kv_indices=kv_idx[0],
-        full_kv_num_blocks=kv_num[1], full_kv_indices=kv_idx[1],
-        q_num_blocks=q_num[0], q_indices=q_idx[0],
-        full_q_num_blocks=q_num[1], full_q_indices=q_idx[1],
+        kv_num_blocks=kv_num, kv_indices=kv_idx,
+        full_kv_num_blocks=full_kv_num, full_kv_indices=full_kv_idx,
+        q_num_blocks=q_num, q_indices=q_idx,
+        full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
         BLOCK_SIZE=cp.block,
         mask_mod=layer_mask_mod(cp, layer, device=device),
     )
 
 
-def _fill_lists(owner: np.ndarray, member: np.ndarray, num: np.ndarray, idx: np.ndarray) -> None:
-    """Per-owner counts ``num`` and member lists ``idx[owner, :num]`` from pairs sorted by owner,
-    members ascending within each owner (CSR rows, or their transpose)."""
-    num[:] = np.bincount(owner, minlength=len(num))
-    start = np.cumsum(num, dtype=np.int64) - num
-    idx[owner, np.arange(len(owner)) - start[owner]] = member
+def _check_size(cp: CompiledPattern, layer: int, lists: LayerLists, form: str) -> None:
+    """Refuse, before any tensor is made, tables in ``form`` past ``MAX_INDEX_BYTES``: ``full`` ones
+    are ``nbk`` (``nbq``) wide for every head; the others are shared when every head shares one."""
+    grid = cp.grid
+    copies = 1 if form != "full" and lists.partial_kv.num.shape[0] == 1 else cp.heads
+    size = 0
+    for block_lists, full_width in ((lists.partial_kv, grid.nbk), (lists.full_kv, grid.nbk),
+                                    (lists.partial_q, grid.nbq), (lists.full_q, grid.nbq)):
+        if block_lists is not None:
+            rows = block_lists.num.shape[1]
+            width = full_width if form == "full" else block_lists.width
+            size += 4 * rows * (cp.heads + copies * width)  # counts per head, indices per copy
+    require(size, MAX_INDEX_BYTES, f"bytes of {form} BlockMask tables for layer {layer} at n = {cp.n:,} "
+            f"({cp.heads} heads)", "use width='compact' or a larger block, or backward=False")
+
+
+def _head_tables(distinct, heads, form: str, full_width: int):
+    """(1, H, rows, w) index tables in ``form`` from the distinct layouts' (U, rows, width) ones."""
+    import torch
+
+    count, rows, width = distinct.shape
+    if form == "full":  # dense and contiguous per head, as create_block_mask makes them
+        dense = distinct.new_zeros(count, rows, full_width)
+        dense[..., :width] = distinct
+        return dense[heads][None].contiguous()
+    per_head = distinct if count == 1 else distinct[heads]  # (1 or H, rows, width), contiguous
+    if form == "compact":
+        return per_head.expand(len(heads), rows, width)[None]  # a stride-0 head axis when shared
+    # padded: nbk (or nbq) wide by shape, rows `width` apart in memory, so each row's first `width`
+    # entries are its own and the rest are the next rows' (never read: kernels stop at the count)
+    stored = torch.cat([per_head.reshape(-1), per_head.new_zeros(full_width - width)])
+    head_stride = 0 if count == 1 else rows * width
+    return stored.as_strided((1, len(heads), rows, full_width), (0, head_stride, width, 1))
 
 
 def layer_mask_mod(cp: CompiledPattern, layer: int = 0, device: str = "cpu"):
@@ -171,10 +201,4 @@ def _name(cp: CompiledPattern, layer: int) -> str:
 
 def _runs(heads: list[int]) -> str:
     """Sorted head indices as runs: [0, 1, 2, 5] -> '0to2_5'."""
-    runs: list[list[int]] = []
-    for h in heads:
-        if runs and runs[-1][1] == h - 1:
-            runs[-1][1] = h
-        else:
-            runs.append([h, h])
-    return "_".join(f"{a}" if a == b else f"{a}to{b}" for a, b in runs)
+    return "_".join(f"{a}" if a == b else f"{a}to{b}" for a, b in head_runs(heads))

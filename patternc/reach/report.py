@@ -20,6 +20,7 @@ import numpy as np
 
 from patternc.compiled import CompiledPattern, compile
 from patternc.errors import PatternMeaningError, PatternSizeError, brief
+from patternc.export.gqa import KVGroupMismatch, mixed_kv_groups
 from patternc.limits import MAX_REACH_BYTES, require
 from patternc.lower.grid import Grid
 from patternc.reach.bits import prefix_mask, words
@@ -68,6 +69,8 @@ class ReachReport:
     empty_rows: tuple[tuple[int, int, int], ...]  # (layer, head, q), the first few
     empty_row_count: int
     spread: KeySpread | None = field(default=None, compare=False)  # the keys asked for, followed
+    # KV heads (grouped-query attention) read by query heads whose patterns differ
+    kv_mismatches: tuple[KVGroupMismatch, ...] = ()
 
     @property
     def covered(self) -> bool:
@@ -85,10 +88,17 @@ class ReachReport:
                          f"there), e.g. layer {layer} head {head} query {q}")
         return found
 
+    @property
+    def warnings(self) -> list[str]:
+        """Warning-level findings: KV groups whose query heads differ, which exports that take one
+        layout per KV head (FlashInfer's variable wrapper, FlashMask) refuse without a union."""
+        return [f"{m.describe()}; exports per KV head need one pattern per group (or --union, not exact)"
+                for m in self.kv_mismatches]
+
     def to_dict(self) -> dict:
         """JSON-ready: ``empty_rows`` is the count, ``empty_row_examples`` the first few; a spread
         is given as the (certain, possible) token counts of each key after each layer."""
-        data = asdict(replace(self, spread=None))
+        data = asdict(replace(self, spread=None, kv_mismatches=()))
         if self.spread is not None:
             data["spread"] = {"keys": list(self.spread.keys), "exact": self.spread.exact,
                               "tokens": [self.spread.tokens(t) for t in range(self.spread.layers + 1)]}
@@ -96,6 +106,8 @@ class ReachReport:
         data["empty_rows"] = data.pop("empty_row_count")
         data["covered"] = self.covered
         data["errors"] = self.errors
+        data["kv_mismatches"] = [m.to_dict() for m in self.kv_mismatches]
+        data["warnings"] = self.warnings
         return data
 
 
@@ -153,7 +165,7 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
         max_depth=max(max_depth, cp.layers),
         covered_fraction=lower, covered_bounds=(lower, upper), growth=growth,
         unreachable=unreachable, closest_path=path, closest_path_exact=exact, empty_rows=empty,
-        empty_row_count=empty_count, spread=spread,
+        empty_row_count=empty_count, spread=spread, kv_mismatches=mixed_kv_groups(cp),
     )
 
 
