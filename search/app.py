@@ -30,7 +30,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from patternc.errors import PatternError
+from patternc import PatternError
 from search.config import MODES, PatternConfig, register_configs
 from search.definition import definition
 from search.errors import SpaceRejectsAll

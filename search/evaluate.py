@@ -39,9 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import patternc
-from patternc.compiled import CompiledPattern
-from patternc.cost import resolve_device
-from patternc.stack import Stack
+from patternc import CompiledPattern, Stack, resolve_device
 from search.config import ModelConfig, PatternConfig, TaskConfig, TrainConfig
 from search.model import TinyTransformer
 from search.tasks import IGNORE, Task, make_task

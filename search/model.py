@@ -41,7 +41,7 @@ from patternc.nn import sparse_attention
 from search.config import ModelConfig
 
 if TYPE_CHECKING:
-    from patternc.compiled import CompiledPattern
+    from patternc import CompiledPattern
 
 __all__ = ["KERNEL_FROM", "TinyTransformer", "attention_backend"]
 

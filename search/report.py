@@ -42,7 +42,7 @@ from matplotlib.figure import Figure  # no pyplot: no global figure state; savef
 from optuna.trial import FrozenTrial, TrialState
 
 import patternc
-from patternc.stack import Stack
+from patternc import Stack
 from search import record as R
 from search.accounting import Account, rejection_reasons
 from search.config import SpaceConfig

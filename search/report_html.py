@@ -30,8 +30,7 @@ from importlib.resources import files
 from optuna.trial import FrozenTrial
 
 import patternc
-from patternc.explore import write_explorer
-from patternc.explore.html import fill_template, write_page
+from patternc.explore import fill_template, write_explorer, write_page
 from search import record as R
 from search.config import SpaceConfig
 

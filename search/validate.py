@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from patternc.cost import resolve_device
+from patternc import resolve_device
 from search.config import DTYPES, SAMPLERS, KernelConfig, SearchConfig, SpaceConfig, TaskConfig
 from search.errors import ConfigError
 from search.space import check_space

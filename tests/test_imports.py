@@ -45,3 +45,29 @@ def test_an_unknown_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'kernel'"):
         patternc.kernel  # noqa: B018
+
+
+def test_search_uses_only_patternc_public_api():
+    """search/ is a client of patternc: it imports names patternc exports (its ``__all__``, or that of
+    a public subpackage), never a module's internals, so patternc can reshape its inside freely."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import patternc
+
+    public_modules = {"patternc", *(f"patternc.{m}" for m in ("nn", "kernels", "explore", "export", "cost"))}
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "search").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("patternc"):
+                if node.module not in public_modules:
+                    found.append(f"{path.name}: from {node.module} import ...")
+                    continue
+                exported = patternc.__all__ if node.module == "patternc" else \
+                    importlib.import_module(node.module).__all__
+                found += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in exported]
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}: import {a.name}" for a in node.names
+                          if a.name.startswith("patternc.") and a.name not in public_modules]
+    assert found == []

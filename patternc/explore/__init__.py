@@ -21,11 +21,12 @@ import os
 from pathlib import Path
 
 from patternc.compiled import CompiledPattern
-from patternc.explore.html import PAGE_LIMIT, check_destination, explorer_html, write_page
+from patternc.explore.html import PAGE_LIMIT, check_destination, explorer_html, fill_template, write_page
 from patternc.explore.model import page_data
 from patternc.reach import EXACT_LIMIT
 
-__all__ = ["PAGE_LIMIT", "check_destination", "explorer_html", "page_data", "write_explorer", "write_page"]
+__all__ = ["PAGE_LIMIT", "check_destination", "explorer_html", "fill_template", "page_data", "write_explorer",
+           "write_page"]
 
 
 def write_explorer(cp: CompiledPattern, path: str | os.PathLike, layer: int = 0, head: int = 0,
