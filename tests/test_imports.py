@@ -66,7 +66,8 @@ def test_search_uses_only_patternc_public_api():
                     continue
                 exported = patternc.__all__ if node.module == "patternc" else \
                     importlib.import_module(node.module).__all__
-                found += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in exported]
+                found += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                          if a.name not in exported]
             elif isinstance(node, ast.Import):
                 found += [f"{path.name}: import {a.name}" for a in node.names
                           if a.name.startswith("patternc.") and a.name not in public_modules]
