@@ -144,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_count(0, 1000), default=2)
     p.add_argument("--no-cache", action="store_true", help="measure even if a cached result exists")
     p.add_argument("--device", default="cpu", help="where both kernels run: cpu (default), cuda, cuda:1")
+    p.add_argument("--phase", choices=("prefill", "decode"), default="prefill",
+                   help="prefill: the whole sequence; decode: one step over a cache that keeps what the "
+                        "pattern reads (backend reference), against dense SDPA decode")
+    p.add_argument("--context", type=_count(0), default=None,
+                   help="decode: the tokens cached before the step (default n - 1)")
     return parser
 
 
@@ -333,14 +338,20 @@ def _bench(cp: CompiledPattern, args) -> None:
     try:
         m = measure(cp, batch=args.batch, heads=args.heads, head_dim=args.head_dim, backend=args.backend,
                     dtype=getattr(torch, BENCH_DTYPES[args.dtype]), layer=args.layer,
-                    repeats=args.repeats, warmup=args.warmup, cache=not args.no_cache, device=args.device)
+                    repeats=args.repeats, warmup=args.warmup, cache=not args.no_cache, device=args.device,
+                    phase=args.phase, context=args.context)
     except ValueError as err:  # heads that do not fit the stack, a device that is not here
         raise PatternError(str(err)) from None
     bq, bk = m.block
     print(f"n = {m.n}, block {bq}x{bk}, layer {m.layer}, batch {m.batch} x {m.heads} heads x d {m.head_dim}, "
           f"{m.dtype}, " + (f"{m.threads} threads" if m.device == "cpu" else m.device))
-    print(f"{m.backend}: {1e3 * m.seconds:.3f} ms (median of {m.repeats})")
-    print(f"dense causal sdpa: {1e3 * m.baseline_seconds:.3f} ms")
+    if m.phase == "decode":
+        print(f"decode step at position {m.context:,} ({m.context + 1:,} keys cached densely)")
+        print(f"decode kernel: {1e3 * m.seconds:.3f} ms (median of {m.repeats})")
+        print(f"dense sdpa decode: {1e3 * m.baseline_seconds:.3f} ms")
+    else:
+        print(f"{m.backend}: {1e3 * m.seconds:.3f} ms (median of {m.repeats})")
+        print(f"dense causal sdpa: {1e3 * m.baseline_seconds:.3f} ms")
     print(f"ratio: {m.ratio:.3f} (speedup {1 / m.ratio:.2f}x)")
 
 

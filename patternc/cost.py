@@ -40,9 +40,10 @@ from patternc.limits import require
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["CACHE_ENV", "Measurement", "cache_dir", "layout_hash", "measure", "resolve_device"]
+__all__ = ["CACHE_ENV", "PHASES", "Measurement", "cache_dir", "layout_hash", "measure", "resolve_device"]
 
 CACHE_ENV = "PATTERNC_CACHE_DIR"
+PHASES = ("prefill", "decode")  # measure(phase=...): the whole sequence, or one decode step
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,8 @@ class Measurement:
     cpu: str
     layout_hash: str
     device: str = "cpu"  # "cpu", or the GPU's type and name ("cuda: NVIDIA H200")
+    phase: str = "prefill"  # "prefill": the whole sequence; "decode": one step at position context
+    context: int | None = None  # decode: the tokens already cached when the step runs
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "block": list(self.block)}
@@ -141,8 +144,14 @@ def _timed_in_turns(run, baseline, q, k, v, repeats: int, warmup: int) -> tuple[
 
 def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None, head_dim: int = 64,
             backend: str = "reference", dtype: torch.dtype = torch.bfloat16, layer: int = 0,
-            repeats: int = 9, warmup: int = 2, cache: bool = True, device: str = "cpu") -> Measurement:
+            repeats: int = 9, warmup: int = 2, cache: bool = True, device: str = "cpu",
+            phase: str = "prefill", context: int | None = None) -> Measurement:
     """Median latency of ``backend`` on layer ``layer`` of ``compiled`` and of dense causal SDPA.
+
+    ``phase="decode"``: one decode step instead, the query at position ``context`` (default
+    ``n - 1``) over a ``patternc.kernels.decode.DecodeCache`` that holds what the pattern keeps,
+    against dense SDPA decode over all ``context + 1`` cached keys (``backend`` is then the decode
+    kernel; the stack's ``kv_heads`` give the cache's heads).
 
     ``heads`` defaults to the stack's and must equal it, unless the pattern has one head, which
     then applies to every head. Threads are ``torch.get_num_threads()`` at the call, recorded and
@@ -166,6 +175,22 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise PatternMeaningError(f"measure(): {name} must be an integer >= {low}, got {brief(value)}")
     compiled.node(layer, 0)  # a bad layer is refused before anything is hashed
+    if phase not in PHASES:
+        raise PatternMeaningError(f"measure(): phase must be one of {', '.join(PHASES)}, got {brief(phase)}")
+    if phase == "decode":
+        context = compiled.n - 1 if context is None else context
+        if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context < compiled.n:
+            raise PatternMeaningError(f"measure(): context must be an integer in [0, n) = "
+                                      f"[0, {compiled.n:,}): the step's query is at position context, "
+                                      f"got {brief(context)}")
+        if backend != "reference":
+            raise PatternMeaningError(f"measure(phase='decode') runs our decode kernel "
+                                      f"(backend='reference'), got backend={brief(backend)}")
+        if heads != compiled.heads:
+            raise PatternMeaningError(f"measure(phase='decode'): heads={heads}, but the pattern has "
+                                      f"{compiled.heads} heads (a decode cache follows each head's pattern)")
+    elif context is not None:
+        raise PatternMeaningError("measure(): context is the decode step's position; pass phase='decode'")
     target = resolve_device(device)
     # q, k, v and one output of (batch, heads, n, head_dim), plus the baseline's output
     _require_memory(5 * batch * heads * compiled.n * head_dim * dtype.itemsize, target)
@@ -174,6 +199,8 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
                     heads=heads, head_dim=head_dim, dtype=dtype_name, threads=torch.get_num_threads(),
                     repeats=repeats, warmup=warmup, torch_version=torch.__version__, cpu=cpu_model(),
                     layout_hash=layout_hash(compiled, layer), device=_device_name(target))
+    if phase == "decode":  # prefill settings stay as they were, and so do their cached files
+        settings.update(phase=phase, context=context)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()
     path = cache_dir() / f"{key[:32]}.json"
     if cache:
@@ -181,14 +208,36 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
         if hit is not None:
             return hit
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, compiled.n, head_dim, generator=gen).to(target, dtype)
-               for _ in range(3))
-    seconds, baseline, ratio = _timed_in_turns(prepare(backend, compiled, layer, str(target)),
-                                               lambda q, k, v: causal_sdpa(q, k, v), q, k, v, repeats, warmup)
+    if phase == "decode":
+        run, baseline, (q, k, v) = _decode_step(compiled, layer, batch, head_dim, dtype, target, context, gen)
+    else:
+        q, k, v = (torch.randn(batch, heads, compiled.n, head_dim, generator=gen).to(target, dtype)
+                   for _ in range(3))
+        run, baseline = prepare(backend, compiled, layer, str(target)), lambda q, k, v: causal_sdpa(q, k, v)
+    seconds, baseline, ratio = _timed_in_turns(run, baseline, q, k, v, repeats, warmup)
     result = Measurement(seconds=seconds, baseline_seconds=baseline, ratio=ratio, **settings)
     if cache:
         _write(path, result)
     return result
+
+
+def _decode_step(cp: CompiledPattern, layer: int, batch: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device, context: int, gen: torch.Generator):
+    """(run, baseline, (q, k, v)): the step at position ``context`` on a cache filled up to it, and
+    dense decode over the whole cache; q (B, H, 1, d), k and v (B, Hkv, context + 1, d)."""
+    from patternc.kernels.decode import DecodeCache, dense_decode
+
+    kv_heads = cp.stack.kv_heads
+    _require_memory(3 * batch * kv_heads * (context + 1) * head_dim * dtype.itemsize, device)
+    q = torch.randn(batch, cp.heads, 1, head_dim, generator=gen).to(device, dtype)
+    k, v = (torch.randn(batch, kv_heads, context + 1, head_dim, generator=gen).to(device, dtype)
+            for _ in range(2))
+    cache = DecodeCache(cp, layer, batch=batch, head_dim=head_dim, dtype=dtype, device=device)
+    cache.prefill(k[:, :, :context], v[:, :, :context])
+    cache.append(k[:, :, context:], v[:, :, context:])
+    gqa = kv_heads != cp.heads
+    step, dense = (lambda q, k, v: cache.attend(q)), (lambda q, k, v: dense_decode(q, k, v, enable_gqa=gqa))
+    return step, dense, (q, k, v)
 
 
 def _require_memory(size: int, device: torch.device) -> None:

@@ -225,6 +225,10 @@ class KernelConfig:
     repeats: int = 9  # median of 9 kernel/baseline ratios taken in turns: repeat calls agree within 5%
     warmup: int = 1
     device: str = "cpu"  # where cost is measured: cpu, or cuda for the GPU you deploy on
+    # prefill: the whole sequence at target.n; decode: one decode step at position `context`
+    # (default target.n - 1) over a cache that keeps what the pattern reads, against dense decode
+    phase: str = "prefill"
+    context: int | None = None
 
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")  # search.sampler (search.study.make_sampler builds them)

@@ -243,13 +243,15 @@ class Objective:
             if key not in by_layout:
                 by_layout[key] = patternc.measure(cp, batch=k.batch, head_dim=t.head_dim, backend=k.backend,
                                                   dtype=getattr(torch, k.dtype), layer=layer,
-                                                  repeats=k.repeats, warmup=k.warmup, device=k.device)
+                                                  repeats=k.repeats, warmup=k.warmup, device=k.device,
+                                                  phase=k.phase, context=k.context)
             m = by_layout[key]
             ratios.append(m.ratio)
             seconds.append(m.seconds)
             baseline.append(m.baseline_seconds)
         return {"ratio": sum(ratios) / len(ratios), "seconds": sum(seconds),
                 "baseline_seconds": sum(baseline), "backend": k.backend, "n": cp.n, "dtype": k.dtype,
+                "phase": k.phase, "context": next(iter(by_layout.values())).context,
                 "device": next(iter(by_layout.values())).device,
                 "distinct_layers": len(by_layout)}
 

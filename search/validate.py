@@ -74,6 +74,8 @@ TRAIN_RULES = [
     ("train.screen_sequences", *AT_LEAST_1),
 ]
 KERNEL_RULES = [
+    ("phase", lambda v: v in ("prefill", "decode"), "one of prefill, decode"),
+    ("context", _optional(_int(0)), "null (the last position, target.n - 1) or an integer >= 0"),
     ("dtype", lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
     ("batch", *AT_LEAST_1),
     ("repeats", *AT_LEAST_1),
@@ -125,6 +127,12 @@ def check_kernel(kernel: KernelConfig, devices: bool = True) -> None:
     if kernel.backend not in BACKENDS:
         raise ConfigError(f"kernel.backend must be one of {', '.join(BACKENDS)}, got {kernel.backend!r}")
     _apply(KERNEL_RULES, kernel, "kernel.")
+    if kernel.phase == "decode" and kernel.backend != "reference":
+        raise ConfigError(f"kernel.phase=decode times our decode kernel: kernel.backend must be reference, "
+                          f"got {kernel.backend!r}")
+    if kernel.phase == "prefill" and kernel.context is not None:
+        raise ConfigError(f"kernel.context = {kernel.context} is the decode step's position: set "
+                          f"kernel.phase=decode, or leave kernel.context null")
     if devices:
         resolve_device(kernel.device, where="kernel.device")
 
@@ -169,4 +177,7 @@ def check_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, set
     check_space(space)
     check_settings(settings, space)
     check_kernel(kernel, devices)
+    if kernel.context is not None and not kernel.context < space.target.n:
+        raise ConfigError(f"kernel.context = {kernel.context} must be below space.target.n = "
+                          f"{space.target.n}: the decode step's query is at position kernel.context")
     check_task(dataclasses.replace(task, n=space.proxy.n), devices=devices)  # trials train at proxy.n

@@ -37,6 +37,20 @@ def test_bench_prints_latency_baseline_and_ratio(capsys, backend):
     assert "float32" in out
 
 
+def test_bench_a_decode_step(capsys):
+    code, out, err = run(capsys, "bench", "causal & (sink(4) | window(40))", *TINY, "--backend", "reference",
+                         "--dtype", "fp32", "--phase", "decode", "--context", 100)
+    assert code == 0, err
+    assert "decode step at position 100 (101 keys cached densely)" in out
+    assert "decode kernel: " in out and "dense sdpa decode: " in out and "ratio: " in out
+
+
+def test_bench_decode_refuses_a_context_past_n(capsys):
+    code, _, err = run(capsys, "bench", "causal & window(40)", *TINY, "--backend", "reference",
+                       "--phase", "decode", "--context", 128)
+    assert code == 2 and "context must be an integer in [0, n) = [0, 128)" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     pytest.param(("--layer", 3), "--layer 3 is outside this stack of 1 layers", id="layer"),
     pytest.param(("--head-dim", 0), "argument --head-dim: must be between 1 and 1,024, got 0", id="head_dim"),

@@ -152,3 +152,37 @@ def test_cuda_measure_times_on_the_gpu_and_keys_the_cache_by_it(cache, backend):
 def test_cuda_flex_refuses_blocks_its_kernel_cannot_tile():
     with pytest.raises(ValueError, match="multiples of 128"):
         quick(cp_of(block=32), backend="flex", device="cuda")
+
+
+def test_decode_phase_times_one_step_and_is_cached_apart(cache, monkeypatch):
+    """phase="decode": one step at position context over the pattern's cache, against dense decode;
+    cached under its own key (a prefill figure is never returned for it), context in the result."""
+    import patternc.kernels.decode
+
+    cp = patternc.compile(patternc.Stack("causal & (sink(4) | window(40))", heads=2, kv_heads=1), N, block=32)
+    prefill = quick(cp, dtype=torch.float32)
+    step = quick(cp, dtype=torch.float32, phase="decode")
+    assert (step.phase, step.context, prefill.phase, prefill.context) == ("decode", N - 1, "prefill", None)
+    assert step.seconds > 0 and step.baseline_seconds > 0 and step.heads == 2
+    assert quick(cp, dtype=torch.float32, phase="decode", context=100).context == 100
+    assert len(list(cache.glob("*.json"))) == 3
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a cache hit ran a kernel")
+
+    monkeypatch.setattr(patternc.kernels.decode, "DecodeCache", boom)
+    assert quick(cp, dtype=torch.float32, phase="decode") == step
+
+
+@pytest.mark.parametrize("kw, message", [
+    pytest.param(dict(phase="generate"), "phase must be one of prefill, decode", id="phase"),
+    pytest.param(dict(phase="decode", context=N), "context must be an integer in [0, n) = [0, 256)",
+                 id="context-past-n"),
+    pytest.param(dict(context=3), "context is the decode step's position; pass phase='decode'", id="prefill"),
+    pytest.param(dict(phase="decode", backend="sdpa"), "runs our decode kernel (backend='reference')",
+                 id="backend"),
+])
+def test_bad_decode_requests_are_refused(kw, message):
+    with pytest.raises(patternc.PatternMeaningError) as error:
+        quick(cp_of(), **kw)
+    assert message in str(error.value)

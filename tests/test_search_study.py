@@ -212,3 +212,32 @@ def test_the_promotion_rule(screened, cost, promoted):
     trial = study.ask()
     assert Objective._promote(objective, trial, screened, cost) is promoted
     assert study.trials[-1].user_attrs[record.SCREEN_ACCURACY] == screened
+
+
+def test_a_search_can_take_decode_cost_as_its_cost(tmp_path):
+    """kernel.phase=decode: each candidate's cost is one decode step at target.n - 1 over the cache
+    the pattern keeps, against dense decode."""
+    task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=3", "kernel.phase=decode"))
+    done = run_search(task, space, kernel, settings, progress=False)
+    costs = [t.user_attrs[record.COST] for t in done.trials if t.user_attrs.get(record.STATUS) == "ok"]
+    assert costs and all(c["phase"] == "decode" and c["context"] == space.target.n - 1 for c in costs)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    pytest.param(["kernel.phase=decoding"], "kernel.phase must be one of prefill, decode", id="phase"),
+    pytest.param(["kernel.phase=decode", "kernel.backend=sdpa"],
+                 "kernel.phase=decode times our decode kernel: kernel.backend must be reference",
+                 id="backend"),
+    pytest.param(["kernel.phase=decode", "kernel.context=1024"],
+                 "kernel.context = 1024 must be below space.target.n = 1024", id="context-past-n"),
+    pytest.param(["kernel.context=5"], "kernel.context = 5 is the decode step's position",
+                 id="context-prefill"),
+])
+def test_bad_decode_settings_are_refused_at_start_up(tmp_path, overrides, message):
+    from search.errors import ConfigError
+    from search.validate import check_search
+
+    task, space, kernel, settings = objects(tiny(tmp_path, *overrides))
+    with pytest.raises(ConfigError) as error:
+        check_search(task, space, kernel, settings, seed=0)
+    assert message in str(error.value)
