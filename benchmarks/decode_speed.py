@@ -44,7 +44,12 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 on a machine other jobs share: a descheduled thread "
+                             "stalls a 2-thread step by a whole time slice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     contexts = [16384, 131072] if args.quick else [16384, 65536, 131072, 262144]
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.bfloat16]
     print(f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "

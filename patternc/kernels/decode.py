@@ -81,6 +81,7 @@ class DecodeCache:
             for h in range(g * group, (g + 1) * group):
                 by_node.setdefault(cp.node(layer, h), []).append(h)
             self._calls += [(g, heads) for heads in by_node.values()]
+        self._one_pattern = len({cp.node(layer, h) for h in range(cp.heads)}) == 1
 
     def held_keys(self) -> int:
         """Key positions held now (whole blocks, up to ``length``)."""
@@ -132,6 +133,13 @@ class DecodeCache:
         for i in range(t0 // grid.bq, (self.length - 1) // grid.bq + 1):  # the query blocks of the rows
             lo, hi = max(t0, i * grid.bq), min(self.length, (i + 1) * grid.bq)
             rows = self._rows(i, np.arange(lo, hi), q.device)
+            index, mask = next(iter(rows.values()))
+            if self._one_pattern and index is None and mask is not None:  # one call, the pool in place
+                k, v = (x.flatten(2, 3) for x in (self.k, self.v))  # (B, Hkv, slots * bk, d)
+                o = F.scaled_dot_product_attention(q[:, :, lo - t0: hi - t0], k, v, attn_mask=mask,
+                                                   scale=scale, enable_gqa=self.kv_heads != H)  # (B, H, r, d)
+                out[:, :, lo - t0: hi - t0] = torch.where(mask.any(dim=1)[:, None], o, 0.0)
+                continue
             for g, heads in self._calls:
                 index, mask = rows[self.cp.node(self.layer, heads[0])]
                 if mask is None:
