@@ -450,4 +450,4 @@ def test_stack_error_is_a_pattern_error(tmp_path):
         patternc.load_stack(path)
     assert isinstance(info.value, patternc.PatternError)
     assert str(info.value) == (f"{path}: unknown key 'layer'; a stack has layers, heads, block,"
-                               " causal, default, overrides, params, description")
+                               " causal, default, overrides, params, description, kv_heads")

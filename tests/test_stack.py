@@ -257,7 +257,7 @@ def test_load_stack_accepts_str_and_path(tmp_path):
 
 # ---- malformed files -----------------------------------------------------------------------------
 
-_KEYS = "layers, heads, block, causal, default, overrides, params, description"
+_KEYS = "layers, heads, block, causal, default, overrides, params, description, kv_heads"
 _RANGE = 'expected an index or a half-open range "a:b", got'
 
 MALFORMED = [
