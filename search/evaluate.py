@@ -165,6 +165,10 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
     >>> evaluate("causal", MQARConfig(), seed=1).accuracy   # doctest: +SKIP
     0.997
     """
+    from search.calibrate import calibrate, calibration_task
+
+    if calibration_task(task):  # task=calibrate: a pretrained model, scored without training
+        return calibrate(pattern, task, seed=seed, params=params)
     check_task(task, prefix="")
     problem = make_task(task)
     spec = resolve_pattern(pattern, task.model)

@@ -35,6 +35,7 @@ import torch
 import patternc
 from patternc import CompiledPattern, PatternError, Stack, layout_hash
 from search import record
+from search.calibrate import calibration_task
 from search.config import KernelConfig, SpaceConfig, TaskConfig
 from search.evaluate import EvalResult, evaluate
 from search.space import reference, suggest
@@ -149,7 +150,9 @@ class Objective:
         # references score at the checkpoint too (the yardsticks later candidates are screened
         # against) and always train on
         promote = lambda screened: self._promote(trial, screened, cost["ratio"], always=ref)  # noqa: E731
-        result = evaluate(proxy, self.task, seed=self.seed, promote=promote)
+        # task=calibrate: the target's stack runs inside the pretrained model (its proxy is the target)
+        result = evaluate(target if calibration_task(self.task) else proxy, self.task, seed=self.seed,
+                          promote=promote)
         durations["train"] = result.wall_seconds
         trial.set_user_attr(record.DURATIONS, durations)
         self._record_result(trial, result)
@@ -160,7 +163,8 @@ class Objective:
         trial.set_user_attr(record.CHANCE, result.chance)
         if result.screen_accuracy is not None:
             trial.set_user_attr(record.SCREEN_ACCURACY, result.screen_accuracy)
-        trial.set_user_attr(record.FIDELITY, "full" if result.steps == self.task.train.steps else "screen")
+        full = calibration_task(self.task) or result.steps == self.task.train.steps
+        trial.set_user_attr(record.FIDELITY, "full" if full else "screen")
         if result.status != "ok":
             trial.set_user_attr(record.STATUS, "diverged")
             raise Diverged(result.failure)
