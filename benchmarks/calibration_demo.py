@@ -25,6 +25,7 @@ import csv
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -76,8 +77,10 @@ def train(out: pathlib.Path, seed: int = 0) -> None:
         task = make_task(MQARConfig(n=n, pairs=pairs, keys=KEYS, values=VALUES, distances=distances))
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         warmup = max(1, steps // 10)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-            1 + math.cos(math.pi * min(1.0, s / steps))))
+        def rate(s: int, w: int = warmup, t: int = steps) -> float:  # linear warm-up, cosine decay
+            return min(1.0, (s + 1) / w) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
         start, recent = time.perf_counter(), []
         for step in range(steps):
             data = task.batch(rng, batch)
@@ -97,11 +100,57 @@ def train(out: pathlib.Path, seed: int = 0) -> None:
     print(f"saved {out}")
 
 
+def one_evaluation(model_dir: pathlib.Path, sequences: int) -> None:
+    """Time one calibration evaluation at n = 4,096 (the dense pass first, which a run does once)."""
+    from search.calibrate import CalibrateConfig, calibrate
+
+    cfg = CalibrateConfig(model=str(model_dir), n=N, generator=dict(GENERATOR), sequences=sequences)
+    dense = calibrate("causal", cfg)
+    start = time.perf_counter()
+    r = calibrate("causal & (sink(4) | window(512))", cfg)
+    total = time.perf_counter() - start
+    print(f"dense model: answer accuracy {dense.extra['dense_target_accuracy']:.3f} on "
+          f"{r.extra['positions']} answers ({sequences} sequences of n = {N}); its pass took "
+          f"{r.extra['dense_seconds']:.1f} s (once per run)")
+    print(f"one calibration evaluation at n = {N} (StreamingLLM sink(4) + window(512)): {total:.1f} s wall "
+          f"({r.eval_seconds:.1f} s in the sparse model), quality retained {r.score:.4f}, buckets "
+          + ", ".join(f"{k}: {v:.3f}" for k, v in r.buckets.items()))
+
+
+def search(model_dir: pathlib.Path, args) -> None:
+    """``patternc-search task=calibrate`` on the model (a fresh study), then its trials as a table."""
+    run_dir = OUT / args.space
+    shutil.rmtree(run_dir, ignore_errors=True)
+    generator = "{" + ", ".join(f"{k}: {v}" for k, v in GENERATOR.items()).replace("'", "") + "}"
+    command = [str(pathlib.Path(sys.executable).with_name("patternc-search")), "task=calibrate",
+               f"task.model={model_dir}", f"task.generator={generator}", f"task.sequences={args.sequences}",
+               f"space={args.space}", f"search.n_trials={args.trials}",
+               f"search.storage=sqlite:///{run_dir}/study.db", f"hydra.run.dir={run_dir}", *args.overrides]
+    print("$ " + " ".join(c if " " not in c else repr(c) for c in command), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    print(f"search: {time.perf_counter() - start:.0f} s for {args.trials} trials")
+    with open(run_dir / "trials.csv", encoding="utf-8") as f:
+        rows = [row for row in csv.DictReader(f) if row["state"] == "COMPLETE"]
+    best = max((r for r in rows if r["cost"] and float(r["cost"]) <= 0.3), key=lambda r: float(r["accuracy"]),
+               default=None)
+    print(f"\n{'trial':>5}  {'reference':<20} {'quality':>8} {'cost':>6} {'density':>7}  pattern")
+    for row in sorted(rows, key=lambda r: (not r["reference"], float(r["cost"]))):
+        print(f"{row['number']:>5}  {row['reference'] or '':<20} {float(row['accuracy']):8.4f} "
+              f"{float(row['cost']):6.3f} {float(row['density']):7.3f}  {row['expression']}")
+    if best is None:
+        print("\nno trial measured at <= 0.3x dense cost")
+    else:
+        print(f"\nbest at <= 0.3x dense cost: trial {best['number']}, quality retained "
+              f"{float(best['accuracy']):.4f} at {float(best['cost']):.3f}x: {best['expression']}")
+    print(f"report: {run_dir}/summary.md")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--retrain", action="store_true", help="train again even if the model exists")
     parser.add_argument("--train-only", action="store_true")
-    parser.add_argument("--space", default="duo_attention", help="conf/space/<name> (duo_attention, moa, minference)")
+    parser.add_argument("--space", default="duo_attention", help="duo_attention, moa or minference")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--sequences", type=int, default=4)
     parser.add_argument("overrides", nargs="*", help="more patternc-search overrides")
@@ -114,6 +163,7 @@ def main() -> None:
         print(f"training: {time.perf_counter() - start:.0f} s")
     if args.train_only:
         return
+    one_evaluation(model_dir, args.sequences)
     search(model_dir, args)
 
 

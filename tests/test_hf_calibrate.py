@@ -115,10 +115,11 @@ def test_token_files(model_dir, tmp_path, suffix):
     pytest.param({"data": "/nonexistent.npy"}, "task.data: no such file", id="data_file"),
     pytest.param({"generator": {"pairz": 3}}, "task.generator.pairz is not a setting of task mqar",
                  id="generator_key"),
-    pytest.param({"generator": {**GENERATOR, "pairs": 30}}, "task.generator: task.pairs must be in [1, task.keys = 8]",
-                 id="generator_value"),
+    pytest.param({"generator": {**GENERATOR, "pairs": 30}},
+                 "task.generator: task.pairs must be in [1, task.keys = 8]", id="generator_value"),
     pytest.param({"metric": "ppl"}, "task.metric must be one of kl, nll, got 'ppl'", id="metric"),
-    pytest.param({"backend": "triton"}, "task.backend must be one of auto, reference, flex, sdpa", id="backend"),
+    pytest.param({"backend": "triton"}, "task.backend must be one of auto, reference, flex, sdpa",
+                 id="backend"),
     pytest.param({"sequences": 0}, "task.sequences must be an integer >= 1, got 0", id="sequences"),
     pytest.param({"n": 512}, "task.n = 512 is longer than the model's context", id="context"),
 ])
@@ -130,8 +131,8 @@ def test_bad_values_name_their_key(model_dir, changes, message):
 def test_token_files_that_do_not_fit(model_dir, tmp_path):
     short = tmp_path / "short.npy"
     np.save(short, np.zeros(2 * N, np.int64))
-    with pytest.raises(ConfigError, match=r"holds 128 tokens, which make 2 sequences of n = 64; task.sequences "
-                                          r"asks for 3"):
+    with pytest.raises(ConfigError, match=r"holds 128 tokens, which make 2 sequences of n = 64; "
+                                          r"task.sequences asks for 3"):
         calibrate("causal", config(model_dir, data=str(short)))
     floats = tmp_path / "floats.npy"
     np.save(floats, np.zeros(4 * N, np.float32))
@@ -156,16 +157,20 @@ def _compose(model_dir, tmp_path, *overrides):
     target = [f"space.target.{key}={value}" for key, value in SHAPE.items()]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=[
-            "task=calibrate", f"task.model={model_dir}", f"task.generator={json.dumps(GENERATOR)}".replace('"', ""),
-            "task.sequences=2", "task.threads=1", f"search.storage=sqlite:///{tmp_path}/s.db", "space=duo_attention",
-            *target, f"space.target.n={N}", "space.target.block=16", *overrides])
+            "task=calibrate", f"task.model={model_dir}",
+            f"task.generator={json.dumps(GENERATOR)}".replace('"', ""), "task.sequences=2", "task.threads=1",
+            f"search.storage=sqlite:///{tmp_path}/s.db", "space=duo_attention", *target,
+            f"space.target.n={N}", "space.target.block=16", *overrides])
+
+
+def _objects(cfg) -> list:
+    return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]
 
 
 def test_a_reference_outside_its_choices_is_refused_at_start_up(model_dir, tmp_path):
     from search.study import run_search
 
-    cfg = _compose(model_dir, tmp_path, "space.params.w.choices=[4,8]")
-    task, space, kernel, settings = (OmegaConf.to_object(cfg[k]) for k in ("task", "space", "kernel", "search"))
+    task, space, kernel, settings = _objects(_compose(model_dir, tmp_path, "space.params.w.choices=[4,8]"))
     with pytest.raises(Exception, match=r"space.references.streaming_llm.params.w = 512 is not one of "
                                         r"space.params.w.choices \[4, 8\]"):
         run_search(task, space, kernel, settings)
@@ -194,15 +199,15 @@ def test_a_calibration_search_through_the_app(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("space.target.heads=8", r"space.target.heads = 8 while the model .* has heads = 4: set space.target.heads=4"),
+    ("space.target.heads=8",
+     r"space.target.heads = 8 while the model .* has heads = 4: set space.target.heads=4"),
     ("space.target.kv_heads=4", r"space.target.kv_heads = 4 while the model .* has kv_heads = 2"),
     ("space.proxy.n=32", r"space.proxy.n = 32 must equal space.target.n = 64"),
 ])
 def test_a_space_for_another_model_is_refused_before_any_trial(model_dir, tmp_path, override, message):
     from search.study import run_search
 
-    cfg = _compose(model_dir, tmp_path, override)
-    task, space, kernel, settings = (OmegaConf.to_object(cfg[k]) for k in ("task", "space", "kernel", "search"))
+    task, space, kernel, settings = _objects(_compose(model_dir, tmp_path, override))
     with pytest.raises(ConfigError, match=message):
         run_search(task, space, kernel, settings)
     assert not (tmp_path / "s.db").exists()  # refused before the study is opened
