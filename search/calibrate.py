@@ -300,7 +300,8 @@ def _compare(cfg: CalibrateConfig, data: CalibrationData, dense: _Outputs, spars
              "dense_target_accuracy": float(dense.hits.float().mean()),
              "positions": len(gap), "data": data.source, "model": cfg.model, "backend": cfg.backend}
     return {"status": "ok", "accuracy": math.exp(-float(gap.mean())), "buckets": by_bucket,
-            "bucket_counts": counts, "chance": 0.0, "loss_curve": [], "steps": 0, "train_seconds": 0.0,
+            # no chance level (nothing is guessed), no training
+            "bucket_counts": counts, "chance": None, "loss_curve": [], "steps": 0, "train_seconds": 0.0,
             "task": cfg.name, "n": cfg.n, "extra": extra}
 
 

@@ -8,6 +8,8 @@ import dataclasses
 import json
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -211,3 +213,12 @@ def test_a_space_for_another_model_is_refused_before_any_trial(model_dir, tmp_pa
     with pytest.raises(ConfigError, match=message):
         run_search(task, space, kernel, settings)
     assert not (tmp_path / "s.db").exists()  # refused before the study is opened
+
+
+def test_the_command_line_names_a_missing_model_directory(tmp_path):
+    command = [sys.executable, "-m", "search", "task=calibrate", "space=duo_attention",
+               f"task.model={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "patternc-search: error: task.model must be a save_pretrained directory (with config.json), " \
+           f"got '{tmp_path}/nowhere'" in done.stderr and "Traceback" not in done.stderr
