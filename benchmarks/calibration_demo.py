@@ -134,10 +134,14 @@ def search(model_dir: pathlib.Path, args) -> None:
         rows = [row for row in csv.DictReader(f) if row["state"] == "COMPLETE"]
     best = max((r for r in rows if r["cost"] and float(r["cost"]) <= 0.3), key=lambda r: float(r["accuracy"]),
                default=None)
-    print(f"\n{'trial':>5}  {'reference':<20} {'quality':>8} {'cost':>6} {'density':>7}  pattern")
+    buckets = [c for c in rows[0] if c.startswith("bucket_")] if rows else []
+    print(f"\n{'trial':>5}  {'reference':<20} {'quality':>8} {'cost':>6} {'density':>7}  "
+          + " ".join(f"{b.removeprefix('bucket_'):>9}" for b in buckets) + "  pattern")
     for row in sorted(rows, key=lambda r: (not r["reference"], float(r["cost"]))):
         print(f"{row['number']:>5}  {row['reference'] or '':<20} {float(row['accuracy']):8.4f} "
-              f"{float(row['cost']):6.3f} {float(row['density']):7.3f}  {row['expression']}")
+              f"{float(row['cost']):6.3f} {float(row['density']):7.3f}  "
+              + " ".join(f"{float(row[b]):9.3f}" if row[b] else f"{'':>9}" for b in buckets)
+              + f"  {row['expression']}")
     if best is None:
         print("\nno trial measured at <= 0.3x dense cost")
     else:

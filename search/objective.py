@@ -29,6 +29,7 @@ import functools
 import hashlib
 import time
 
+import numpy as np
 import optuna
 import torch
 
@@ -121,7 +122,7 @@ class Objective:
         trial.set_user_attr(record.MIXING_CERTIFIED, certain == 1.0)
         trial.set_user_attr(record.KV, kv)
         trial.set_user_attr(record.DURATIONS, durations)
-        key = layout_key(target, proxy)
+        key = layout_key(target, proxy, pairs=calibration_task(self.task))
         trial.set_user_attr(record.LAYOUT_KEY, key)
         reasons = []
         for name, excess, reason in self._constraints(density, proxy_density, possible, kv["ratio"]):
@@ -248,13 +249,18 @@ class Objective:
         raise optuna.TrialPruned(reason)
 
 
-def layout_key(target: CompiledPattern, proxy: CompiledPattern) -> str:
+def layout_key(target: CompiledPattern, proxy: CompiledPattern, pairs: bool = False) -> str:
     """One hash of every layout a trial is scored on: two candidates with equal keys have equal
-    layouts at both lengths (parameters that round alike), so they score alike."""
+    layouts at both lengths (parameters that round alike), so they score alike. ``pairs``: the
+    token pairs inside each block too, not only which blocks are stored (task=calibrate, where a
+    pretrained model's output changes with every pair: ``sink(4)`` and ``sink(64)`` store the same
+    128-token blocks)."""
     digest = hashlib.sha256()
     for cp in (target, proxy):
         for layer in range(cp.layers):
             digest.update(layout_hash(cp, layer).encode())
+            for head in range(cp.heads if pairs else 0):
+                digest.update(np.packbits(cp.to_bsr(layer, head, with_masks=True).masks).tobytes())
     return digest.hexdigest()[:32]
 
 

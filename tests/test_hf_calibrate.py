@@ -222,3 +222,12 @@ def test_the_command_line_names_a_missing_model_directory(tmp_path):
     assert done.returncode == 2
     assert "patternc-search: error: task.model must be a save_pretrained directory (with config.json), " \
            f"got '{tmp_path}/nowhere'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_calibration_search_tells_apart_patterns_that_store_the_same_blocks():
+    import patternc
+    from search.objective import layout_key
+
+    few, more = (patternc.compile(f"causal & (sink({s}) | window(8))", N, block=16) for s in (1, 4))
+    assert layout_key(few, few) == layout_key(more, more)  # the same 16-token blocks
+    assert layout_key(few, few, pairs=True) != layout_key(more, more, pairs=True)  # not the same pairs
