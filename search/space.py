@@ -56,8 +56,8 @@ def check_space(space: SpaceConfig) -> None:
         raise StackError(f"the space uses ${', $'.join(sorted(missing))} but space.params does not "
                          f"define {'it' if len(missing) == 1 else 'them'}", where=where)
     if unused:
-        raise StackError(f"space.params defines {', '.join(sorted(unused))}, which neither space.template "
-                         f"nor a choice uses", where=where)
+        raise StackError(f"space.params defines {', '.join(sorted(unused))}, which space.template never "
+                         f"uses (nor any layer or head choice)", where=where)
     for name, spec in space.params.items():
         _check_spec(name, spec, where)
     target, proxy = space.target, space.proxy
