@@ -203,6 +203,7 @@ class SpaceConfig:
     template: str = "causal"  # the pattern of every layer and head, over $params and n, l, h, L, H
     params: dict[str, ParamSpec] = field(default_factory=dict)
     layer_choices: list[str] = field(default_factory=list)  # per proxy layer: "template" or an expression
+    head_choices: list[str] = field(default_factory=list)  # per (proxy layer, head): the same (search.space)
     target: TargetConfig = field(default_factory=TargetConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     density_budget: float = 0.5  # max mean block density at target.n, as a fraction of dense causal's
@@ -291,3 +292,6 @@ def register_configs() -> None:
     cs.store(group="search", name="search_schema", node=SearchConfig)
     for name, schema in TASK_SCHEMAS.items():
         cs.store(group="task", name=f"{name}_schema", node=schema)
+    from search.calibrate import CalibrateConfig  # task=calibrate: a pretrained model, no training
+
+    cs.store(group="task", name="calibrate_schema", node=CalibrateConfig)

@@ -42,7 +42,7 @@ DEFINITION = "definition"  # the study user attribute that holds it
 
 _NOT_DEFINING = {
     "space": ("description",),
-    "task": ("n",),
+    "task": ("n", "threads", "device", "batch", "backend"),  # the last four: task=calibrate's (how it runs)
     "task.train": ("threads", "device"),
     "kernel": ("repeats", "warmup"),
 }
@@ -60,7 +60,7 @@ def definition(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed:
     for path, keys in _NOT_DEFINING.items():
         node = out
         for part in path.split("."):
-            node = node[part]
+            node = node.get(part, {})  # task=calibrate has no task.train
         for key in keys:
             node.pop(key, None)
     return _plain(out)

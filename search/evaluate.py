@@ -181,6 +181,10 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
       ...
     ValueError: the pattern is compiled at n = 64 but task.n = 32
     """
+    from search.calibrate import calibrate, calibration_task
+
+    if calibration_task(task):  # task=calibrate: a pretrained model, scored without training
+        return calibrate(pattern, task, seed=seed, params=params)
     check_task(task, prefix="")
     problem = make_task(task)
     spec = resolve_pattern(pattern, task.model)

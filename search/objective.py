@@ -45,12 +45,14 @@ import functools
 import hashlib
 import time
 
+import numpy as np
 import optuna
 import torch
 
 import patternc
 from patternc import CompiledPattern, PatternError, Stack, layout_hash
 from search import record
+from search.calibrate import calibration_task
 from search.config import KernelConfig, SpaceConfig, TaskConfig
 from search.evaluate import EvalResult, evaluate
 from search.space import reference, suggest
@@ -136,7 +138,7 @@ class Objective:
         trial.set_user_attr(record.MIXING_CERTIFIED, certain == 1.0)
         trial.set_user_attr(record.KV, kv)
         trial.set_user_attr(record.DURATIONS, durations)
-        key = layout_key(target, proxy)
+        key = layout_key(target, proxy, target_pairs=calibration_task(self.task))
         trial.set_user_attr(record.LAYOUT_KEY, key)
         reasons = []
         for name, excess, reason in self._constraints(density, proxy_density, possible, kv["ratio"]):
@@ -165,7 +167,9 @@ class Objective:
         # references score at the checkpoint too (the yardsticks later candidates are screened
         # against) and always train on
         promote = lambda screened: self._promote(trial, screened, cost["ratio"], always=ref)  # noqa: E731
-        result = evaluate(proxy, self.task, seed=self.seed, promote=promote)
+        # task=calibrate: the target's stack runs inside the pretrained model (its proxy is the target)
+        result = evaluate(target if calibration_task(self.task) else proxy, self.task, seed=self.seed,
+                          promote=promote)
         durations["train"] = result.wall_seconds
         trial.set_user_attr(record.DURATIONS, durations)
         self._record_result(trial, result)
@@ -176,7 +180,8 @@ class Objective:
         trial.set_user_attr(record.CHANCE, result.chance)
         if result.screen_accuracy is not None:
             trial.set_user_attr(record.SCREEN_ACCURACY, result.screen_accuracy)
-        trial.set_user_attr(record.FIDELITY, "full" if result.steps == self.task.train.steps else "screen")
+        full = calibration_task(self.task) or result.steps == self.task.train.steps
+        trial.set_user_attr(record.FIDELITY, "full" if full else "screen")
         if result.status != "ok":
             trial.set_user_attr(record.STATUS, "diverged")
             raise Diverged(result.failure)
@@ -262,13 +267,18 @@ class Objective:
         raise optuna.TrialPruned(reason)
 
 
-def layout_key(target: CompiledPattern, proxy: CompiledPattern) -> str:
-    """One hash of every layout a trial is scored on: two candidates with equal keys have equal
-    layouts at both lengths (parameters that round alike), so they score alike."""
+def layout_key(target: CompiledPattern, proxy: CompiledPattern, target_pairs: bool = False) -> str:
+    """One hash of what a trial is scored on: two candidates with equal keys score alike. The
+    proxy's token pairs (what the model trains on: ``sink(4)`` and ``sink(64)`` store the same
+    32-token blocks but not the same pairs) and the target's blocks (cost, density and reach are
+    per block), or with ``target_pairs`` its pairs too (task=calibrate runs the target stack in a
+    pretrained model, whose output changes with every pair)."""
     digest = hashlib.sha256()
-    for cp in (target, proxy):
+    for cp, pairs in ((target, target_pairs), (proxy, True)):
         for layer in range(cp.layers):
             digest.update(layout_hash(cp, layer).encode())
+            for head in range(cp.heads if pairs else 0):
+                digest.update(np.packbits(cp.to_bsr(layer, head, with_masks=True).masks).tobytes())
     return digest.hexdigest()[:32]
 
 

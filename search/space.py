@@ -13,6 +13,8 @@ values: the target's compiles at ``target.n`` and drops into ``conf/pattern/`` u
       w: {type: float, low: 0.01, high: 0.25, log: true}
       a: {type: float, low: 0.3, high: 0.7}
     layer_choices: [template, causal]     # each layer: the template, or dense causal
+    head_choices: [template, causal]      # each head too (DuoAttention's streaming or full heads);
+                                          # a layer's choice other than the template covers its heads
 
 A space describes a *target* (the deployed model: its depth, heads, length and tile, where reach,
 density and cost are checked) and a *proxy* (the small model trained for accuracy, at its own
@@ -35,8 +37,8 @@ import optuna
 from patternc import Override, PatternError, Stack, StackError, ast, parse, unparse
 from search.config import ParamSpec, SpaceConfig
 
-__all__ = ["TEMPLATE", "Candidate", "bind_names", "build", "check_space", "enqueue_params", "layer_group",
-           "reference", "suggest"]
+__all__ = ["TEMPLATE", "Candidate", "bind_names", "build", "check_space", "enqueue_params", "head_param",
+           "layer_group", "reference", "suggest"]
 
 TEMPLATE = "template"  # in layer_choices: the space's template
 
@@ -44,25 +46,20 @@ TEMPLATE = "template"  # in layer_choices: the space's template
 def check_space(space: SpaceConfig) -> None:
     """Every fault of a space, named by key, before any trial runs (``StackError``)."""
     where = f"space {space.name}"
-    try:
-        used = {node.id for node in ast.walk(parse(space.template)) if isinstance(node, ast.Param)}
-    except PatternError as error:
-        raise StackError(f"space.template: {error}", where=where) from None
+    used = _params_of(space.template, "space.template", where)
+    for key in ("layer_choices", "head_choices"):
+        for i, choice in enumerate(getattr(space, key)):
+            if choice != TEMPLATE:
+                used |= _params_of(choice, f"space.{key}[{i}]", where)
     missing, unused = used - set(space.params), set(space.params) - used
     if missing:
-        raise StackError(f"space.template uses ${', $'.join(sorted(missing))} but space.params does not "
+        raise StackError(f"the space uses ${', $'.join(sorted(missing))} but space.params does not "
                          f"define {'it' if len(missing) == 1 else 'them'}", where=where)
     if unused:
         raise StackError(f"space.params defines {', '.join(sorted(unused))}, which space.template never "
-                         f"uses", where=where)
+                         f"uses (nor any layer or head choice)", where=where)
     for name, spec in space.params.items():
         _check_spec(name, spec, where)
-    for i, choice in enumerate(space.layer_choices):
-        if choice != TEMPLATE:
-            try:
-                parse(choice)
-            except PatternError as error:
-                raise StackError(f"space.layer_choices[{i}]: {error}", where=where) from None
     target, proxy = space.target, space.proxy
     for part, cfg in (("target", target), ("proxy", proxy)):
         for key in ("layers", "heads", "block", "n", *(("head_dim",) if part == "target" else ())):
@@ -86,10 +83,31 @@ def check_space(space: SpaceConfig) -> None:
         raise StackError(f"space.density_budget is a fraction of dense causal's block density in (0, 1], "
                          f"got {space.density_budget}", where=where)
     for name, ref in space.references.items():
-        if not isinstance(ref, dict) or set(ref) - {"params", "layers", "expr", "cites"} or (
+        if not isinstance(ref, dict) or set(ref) - {"params", "layers", "heads", "expr", "cites"} or (
                 "expr" in ref) == ("params" in ref):
             raise StackError(f"space.references.{name} must be {{expr: ...}} or {{params: {{...}}, "
-                             f"layers: [...]}} (and optional cites), got {ref!r}", where=where)
+                             f"layers: [...], heads: [[...], ...]}} (and optional cites), got {ref!r}",
+                             where=where)
+        for key, value in (ref.get("params") or {}).items():
+            spec = space.params.get(key)
+            if spec is not None and spec.type == "categorical" and value not in spec.choices:
+                raise StackError(f"space.references.{name}.params.{key} = {value!r} is not one of "
+                                 f"space.params.{key}.choices {list(spec.choices)}", where=where)
+        rows = ref.get("heads") or []
+        if rows and (not space.head_choices or len(rows) != space.proxy.layers or any(
+                len(row) != space.proxy.heads or set(row) - set(space.head_choices) for row in rows)):
+            raise StackError(f"space.references.{name}.heads must be {space.proxy.layers} rows (one per "
+                             f"proxy layer) of {space.proxy.heads} entries of space.head_choices "
+                             f"{list(space.head_choices)}, got {rows!r}", where=where)
+
+
+def _params_of(text: str, key: str, where: str) -> set[str]:
+    """The ``$parameters`` an expression of the space uses; a ``StackError`` naming ``key`` when it
+    does not parse."""
+    try:
+        return {node.id for node in ast.walk(parse(text)) if isinstance(node, ast.Param)}
+    except PatternError as error:
+        raise StackError(f"{key}: {error}", where=where) from None
 
 
 def _check_spec(name: str, spec: ParamSpec, where: str) -> None:
@@ -134,7 +152,16 @@ def suggest(trial: optuna.Trial, space: SpaceConfig) -> Candidate:
     values = {name: _suggest(trial, name, spec) for name, spec in space.params.items()}
     layers = [trial.suggest_categorical(f"layer{p}", list(space.layer_choices)) if space.layer_choices
               else TEMPLATE for p in range(space.proxy.layers)]
-    return build(space, values, layers)
+    heads = None
+    if space.head_choices:
+        heads = [[trial.suggest_categorical(head_param(p, j), list(space.head_choices))
+                  for j in range(space.proxy.heads)] for p in range(space.proxy.layers)]
+    return build(space, values, layers, heads)
+
+
+def head_param(p: int, j: int) -> str:
+    """The Optuna parameter of proxy layer ``p``, head ``j``'s choice (``space.head_choices``)."""
+    return f"head{p}.{j}"
 
 
 def layer_group(space: SpaceConfig, p: int) -> tuple[int, int]:
@@ -148,8 +175,11 @@ def layer_group(space: SpaceConfig, p: int) -> tuple[int, int]:
     return p * t // q, (p + 1) * t // q
 
 
-def build(space: SpaceConfig, values: dict[str, Any], layers: list[str]) -> Candidate:
-    """The candidate of parameter values and per-proxy-layer choices ("template" or an expression).
+def build(space: SpaceConfig, values: dict[str, Any], layers: list[str],
+          heads: list[list[str]] | None = None) -> Candidate:
+    """The candidate of parameter values, per-proxy-layer choices ("template" or an expression) and,
+    with ``space.head_choices``, per-(proxy layer, proxy head) choices ``heads[p][j]``; a layer's
+    choice other than the template covers all its heads.
 
     The target runs proxy layer ``p``'s choice on every layer of ``layer_group(p)``. The proxy runs,
     at its layer ``p`` and head ``j``, what the target runs at the middle layer of that group and the
@@ -160,16 +190,24 @@ def build(space: SpaceConfig, values: dict[str, Any], layers: list[str]) -> Cand
     params = tuple(sorted((name, _number(value)) for name, value in values.items()))
     target, proxy = space.target, space.proxy
     choice = [space.template if c == TEMPLATE else c for c in layers]
+    # per (p, j): the layer's choice, else the head's (the template when there are no head choices)
+    cell = [[choice[p] if choice[p] != space.template or not heads or heads[p][j] == TEMPLATE else heads[p][j]
+             for j in range(proxy.heads)] for p in range(proxy.layers)]
     groups = [layer_group(space, p) for p in range(proxy.layers)]
+    head_groups = [(j * target.heads // proxy.heads, (j + 1) * target.heads // proxy.heads)
+                   for j in range(proxy.heads)]
     target_rules = tuple(Override(expr=choice[p], layers=groups[p]) for p in range(proxy.layers)
                          if choice[p] != space.template and groups[p][0] < groups[p][1])
+    target_rules += tuple(Override(expr=cell[p][j], layers=groups[p], heads=head_groups[j])
+                          for p in range(proxy.layers) for j in range(proxy.heads)
+                          if choice[p] == space.template and cell[p][j] != space.template
+                          and groups[p][0] < groups[p][1] and head_groups[j][0] < head_groups[j][1])
     proxy_rules = []
     for p, (start, stop) in enumerate(groups):
-        for j in range(proxy.heads):
-            heads = (j * target.heads // proxy.heads, (j + 1) * target.heads // proxy.heads)
-            names = {"l": (start + stop - 1) // 2, "L": target.layers, "h": (heads[0] + heads[1] - 1) // 2,
+        for j, (first, last) in enumerate(head_groups):
+            names = {"l": (start + stop - 1) // 2, "L": target.layers, "h": (first + last - 1) // 2,
                      "H": target.heads}
-            text = bind_names(choice[p], names)
+            text = bind_names(cell[p][j], names)
             if text != space.template:
                 proxy_rules.append(Override(expr=text, layers=(p, p + 1), heads=(j, j + 1)))
     return Candidate(
@@ -217,7 +255,8 @@ def reference(space: SpaceConfig, name: str, trial: optuna.Trial | None = None) 
         return build(dataclasses.replace(space, template=ref["expr"], params={}), {},
                      [TEMPLATE] * space.proxy.layers)
     if trial is None:
-        return build(space, dict(ref["params"]), list(ref.get("layers") or [TEMPLATE] * space.proxy.layers))
+        return build(space, dict(ref["params"]), list(ref.get("layers") or [TEMPLATE] * space.proxy.layers),
+                     _reference_heads(space, ref))
     return suggest(trial, space)  # the enqueued values come back from suggest_*
 
 
@@ -230,7 +269,18 @@ def enqueue_params(space: SpaceConfig, name: str) -> dict[str, Any]:
     if space.layer_choices:
         layers = list(ref.get("layers") or [TEMPLATE] * space.proxy.layers)
         params.update({f"layer{p}": choice for p, choice in enumerate(layers)})
+    for p, row in enumerate(_reference_heads(space, ref) or ()):
+        params.update({head_param(p, j): choice for j, choice in enumerate(row)})
     return params
+
+
+def _reference_heads(space: SpaceConfig, ref: dict) -> list[list[str]] | None:
+    """A reference's per-(proxy layer, head) choices: its ``heads`` rows, the template where it
+    gives none; None when the space has no head choices."""
+    if not space.head_choices:
+        return None
+    return [list(row) for row in ref["heads"]] if ref.get("heads") else \
+        [[TEMPLATE] * space.proxy.heads for _ in range(space.proxy.layers)]
 
 
 def _number(value: Any) -> int | float:

@@ -114,6 +114,10 @@ def check_task(task: TaskConfig, prefix: str = "task.", devices: bool = True) ->
     """The model, the training and the task's own values; a task whose answers cannot be placed
     (a too crowded ``task.pairs``) is found by drawing two sequences, here rather than in trial 0.
     ``devices=False`` leaves ``train.device`` to the machine that trains (a cluster's GPU node)."""
+    from search.calibrate import calibration_task, check_calibration
+
+    if calibration_task(task):  # task=calibrate: a model directory and data, no training
+        return check_calibration(task, prefix, devices)
     _apply(MODEL_RULES + TRAIN_RULES, task, prefix)
     if devices:
         resolve_device(task.train.device, where=f"{prefix}train.device")
@@ -180,4 +184,8 @@ def check_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, set
     if kernel.context is not None and not kernel.context < space.target.n:
         raise ConfigError(f"kernel.context = {kernel.context} must be below space.target.n = "
                           f"{space.target.n}: the decode step's query is at position kernel.context")
+    from search.calibrate import calibration_task, check_calibration_space
+
+    if calibration_task(task):  # the model is the target (before its data is drawn at proxy.n)
+        check_calibration_space(task, space)
     check_task(dataclasses.replace(task, n=space.proxy.n), devices=devices)  # trials train at proxy.n

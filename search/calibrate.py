@@ -1,0 +1,311 @@
+"""``task=calibrate``: a pattern's quality on a pretrained dense model, measured without training.
+
+The model is a local ``save_pretrained`` directory (``task.model``; nothing is downloaded). In a
+search it *is* the target: ``space.target``'s layers, heads, KV heads and head size must be the
+model's, the proxy is the target itself (``space.proxy`` equal to it: nothing is trained), and the
+candidate's target stack runs inside the model at ``space.target.n``. The dense model runs once per
+process over the calibration sequences (``search.calibrate_data``) and its outputs are kept; each
+candidate then runs the same model through ``patternc.hf.sparsify`` (our block-sparse kernel on the
+CPU, FlexAttention on CUDA) and is compared with them at the scored positions:
+
+- ``metric: kl`` (default): quality retained = exp(-KL), KL(dense || sparse) of the next-token
+  distributions, averaged over the scored positions. It is 1 exactly when the sparse model gives
+  the dense model's distributions and falls towards 0 as they part; 0.99 is a loss of 0.01 nats
+  per position. Where the dense model is sure of its answer, exp(-KL) is about the probability the
+  sparse model still gives that answer (a geometric mean over positions). It needs no labels and
+  never exceeds 1, which a ratio of losses against the data can (a pattern can be lucky).
+- ``metric: nll``: quality retained = exp(NLL_dense - NLL_sparse) = perplexity_dense /
+  perplexity_sparse, against the data's own next tokens (can exceed 1; for data the model was not
+  trained on, where its own distribution is not the thing to keep).
+
+Per bucket (distance for MQAR, position quarter for a token file) the gap is averaged and mapped
+the same way; the search maximises their mean (``EvalResult.score``), so the far bucket weighs as
+much as the near one. A pattern whose layout at n is dense causal is the dense model: it retains
+exactly 1.0 and is not run (the kernel would only add rounding). The result's ``extra`` holds the
+mean KL, both NLLs and both models' accuracy on the targets.
+
+>>> r = calibrate("causal & (sink(4) | window(512))", CalibrateConfig(model="outputs/calibration_demo/model"))
+... # doctest: +SKIP
+>>> r.score, r.extra["kl"]                                                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+import patternc
+from patternc.compiled import CompiledPattern
+from patternc.cost import resolve_device
+from search.calibrate_data import CalibrationData, load_data
+from search.config import DTYPES, ModelConfig, SpaceConfig
+from search.errors import ConfigError
+from search.evaluate import EvalResult, _threads, resolve_pattern
+
+__all__ = ["METRICS", "CalibrateConfig", "calibrate", "calibration_task", "check_calibration",
+           "check_calibration_space"]
+
+METRICS = ("kl", "nll")
+DENSE_LIMIT = 1 << 28  # float32 log-probabilities of the dense model kept for KL (1 GiB)
+
+
+@dataclass
+class CalibrateConfig:
+    """``task=calibrate`` (``conf/task/calibrate.yaml``): score patterns on a pretrained model."""
+
+    name: str = "calibrate"
+    n: int = 4096  # calibration length for mode=evaluate; a search calibrates at space.target.n
+    model: str = ""  # a save_pretrained directory: config.json and the weights
+    data: str = "mqar"  # a .npy / .txt file of token ids, or a proxy task (mqar, majority, hops)
+    generator: dict[str, Any] = field(default_factory=dict)  # that task's settings, e.g. {pairs: 64}
+    sequences: int = 4  # calibration sequences of n tokens
+    batch: int = 1  # sequences per forward pass
+    metric: str = "kl"  # kl (against the dense model's outputs) or nll (against the data's tokens)
+    dtype: str = "float32"  # the model's weights and activations, one of search.config.DTYPES
+    device: str = "cpu"  # where the model runs: cpu, or cuda (FlexAttention with our BlockMask)
+    threads: int | None = None  # torch threads; None keeps the process's setting
+    backend: str = "auto"  # patternc.hf backend: auto, reference, flex, sdpa
+
+
+def calibration_task(task: Any) -> bool:
+    """Is ``task`` a calibration (``task=calibrate``)? Where evaluation and checks turn to this module."""
+    return isinstance(task, CalibrateConfig)
+
+
+# ---- checks (search.validate calls these for task=calibrate) ---------------------------------------
+
+def _model_config(cfg: CalibrateConfig, prefix: str):
+    """The model's text config (layers, heads, vocabulary), read without loading the weights."""
+    from transformers import AutoConfig
+
+    if not cfg.model or not os.path.isfile(os.path.join(cfg.model, "config.json")):
+        raise ConfigError(f"{prefix}model must be a save_pretrained directory (with config.json), got "
+                          f"{cfg.model!r}" + ("" if cfg.model else ": give task.model=<directory>"))
+    try:
+        config = AutoConfig.from_pretrained(cfg.model, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{prefix}model: {cfg.model} holds no readable transformers config: "
+                          f"{error}") from None
+    return config.get_text_config(decoder=True)
+
+
+def _shape(config) -> dict[str, int]:
+    heads = config.num_attention_heads
+    return {"layers": config.num_hidden_layers, "heads": heads,
+            "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads}
+
+
+def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool = True) -> None:
+    """Every value of ``cfg`` before any work: the settings, the model directory and the data
+    (its dtype, its length against ``n``, its ids against the model's vocabulary)."""
+    from patternc.hf import BACKENDS
+
+    def count(low: int):
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    rules = [("n", count(8), "an integer >= 8"), ("sequences", count(1), "an integer >= 1"),
+             ("batch", count(1), "an integer >= 1"),
+             ("metric", lambda v: v in METRICS, "one of " + ", ".join(METRICS)),
+             ("dtype", lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
+             ("backend", lambda v: v in BACKENDS, "one of " + ", ".join(BACKENDS)),
+             ("threads", lambda v: v is None or count(1)(v), "null or an integer >= 1")]
+    for key, test, needs in rules:
+        if not test(getattr(cfg, key)):
+            raise ConfigError(f"{prefix}{key} must be {needs}, got {getattr(cfg, key)!r}")
+    if devices:
+        resolve_device(cfg.device, where=f"{prefix}device")
+    config = _model_config(cfg, prefix)
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and cfg.n > context:
+        raise ConfigError(f"{prefix}n = {cfg.n} is longer than the model's context "
+                          f"(config.max_position_embeddings = {context} in {cfg.model})")
+    calibration_data(cfg, config.vocab_size, seed=0)
+
+
+def check_calibration_space(cfg: CalibrateConfig, space: SpaceConfig) -> None:
+    """The space's target must be the model, and its proxy the target (nothing is trained)."""
+    model = _shape(_model_config(cfg, "task."))
+    target = {key: getattr(space.target, key) for key in model}
+    if target["kv_heads"] is None:
+        target["kv_heads"] = target["heads"]
+    wrong = [key for key in model if target[key] != model[key]]
+    if wrong:
+        raise ConfigError("task=calibrate runs the space's target stack inside the model, but "
+                          + ", ".join(f"space.target.{key} = {target[key]}" for key in wrong)
+                          + f" while the model {cfg.model} has "
+                          + ", ".join(f"{key} = {model[key]}" for key in wrong)
+                          + ": set " + " ".join(f"space.target.{key}={model[key]}" for key in wrong))
+    proxy = [key for key in ("layers", "heads", "n", "block")
+             if getattr(space.proxy, key) != getattr(space.target, key)]
+    if proxy:
+        raise ConfigError("task=calibrate trains no proxy: the model is scored as the target, so "
+                          + ", ".join(f"space.proxy.{key} = {getattr(space.proxy, key)} must equal "
+                                      f"space.target.{key} = {getattr(space.target, key)}" for key in proxy))
+
+
+# ---- the model, the data and the dense outputs, each loaded once per process -----------------------
+
+@lru_cache(maxsize=2)
+def _model(path: str, dtype: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True)
+    return model.to(device).eval()
+
+
+def _data_key(cfg: CalibrateConfig, vocab: int, seed: int) -> tuple:
+    return (cfg.data, cfg.n, cfg.sequences, repr(sorted(cfg.generator.items())), vocab, seed)
+
+
+_DATA: dict[tuple, CalibrationData] = {}  # the last data set drawn or read
+
+
+def calibration_data(cfg: CalibrateConfig, vocab: int, seed: int) -> CalibrationData:
+    """The calibration sequences of ``cfg`` (drawn or read once per process)."""
+    key = _data_key(cfg, vocab, seed)
+    if key not in _DATA:
+        _DATA.clear()  # one run calibrates on one data set: keep no stale arrays
+        _DATA[key] = load_data(cfg, vocab, seed)
+    return _DATA[key]
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """One model's outputs at the scored positions: log-probabilities (P, V) (None unless KL needs
+    them), the log-probability of each target (P,) and whether its top guess is the target (P,)."""
+
+    log_probs: torch.Tensor | None
+    target_log_prob: torch.Tensor
+    hits: torch.Tensor
+
+
+_DENSE: dict[tuple, tuple[_Outputs, float]] = {}  # the dense model's outputs on it, and their seconds
+
+
+@torch.no_grad()
+def _outputs(model, data: CalibrationData, batch: int, keep: bool) -> _Outputs:
+    device = next(model.parameters()).device
+    parts: list[_Outputs] = []
+    for start in range(0, len(data.tokens), batch):
+        tokens = torch.from_numpy(data.tokens[start:start + batch]).to(device)  # (b, n)
+        scored = torch.from_numpy(data.scored[start:start + batch]).to(device)  # (b, n)
+        targets = torch.from_numpy(data.targets[start:start + batch]).to(device)[scored]  # (p,)
+        logits = model(tokens, use_cache=False).logits[scored].float()  # (p, V)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        parts.append(_Outputs(log_probs.cpu() if keep else None,
+                              log_probs.gather(1, targets[:, None])[:, 0].cpu(),
+                              (logits.argmax(-1) == targets).cpu()))
+    return _Outputs(torch.cat([p.log_probs for p in parts]) if keep else None,
+                    torch.cat([p.target_log_prob for p in parts]), torch.cat([p.hits for p in parts]))
+
+
+def _dense(cfg: CalibrateConfig, device: str, data_key: tuple,
+           data: CalibrationData) -> tuple[_Outputs, float]:
+    """The dense model's outputs on the data and the seconds they took, computed once per process."""
+    key = (cfg.model, cfg.dtype, device, cfg.batch, cfg.metric, data_key)
+    if key not in _DENSE:
+        _DENSE.clear()
+        start = time.perf_counter()
+        outputs = _outputs(_model(cfg.model, cfg.dtype, device), data, cfg.batch, cfg.metric == "kl")
+        _DENSE[key] = outputs, time.perf_counter() - start
+    return _DENSE[key]
+
+
+# ---- one evaluation ---------------------------------------------------------------------------------
+
+def _stack_of(pattern, params: dict | None, shape: dict[str, int], n: int) -> CompiledPattern:
+    """The pattern compiled at the calibration length with the model's layers and heads."""
+    if isinstance(pattern, CompiledPattern):  # a search trial: the target, compiled at target.n
+        if pattern.n != n:
+            raise ConfigError(f"the pattern is compiled at n = {pattern.n} but the calibration length is {n}")
+        return pattern
+    stack = resolve_pattern(pattern, ModelConfig(layers=shape["layers"], heads=shape["heads"]))
+    return patternc.compile(stack, n, params=params)
+
+
+def _is_dense_causal(cp: CompiledPattern) -> bool:
+    """Every head allows exactly the causal pairs: the model under it is the dense model."""
+    return cp.causal and all(s.allowed_pairs == cp.n * (cp.n + 1) // 2 for s in cp.stats().per_head)
+
+
+def calibrate(pattern, cfg: CalibrateConfig, seed: int = 0, params: dict | None = None,
+              promote: Any = None) -> EvalResult:
+    """Quality retained by ``pattern`` on ``cfg.model`` (``score``, per bucket in ``buckets``), with
+    the detail in ``extra``. ``pattern``: what ``search.evaluate`` takes (an expression, a stack
+    file or ``Stack``, a ``PatternConfig``, a ``CompiledPattern`` at ``cfg.n``); ``promote`` is
+    accepted for ``search.evaluate``'s signature and unused (nothing trains, nothing is screened).
+
+    >>> calibrate("causal", CalibrateConfig(model="outputs/calibration_demo/model")).score  # doctest: +SKIP
+    1.0
+    """
+    import patternc.hf
+
+    check_calibration(cfg, prefix="task.")
+    config = _model_config(cfg, "task.")
+    shape = _shape(config)
+    data_key = _data_key(cfg, config.vocab_size, seed)
+    data = calibration_data(cfg, config.vocab_size, seed)
+    scored = int(data.scored.sum())
+    if cfg.metric == "kl" and scored * config.vocab_size > DENSE_LIMIT:
+        raise ConfigError(f"task.metric=kl keeps the dense model's log-probabilities at every scored "
+                          f"position: {scored:,} x {config.vocab_size:,} floats is over {DENSE_LIMIT:,}; "
+                          "lower task.sequences, or use task.metric=nll")
+    device = str(resolve_device(cfg.device, where="task.device"))
+    cp = _stack_of(pattern, params, shape, cfg.n)
+    with _threads(cfg.threads) as threads:
+        model = _model(cfg.model, cfg.dtype, device)
+        dense, dense_seconds = _dense(cfg, device, data_key, data)
+        start = time.perf_counter()
+        ran = not _is_dense_causal(cp)
+        if ran:
+            patternc.hf.sparsify(model, cp.stack, block=cp.block, params=dict(cp.params), backend=cfg.backend)
+            try:
+                sparse = _outputs(model, data, cfg.batch, cfg.metric == "kl")
+            finally:
+                patternc.hf.densify(model)
+        else:
+            sparse = dense
+        seconds = time.perf_counter() - start
+    fields = _compare(cfg, data, dense, sparse)
+    fields["extra"].update(dense_seconds=round(dense_seconds, 3), ran=ran)
+    return EvalResult(**fields, eval_seconds=seconds, layers=shape["layers"], heads=shape["heads"],
+                      parameters=sum(p.numel() for p in model.parameters()), seed=seed, threads=threads,
+                      pattern=_describe(cp.stack))
+
+
+def _compare(cfg: CalibrateConfig, data: CalibrationData, dense: _Outputs, sparse: _Outputs) -> dict:
+    """The comparison's fields of an ``EvalResult``: quality retained overall and per bucket,
+    exp(-mean gap), the gap being KL(dense || sparse) or NLL_sparse - NLL_dense per position."""
+    if cfg.metric == "kl":  # per position, summed over the vocabulary; rounding can make it -1e-9
+        gap = torch.nn.functional.kl_div(sparse.log_probs, dense.log_probs, log_target=True,
+                                         reduction="none").sum(-1).clamp(min=0.0)  # (P,)
+    else:
+        gap = dense.target_log_prob - sparse.target_log_prob  # (P,)
+    buckets = torch.from_numpy(data.buckets[data.scored])  # (P,)
+    by_bucket, counts = {}, {}
+    for index, name in enumerate(data.bucket_names):
+        at = buckets == index
+        counts[name] = int(at.sum())
+        by_bucket[name] = math.exp(-float(gap[at].mean())) if counts[name] else None
+    extra = {"metric": cfg.metric, "kl": float(gap.mean()) if cfg.metric == "kl" else None,
+             "nll": -float(sparse.target_log_prob.mean()), "dense_nll": -float(dense.target_log_prob.mean()),
+             "target_accuracy": float(sparse.hits.float().mean()),
+             "dense_target_accuracy": float(dense.hits.float().mean()),
+             "positions": len(gap), "data": data.source, "model": cfg.model, "backend": cfg.backend}
+    return {"status": "ok", "accuracy": math.exp(-float(gap.mean())), "buckets": by_bucket,
+            # no chance level (nothing is guessed), no training
+            "bucket_counts": counts, "chance": None, "loss_curve": [], "steps": 0, "train_seconds": 0.0,
+            "task": cfg.name, "n": cfg.n, "extra": extra}
+
+
+def _describe(stack) -> str:
+    from search.objective import describe  # with optuna, loaded by the search that asks
+
+    return stack.description or describe(stack)
