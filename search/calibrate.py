@@ -41,8 +41,7 @@ from typing import Any
 import torch
 
 import patternc
-from patternc.compiled import CompiledPattern
-from patternc.cost import resolve_device
+from patternc import CompiledPattern, resolve_device
 from search.calibrate_data import CalibrationData, load_data
 from search.config import DTYPES, ModelConfig, SpaceConfig
 from search.errors import ConfigError
