@@ -49,3 +49,19 @@ def _python_block(section: str) -> str:
 def test_the_readme_python_example_runs_as_written(monkeypatch):
     monkeypatch.chdir(ROOT)
     exec(compile(_python_block("Python"), "README.md", "exec"), {})
+
+
+def test_the_readme_decode_example_runs_as_written():
+    namespace: dict = {}
+    exec(compile(_python_block("Inference: the KV cache a pattern needs"), "README.md", "exec"), namespace)
+    cache, out = namespace["cache"], namespace["out"]
+    assert out.shape == (1, 8, 1, 64) and cache.length == 16004
+    assert cache.held_keys() == 4228  # what the README's comment says
+
+
+def test_the_readme_hugging_face_example_runs_as_written():
+    pytest.importorskip("transformers")
+    namespace: dict = {}
+    exec(compile(_python_block("Hugging Face models"), "README.md", "exec"), namespace)
+    assert namespace["sparse"].shape == (1, 1024, 256) and namespace["out"].shape == (1, 40)
+    assert not namespace["model"].config._attn_implementation.startswith("patternc")  # densified

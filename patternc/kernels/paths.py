@@ -158,16 +158,24 @@ def _cached(directory: str, **settings) -> PathTimes:
     keyed = {**settings, "probe": _PROBE, "candidates": CANDIDATES}
     key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     path = Path(directory) / "kernel-paths" / f"{key[:32]}.json"  # apart from measure's files
-    try:
-        stored = PathTimes(**json.loads(path.read_text()))
-        if (all(getattr(stored, name) == value for name, value in settings.items())
-                and set(stored.forward_seconds) == set(stored.backward_seconds) == set(CANDIDATES)):
-            return stored
-    except (OSError, ValueError, TypeError):
-        pass  # absent, unreadable or hand-edited: measure again and rewrite it
+    stored = _read(path, settings)
+    if stored is not None:
+        return stored
     times = _timed(**settings)
     write_json(path, dataclasses.asdict(times))
     return times
+
+
+def _read(path: Path, settings: dict) -> PathTimes | None:
+    """The stored times for these settings, or None when absent, unreadable or hand-edited (then
+    the paths are measured again and the file rewritten)."""
+    try:
+        stored = PathTimes(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    complete = set(stored.forward_seconds) == set(stored.backward_seconds) == set(CANDIDATES)
+    same = all(getattr(stored, name) == value for name, value in settings.items())
+    return stored if complete and same else None
 
 
 def _timed(head_dim: int, threads: int, torch_version: str, cpu: str) -> PathTimes:
