@@ -19,8 +19,17 @@ from stacks import per_head_stack
 from torch.nn.attention import flex_attention as flex
 
 import patternc
-from patternc.kernels import KernelInputError, block_sparse_attention, causal_sdpa, compiled_flex, prepare
+from patternc.kernels import (
+    KernelInputError,
+    block_sparse_attention,
+    causal_sdpa,
+    compiled_flex,
+    prepare,
+    reference,
+)
 from patternc.kernels.plan import MASK_SPAN, partial_kinds, segments
+
+forward = reference._forward
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 D = 16  # head dimension
@@ -173,6 +182,52 @@ def test_one_head_pattern_applies_to_every_head():
     out = block_sparse_attention(q, k, v, cp)
     ref, _ = dense_reference(q, k, v, cp, 0)  # the (1, n, n) mask broadcasts over heads
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["causal", "causal & window(n)", "causal | (causal & window(8))"])
+def test_a_dense_causal_layer_runs_sdpas_causal_kernel_without_gradients(spec, monkeypatch):
+    """Any expression that lowers to causal's band is dense attention: without gradients it runs
+    SDPA's fused causal kernel (bit for bit its output, grouped-query heads and a scale too) and
+    never the block walk; with gradients, the block walk."""
+    walks = []
+    monkeypatch.setattr(reference, "_forward", lambda *a: walks.append(1) or forward(*a))
+    cp = patternc.compile(spec, n=200, block=32)
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 200, D, generator=gen)
+    k, v = (torch.randn(2, 2, 200, D, generator=gen) for _ in range(2))
+    out = block_sparse_attention(q, k, v, cp, scale=0.3)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3,
+                                                             enable_gqa=True)
+    assert torch.equal(out, dense) and not walks
+    q.requires_grad_()
+    torch.testing.assert_close(block_sparse_attention(q, k, v, cp, scale=0.3), dense, atol=1e-5, rtol=1e-5)
+    assert walks
+
+
+def test_a_dense_causal_layer_with_a_bad_key_takes_the_block_path():
+    """A NaN in a future key leaves earlier rows as they were (SDPA's causal kernel would multiply
+    it by a zero weight into every row of its tile)."""
+    cp = patternc.compile("causal", n=256, block=64)
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 256, D, generator=gen) for _ in range(3))
+    clean = block_sparse_attention(q, k, v, cp)
+    v[:, :, 100] = float("nan")
+    dirty = block_sparse_attention(q, k, v, cp)
+    torch.testing.assert_close(dirty[:, :, :100], clean[:, :, :100], atol=1e-5, rtol=1e-5)
+    assert dirty[:, :, 100:].isnan().all()
+
+
+@pytest.mark.parametrize("spec", ["causal & window(199)", "causal | window(3)", "causal & ~diagonals([0])"])
+def test_a_layer_that_is_not_dense_causal_keeps_the_block_walk(spec, monkeypatch):
+    walks = []
+    monkeypatch.setattr(reference, "_forward", lambda *a: walks.append(1) or forward(*a))
+    cp = patternc.compile(spec, n=200, block=32)
+    q, k, v = torch.randn(3, 1, 1, 200, D, generator=torch.Generator().manual_seed(5))
+    out = block_sparse_attention(q, k, v, cp)
+    mask = torch.from_numpy(cp.to_dense(layer=0))
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                               atol=1e-5, rtol=1e-5)
+    assert walks
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa", "dense_causal"])

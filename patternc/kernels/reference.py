@@ -21,6 +21,12 @@ it: calls with PARTIAL blocks whose keys or values (backward: also queries, outp
 gradients) hold a NaN or inf are computed by the ``math`` path, which selects instead of adding
 -inf; other calls are untouched.
 
+A layer that is dense causal in every head (``causal``, or any expression that simplifies to it)
+is run by SDPA's fused causal kernel when no gradient is needed and its keys and values are finite:
+the same numbers, at dense attention's own speed, which is what a deployment runs for such a layer
+(and what ``patternc.measure`` should time). With gradients it takes the block path, whose backward
+keeps the masked-key guarantees above.
+
 >>> import torch
 >>> import torch.nn.functional as F
 >>> cp = patternc.compile("causal & window(128)", n=512, block=64)
@@ -43,12 +49,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from patternc.kernels.attend import FLOOR, PATHS, accumulator
 from patternc.kernels.inputs import Shapes, check_inputs
 from patternc.kernels.masks import CallMask, MaskCache, mask_cache
 from patternc.kernels.paths import KernelPaths, resolve_paths
 from patternc.kernels.plan import Plan, segments
+from patternc.primitives.offsets import Band
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
@@ -103,7 +111,23 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern,
                shapes=shapes)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _Attention.apply(q, k, v, run)
+    if _dense_causal(run) and bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all()):
+        work = run.paths.forward_work
+        out = F.scaled_dot_product_attention(q.to(work), k.to(work), v.to(work), is_causal=True,
+                                             scale=run.scale, enable_gqa=run.shapes.group > 1)
+        return out.to(q.dtype)
     return _forward(q, k, v, run)[0]
+
+
+def _dense_causal(run: _Run) -> bool:
+    """Every head of the layer allows exactly ``k <= q`` (its pattern lowers to ``causal``'s band),
+    on a path that is SDPA's fused kernel anyway."""
+    if run.paths.forward not in ("fused", "fused_fp32"):
+        return False
+    n = run.cp.n
+    heads = range(run.cp.heads)
+    return all(isinstance(node, Band) and node.lo == 0 and node.hi >= n - 1
+               for node in (run.cp.node(run.layer, h) for h in heads))
 
 
 @dataclass(frozen=True, slots=True)
