@@ -7,8 +7,8 @@ drifts that the two medians alone would not.
 
 The cache key is everything the figure depends on: a sha256 of the layer's block CSR (every head)
 with ``n`` and the block shape, the shapes, backend, dtype, thread count, torch version and CPU
-model (on a GPU, its name). A hit returns the stored result without building tensors or running any
-kernel. A cache file that does not parse is ignored and rewritten. The directory is
+model (on a GPU, its name) and ``KERNELS_REVISION``. A hit returns the stored result without
+building tensors or running any kernel. A cache file that does not parse is ignored and rewritten. The directory is
 ``$PATTERNC_CACHE_DIR``, else ``~/.cache/patternc/cost``. On a GPU each repeat is timed between two
 ``torch.cuda.synchronize()`` calls, so the figure is the kernel's, not its launch's.
 
@@ -40,9 +40,13 @@ from patternc.limits import require
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["CACHE_ENV", "PHASES", "Measurement", "cache_dir", "layout_hash", "measure", "resolve_device"]
+__all__ = ["CACHE_ENV", "KERNELS_REVISION", "PHASES", "Measurement", "cache_dir", "layout_hash", "measure",
+           "resolve_device"]
 
 CACHE_ENV = "PATTERNC_CACHE_DIR"
+# Raised whenever a change to patternc's kernels can change how fast a layout runs (2: a dense causal
+# layer runs SDPA's causal kernel), so that results measured on the old kernels are not read back.
+KERNELS_REVISION = 2
 PHASES = ("prefill", "decode")  # measure(phase=...): the whole sequence, or one decode step
 
 
@@ -70,6 +74,7 @@ class Measurement:
     device: str = "cpu"  # "cpu", or the GPU's type and name ("cuda: NVIDIA H200")
     phase: str = "prefill"  # "prefill": the whole sequence; "decode": one step at position context
     context: int | None = None  # decode: the tokens already cached when the step runs
+    kernels: int = KERNELS_REVISION  # our kernels' revision: a faster kernel is measured afresh
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "block": list(self.block)}
@@ -198,7 +203,8 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     settings = dict(backend=backend, n=compiled.n, block=compiled.block, layer=layer, batch=batch,
                     heads=heads, head_dim=head_dim, dtype=dtype_name, threads=torch.get_num_threads(),
                     repeats=repeats, warmup=warmup, torch_version=torch.__version__, cpu=cpu_model(),
-                    layout_hash=layout_hash(compiled, layer), device=_device_name(target))
+                    layout_hash=layout_hash(compiled, layer), device=_device_name(target),
+                    kernels=KERNELS_REVISION)
     if phase == "decode":  # prefill settings stay as they were, and so do their cached files
         settings.update(phase=phase, context=context)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()

@@ -90,6 +90,15 @@ def test_other_keys_miss(cache, change):
     assert len(list(cache.glob("*.json"))) == 2
 
 
+def test_a_new_kernels_revision_measures_afresh(cache, monkeypatch):
+    """A result measured on older kernels is not read back once they change."""
+    quick(cp_of())
+    monkeypatch.setattr(patternc.cost, "KERNELS_REVISION", patternc.cost.KERNELS_REVISION + 1)
+    again = quick(cp_of())
+    assert again.kernels == patternc.cost.KERNELS_REVISION
+    assert len(list(cache.glob("*.json"))) == 2
+
+
 @pytest.mark.parametrize("content", ["", "{not json", json.dumps({"seconds": 1}), "[1, 2]"],
                          ids=["empty", "truncated", "missing_fields", "wrong_type"])
 def test_corrupt_cache_file_is_ignored_and_rewritten(cache, content):
