@@ -259,8 +259,9 @@ def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.rand
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, t.steps, t.lr, t.warmup)
         batch = problem.batch(rng, t.batch)
-        logits = model(torch.from_numpy(batch.tokens).to(device))  # (B, n, vocab)
-        loss = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(batch.labels).to(device).flatten(),
+        rows, labels = _asked(batch.labels)
+        logits = model(torch.from_numpy(batch.tokens).to(device), _on(rows, device))  # (B, n or r, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(labels).to(device).flatten(),
                                ignore_index=IGNORE)
         value = loss.item()
         if not math.isfinite(value):
@@ -289,14 +290,30 @@ def _score(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.rand
     while remaining:
         size = min(remaining, task.train.batch * 4)
         batch = problem.batch(rng, size)
-        predicted = model(torch.from_numpy(batch.tokens).to(device)).argmax(-1).cpu().numpy()  # (B, n)
-        answer = batch.labels != IGNORE
-        hit = predicted[answer] == batch.labels[answer]
-        bucket = batch.buckets[answer]
+        rows, labels = _asked(batch.labels)
+        predicted = model(torch.from_numpy(batch.tokens).to(device), _on(rows, device)).argmax(-1)
+        predicted = predicted.cpu().numpy()  # (B, n or r)
+        answer = labels != IGNORE
+        hit = predicted[answer] == labels[answer]
+        bucket = (batch.buckets if rows is None else batch.buckets[:, rows])[answer]
         correct += np.bincount(bucket, weights=hit, minlength=k).astype(np.int64)
         total += np.bincount(bucket, minlength=k)
         remaining -= size
     return correct, total
+
+
+def _asked(labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """The positions where some sequence of the batch has an answer, and the labels there, when they
+    are at most a quarter of the sequence (the model then computes its last layer there alone:
+    majority and hops ask at 4 of 256); else None and every label."""
+    rows = np.flatnonzero((labels != IGNORE).any(0))
+    if len(rows) > labels.shape[1] // 4:
+        return None, labels
+    return rows, labels[:, rows]
+
+
+def _on(rows: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    return None if rows is None else torch.from_numpy(rows).to(device)
 
 
 def _mean_over_buckets(correct: np.ndarray, total: np.ndarray) -> float:

@@ -70,9 +70,9 @@ def test_a_nan_loss_ends_the_run_with_a_failure_result(monkeypatch):
     calls = {"n": 0}
     forward = TinyTransformer.forward
 
-    def poisoned(self, tokens):
+    def poisoned(self, tokens, rows=None):
         calls["n"] += 1
-        out = forward(self, tokens)
+        out = forward(self, tokens, rows)
         return out * float("nan") if calls["n"] == 4 else out
 
     monkeypatch.setattr(TinyTransformer, "forward", poisoned)

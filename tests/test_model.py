@@ -91,3 +91,34 @@ def test_wrong_length_and_odd_head_dim_are_refused():
     cp = patternc.compile("causal", N)
     with pytest.raises(ValueError, match=r"model\.head_dim must be even"):
         TinyTransformer(VOCAB, cp, ModelConfig(head_dim=5))
+
+
+@pytest.mark.parametrize("spec", ["causal & window(3)", "causal & fixed(8, 1)", "~causal | diagonals([5])"])
+def test_the_last_layer_at_a_few_rows_gives_the_full_passs_logits_and_gradients(spec):
+    """``model(tokens, rows)`` is the full forward pass read at ``rows`` (rows without keys
+    included), and so are its gradients: the faster training of majority and hops changes nothing."""
+    model, _ = model_for(spec, layers=2)
+    tokens = torch.randint(VOCAB, (3, N), generator=torch.Generator().manual_seed(1))
+    rows = torch.tensor([0, 4, 20, 23])
+    full = model(tokens)[:, rows]
+    part = model(tokens, rows)
+    torch.testing.assert_close(part, full, atol=1e-6, rtol=1e-6)
+    grads = []
+    for logits in (full, part):
+        model.zero_grad()
+        logits.square().sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_training_asks_for_the_rows_with_answers_when_they_are_few():
+    from search.evaluate import _asked
+    from search.tasks import IGNORE
+    labels = np.full((2, 16), IGNORE)
+    labels[0, 14], labels[1, 15] = 3, 4
+    rows, there = _asked(labels)
+    assert rows.tolist() == [14, 15] and there.tolist() == [[3, IGNORE], [IGNORE, 4]]
+    labels[:, :8] = 1  # half the sequence answers: the whole pass is cheaper
+    rows, there = _asked(labels)
+    assert rows is None and there is labels
