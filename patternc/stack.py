@@ -92,6 +92,10 @@ class Stack:
         bare = self.source is None and not self.overrides and self.layers == self.heads == 1
         _checked_parse(self.default, None if bare else f"{where}: default")
         for index, rule in enumerate(self.overrides):
+            if not isinstance(rule, Override):
+                raise StackError(f"an override must be an Override (Override(expr, layers=(a, b), "
+                                 f"heads=(c, d))), got {brief(rule)}; from a dict such as a YAML "
+                                 f"file's, use Stack.from_dict", where=f"{where}: overrides[{index}]")
             _checked_parse(rule.expr, f"{where}: overrides[{index}].expr")
             for axis, count in (("layers", self.layers), ("heads", self.heads)):
                 span = getattr(rule, axis)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import time
 
 import numpy as np
@@ -69,17 +70,31 @@ def describe(stack: Stack) -> str:
 
     >>> describe(Stack(default="causal & window(ceil($w * n))", layers=2, params=(("w", 0.05),)))
     'causal & window(ceil($w * n)) with $w = 0.05'
+    >>> describe(Stack.from_dict({"default": "causal & window(64)", "layers": 12,
+    ...                           "overrides": [{"layers": "0:6", "expr": "causal"}]}))
+    'layers 0-5: causal; layers 6-11: causal & window(64)'
     """
     by_layer = []
     for l in range(stack.layers):
         exprs = {stack.rule_at(l, h)[0] for h in range(stack.heads)}
         by_layer.append(next(iter(exprs)) if len(exprs) == 1 else " / ".join(sorted(exprs)))
-    text = by_layer[0] if len(set(by_layer)) == 1 else "; ".join(
-        f"layer {l}: {text}" for l, text in enumerate(by_layer))
+    runs = [(layer, list(group)) for layer, group in _runs(by_layer)]
+    text = by_layer[0] if len(runs) == 1 else "; ".join(
+        f"layer {first}: {group[0]}" if len(group) == 1
+        else f"layers {first}-{first + len(group) - 1}: {group[0]}" for first, group in runs)
     if stack.params:
         text += " with " + ", ".join(f"${name} = {value:.4g}" if isinstance(value, float) else
                                       f"${name} = {value}" for name, value in stack.params)
     return text
+
+
+def _runs(items: list[str]):
+    """``(first index, items of the run)`` for each run of equal consecutive items."""
+    first = 0
+    for _, group in itertools.groupby(items):
+        group = list(group)
+        yield first, group
+        first += len(group)
 
 
 @functools.lru_cache(maxsize=32)

@@ -435,3 +435,8 @@ def test_direct_construction_is_validated():
     with pytest.raises(patternc.PatternSyntaxError) as err:  # a bare expression: no key
         Stack(default="causal &")
     assert err.value.where is None
+
+
+def test_an_override_that_is_not_an_override_is_refused_by_name():
+    with pytest.raises(patternc.StackError, match=r"stack: overrides\[0\].*use Stack.from_dict"):
+        patternc.Stack(default="causal", layers=2, overrides=[{"layers": 1, "expr": "causal & window(4)"}])
