@@ -8,9 +8,9 @@ drifts that the two medians alone would not.
 The cache key is everything the figure depends on: a sha256 of the layer's block CSR (every head)
 with ``n`` and the block shape, the shapes, backend, dtype, thread count, torch version and CPU
 model (on a GPU, its name) and ``KERNELS_REVISION``. A hit returns the stored result without
-building tensors or running any kernel. A cache file that does not parse is ignored and rewritten. The directory is
-``$PATTERNC_CACHE_DIR``, else ``~/.cache/patternc/cost``. On a GPU each repeat is timed between two
-``torch.cuda.synchronize()`` calls, so the figure is the kernel's, not its launch's.
+building tensors or running any kernel. A cache file that does not parse is ignored and rewritten.
+The directory is ``$PATTERNC_CACHE_DIR``, else ``~/.cache/patternc/cost``. On a GPU each repeat is
+timed between two ``torch.cuda.synchronize()`` calls, so the figure is the kernel's, not its launch's.
 
 >>> import torch
 >>> cp = patternc.compile("causal & window(128)", n=1024)

@@ -16,7 +16,7 @@ recall tasks down by hundreds of steps. A query with no allowed key attends to n
 Only the outputs at ``rows`` may be asked for (``model(tokens, rows)``): the last layer then computes
 its queries, attention and MLP at those positions alone, under the same exact pattern rows (keys and
 values still come from every position). A task that asks its questions at a few positions (majority,
-hops: 4 of 256) trains about twice as fast; the numbers are those of the full forward pass.
+hops: 4 of 256) trains about 1.5x as fast; the numbers are those of the full forward pass.
 
 Each position's input also holds the token before it (README, "Why the tiny model reads the
 previous token"), so a layer reaches one token further back than its pattern:
