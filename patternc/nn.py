@@ -28,6 +28,7 @@ import math
 import os
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,20 +70,36 @@ def _block_mask(cp: CompiledPattern, layer: int, device: str):
 
 
 @lru_cache(maxsize=16)
-def _dense_mask(cp: CompiledPattern, layer: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, H, n, n) bool with rows that allow no key opened on the diagonal (finite softmax), and
-    (1, H, n, 1) float: 1 where a row has a key (its output is kept), 0 where it has none."""
-    mask = torch.from_numpy(cp.to_dense(layer=layer)).to(device)  # (H, n, n)
-    has_key = mask.any(-1)  # (H, n)
-    opened = mask | (~has_key[..., None] & torch.eye(cp.n, dtype=torch.bool, device=device))
+def _dense_mask(cp: CompiledPattern, layer: int, device: str, rows: tuple[int, ...] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, H, r, n) bool, the pattern's rows at positions ``rows`` (None: every row, r = n), with rows
+    that allow no key opened on their own position (a finite softmax), and (1, H, r, 1) float: 1
+    where a row has a key (its output is kept), 0 where it has none."""
+    if rows is None:
+        positions = np.arange(cp.n)
+        mask = torch.from_numpy(cp.to_dense(layer=layer))  # (H, n, n)
+    else:
+        positions = np.asarray(rows, np.int64)
+        keys = np.arange(cp.n)[None, :]
+        mask = torch.from_numpy(np.stack([cp.allows(positions[:, None], keys, layer, h)
+                                          for h in range(cp.heads)]))  # (H, r, n)
+    mask = mask.to(device)
+    has_key = mask.any(-1)  # (H, r)
+    own = torch.from_numpy(positions[:, None] == np.arange(cp.n)[None, :]).to(device)  # (r, n)
+    opened = mask | (~has_key[..., None] & own)
     return opened[None], has_key[None, :, :, None].to(torch.float32)
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, layer: int = 0, *,
                      block: int | tuple[int, int] | None = None, params: dict | None = None,
-                     scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+                     scale: float | None = None, backend: str = "auto",
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of q (B, Hq, n, d) over k, v (B, Hkv, n, d) under ``pattern``'s layer ``layer``;
     differentiable in q, k and v on every backend (see the module docstring).
+
+    ``rows`` (r,) int: q holds only the queries at those positions, (B, Hq, r, d), and so does the
+    output; it is computed exactly with SDPA and the pattern's rows there, whatever the backend (a
+    model's last layer asked for a few answers need not compute the rest).
 
     >>> import torch
     >>> q = torch.randn(2, 8, 128, 16, requires_grad=True)
@@ -95,6 +112,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern,
         raise KernelInputError(f"backend must be one of {', '.join(BACKENDS)}, got {brief(backend)}")
     if q.dim() != 4:
         raise KernelInputError(f"q must be (batch, heads, n, head_dim), got shape {tuple(q.shape)}")
+    if rows is not None:
+        return _row_attention(q, k, v, pattern, layer, block, params, scale, rows)
     cp = _pattern(pattern, q.shape[2], block, params)
     if backend == "auto":
         backend = "flex" if q.device.type == "cuda" else "kernel"
@@ -114,6 +133,28 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern,
     mask, keep = _dense_mask(cp, layer, str(q.device))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups)
+    return out * keep.to(out.dtype)
+
+
+def _row_attention(q, k, v, pattern, layer: int, block, params, scale, rows: torch.Tensor) -> torch.Tensor:
+    """``sparse_attention`` of the queries at positions ``rows`` only (SDPA with the pattern's rows)."""
+    if k.dim() != 4:
+        raise KernelInputError(f"k must be (batch, kv_heads, n, head_dim), got shape {tuple(k.shape)}")
+    n = k.shape[2]
+    if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64) or len(rows) != q.shape[2]:
+        raise KernelInputError(f"rows must be a 1-D integer tensor of q's {q.shape[2]} positions, got "
+                               f"shape {tuple(rows.shape)} of {rows.dtype}")
+    if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < n:
+        raise KernelInputError(f"rows must lie in [0, {n:,}), got values from {int(rows.min())} to "
+                               f"{int(rows.max())}")
+    cp = _pattern(pattern, n, block, params)
+    cp.at(layer, 0)  # a layer outside the stack is refused before any mask is built
+    if cp.heads * len(rows) * n > DENSE_ROWS:
+        raise KernelInputError(f"rows build the dense mask of their rows: {cp.heads} heads x {len(rows):,} "
+                               f"rows x {n:,} keys is over {DENSE_ROWS:,}; ask for fewer rows")
+    mask, keep = _dense_mask(cp, layer, str(q.device), tuple(rows.tolist()))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                         enable_gqa=q.shape[1] != k.shape[1])
     return out * keep.to(out.dtype)
 
 

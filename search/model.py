@@ -36,10 +36,8 @@ torch.Size([1, 32, 40])
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +48,7 @@ from search.config import ModelConfig
 if TYPE_CHECKING:
     from patternc import CompiledPattern
 
-__all__ = ["KERNEL_FROM", "TinyTransformer", "attention_backend", "row_attention"]
+__all__ = ["KERNEL_FROM", "TinyTransformer", "attention_backend"]
 
 KERNEL_FROM = 512  # tokens from which the CPU trains through the block-sparse kernel
 
@@ -68,35 +66,6 @@ def attention_backend(choice: str, n: int, device: torch.device) -> str:
     if device.type == "cpu":
         return "sdpa" if n < KERNEL_FROM else "kernel"
     return "flex"
-
-
-@lru_cache(maxsize=32)
-def _row_mask(cp: CompiledPattern, layer: int, rows: tuple[int, ...], device: str
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H, r, n) bool: the pattern's rows at positions ``rows``, a row with no key opened on its own
-    position (a finite softmax), and (H, r, 1) float: 1 where the row has a key, else 0."""
-    q = np.asarray(rows, np.int64)[:, None]
-    k = np.arange(cp.n)[None, :]
-    mask = torch.from_numpy(np.stack([cp.allows(q, k, layer, h) for h in range(cp.heads)])).to(device)
-    has_key = mask.any(-1)  # (H, r)
-    opened = mask | (~has_key[..., None] & torch.from_numpy(q == k).to(device))
-    return opened, has_key[..., None].to(torch.float32)
-
-
-def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cp: CompiledPattern, layer: int,
-                  rows: torch.Tensor) -> torch.Tensor:
-    """Attention of the queries at positions ``rows`` (r,) only: ``q`` (B, H, r, d) over ``k``, ``v``
-    (B, H, n, d) under layer ``layer`` of ``cp``, exactly; (B, H, r, d). A row with no key gives 0.
-
-    >>> cp = patternc.compile("causal & window(8)", n=64)
-    >>> q, k, v = torch.randn(3, 1, 1, 64, 4, generator=torch.Generator().manual_seed(0))
-    >>> rows = torch.tensor([3, 60])
-    >>> mine = row_attention(q[:, :, rows], k, v, cp, 0, rows)
-    >>> torch.allclose(mine, sparse_attention(q, k, v, cp, 0, backend="sdpa")[:, :, rows], atol=1e-6)
-    True
-    """
-    mask, keep = _row_mask(cp, layer, tuple(rows.tolist()), str(q.device))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * keep.to(q.dtype)
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -126,7 +95,7 @@ class Attention(nn.Module):
             y = sparse_attention(q, k, v, self.pattern, self.layer, backend=backend)  # (B, H, n, hd)
         else:
             q = rotary(q[:, :, rows], cos[rows], sin[rows])  # (B, H, r, hd)
-            y = row_attention(q, k, v, self.pattern, self.layer, rows)  # (B, H, r, hd)
+            y = sparse_attention(q, k, v, self.pattern, self.layer, rows=rows)  # (B, H, r, hd)
         return self.out(y.transpose(1, 2).reshape(B, y.shape[2], -1))  # (B, n or r, d_model)
 
 

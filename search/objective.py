@@ -78,23 +78,16 @@ def describe(stack: Stack) -> str:
     for l in range(stack.layers):
         exprs = {stack.rule_at(l, h)[0] for h in range(stack.heads)}
         by_layer.append(next(iter(exprs)) if len(exprs) == 1 else " / ".join(sorted(exprs)))
-    runs = [(layer, list(group)) for layer, group in _runs(by_layer)]
-    text = by_layer[0] if len(runs) == 1 else "; ".join(
-        f"layer {first}: {group[0]}" if len(group) == 1
-        else f"layers {first}-{first + len(group) - 1}: {group[0]}" for first, group in runs)
+    runs, first = [], 0  # (first layer, last layer, text) of each run of equal layers
+    for text, group in itertools.groupby(by_layer):
+        last = first + len(list(group)) - 1
+        runs.append(f"layer {first}: {text}" if first == last else f"layers {first}-{last}: {text}")
+        first = last + 1
+    text = by_layer[0] if len(runs) == 1 else "; ".join(runs)
     if stack.params:
         text += " with " + ", ".join(f"${name} = {value:.4g}" if isinstance(value, float) else
                                       f"${name} = {value}" for name, value in stack.params)
     return text
-
-
-def _runs(items: list[str]):
-    """``(first index, items of the run)`` for each run of equal consecutive items."""
-    first = 0
-    for _, group in itertools.groupby(items):
-        group = list(group)
-        yield first, group
-        first += len(group)
 
 
 @functools.lru_cache(maxsize=32)

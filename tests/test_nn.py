@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import patternc
+from patternc.errors import KernelInputError
 from patternc.nn import SparseAttention, sparse_attention
 
 PATTERNS = [
@@ -81,3 +82,29 @@ def test_a_module_compiles_once_per_length(monkeypatch):
 def test_bad_input_is_a_clear_error(call, message):
     with pytest.raises(patternc.PatternError, match=message):
         call(torch.randn(1, 2, 64, 8))
+
+
+def test_rows_give_the_full_outputs_at_those_positions():
+    """Queries at a few positions (a row without keys among them), grouped-query heads, any backend."""
+    cp = patternc.compile("diagonals([1, 2])", n=64, block=16)  # q - k in {1, 2}: row 0 has no key
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 4, 64, 8, generator=gen)
+    k, v = (torch.randn(2, 2, 64, 8, generator=gen) for _ in range(2))
+    rows = torch.tensor([0, 5, 63])
+    full = sparse_attention(q, k, v, cp, backend="sdpa")[:, :, rows]
+    for backend in ("kernel", "sdpa"):
+        part = sparse_attention(q[:, :, rows], k, v, cp, backend=backend, rows=rows)
+        torch.testing.assert_close(part, full, atol=1e-6, rtol=1e-6)
+    assert (part[:, :, 0] == 0).all()
+
+
+@pytest.mark.parametrize("rows, message", [
+    (torch.tensor([[1, 2]]), "rows must be a 1-D integer tensor of q's 2 positions"),
+    (torch.tensor([1.0, 2.0]), "rows must be a 1-D integer tensor"),
+    (torch.tensor([1, 64]), r"rows must lie in \[0, 64\), got values from 1 to 64"),
+])
+def test_bad_rows_are_refused(rows, message):
+    q = torch.randn(1, 1, 2, 8)
+    k = v = torch.randn(1, 1, 64, 8)
+    with pytest.raises(KernelInputError, match=message):
+        sparse_attention(q, k, v, "causal", rows=rows)

@@ -124,10 +124,8 @@ def _dense_causal(run: _Run) -> bool:
     on a path that is SDPA's fused kernel anyway."""
     if run.paths.forward not in ("fused", "fused_fp32"):
         return False
-    n = run.cp.n
-    heads = range(run.cp.heads)
-    return all(isinstance(node, Band) and node.lo == 0 and node.hi >= n - 1
-               for node in (run.cp.node(run.layer, h) for h in heads))
+    nodes = (run.cp.node(run.layer, h) for h in range(run.cp.heads))
+    return all(isinstance(node, Band) and node.is_causal(run.cp.n) for node in nodes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,8 +129,12 @@ class Band(_OffsetSet):
         far = 2 * grid.n + grid.bq + grid.bk  # beyond any d
         return (np.where(inside, far, np.where(outside, far + 1, d)),)
 
+    def is_causal(self, n: int) -> bool:
+        """Exactly the pairs ``k <= q`` at length ``n``: dense causal attention."""
+        return self.lo == 0 and self.hi >= n - 1
+
     def describe(self, n):
-        if self.lo == 0 and self.hi >= n - 1:
+        if self.is_causal(n):
             return "causal"
         return f"window({self.hi + 1})" if self.lo == -self.hi else f"band({self.lo}, {self.hi})"
 
