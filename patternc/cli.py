@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("kv", help="the KV cache a decoder must keep: keys per head, bytes, and why")
     _common(p)
-    p.add_argument("--kv-heads", type=_count(1), default=None, help="KV heads (grouped-query attention)")
+    p.add_argument("--kv-heads", type=_count(1), default=None,
+                   help="KV heads (grouped-query attention; default: the stack's kv_heads)")
     p.add_argument("--head-dim", type=_count(1, 1024), default=128)
     p.add_argument("--dtype", choices=KV_DTYPES, default="bf16")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -35,7 +35,7 @@ from patternc.limits import (
     require,
 )
 from patternc.lower.bind import Scope, lower
-from patternc.lower.grid import FULL, PARTIAL, Grid
+from patternc.lower.grid import FULL, PARTIAL, Blocks, Grid
 from patternc.lower.node import Lowered, stored_masks
 from patternc.primitives.random_blocks import drawn_on_blocks
 from patternc.stack import Stack, as_stack, check_params, parse_block
@@ -97,12 +97,15 @@ class CompiledPattern:
     """
 
     def __init__(self, stack: Stack, n: int, block: tuple[int, int], params: dict[str, int | float],
-                 nodes: list[list[Lowered]], layouts: dict[Lowered, Layout], first_query: int = 0) -> None:
+                 nodes: list[list[Lowered]], layouts: dict[Lowered, Layout], first_query: int = 0,
+                 bound_n: int | None = None) -> None:
         self.stack = stack
         self.n = n
         self.block = block
         self.params = params
         self.first_query = first_query  # queries [first_query, n) against keys [0, n)
+        # the n that the terms were bound at: n itself, unless this is a prefix of a longer compile
+        self.bound_n = n if bound_n is None else bound_n
         self.grid = Grid(n, *block, first_query)
         self._nodes = nodes
         self._layouts = layouts
@@ -125,6 +128,7 @@ class CompiledPattern:
     def __repr__(self) -> str:
         bq, bk = self.block
         rows = f", first_query={self.first_query}" if self.first_query else ""
+        rows += f", prefix of n={self.bound_n}" if self.bound_n != self.n else ""
         return (f"CompiledPattern({self.expression(0, 0)!r}, n={self.n}{rows}, block=({bq}, {bk}), "
                 f"layers={self.layers}, heads={self.heads})")
 
@@ -132,6 +136,51 @@ class CompiledPattern:
     def nq(self) -> int:
         """Queries compiled: ``n - first_query`` (every query unless a query range was asked for)."""
         return self.n - self.first_query
+
+    def prefix(self, stop: int, first_query: int = 0) -> CompiledPattern:
+        """The rows ``[first_query, stop)`` of this causal pattern against the keys ``[0, stop)``: what a
+        decoder that serves length ``n`` computes once it holds ``stop`` tokens. Unlike
+        ``compile(..., n=stop)``, every term keeps the values it has at this ``n`` (``window(n // 4)``,
+        ``random``'s draw), so row ``t`` reads the same keys however many tokens follow it. The block
+        rows are this pattern's, cut: ``first_query`` must start one (a multiple of the query block).
+        Its ``n`` is ``stop`` and its ``bound_n`` this ``n``.
+
+        >>> cp = compile("causal & window(n // 4)", n=64, block=8)
+        >>> cp.prefix(32).to_dense(0, 0)[31].nonzero()[0].tolist()  # 16 keys, as at n = 64: not 8
+        [16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]
+        >>> cp.prefix(32, first_query=24).to_dense(0, 0).shape  # the rows 24-31 against keys 0-31
+        (8, 32)
+        """
+        bq, bk = self.block
+        if self.first_query:
+            raise PatternMeaningError(f"prefix() cuts a pattern compiled for every query; this one starts at "
+                                      f"query {self.first_query:,}")
+        if not self.causal:
+            raise PatternMeaningError("prefix() needs a causal pattern: a row of a non-causal one reads keys "
+                                      "past the cut")
+        for name, value, low, high in (("stop", stop, 1, self.n), ("first_query", first_query, 0, stop - 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or not low <= value <= high:
+                raise PatternSizeError(f"prefix(): {name} must be an integer in [{low}, {high:,}], got "
+                                       f"{brief(value)}")
+        if first_query % bq:
+            raise PatternMeaningError(f"prefix(): first_query must start a query block (a multiple of {bq}), "
+                                      f"got {first_query:,}")
+        if (stop, first_query) == (self.n, 0):
+            return self
+        grid = Grid(int(stop), bq, bk, int(first_query))
+        first_row = first_query // bq
+        layouts = {}
+        for node, layout in self._layouts.items():
+            indptr = layout.indptr[first_row: first_row + grid.nbq + 1]
+            start, end = indptr[0], indptr[-1]
+            rows = np.repeat(np.arange(grid.nbq, dtype=np.int64), np.diff(indptr))
+            cols, full = layout.indices[start:end].astype(np.int64), layout.full[start:end]
+            keep = cols < grid.nbk  # a causal row before the cut reads no key block past it
+            kinds = np.where(full[keep], FULL, PARTIAL).astype(np.int8)
+            layouts[node] = Layout.from_blocks(Blocks(rows[keep], cols[keep], kinds), grid)
+        return CompiledPattern(self.stack, int(stop), self.block, self.params, self._nodes, layouts,
+                               int(first_query), bound_n=self.bound_n)
 
     # ---- per (layer, head) -------------------------------------------------------------------------
     # One convention for every method: ``layer`` and ``head`` select; None means every layer (head)
@@ -342,6 +391,9 @@ class CompiledPattern:
         """
         from patternc.export.file import save
 
+        if self.bound_n != self.n:
+            raise PatternMeaningError(f"this pattern is a prefix of one compiled at n = {self.bound_n:,}, "
+                                      "which a layout file cannot record: save that one")
         save(self, path)
 
     def stats(self) -> PatternStats:

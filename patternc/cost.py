@@ -248,11 +248,11 @@ def _decode_step(cp: CompiledPattern, layer: int, batch: int, head_dim: int, dty
 
 def _require_memory(size: int, device: torch.device) -> None:
     """Refuse tensors larger than the device's memory (physical memory on a CPU) before allocating."""
-    if device.type == "cuda":
-        available, what = torch.cuda.mem_get_info(device)[1], f"{_device_name(device)} memory"
-    else:
-        available, what = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
-    require(size, available, f"bytes of q, k, v and outputs (batch x heads x n x head_dim) against {what}",
+    from patternc.kernels.inputs import device_memory
+
+    what = f"{_device_name(device)} memory" if device.type == "cuda" else "this machine's memory"
+    require(size, device_memory(device),
+            f"bytes of q, k, v and outputs (batch x heads x n x head_dim) against {what}",
             "lower the batch, heads, head_dim or n")
 
 

@@ -1,19 +1,23 @@
-"""Decoding under a pattern: a paged KV cache that holds only the key blocks some later query still
-reads, and attention of the newest queries over it.
+"""Decoding under a pattern: a paged KV cache that holds only the keys some later query still reads,
+and attention of the newest queries over what it holds.
 
-``DecodeCache(cp, layer)`` keeps one layer's keys and values in a pool of block-sized slots (a block
-table maps each key block to its slot, as paged attention does). The eviction schedule is the
-pattern's (``patternc.kv``): key block ``j`` is kept until the last query block that reads it is
-done, for every KV head of the layer together, so a window of 4,096 plus 64 sinks holds about
-4,160 keys per head (plus the block-rounding of its edges) however long the context. A key block no
-query reads is never stored.
+``DecodeCache(cp, layer)`` keeps one layer's keys and values in pools of ``page``-token slots (a
+page table maps each page of positions to its slot, as paged attention does). Eviction follows the
+pattern exactly (``patternc.kv``): each key's last reader is known, and a page goes back to the
+free list once every key on it is past its last reader, so a window of 4,096 plus 64 sinks holds
+about 4,160 keys per head (plus the page-rounding of its edges) however long the context. A key no
+later query reads is never stored. KV heads whose query heads read the same keys share one page
+table; a per-head stack gives each KV head the union of what its query heads read, and no more.
 
 ``append(k, v)`` writes the next tokens' keys and values (first evicting what no query from the
 first new position on reads); ``attend(q)`` computes the newest ``s`` queries (positions
-``[length - s, length)``) over the blocks their rows of the layout name, exactly: a stored block's
-pairs are evaluated from the pattern, so the result equals dense attention with the dense mask at
-those rows. ``cp`` is compiled at the whole length ``n`` the cache serves (the decode budget), and
-row ``t`` means what it means in that pattern.
+``[length - s, length)``, within the last append) over the keys they read, exactly: each held key's
+position is known, the pattern's predicate decides, and the result equals dense attention with the
+dense mask at those rows. A row that reads most of what is held attends the pool in place under a
+mask; one that reads a few keys of many (a stride that keeps every key) gathers just those.
+``prefill(k, v)`` writes a prompt whose queries were computed elsewhere (the block-sparse kernel),
+keeping only what later queries read. ``cp`` is compiled at the whole length ``n`` the cache serves,
+and row ``t`` means what it means in that pattern.
 
 >>> import torch
 >>> cp = patternc.compile("causal & (sink(4) | window(32))", n=256, block=16)
@@ -22,7 +26,7 @@ row ``t`` means what it means in that pattern.
 >>> cache.prefill(k[:, :, :199], v[:, :, :199])      # a prompt of 199 tokens, computed elsewhere
 >>> cache.append(k[:, :, 199:200], v[:, :, 199:200])  # the next token
 >>> out = cache.attend(q[:, :, 199:200])              # (B, H, 1, d): query 199
->>> cache.held_keys(), cache.length                   # the sink's block and the window's 3 blocks
+>>> cache.held_keys(), cache.length   # pages of 16: the sinks', the window's 2 and the newest 8 keys
 (56, 200)
 >>> torch.allclose(out, reference_decode(q[:, :, 199:200], k[:, :, :200], v[:, :, :200], cp, 0), atol=1e-6)
 True
@@ -30,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,56 +42,139 @@ import torch
 import torch.nn.functional as F
 
 from patternc.errors import KernelInputError, brief
+from patternc.kernels.inputs import DTYPES, device_memory, dtype_name
+from patternc.limits import require
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
+    from patternc.kv import KVReport
+    from patternc.lower.node import Lowered
 
-__all__ = ["DecodeCache", "dense_decode", "reference_decode"]
+__all__ = ["PAGE", "DecodeCache", "dense_decode", "reference_decode"]
+
+PAGE = 16  # tokens per page: vLLM's default block; page-rounding then costs at most 15 keys per run
+GATHER_BELOW = 0.5  # a row that reads less than this share of its pool gathers its keys (see attend)
+
+
+class _Pool:
+    """The pages of the KV heads that read the same keys: one page table, one (B, Hp, rows, d) pool."""
+
+    def __init__(self, kv_heads: list[int], queries: dict, last: np.ndarray, page: int) -> None:
+        self.kv_heads = kv_heads
+        self.queries = queries  # bound pattern -> the query heads of these KV heads that it rules
+        self.last = last  # (n,) the last query that reads each key, -1 for none
+        pages = -(-len(last) // page)
+        padded = np.full(pages * page, -1, np.int64)
+        padded[: len(last)] = last
+        self.page_last = padded.reshape(pages, page).max(axis=1)  # (pages,) evict after this query
+        self.table = np.full(pages, -1, np.int64)  # page -> slot, -1 when not held
+        self.slot_page = np.zeros(0, np.int64)  # slot -> page held there, -1 when free
+        self.positions = np.zeros(0, np.int64)  # (slots * page,) each pool row's key position, -1: none
+        self.free: list[int] = []
+        self.peak = 0  # most pages held at once
+        self.k = self.v = None  # (B, Hp, slots * page, d), allocated by DecodeCache
+
+    def held_pages(self) -> int:
+        return int((self.slot_page >= 0).sum())
 
 
 class DecodeCache:
     """One layer's paged KV cache under a causal pattern (see the module docstring).
 
     ``kv_heads`` defaults to the stack's; query head ``h`` reads KV head ``h // (heads // kv_heads)``.
+    ``page``: tokens per page. ``report``: ``patternc.kv(cp, kv_heads)``, when the caller has it (a
+    model's caches share one).
     """
 
     def __init__(self, cp: CompiledPattern, layer: int = 0, *, batch: int = 1, kv_heads: int | None = None,
-                 head_dim: int = 64, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+                 head_dim: int = 64, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 page: int = PAGE, report: KVReport | None = None):
+        from patternc.compiled import CompiledPattern
         from patternc.kv import kv
 
+        if not isinstance(cp, CompiledPattern):
+            raise KernelInputError(f"DecodeCache: cp must be a compiled pattern (patternc.compile(...)), got "
+                                   f"{type(cp).__name__}")
         cp.node(layer, 0)  # refuses a layer outside the stack
         kv_heads = cp.stack.kv_heads if kv_heads is None else kv_heads
-        for name, value in (("batch", batch), ("head_dim", head_dim), ("kv_heads", kv_heads)):
+        for name, value in (("batch", batch), ("head_dim", head_dim), ("kv_heads", kv_heads), ("page", page)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise KernelInputError(f"DecodeCache: {name} must be a positive integer, got {brief(value)}")
-        report = kv(cp, kv_heads=kv_heads)  # refuses a non-causal stack or a query range
+        if not isinstance(dtype, torch.dtype) or dtype not in DTYPES:
+            raise KernelInputError(f"DecodeCache: dtype must be one of {', '.join(map(dtype_name, DTYPES))}, "
+                                   f"got {brief(dtype)}")
+        device = torch.device(device)
+        report = kv(cp, kv_heads=kv_heads) if report is None else report  # refuses a non-causal stack
+        if (report.n, report.kv_heads) != (cp.n, kv_heads):
+            raise KernelInputError(f"DecodeCache: the report is for n = {report.n:,} and {report.kv_heads} "
+                                   f"KV heads, the cache for n = {cp.n:,} and {kv_heads}")
         self.cp, self.layer, self.batch, self.kv_heads, self.head_dim = cp, layer, batch, kv_heads, head_dim
-        self.grid = grid = cp.grid
-        # (nbk,) the last query block that reads key block j in any KV head; -1: never read
-        self.evict_after = np.max([report.schedule(layer, g) for g in range(kv_heads)], axis=0)
+        self.page, self.dtype, self.device = page, dtype, device
         self.length = 0
-        self.table = np.full(grid.nbk, -1, np.int64)  # key block -> slot, -1 when not held
-        self._free = list(range(_capacity(self.evict_after, grid)))[::-1]
-        self.slot_block = np.full(len(self._free), -1, np.int64)  # slot -> key block held there
-        shape = (batch, kv_heads, len(self._free), grid.bk, head_dim)  # (B, Hkv, slots, bk, d)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # zeros: a slot never holds NaN
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._pending_from = 0  # the first query attend may compute: the first position of the last append
+        self.written = np.zeros(kv_heads, np.int64)  # keys stored so far, per KV head
         group = cp.heads // kv_heads
-        # One call per KV head and bound pattern: the query heads of a group that share a pattern
-        # attend as one batch. (One call over every KV head is slower on CPU: a gather along the
-        # pool's slot axis and SDPA over 8 heads of one query each measured 40x and 3x slower.)
-        self._calls: list[tuple[int, list[int]]] = []  # (kv head, query heads)
+        by_nodes: dict[frozenset, _Pool] = {}
+        self.pools: list[_Pool] = []
         for g in range(kv_heads):
-            by_node: dict = {}
-            for h in range(g * group, (g + 1) * group):
-                by_node.setdefault(cp.node(layer, h), []).append(h)
-            self._calls += [(g, heads) for heads in by_node.values()]
-        self._one_pattern = len({cp.node(layer, h) for h in range(cp.heads)}) == 1
+            heads = range(g * group, (g + 1) * group)
+            nodes = frozenset(cp.node(layer, h) for h in heads)
+            if nodes not in by_nodes:
+                by_nodes[nodes] = _Pool([], {}, report.last_reads(layer, g), page)
+                self.pools.append(by_nodes[nodes])
+            pool = by_nodes[nodes]
+            pool.kv_heads.append(g)
+            for h in heads:
+                pool.queries.setdefault(cp.node(layer, h), []).append(h)
+        slots = [_decode_pages(pool.last, pool.page_last, page) for pool in self.pools]
+        # the whole pool, before anything is allocated: a huge batch or head_dim is refused here
+        per_slot = 2 * batch * page * head_dim * dtype.itemsize
+        pages = sum(len(p.kv_heads) * s for p, s in zip(self.pools, slots, strict=True))
+        require(pages * per_slot, device_memory(device),
+                f"bytes of the KV pool (batch {batch} x {kv_heads} KV heads x held keys x head_dim "
+                f"{head_dim})", "lower the batch or head_dim")
+        for pool, count in zip(self.pools, slots, strict=True):
+            self._grow(pool, count)
 
-    def held_keys(self) -> int:
-        """Key positions held now (whole blocks, up to ``length``)."""
-        held = np.flatnonzero(self.table >= 0)
-        return int(np.minimum((held + 1) * self.grid.bk, self.length).sum() - (held * self.grid.bk).sum())
+    # ---- what is held ----------------------------------------------------------------------------
+
+    def held_keys(self, kv_head: int | None = None) -> int:
+        """Keys held now per KV head (whole pages, up to ``length``); ``None``: summed over KV heads."""
+        return sum(self._held(pool) * len(heads) for pool, heads in self._pools_of(kv_head))
+
+    def peak_keys(self, kv_head: int | None = None) -> int:
+        """The most keys held at once so far (whole pages); ``None``: summed over KV heads."""
+        return sum(pool.peak * self.page * len(heads) for pool, heads in self._pools_of(kv_head))
+
+    def evicted_keys(self, kv_head: int | None = None) -> int:
+        """Keys written so far that are held no more (evicted, or never stored because no later query
+        reads them); ``None``: summed over KV heads."""
+        return sum((self.length - self._held(pool)) * len(heads) for pool, heads in self._pools_of(kv_head))
+
+    @property
+    def bytes(self) -> int:
+        """Bytes allocated for keys and values (the pools' capacity)."""
+        return sum(2 * pool.k.numel() * pool.k.element_size() for pool in self.pools)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the pages held now."""
+        return sum(2 * self.batch * len(pool.kv_heads) * pool.held_pages() * self.page * self.head_dim
+                   * self.dtype.itemsize for pool in self.pools)
+
+    def _pools_of(self, kv_head: int | None) -> list[tuple[_Pool, list[int]]]:
+        if kv_head is None:
+            return [(pool, pool.kv_heads) for pool in self.pools]
+        if isinstance(kv_head, bool) or not isinstance(kv_head, int) or not 0 <= kv_head < self.kv_heads:
+            raise KernelInputError(f"DecodeCache: kv_head must be in [0, {self.kv_heads}), got "
+                                   f"{brief(kv_head)}")
+        return [(pool, [kv_head]) for pool in self.pools if kv_head in pool.kv_heads]
+
+    def _held(self, pool: _Pool) -> int:
+        held = np.flatnonzero(pool.table >= 0)
+        return int(np.minimum((held + 1) * self.page, self.length).sum() - (held * self.page).sum())
+
+    # ---- writing ---------------------------------------------------------------------------------
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write keys and values (B, Hkv, s, d) for positions ``[length, length + s)``, whose queries
@@ -97,125 +185,190 @@ class DecodeCache:
         """Write the keys and values (B, Hkv, s, d) of a prompt whose queries were computed elsewhere
         (a prefill through the block-sparse kernel): only what queries from ``length + s`` on read
         is kept."""
-        self._write(k, v, next_query=self.length + k.shape[2])
+        self._write(k, v, next_query=self.length + k.shape[2] if isinstance(k, torch.Tensor) else 0)
 
     def _write(self, k: torch.Tensor, v: torch.Tensor, next_query: int) -> None:
-        s = k.shape[2]
-        self._check_kv(k, v)
-        if self.length + s > self.grid.n:
+        s = self._check_kv(k, v)
+        if self.length + s > self.cp.n:
             raise KernelInputError(f"DecodeCache: {s} more tokens after {self.length:,} pass n = "
-                                   f"{self.grid.n:,}, the length the pattern was compiled for")
-        keep = next_query // self.grid.bq  # the first query block still to be computed
-        self._evict(keep)
-        bk, start = self.grid.bk, self.length
-        for j in range(start // bk, -(-(start + s) // bk)):
-            if self.evict_after[j] < keep:
-                continue  # no query still to come reads this block: never stored
-            if self.table[j] < 0:
-                self.table[j] = self._slot()
-                self.slot_block[self.table[j]] = j
-            lo, hi = max(start, j * bk), min(start + s, (j + 1) * bk)
-            slot = int(self.table[j])
-            self.k[:, :, slot, lo - j * bk: hi - j * bk] = k[:, :, lo - start: hi - start]
-            self.v[:, :, slot, lo - j * bk: hi - j * bk] = v[:, :, lo - start: hi - start]
+                                   f"{self.cp.n:,}, the length the pattern was compiled for")
+        start, page = self.length, self.page
+        new = np.arange(start, start + s)
+        for pool in self.pools:
+            gone = np.flatnonzero((pool.table >= 0) & (pool.page_last < next_query))
+            for slot in pool.table[gone]:
+                pool.positions[slot * page: (slot + 1) * page] = -1
+            pool.free += pool.table[gone].tolist()
+            pool.slot_page[pool.table[gone]] = -1
+            pool.table[gone] = -1
+            kept = new[pool.last[new] >= next_query]  # keys some query still to come reads
+            if len(kept) == 0:
+                continue
+            pages = np.unique(kept // page)
+            missing = pages[pool.table[pages] < 0]
+            if len(missing) > len(pool.free):  # a chunk holds more at once than one query: grow the pool
+                self._grow(pool, len(pool.slot_page) + len(missing) - len(pool.free))
+            for p in missing.tolist():
+                slot = pool.free.pop()
+                pool.table[p], pool.slot_page[slot] = slot, p
+            pool.peak = max(pool.peak, pool.held_pages())
+            rows = pool.table[kept // page] * page + kept % page  # (m,) pool rows of the kept keys
+            pool.positions[rows] = kept
+            index = torch.from_numpy(rows).to(self.device)
+            source = torch.from_numpy(kept - start).to(k.device)
+            heads = torch.tensor(pool.kv_heads, device=k.device)
+            for x, target in ((k, pool.k), (v, pool.v)):
+                values = x.index_select(1, heads).index_select(2, source).to(self.device)  # (B, Hp, m, d)
+                target.index_copy_(2, index, values)
         self.length += s
+        self._pending_from = start if next_query == start else self.length
+
+    def _grow(self, pool: _Pool, slots: int) -> None:
+        """Give ``pool`` room for ``slots`` pages: a quarter more than asked once it grows, so a run of
+        chunks reallocates a few times, not once per chunk."""
+        old = len(pool.slot_page)
+        if old:
+            slots = max(slots, old + old // 4)
+        rows = (slots - old) * self.page
+        shape = (self.batch, len(pool.kv_heads), rows, self.head_dim)  # (B, Hp, new rows, d)
+        # zeros: a row no key was written to holds no NaN for an in-place attention to meet
+        fresh = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(2)]
+        pool.k, pool.v = fresh if pool.k is None else (torch.cat([pool.k, fresh[0]], 2),
+                                                       torch.cat([pool.v, fresh[1]], 2))
+        pool.slot_page = np.concatenate([pool.slot_page, np.full(slots - old, -1, np.int64)])
+        pool.positions = np.concatenate([pool.positions, np.full(rows, -1, np.int64)])
+        pool.free = list(range(slots - 1, old - 1, -1)) + pool.free  # the lowest slots are used first
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep the batch rows ``rows`` (r,), in that order, repeats allowed (beam search's reorder,
+        ``num_return_sequences``): the batch becomes ``r``."""
+        if not isinstance(rows, torch.Tensor) or rows.dim() != 1 \
+                or rows.dtype not in (torch.int32, torch.int64):
+            raise KernelInputError(f"DecodeCache.select: rows must be a 1-d integer tensor, got "
+                                   f"{brief(rows)}")
+        if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < self.batch:
+            raise KernelInputError(f"DecodeCache.select: rows must lie in [0, {self.batch}), got values from "
+                                   f"{int(rows.min())} to {int(rows.max())}")
+        index = rows.to(self.device)
+        for pool in self.pools:
+            pool.k, pool.v = pool.k.index_select(0, index), pool.v.index_select(0, index)
+        self.batch = len(rows)
+
+    # ---- attention -------------------------------------------------------------------------------
 
     def attend(self, q: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        """(B, H, s, d): attention of the queries q (B, H, s, d) at positions ``[length - s, length)``;
-        a query with no allowed key gets 0."""
+        """(B, H, s, d): attention of the queries q (B, H, s, d) at positions ``[length - s, length)``,
+        the newest of the last ``append``; a query with no allowed key gets 0."""
+        self._check_q(q, scale)
+        H, s = q.shape[1], q.shape[2]
+        queries = np.arange(self.length - s, self.length)
+        out = q.new_zeros(q.shape)
+        for pool in self.pools:
+            rows = np.flatnonzero(pool.positions >= 0)  # the pool rows that hold a key
+            keys = pool.positions[rows]  # (R,) their positions, all before length
+            for node, heads in pool.queries.items():
+                allowed = np.broadcast_to(node.predicate(queries[:, None], keys[None, :]), (s, len(rows)))
+                for kv_heads, q_heads in _calls(pool, heads, H // self.kv_heads):
+                    o, has_key = self._attend_rows(pool, kv_heads, q[:, q_heads], rows, allowed, scale)
+                    out[:, q_heads] = torch.where(has_key, o, 0.0)  # a row without keys: 0, not NaN
+        return out
+
+    def _attend_rows(self, pool: _Pool, kv_heads: list[int], q: torch.Tensor, rows: np.ndarray,
+                     allowed: np.ndarray, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDPA of q (B, G, s, d) over the pool rows ``rows`` that ``allowed`` (s, R) lets each query
+        read: the whole pool in place under a mask when the queries read most of it, else the keys
+        they read, gathered (a stride reads few of the many keys it keeps)."""
+        local = [pool.kv_heads.index(g) for g in kv_heads]
+        k, v = pool.k, pool.v
+        if len(local) != len(pool.kv_heads):
+            index = torch.tensor(local, device=self.device)
+            k, v = k.index_select(1, index), v.index_select(1, index)
+        read = allowed.any(axis=0)  # (R,)
+        if read.sum() >= GATHER_BELOW * k.shape[2]:  # in place: (s, slots * page) over the whole pool
+            mask = np.zeros((allowed.shape[0], k.shape[2]), bool)
+            mask[:, rows] = allowed
+        else:  # gathered: (B, Hp, r, d) of the keys read
+            index = torch.from_numpy(rows[read]).to(self.device)
+            k, v = k.index_select(2, index), v.index_select(2, index)
+            mask = allowed[:, read]
+        has_key = mask.any(axis=1)  # (s,)
+        attn_mask = None
+        if not mask.all():  # a row without keys is opened to all (a finite softmax), then zeroed
+            attn_mask = torch.from_numpy(mask | ~has_key[:, None]).to(self.device)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale,
+                                           enable_gqa=q.shape[1] != k.shape[1])  # (B, G, s, d)
+        return o, torch.from_numpy(has_key).to(o.device)[:, None]
+
+    # ---- checks ----------------------------------------------------------------------------------
+
+    def _check_kv(self, k, v) -> int:
+        for name, x in (("k", k), ("v", v)):
+            if not isinstance(x, torch.Tensor):
+                raise KernelInputError(f"DecodeCache: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if k.dim() != 4 or k.shape != v.shape or (k.shape[0], k.shape[1], k.shape[3]) != (
+                self.batch, self.kv_heads, self.head_dim) or k.shape[2] < 1:
+            raise KernelInputError(f"DecodeCache.append: k and v must both be (batch {self.batch}, "
+                                   f"kv_heads {self.kv_heads}, s >= 1, head_dim {self.head_dim}), got "
+                                   f"{tuple(k.shape)} and {tuple(v.shape)}")
+        for name, x in (("k", k), ("v", v)):
+            if x.dtype != self.dtype:
+                raise KernelInputError(f"DecodeCache: {name} has dtype {dtype_name(x.dtype)} but the cache "
+                                       f"holds {dtype_name(self.dtype)}")
+        return k.shape[2]
+
+    def _check_q(self, q, scale) -> None:
+        if not isinstance(q, torch.Tensor) or q.dim() != 4:
+            shape = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+            raise KernelInputError(f"DecodeCache.attend: q must be a 4-d tensor (batch, heads, queries, "
+                                   f"head_dim), got {shape}")
         B, H, s, d = q.shape
         if (B, H, d) != (self.batch, self.cp.heads, self.head_dim) or s < 1 or s > self.length:
             raise KernelInputError(f"DecodeCache.attend: q must be (batch {self.batch}, heads "
                                    f"{self.cp.heads}, 1..{self.length} queries, head_dim {self.head_dim}), "
                                    f"got {tuple(q.shape)}")
-        out = q.new_zeros(q.shape)
-        grid, t0 = self.grid, self.length - s
-        for i in range(t0 // grid.bq, (self.length - 1) // grid.bq + 1):  # the query blocks of the rows
-            lo, hi = max(t0, i * grid.bq), min(self.length, (i + 1) * grid.bq)
-            rows = self._rows(i, np.arange(lo, hi), q.device)
-            index, mask = next(iter(rows.values()))
-            if self._one_pattern and index is None and mask is not None:  # one call, the pool in place
-                k, v = (x.flatten(2, 3) for x in (self.k, self.v))  # (B, Hkv, slots * bk, d)
-                o = F.scaled_dot_product_attention(q[:, :, lo - t0: hi - t0], k, v, attn_mask=mask,
-                                                   scale=scale, enable_gqa=self.kv_heads != H)  # (B, H, r, d)
-                out[:, :, lo - t0: hi - t0] = torch.where(mask.any(dim=1)[:, None], o, 0.0)
-                continue
-            for g, heads in self._calls:
-                index, mask = rows[self.cp.node(self.layer, heads[0])]
-                if mask is None:
-                    continue  # a row without stored blocks: its output stays 0
-                if index is None:  # the whole pool, in place: (B, 1, slots * bk, d)
-                    k, v = (x[:, g].flatten(1, 2)[:, None] for x in (self.k, self.v))
-                else:  # the row's blocks, gathered: (B, 1, m * bk, d)
-                    k, v = (x[:, g].index_select(1, index).flatten(1, 2)[:, None] for x in (self.k, self.v))
-                o = F.scaled_dot_product_attention(q[:, heads, lo - t0: hi - t0], k, v, attn_mask=mask,
-                                                   scale=scale, enable_gqa=len(heads) > 1)  # (B, G, r, d)
-                out[:, heads, lo - t0: hi - t0] = torch.where(mask.any(dim=1)[:, None], o, 0.0)  # not NaN
-        return out
-
-    def _rows(self, i: int, queries: np.ndarray, device) -> dict:
-        """Per bound pattern of the layer: the slots its row ``i`` reads and the mask of the
-        ``queries`` over their keys (r, m * bk), built once per call, not per KV head. When the row
-        reads at least half of what is held (a window: nearly all of it), the slots are None and the
-        mask covers the whole pool (r, slots * bk): attending over the pool in place costs what a
-        gather of the row's blocks would copy, and the pool holds what the pattern retains."""
-        rows = {}
-        for h in range(self.cp.heads):
-            node = self.cp.node(self.layer, h)
-            if node in rows:
-                continue
-            layout = self.cp.layout(self.layer, h)
-            cols = layout.indices[layout.indptr[i]: layout.indptr[i + 1]].astype(np.int64)
-            cols = cols[cols * self.grid.bk < self.length]  # blocks after the newest key: nothing yet
-            if len(cols) == 0:
-                rows[node] = (None, None)  # nothing to read
-                continue
-            slots = self.table[cols]
-            if (slots < 0).any():  # the schedule keeps every block a row reads: this would be a bug
-                raise KernelInputError(f"DecodeCache: key block {int(cols[slots < 0][0])} is read by query "
-                                       f"block {i} but is not held")
-            whole_pool = 2 * len(cols) >= (self.slot_block >= 0).sum()
-            blocks = self.slot_block if whole_pool else cols  # the key block of each position's block
-            keys = (blocks[:, None] * self.grid.bk + np.arange(self.grid.bk)).reshape(-1)  # (m * bk,)
-            held = np.repeat(blocks >= 0, self.grid.bk)
-            allowed = node.predicate(queries[:, None], keys[None, :]) & held & (keys < self.length)
-            mask = torch.from_numpy(np.ascontiguousarray(allowed)).to(device)  # (r, m * bk)
-            rows[node] = (None if whole_pool else torch.from_numpy(slots).to(device), mask)
-        return rows
-
-    def _evict(self, query_block: int) -> None:
-        gone = np.flatnonzero((self.table >= 0) & (self.evict_after < query_block))
-        self._free += self.table[gone].tolist()
-        self.slot_block[self.table[gone]] = -1
-        self.table[gone] = -1
-
-    def _slot(self) -> int:
-        if not self._free:  # a chunk longer than a query block can hold more at once: grow the pool
-            grow = self.k.shape[2]
-            self._free = list(range(2 * grow - 1, grow - 1, -1))
-            self.k, self.v = (torch.cat([x, torch.zeros_like(x)], dim=2) for x in (self.k, self.v))
-            self.slot_block = np.concatenate([self.slot_block, np.full(grow, -1, np.int64)])
-        return self._free.pop()
-
-    def _check_kv(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        B, Hk, s, d = k.shape
-        if k.shape != v.shape or (B, Hk, d) != (self.batch, self.kv_heads, self.head_dim) or s < 1:
-            raise KernelInputError(f"DecodeCache.append: k and v must both be (batch {self.batch}, "
-                                   f"kv_heads {self.kv_heads}, s >= 1, head_dim {self.head_dim}), got "
-                                   f"{tuple(k.shape)} and {tuple(v.shape)}")
+        if q.dtype != self.dtype:
+            raise KernelInputError(f"DecodeCache.attend: q has dtype {dtype_name(q.dtype)} but the cache "
+                                   f"holds {dtype_name(self.dtype)}")
+        if q.device != self.device and not (q.device.type == self.device.type == "cpu"):
+            raise KernelInputError(f"DecodeCache.attend: q is on {q.device} but the cache is on "
+                                   f"{self.device}")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not math.isfinite(scale)):
+            raise KernelInputError(f"DecodeCache.attend: scale must be a finite number, got {brief(scale)}")
+        if self.length - s < self._pending_from:
+            raise KernelInputError(
+                f"DecodeCache.attend: the queries [{self.length - s:,}, {self.length:,}) start before "
+                f"{self._pending_from:,}, the first position of the last append: prefill() keeps only what "
+                "later queries read, and an append evicts what earlier queries read, so attend computes "
+                "(the newest of) the queries of the last append")
 
 
-def _capacity(evict_after: np.ndarray, grid) -> int:
-    """Slots for the most key blocks held while one query block is computed: block ``j`` is held
-    from the query block that writes its first key to the last one that reads it."""
-    read = np.flatnonzero(evict_after >= 0)
-    if len(read) == 0:
+def _calls(pool: _Pool, heads: list[int], group: int) -> list[tuple[list[int], list[int]]]:
+    """(KV heads, query heads) of the SDPA calls for the query heads ``heads`` of one bound pattern:
+    one call when each of the pool's KV heads serves the same number of them (grouped-query
+    attention lines them up), else one call per KV head."""
+    by_kv: dict[int, list[int]] = {}
+    for h in heads:
+        by_kv.setdefault(h // group, []).append(h)
+    if len({len(hs) for hs in by_kv.values()}) == 1:
+        return [(list(by_kv), [h for hs in by_kv.values() for h in hs])]
+    return [([g], hs) for g, hs in by_kv.items()]
+
+
+def _decode_pages(last: np.ndarray, page_last: np.ndarray, page: int) -> int:
+    """The most pages held at once while tokens arrive one at a time: page ``p`` is held from its
+    first key that some query reads to its last reader."""
+    n = len(last)
+    read = last >= 0
+    if not read.any():
         return 1
-    first = (read * grid.bk) // grid.bq
-    change = np.zeros(grid.nbq + 1, np.int64)
-    np.add.at(change, first, 1)
-    np.add.at(change, evict_after[read] + 1, -1)
-    return max(1, int(np.cumsum(change).max()) + 1)  # + 1: a block written before its row computes
+    first = np.full(len(page_last), n, np.int64)
+    np.minimum.at(first, np.flatnonzero(read) // page, np.flatnonzero(read))
+    used = np.flatnonzero(first < n)
+    change = np.zeros(n + 1, np.int64)
+    np.add.at(change, first[used], 1)
+    np.add.at(change, np.minimum(page_last[used] + 1, n), -1)
+    return max(1, int(np.cumsum(change).max()) + 1)  # + 1: the next page is written before the evictions
 
 
 def reference_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cp: CompiledPattern, layer: int = 0,
@@ -227,7 +380,9 @@ def reference_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cp: Comp
     group = H // k.shape[1]
     out = q.new_zeros(q.shape)
     for h in range(H):
-        allowed = torch.from_numpy(cp.node(layer, h).predicate(queries[:, None], keys[None, :]))
+        node: Lowered = cp.node(layer, h)
+        allowed = np.broadcast_to(node.predicate(queries[:, None], keys[None, :]), (s, m))
+        allowed = torch.from_numpy(allowed.copy())
         o = F.scaled_dot_product_attention(q[:, h: h + 1], k[:, h // group: h // group + 1],
                                            v[:, h // group: h // group + 1], attn_mask=allowed, scale=scale)
         out[:, h: h + 1] = torch.where(allowed.any(dim=1)[:, None], o, 0.0)

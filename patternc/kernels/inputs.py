@@ -18,6 +18,7 @@ patternc.errors.KernelInputError: block_sparse_attention: k has length 64 but q 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ from patternc.errors import KernelInputError
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["DTYPES", "Shapes", "check_inputs"]
+__all__ = ["DTYPES", "Shapes", "check_inputs", "device_memory", "dtype_name"]
 
 # the dtypes SDPA's fused CPU kernel and its backward take (float16 is computed in float32 on CPU)
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -70,13 +71,13 @@ def check_inputs(q, k, v, cp: CompiledPattern, layer: int, scale: float | None =
         if x.device != q.device:
             raise _fail(f"{name} is on {x.device} but q is on {q.device}: all three must be on one device")
         if x.dtype != q.dtype:
-            raise _fail(f"{name} has dtype {_name(x.dtype)} but q has {_name(q.dtype)}: all three must "
-                        f"have one dtype")
+            raise _fail(f"{name} has dtype {dtype_name(x.dtype)} but q has {dtype_name(q.dtype)}: all "
+                        f"three must have one dtype")
     if q.device.type == "meta":
         raise _fail("q, k and v are meta tensors, which hold no values: the kernel needs real data")
     if q.dtype not in DTYPES:
-        raise _fail(f"q has dtype {_name(q.dtype)}; the kernel takes "
-                    f"{', '.join(_name(d) for d in DTYPES)}")
+        raise _fail(f"q has dtype {dtype_name(q.dtype)}; the kernel takes "
+                    f"{', '.join(dtype_name(d) for d in DTYPES)}")
     B, H, n, d = q.shape
     if B == 0 or H == 0 or d == 0:
         raise _fail(f"q has shape {tuple(q.shape)}: batch, heads and head_dim must be at least 1")
@@ -116,5 +117,18 @@ def check_inputs(q, k, v, cp: CompiledPattern, layer: int, scale: float | None =
     return Shapes(batch=B, heads=H, kv_heads=kv_heads, n=n, head_dim=d)
 
 
-def _name(dtype: torch.dtype) -> str:
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on ``device``: the accelerator's, or this machine's physical memory on a CPU.
+    What a kernel would allocate is held to it before any allocation (a huge batch or head_dim is a
+    clear error, not the allocator's).
+
+    >>> device_memory(torch.device("cpu")) > 0
+    True
+    """
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
