@@ -177,3 +177,18 @@ def test_the_command_refuses_bad_input(capsys, argv, message):
 
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_stacks_kv_heads_are_the_default(tmp_path, capsys):
+    """A stack that declares kv_heads is costed with them, by kv() and the command alike: each KV
+    head keeps the union of its query heads' keys, not one cache per query head."""
+    from patternc.cli import main
+
+    path = tmp_path / "gqa.yaml"
+    path.write_text("layers: 1\nheads: 8\nkv_heads: 2\nblock: 64\ndefault: causal & window(64 * (h + 1))\n")
+    report = patternc.kv(patternc.compile(str(path), n=4096))
+    assert report.kv_heads == 2 and report.max_live_keys == ((256, 512),)  # heads 0-3 and 4-7, unions
+    assert main(["kv", str(path), "--n", "4096", "--dtype", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "2 KV heads" in out and "keys per KV head 256, 512" in out
+    assert f"KV cache: {(256 + 512) * 2 * 128 * 2:,} bytes" in out
