@@ -120,6 +120,18 @@ class Stack:
     def expressions(self) -> set[str]:
         return {self.default, *(rule.expr for rule in self.overrides)}
 
+    def reads_length(self) -> bool:
+        """Whether a row's keys depend on the length ``n``: some expression uses ``n``, or
+        ``random()``, whose draw is over the key blocks there are. A decoder must then say the length
+        it serves (``CompiledPattern.prefix``); other stacks give row ``t`` the same keys at any n.
+
+        >>> Stack("causal & window(512)").reads_length(), Stack("causal & window(n // 4)").reads_length()
+        (False, True)
+        """
+        return any((isinstance(node, ast.Name) and node.id == "n")
+                   or (isinstance(node, ast.Primitive) and node.name == "random")
+                   for text in self.expressions() for node in ast.walk(parse(text)))
+
     # ---- grouped-query attention ---------------------------------------------------------------------
 
     def kv_head_of(self, head: int) -> int:

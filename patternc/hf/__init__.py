@@ -6,16 +6,21 @@
 >>> model = AutoModelForCausalLM.from_pretrained("outputs/calibration_demo/model")   # doctest: +SKIP
 >>> patternc.hf.sparsify(model, "causal & (sink(64) | window(512))")     # doctest: +SKIP
 >>> logits = model(input_ids).logits      # every layer and head under the pattern   # doctest: +SKIP
+>>> out = model.generate(input_ids, max_new_tokens=64)   # a PatternCache: only keys still read   # doctest: +SKIP
 >>> patternc.hf.densify(model)            # the model's own attention, bit for bit   # doctest: +SKIP
 
-- ``sparsify(model, spec, *, block=None, params=None, backend="auto")`` and ``densify(model)``:
-  ``patternc.hf.sparsify``;
+- ``sparsify(model, spec, *, block=None, params=None, backend="auto", max_length=None)`` and
+  ``densify(model)``: ``patternc.hf.sparsify``;
+- the KV cache that keeps only the keys the pattern still reads (``generate()`` uses it):
+  ``patternc.hf.cache.PatternCache``;
 - which kernel runs a call (``backend``): ``patternc.hf.backends``;
 - padding, caches and decode steps: ``patternc.hf.calls``.
 """
 
 from patternc.errors import ModelError
 from patternc.hf.backends import BACKENDS
-from patternc.hf.sparsify import NAME, SparseAttention, densify, sparsified, sparsify
+from patternc.hf.cache import PatternCache
+from patternc.hf.sparsify import NAME, PREFILL_CHUNK, SparseAttention, densify, sparsified, sparsify
 
-__all__ = ["BACKENDS", "NAME", "ModelError", "SparseAttention", "densify", "sparsified", "sparsify"]
+__all__ = ["BACKENDS", "NAME", "PREFILL_CHUNK", "ModelError", "PatternCache", "SparseAttention", "densify",
+           "sparsified", "sparsify"]

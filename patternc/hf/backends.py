@@ -3,8 +3,8 @@ the kernel that runs it.
 
 A call is one sequence shape of a batch: ``m`` keys, the last ``s`` of them the call's queries
 (``s == m``: a whole sequence, a prefill; ``s < m``: a decode step or a chunk after cached keys).
-Its pattern is the stack compiled at ``n = m``, for the rows ``[m - s, m)`` when ``s < m``
-(``compile(..., first_query=...)``, exact), cached per length in ``Patterns``.
+Its pattern is the stack at the length the model serves (``Patterns``): its rows ``[m - s, m)``
+against the keys ``[0, m)``, exact, cached.
 
 Backends:
 
@@ -23,7 +23,7 @@ Backends:
 Every backend gives a query with no allowed key the output 0 (the kernel's and FlexAttention's
 convention), and every one is exact against the dense mask.
 
->>> cp = patterns.rows(n=4096, queries=1)                                 # doctest: +SKIP
+>>> cp = patterns.rows(served=4096, keys=4096, queries=1)               # doctest: +SKIP
 >>> out = attend(q, k, v, cp, layer=0, scale=0.125, backend="auto")     # doctest: +SKIP
 """
 
@@ -53,37 +53,42 @@ Tensor = torch.Tensor
 
 
 class Patterns:
-    """The stack compiled at each length the model meets: the last ``cached`` (length, first row)
-    compiles, and the FlexAttention block masks built from them."""
+    """The stack at each length the model serves, and the rows its calls compute: the last
+    ``cached`` of them, and the FlexAttention block masks built from them.
+
+    A call meets ``keys`` tokens, the last ``queries`` of them its queries, in a model that serves
+    ``served`` tokens (a generation's total length, a declared ``max_length``, or the call's own
+    length). Its rows are those of the stack compiled at ``served`` (``CompiledPattern.prefix``),
+    so row ``t`` reads the same keys whatever follows it.
+    """
 
     def __init__(self, stack: Stack, shape: ModelShape, block: int | tuple[int, int] | None,
                  params: dict[str, int | float] | None, cached: int = 64) -> None:
         self.stack, self.shape, self.block, self.params = stack, shape, block, dict(params or {})
         self.cached = cached
-        self._compiled: OrderedDict[tuple[int, int], CompiledPattern] = OrderedDict()
+        self._compiled: OrderedDict[tuple[int, int, int], CompiledPattern] = OrderedDict()
         self._block_masks: OrderedDict[tuple, object] = OrderedDict()
 
     def whole(self, n: int) -> CompiledPattern:
         """Every row at length ``n``."""
-        return self._get(n, 0)
+        return self.rows(n, n, n)
 
-    def rows(self, n: int, queries: int) -> CompiledPattern:
-        """At least the last ``queries`` rows at length ``n``: the query range starts at a multiple of
-        the query block (``random()`` is drawn per block row), so it may hold a few rows more."""
-        if queries >= n:
-            return self._get(n, 0)
-        bq = patternc.compiled.block_shape(self.stack, n, self.block)[0]
-        first = n - queries
-        return self._get(n, first - first % bq)
-
-    def _get(self, n: int, first: int) -> CompiledPattern:
-        key = (n, first)
+    def rows(self, served: int, keys: int, queries: int) -> CompiledPattern:
+        """At least the last ``queries`` rows of ``keys`` tokens, served at length ``served``: the
+        query range starts at a multiple of the query block (``random()`` is drawn per block row, and
+        a cut keeps whole block rows), so it may hold a few rows more."""
+        bq = patternc.compiled.block_shape(self.stack, served, self.block)[0]
+        first = 0 if queries >= keys else (keys - queries) - (keys - queries) % bq
+        key = (served, keys, first)
         if key in self._compiled:
             self._compiled.move_to_end(key)
             return self._compiled[key]
-        cp = patternc.compile(self.stack, n, block=self.block, params=self.params, first_query=first)
-        if self.shape.causal and not cp.causal:
-            raise self._leak(cp)
+        if served == keys:  # the rows of the pattern at the call's own length, compiled alone
+            cp = patternc.compile(self.stack, keys, block=self.block, params=self.params, first_query=first)
+            if self.shape.causal and not cp.causal:
+                raise self._leak(cp)
+        else:
+            cp = self.rows(served, served, served).prefix(keys, first)
         self._compiled[key] = cp
         while len(self._compiled) > self.cached:
             self._compiled.popitem(last=False)
@@ -99,8 +104,9 @@ class Patterns:
         return non_causal_error(self.stack, self.shape, cp.n, 0, 0)  # unreachable: cp.causal was False
 
     def block_mask(self, cp: CompiledPattern, layer: int, device: torch.device):
-        """``cp.to_block_mask(layer)`` on ``device``, built once per (length, rows, layer, device)."""
-        key = (cp.n, cp.first_query, layer, str(device))
+        """``cp.to_block_mask(layer)`` on ``device``, built once per (served length, length, rows, layer,
+        device)."""
+        key = (cp.bound_n, cp.n, cp.first_query, layer, str(device))
         if key not in self._block_masks:
             self._block_masks[key] = cp.to_block_mask(layer, device=str(device))
             while len(self._block_masks) > self.cached:

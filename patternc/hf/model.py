@@ -1,10 +1,13 @@
-"""What ``patternc.hf`` reads off a transformers model, and the settings ``sparsify`` changes.
+"""What ``patternc.hf`` reads off a transformers model, and what ``sparsify`` changes on it.
 
 ``model_shape`` finds the model's layers, query heads, KV heads and causality (from its text
 config and its attention modules, the ones that carry ``layer_idx``) or refuses a model that
-patternc cannot drive; ``fit_stack`` turns what the user gave into a stack of exactly that shape,
-or says which side disagrees; ``Saved`` holds what ``sparsify`` changes on the model, so that
-``densify`` puts it back as it was.
+patternc cannot run exactly: one whose attention adds something a pattern's kernels do not apply
+(logit soft-capping, learned sink logits, a position bias), or whose layers share a KV cache.
+``fit_stack`` turns what the user gave into a stack of exactly that shape, or says which side
+disagrees; ``Saved`` holds what ``sparsify`` changes on the model (its attention implementation
+and the generation hooks it installs), so that ``densify`` puts it back as it was. The model's
+config is never changed: ``save_pretrained`` writes the model's own.
 
 >>> shape = model_shape(model)                      # doctest: +SKIP
 ModelShape(name='LlamaForCausalLM', layers=2, heads=4, kv_heads=2, head_dim=16, causal=True)
@@ -12,7 +15,9 @@ ModelShape(name='LlamaForCausalLM', layers=2, heads=4, kv_heads=2, head_dim=16, 
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,13 +26,6 @@ from patternc.lang import ast
 from patternc.stack import Stack, as_stack
 
 __all__ = ["ModelShape", "Saved", "attention_modules", "fit_stack", "model_shape"]
-
-# Config settings that make transformers' KV cache evict keys (a sliding-window or chunked cache
-# layer keeps only the last w keys). A pattern decides which keys a query reads, so while a model is
-# sparsified its cache must keep every key; the pattern replaces the model's own window.
-_EVICTING = ("sliding_window", "attention_chunk_size")
-_EVICTING_LAYER_TYPES = ("sliding_attention", "chunked_attention")
-
 
 @dataclass(frozen=True, slots=True)
 class ModelShape:
@@ -79,7 +77,66 @@ def model_shape(model) -> ModelShape:
                          f"with layer_idx {found[:8]}{'...' if len(found) > 8 else ''}: patternc.hf gives "
                          "each layer its pattern by layer_idx, and needs one per layer")
     causal = getattr(config, "is_causal", True) and any(getattr(m, "is_causal", True) for m in modules)
+    _refuse_what_a_pattern_cannot_apply(name, config, modules)
     return ModelShape(name, layers, heads, kv_heads, head_dim, bool(causal))
+
+
+# Keyword arguments an attention module may pass to the attention function that change its result
+# in a way a pattern's kernels cannot reproduce (the attention function refuses them when they
+# arrive; these are also looked for in the modules' source, so that sparsify refuses first).
+REFUSED_ARGUMENTS = {
+    "softcap": "logit soft-capping",
+    "s_aux": "learned attention-sink logits (s_aux)",
+    "sinks": "learned attention-sink logits (sinks)",
+    "position_bias": "a position bias added to the logits (relative or ALiBi)",
+    "alibi": "ALiBi position biases",
+}
+
+
+def _refuse_what_a_pattern_cannot_apply(name: str, config, modules: list) -> None:
+    """A ``ModelError`` naming the first feature of the model's attention that the pattern's kernels
+    do not apply: running it would silently compute another model."""
+    softcap = getattr(config, "attn_logit_softcapping", None)
+    if softcap is not None:
+        raise ModelError(f"{name} applies logit soft-capping in attention (config.attn_logit_softcapping = "
+                         f"{softcap}), which a pattern's kernels do not apply: patternc.hf cannot run it "
+                         "exactly (with attn_logit_softcapping = None it is another model)")
+    for option in ("kv_sharing_modes", "num_kv_shared_layers"):
+        if getattr(config, option, None):
+            raise ModelError(f"{name} shares KV caches between layers (config.{option}), which a pattern "
+                             "cache does not follow: patternc.hf cannot run it")
+    if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
+        raise ModelError(f"{name} adds ALiBi position biases to the attention logits, which a pattern's "
+                         "kernels do not apply: patternc.hf cannot run it exactly")
+    seen: set[type] = set()
+    for module in modules:
+        if any(param_name == "sinks" for param_name, _ in module.named_parameters(recurse=False)):
+            raise ModelError(f"{name} learns attention-sink logits (a 'sinks' parameter in "
+                             f"{type(module).__name__}), which a pattern's kernels do not apply: patternc.hf "
+                             "cannot run it exactly; write sink(g) in the pattern for sink tokens")
+        if type(module) in seen:
+            continue
+        seen.add(type(module))
+        passed = _arguments_passed_to_the_attention_function(type(module))
+        for option in ("position_bias", "alibi", "s_aux", "sinks"):
+            if option in passed:
+                raise ModelError(f"{name}'s {type(module).__name__} passes {option}= to its attention "
+                                 f"function: {REFUSED_ARGUMENTS[option]}, which a pattern's kernels do not "
+                                 "apply, so patternc.hf cannot run it exactly")
+
+
+def _arguments_passed_to_the_attention_function(cls: type) -> set[str]:
+    """The keyword names in the ``attention_interface(...)`` call of a module's ``forward``, read
+    from its source as transformers itself reads model sources (``_can_set_attn_implementation``);
+    an empty set when the source cannot be read."""
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return set()
+    names: set[str] = set()
+    for call in re.finditer(r"attention_interface\((.*?)\n\s*\)", source, re.DOTALL):
+        names.update(re.findall(r"\b([a-z_]+)\s*=", call.group(1)))
+    return names
 
 
 def fit_stack(spec: str | os.PathLike | ast.Pattern | Stack, shape: ModelShape) -> Stack:
@@ -116,31 +173,24 @@ def non_causal_error(stack: Stack, shape: ModelShape, n: int, layer: int, head: 
 
 @dataclass(frozen=True, slots=True)
 class Saved:
-    """What ``sparsify`` changes on a model: its attention implementation and the cache settings
-    that would evict keys, with their original values (``densify`` restores them)."""
+    """What ``sparsify`` changes on a model, with what was there before (``densify`` restores it):
+    its attention implementation, and the instance attributes it sets (the generation hooks)."""
 
     attn_implementation: Any
-    settings: tuple[tuple[str, Any], ...]  # (name, original value) on the text config
+    attributes: tuple[tuple[str, Any], ...]  # (name, the instance's own value or _ABSENT)
 
     @staticmethod
-    def of(model) -> Saved:
-        config = _text_config(model)
-        settings = [(name, getattr(config, name)) for name in (*_EVICTING, "layer_types")
-                    if getattr(config, name, None) is not None]
-        return Saved(model.config._attn_implementation, tuple(settings))
-
-    def keep_every_key(self, model) -> None:
-        """Switch the cache settings so that transformers' caches hold every key."""
-        config = _text_config(model)
-        for name, value in self.settings:
-            if name == "layer_types":
-                setattr(config, name, ["full_attention" if kind in _EVICTING_LAYER_TYPES else kind
-                                       for kind in value])
-            else:
-                setattr(config, name, None)
+    def of(model, names: tuple[str, ...]) -> Saved:
+        return Saved(model.config._attn_implementation,
+                     tuple((name, model.__dict__.get(name, _ABSENT)) for name in names))
 
     def restore(self, model) -> None:
-        config = _text_config(model)
-        for name, value in self.settings:
-            setattr(config, name, value)
+        for name, value in self.attributes:
+            if value is _ABSENT:
+                model.__dict__.pop(name, None)
+            else:
+                model.__dict__[name] = value
         model.set_attn_implementation(self.attn_implementation)
+
+
+_ABSENT = object()  # an attribute the model's instance did not have

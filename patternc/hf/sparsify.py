@@ -3,12 +3,23 @@
 ``sparsify`` registers one attention function, ``patternc``, with transformers'
 ``AttentionInterface`` (and ``key_roles`` as its mask function), switches the model to it and
 hangs a ``SparseAttention`` on the model and on each attention module. Each call then runs its
-layer's pattern (``module.layer_idx``), head by head, compiled at the length the call meets.
+layer's pattern (``module.layer_idx``), head by head. The pattern, not the model's own window,
+decides which keys a query reads: a model's ``sliding_window`` or chunked layers give way to it
+(write ``window(...)`` in the pattern to keep one). The model's config is not changed.
 
-While sparsified, the model's KV cache keeps every key: settings that make transformers evict keys
-(``sliding_window``, ``attention_chunk_size``, sliding ``layer_types``) are switched off, since the
-pattern, not the model's window, says which keys a query reads (write ``window(...)`` in the pattern
-to keep one). ``densify`` restores those settings and the model's own attention exactly.
+What row ``t`` reads in a decoder is defined once: the row ``t`` of the stack compiled at the
+length the model serves (``Patterns``), whatever follows it. That length is ``max_length`` when
+``sparsify`` declares one; else, inside ``generate()``, the generation's total length (prompt plus
+``max_new_tokens``); else the length of the call, a whole sequence. So ``use_cache=True`` and
+``use_cache=False`` generate the same tokens, for ``window(n // 4)`` and ``random()`` too. A call
+that continues a cache with neither (a hand-written decoding loop) is refused for a pattern whose
+rows depend on ``n``.
+
+``generate()`` keeps what the pattern reads and no more: unless it is given a cache, it uses a
+``PatternCache`` (``patternc.hf.cache``) sized by ``patternc.kv``'s schedule, and prefills the
+prompt in chunks of ``PREFILL_CHUNK`` tokens, so a long prompt under a window needs memory that
+grows with the window, not with the prompt. A cache given to ``generate()`` (``DynamicCache()``)
+or a static one keeps every key, and the pattern still decides what each query reads.
 
 >>> model = sparsify(model, "causal & (sink(4) | window(256))")   # doctest: +SKIP
 >>> model.generate(**inputs, max_new_tokens=20)                   # doctest: +SKIP
@@ -18,62 +29,96 @@ to keep one). ``densify`` restores those settings and the model's own attention 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from patternc.errors import ModelError
+from patternc.errors import ModelError, brief
 from patternc.hf.backends import BACKENDS, Patterns, attend
+from patternc.hf.cache import PatternCache, PendingKeys
 from patternc.hf.calls import key_roles, sequences
-from patternc.hf.model import ModelShape, Saved, attention_modules, fit_stack, model_shape
+from patternc.hf.model import REFUSED_ARGUMENTS, ModelShape, Saved, attention_modules, fit_stack, model_shape
 from patternc.lang import ast
+from patternc.limits import MAX_N
 from patternc.stack import Stack
 
-__all__ = ["NAME", "SparseAttention", "densify", "pattern_attention", "sparsified", "sparsify"]
+__all__ = ["NAME", "PREFILL_CHUNK", "SparseAttention", "densify", "pattern_attention", "sparsified",
+           "sparsify"]
 
 NAME = "patternc"  # the attention implementation's name in transformers' registries
+PREFILL_CHUNK = 2048  # generate()'s prompt chunks with a PatternCache: the held keys plus 2,048 new ones
 _STATE = "_patternc_attention"  # the attribute on the model and its attention modules
 _PROBE_N = 4096  # sparsify compiles the stack once at min(this, the model's context) to fail early
-# attention options of some models that a pattern's kernels cannot apply
-_REFUSED = {"softcap": "logit soft-capping", "s_aux": "attention sinks as learned logits (s_aux)"}
+_HOOKS = ("generate", "_prepare_cache_for_generation")  # instance attributes sparsify sets
+# Attention arguments whose values never change what the pattern computes: the pattern replaces the
+# model's own window and causality, position ids are checked, the rest is bookkeeping.
+_IGNORED = frozenset({"sliding_window", "is_causal", "position_ids", "use_cache", "cache_position",
+                      "output_hidden_states", "output_router_logits", "num_items_in_batch", "return_dict",
+                      "layer_idx", "cache", "past_key_values", "position_embeddings"})
+_PACKED = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 
 @dataclass(frozen=True)
 class SparseAttention:
-    """What a sparsified model's attention calls share: the stack, its compiles, the backend, and
-    what ``densify`` must restore."""
+    """What a sparsified model's attention calls share: the stack, its compiles, the backend, the
+    length the model serves, and what ``densify`` must restore."""
 
     stack: Stack
     shape: ModelShape
     backend: str
     patterns: Patterns
     saved: Saved
+    max_length: int | None = None  # declared by sparsify: the length every call is served at
+    generations: list = field(default_factory=list)  # generate() calls in progress: their lengths
+
+    def serving(self, keys: int, continues_cache: bool) -> int:
+        """The length a call that meets ``keys`` tokens is served at (see the module docstring)."""
+        running = self.generations[-1] if self.generations else None
+        served = self.max_length if self.max_length is not None else running
+        if served is None:
+            if continues_cache and self.stack.reads_length():
+                raise ModelError(f"this call continues a cache to {keys:,} tokens, and the pattern's rows "
+                                 "depend "
+                                 f"on n ({self.stack.default}): say the length the model serves with "
+                                 "sparsify(..., max_length=...), or use generate(), which serves the prompt "
+                                 "plus max_new_tokens")
+            return keys
+        if keys > served:
+            raise ModelError(f"a sequence of {keys:,} tokens is longer than the {served:,} the model serves "
+                             f"({'max_length in sparsify' if self.max_length else 'this generation'})")
+        return served
 
     def attend(self, layer: int, q, k, v, mask, scale: float, positions) -> torch.Tensor:
         """(B, H, S, d) attention of the queries q (B, H, S, d) over k, v (B, Hkv, T, d)."""
+        if isinstance(k, PendingKeys):  # a PatternCache's call: it holds the keys
+            return k.layer.attend(self, q, mask, scale)
         B, S, T = q.shape[0], q.shape[2], k.shape[2]
         groups = sequences(mask, B, S, T, positions)
         if len(groups) == 1 and groups[0].rows is None and groups[0].key_slots is None:
-            return self._run(layer, q, k, v, T, S, scale)  # no padding: the batch as it is
+            return self.run(layer, q, k, v, T, S, scale)  # no padding: the batch as it is
         out = q.new_zeros(q.shape)  # padding queries and rows of padding only get 0
         for g in groups:
-            o = self._run(layer, g.gather(q, g.query_slots), g.gather(k, g.key_slots),
-                          g.gather(v, g.key_slots), g.keys, g.queries, scale)  # (G, H, s, d)
+            o = self.run(layer, g.gather(q, g.query_slots), g.gather(k, g.key_slots),
+                         g.gather(v, g.key_slots), g.keys, g.queries, scale)  # (G, H, s, d)
             rows = range(B) if g.rows is None else g.rows.tolist()
             for i, row in enumerate(rows):
                 slots = slice(None) if g.query_slots is None else g.query_slots[i].to(q.device)
                 out[row, :, slots] = o[i]
         return out
 
-    def _run(self, layer: int, q, k, v, keys: int, queries: int, scale: float) -> torch.Tensor:
-        cp = self.patterns.rows(keys, queries)
+    def run(self, layer: int, q, k, v, keys: int, queries: int, scale: float, served: int | None = None
+            ) -> torch.Tensor:
+        """The last ``queries`` of ``keys`` tokens, q (G, H, queries, d) over k, v (G, Hkv, keys, d)."""
+        served = self.serving(keys, queries < keys) if served is None else served
+        cp = self.patterns.rows(served, keys, queries)
         return attend(q, k, v, cp, layer, scale, self.backend, self.patterns)
 
 
 def pattern_attention(module, query, key, value, attention_mask, scaling: float | None = None,
                       dropout: float = 0.0, **kwargs):
     """transformers' attention function ``patternc``: ``(module, query (B, H, S, d), key and value
-    (B, Hkv, T, d), attention_mask, ...) -> (output (B, S, H, d), None)``."""
+    (B, Hkv, T, d), attention_mask, ...) -> (output (B, S, H, d), None)``. An argument that would
+    change the result and that a pattern's kernels do not apply is refused, naming it."""
     state: SparseAttention | None = getattr(module, _STATE, None)
     layer = getattr(module, "layer_idx", None)
     if state is None:
@@ -83,13 +128,31 @@ def pattern_attention(module, query, key, value, attention_mask, scaling: float 
         raise ModelError(f"{state.shape.name} asks for attention dropout {dropout} (it is training with "
                          "config.attention_dropout > 0): the pattern's kernels apply no dropout; set "
                          "config.attention_dropout = 0")
-    for option, what in _REFUSED.items():
-        if kwargs.get(option) is not None:
-            raise ModelError(f"{state.shape.name} uses {what}, which the pattern's kernels do not apply: "
-                             "patternc.hf cannot run this model exactly")
+    _check_arguments(state.shape.name, kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
     out = state.attend(layer, query, key, value, attention_mask, scale, kwargs.get("position_ids"))
     return out.transpose(1, 2).contiguous(), None  # (B, S, H, d), no attention weights
+
+
+def _check_arguments(name: str, kwargs: dict) -> None:
+    """Refuse an attention argument that changes the result and that the pattern does not apply."""
+    for option, value in kwargs.items():
+        if option in _IGNORED or value is None or value is False:
+            continue
+        if option in REFUSED_ARGUMENTS:
+            raise ModelError(f"{name} passes {option}= to its attention: {REFUSED_ARGUMENTS[option]}, which "
+                             "a pattern's kernels do not apply: patternc.hf cannot run this model exactly")
+        if option in _PACKED:
+            raise ModelError(f"{name} passes {option}= to its attention (packed sequences, as "
+                             "flash-attention's "
+                             "varlen kernels take them): a pattern applies to one sequence per row; pass the "
+                             "sequences as separate rows, with padding")
+        if option == "output_attentions":
+            raise ModelError(f"{name} is asked for its attention weights (output_attentions=True): the "
+                             "pattern's kernels never form them; ask without output_attentions")
+        raise ModelError(f"{name} passes {option}={brief(value)} to its attention, which patternc.hf does "
+                         "not "
+                         "know: it cannot promise to run the model exactly, so it refuses")
 
 
 def _register() -> None:
@@ -106,31 +169,41 @@ def sparsified(model) -> SparseAttention | None:
 
 def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
              block: int | tuple[int, int] | None = None, params: dict[str, int | float] | None = None,
-             backend: str = "auto"):
+             backend: str = "auto", max_length: int | None = None):
     """Run ``model``'s attention under the pattern ``spec``; returns the model (changed in place).
 
     ``spec``: a bare expression (every layer and head; ``l``, ``h``, ``L``, ``H`` are the model's), a
     stack file or a ``Stack`` with the model's layers and query heads. ``block`` and ``params`` as in
     ``patternc.compile``. ``backend``: ``auto``, ``reference`` (our block-sparse kernel), ``flex``
-    or ``sdpa`` (see ``patternc.hf.backends``). A stack that does not fit the model, a non-causal
-    stack on a causal model, or a model that does not use transformers' attention interface is a
-    ``ModelError`` naming both sides. Sparsifying a sparsified model replaces its pattern.
+    or ``sdpa`` (see ``patternc.hf.backends``). ``max_length``: the length a decoder serves, at which
+    every call's rows are taken (see the module docstring); longer sequences are refused. A stack that
+    does not fit the model, a non-causal stack on a causal model, or a model whose attention a pattern
+    cannot run exactly is a ``ModelError`` naming both sides. Sparsifying a sparsified model replaces
+    its pattern.
 
     >>> sparsify(model, "conf/pattern/streaming_llm.yaml", params={"w": 512})   # doctest: +SKIP
     """
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     shape = model_shape(model)
+    if max_length is not None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_N:
+            raise ModelError(f"max_length must be an integer in [1, {MAX_N:,}], got {brief(max_length)}")
+        if not shape.causal:
+            raise ModelError(f"{shape.name} is not a causal model: it reads its whole input at once, so it "
+                             "serves no length but the input's (max_length is a decoder's)")
     stack = fit_stack(spec, shape)
     patterns = Patterns(stack, shape, block, params)
     context = getattr(model.config, "max_position_embeddings", None) or _PROBE_N
-    patterns.whole(min(_PROBE_N, context))  # a pattern that does not compile, or reads later keys
+    # a pattern that does not compile, or reads later keys
+    patterns.whole(max_length or min(_PROBE_N, context))
     previous = sparsified(model)
-    state = SparseAttention(stack, shape, backend, patterns, previous.saved if previous else Saved.of(model))
+    saved = previous.saved if previous else Saved.of(model, _HOOKS)
+    state = SparseAttention(stack, shape, backend, patterns, saved, max_length)
     _register()
     for module in (model, *attention_modules(model)):
         setattr(module, _STATE, state)
-    state.saved.keep_every_key(model)
+    _hook_generation(model, state)
     model.set_attn_implementation(NAME)
     if model.config._attn_implementation != NAME:  # transformers declined with a warning
         densify(model)
@@ -139,8 +212,43 @@ def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
     return model
 
 
+def _hook_generation(model, state: SparseAttention) -> None:
+    """Give the model's ``generate()`` the length it serves, and a ``PatternCache`` by default."""
+    cls = type(model)
+
+    def generate(*args, **kwargs):
+        state.generations.append(None)  # set once generate() knows its length (below)
+        try:
+            return cls.generate(model, *args, **kwargs)
+        finally:
+            state.generations.pop()
+
+    def prepare_cache(generation_config, model_kwargs, generation_mode, batch_size, max_cache_length):
+        length = max_cache_length + 1  # the prompt and every new token
+        if state.max_length is not None and length > state.max_length:
+            raise ModelError(f"a generation of {length:,} tokens (prompt and max_new_tokens) is longer than "
+                             f"max_length = {state.max_length:,}, declared in sparsify")
+        if state.generations:
+            state.generations[-1] = length
+        served = state.max_length or length
+        own = model_kwargs.get("cache")
+        if isinstance(own, PatternCache):
+            own.check(model, length)
+        elif own is None and generation_config.use_cache is not False \
+                and generation_config.cache_implementation in (None, "dynamic"):
+            model_kwargs["cache"] = PatternCache(model, served)
+            if generation_config.prefill_chunk_size is None:  # this generation's copy of the config
+                generation_config.prefill_chunk_size = PREFILL_CHUNK
+            return None
+        return cls._prepare_cache_for_generation(model, generation_config, model_kwargs, generation_mode,
+                                                 batch_size, max_cache_length)
+
+    model.__dict__["generate"] = generate
+    model.__dict__["_prepare_cache_for_generation"] = prepare_cache
+
+
 def densify(model):
-    """Give ``model`` back its own attention and cache settings, exactly as before ``sparsify``;
+    """Give ``model`` back its own attention and generation, exactly as before ``sparsify``;
     returns the model.
 
     >>> densify(sparsify(model, "causal & window(64)"))   # doctest: +SKIP
