@@ -9,6 +9,8 @@ process is what is attacked; every wait has a deadline and every child is killed
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import pathlib
 import sqlite3
@@ -24,8 +26,10 @@ from searchconf import objects, tiny
 
 from search.accounting import account, counted
 from search.errors import StorageError
-from search.record import REFERENCE
+from search.record import FIDELITY, REFERENCE
+from search.report import write_report
 from search.study import run_search
+from tests.test_report import SPACE, _study, _trial
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEADLINE = 300  # seconds for one search process, on a slow shared machine
@@ -186,3 +190,36 @@ def _running(url: str) -> bool:
         return any(t.state == TrialState.RUNNING for t in only_study(url).get_trials(deepcopy=False))
     except Exception:  # no tables or no study yet
         return False
+
+
+# ---- what the report may recommend -----------------------------------------------------------------
+
+def _fidelity(trial, fidelity: str):
+    trial.user_attrs[FIDELITY] = fidelity
+    return trial
+
+
+def test_a_checkpoint_score_is_never_recommended(tmp_path):
+    """The repro of issue 23 item 3 (``task.train.screen=0.5 task.train.promote_within=0``): a trial
+    stopped at its checkpoint scored 0.252 on half the budget, every fully trained one 0.227. Its
+    score stands beside no full one: not the best accuracy, not the cheapest near it, not on the
+    front; trials.csv and report.html say which scores are checkpoint scores."""
+    full = [_fidelity(_trial(f"causal & window({w})", 0.227, cost, params={"w": w}), "full")
+            for w, cost in ((64, 0.30), (128, 0.45))]
+    screened = _fidelity(_trial("causal & window(32)", 0.252, 0.20, params={"w": 32}), "screen")
+    report = write_report(_study(*full, screened), SPACE, tmp_path, "mqar")
+    summary = report.summary_md.read_text()
+    assert "trial 2" not in summary and "0.252" not in summary, summary
+    for fact in ("Best accuracy: trial 0 `causal & window(64)`: accuracy 0.227",
+                 "Best feasible accuracy: trial 0",
+                 "Cheapest feasible within 0.02 of the best accuracy: trial 0",
+                 "Stopped at the checkpoint (task.train.screen): 1 trial"):
+        assert fact in summary, summary
+    assert [t.number for t in report.front] == [0]
+    rows = list(csv.DictReader(report.trials_csv.open(encoding="utf-8")))
+    assert [r["fidelity"] for r in rows] == ["full", "full", "checkpoint"]
+    assert [r["number"] for r in csv.DictReader(report.pareto_csv.open(encoding="utf-8"))] == ["0"]
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    data = json.loads(page.split('id="report-data">')[1].split("</script>")[0])
+    assert [(t["fidelity"], t["front"]) for t in data["trials"]] == [("full", 1), ("full", None),
+                                                                     ("checkpoint", None)]
