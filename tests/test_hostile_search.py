@@ -91,15 +91,44 @@ def test_kill_9_at_every_step_loses_nothing(tmp_path):
     assert all(trials[n].state == TrialState.COMPLETE for n in kept)
 
 
-@pytest.mark.parametrize("override, message", [
-    pytest.param("kernel.backend=cuda_magic", "kernel.backend must be one of reference", id="backend"),
-    pytest.param("task.model.d_model=0", "task.model.d_model must be an integer >= 2", id="d_model"),
-    pytest.param("search.timeout=-10", "search.timeout must be null (no limit) or a positive", id="timeout"),
+@pytest.mark.parametrize("overrides, message", [
+    pytest.param(["kernel.backend=cuda_magic"], "kernel.backend must be one of reference", id="backend"),
+    pytest.param(["task.model.d_model=0"], "task.model.d_model must be an integer >= 2", id="d_model"),
+    pytest.param(["search.timeout=-10"], "search.timeout must be null (no limit) or a positive",
+                 id="timeout"),
+    # a decode step at position 0 has no cached key to time: it passed start-up, then failed every trial
+    pytest.param(["kernel.phase=decode", "kernel.context=0"], "kernel.context must be null (the last "
+                 "position, target.n - 1) or an integer >= 1", id="context-0"),
+    pytest.param(["space.kv_budget=nan"], "space.kv_budget is a fraction of a dense KV cache's bytes in "
+                 "(0, 1], or null for no budget, got nan", id="kv-nan"),
+    pytest.param(["space.kv_budget=0"], "space.kv_budget is a fraction", id="kv-0"),
+    pytest.param(["space.kv_budget=-1"], "space.kv_budget is a fraction", id="kv-negative"),
 ])
-def test_bad_values_exit_2_before_any_trial(tmp_path, override, message):
-    run = search_cli(tmp_path, f"search.storage=sqlite:///{tmp_path / 's.db'}", override)
+def test_bad_values_exit_2_before_any_trial(tmp_path, overrides, message):
+    run = search_cli(tmp_path, f"search.storage=sqlite:///{tmp_path / 's.db'}", *overrides)
     assert_clear_error(run, message)
     assert not (tmp_path / "s.db").exists()  # refused before the study was opened
+
+
+@pytest.mark.parametrize("storage", [
+    pytest.param(None, id="sqlite"),  # the issue's: 1,000 configs composed before the storage was checked
+    pytest.param("postgresql+psycopg2://user:password@127.0.0.1:9/db", id="server"),  # never reached
+])
+def test_a_thousand_workers_are_refused_at_once(tmp_path, storage):
+    command = [sys.executable, "-m", "search", "-m", "experiment=tiny", "search.workers=1000",
+               *([f"search.storage={storage}"] if storage else []), f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(HERE.parent)}, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)  # start-up is seconds; composing 1,000 jobs took minutes
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert_clear_error(subprocess.CompletedProcess(command, proc.returncode, out, err),
+                       "search.workers must be an integer in [1, 64] (each worker is a job")
+    assert not (tmp_path / "sweep").exists()  # no job was launched
 
 
 def _damaged(path: pathlib.Path) -> None:
