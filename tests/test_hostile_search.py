@@ -10,6 +10,8 @@ process is what is attacked; every wait has a deadline and every child is killed
 from __future__ import annotations
 
 import csv
+import dataclasses
+import html
 import json
 import os
 import pathlib
@@ -252,3 +254,23 @@ def test_a_checkpoint_score_is_never_recommended(tmp_path):
     data = json.loads(page.split('id="report-data">')[1].split("</script>")[0])
     assert [(t["fidelity"], t["front"]) for t in data["trials"]] == [("full", 1), ("full", None),
                                                                      ("checkpoint", None)]
+
+
+MARKERS = " ".join(f"__{name}__" for name in ("DATA", "TITLE", "JS", "CSS"))
+
+
+def test_template_markers_in_names_leave_report_html_intact(tmp_path):
+    """``__DATA__`` in a space's name (the page's title), a task's name, a classic pattern's name or a
+    trial's expression is text: the page's data parses back whole and its script is there once."""
+    space = dataclasses.replace(SPACE, name=MARKERS)
+    trials = [_trial(f"causal & window(64) {MARKERS}", 0.6, 0.4, reference=MARKERS),  # off the front
+              _trial("causal & window(32)", 0.7, 0.3, params={"w": 32})]
+    write_report(_study(*trials), space, tmp_path, MARKERS)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    data = json.loads(page.split('id="report-data">')[1].split("</script>")[0])
+    title = f"{MARKERS} on {MARKERS}: accuracy vs measured cost at target.n={SPACE.target.n}"
+    assert (data["title"], data["task"], data["space"]) == (title, MARKERS, MARKERS)
+    assert [(t["reference"], t["expression"]) for t in data["trials"]] == [
+        (MARKERS, f"causal & window(64) {MARKERS}"), (None, "causal & window(32)")]
+    assert f"<title>{html.escape(title)}</title>" in page and f"<h1>{html.escape(title)}</h1>" in page
+    assert page.count("<script") == 2 and page.count("const DATA = JSON.parse(") == 1
