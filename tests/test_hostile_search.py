@@ -15,11 +15,14 @@ import html
 import json
 import os
 import pathlib
+import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pgserver
 import pytest
@@ -274,3 +277,151 @@ def test_template_markers_in_names_leave_report_html_intact(tmp_path):
         (MARKERS, f"causal & window(64) {MARKERS}"), (None, "causal & window(32)")]
     assert f"<title>{html.escape(title)}</title>" in page and f"<h1>{html.escape(title)}</h1>" in page
     assert page.count("<script") == 2 and page.count("const DATA = JSON.parse(") == 1
+
+
+# ---- task=calibrate: a model directory and token files from elsewhere ------------------------------
+
+GENERATOR = {"pairs": 4, "keys": 8, "values": 8, "distances": [2, 16, 64]}  # MQAR's vocabulary: 17
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> pathlib.Path:
+    """A tiny random Llama (2 layers, width 32) as save_pretrained writes it."""
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path_factory.mktemp("saved") / "model"
+    _llama(transformers, hidden_size=32).save_pretrained(path)
+    return path
+
+
+def _llama(transformers, hidden_size: int):
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=17, hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256))
+
+
+def _calibration(model: pathlib.Path, **changes):
+    from search.calibrate import CalibrateConfig
+
+    return CalibrateConfig(**{"model": str(model), "n": 64, "generator": dict(GENERATOR), "sequences": 2,
+                              "threads": 1, **changes})
+
+
+def _more_layers(model: pathlib.Path) -> None:
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+
+
+def _other_width(model: pathlib.Path) -> None:
+    import transformers
+
+    wide = model.parent / "wide"
+    _llama(transformers, hidden_size=48).save_pretrained(wide)
+    (wide / "model.safetensors").replace(model / "model.safetensors")
+
+
+def _extra_tensor(model: pathlib.Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(model / "model.safetensors")
+    save_file({**tensors, "extra.weight": torch.zeros(3)}, model / "model.safetensors",
+              metadata={"format": "pt"})
+
+
+class _Touch:
+    """Unpickled, it creates the file ``marker``: proof that a pickle ran."""
+
+    def __init__(self, marker: pathlib.Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _pickle_only(model: pathlib.Path) -> None:
+    import pickle
+
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(_Touch(model.parent / "pickle-ran")))
+
+
+def _missing_shard(model: pathlib.Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(model / "model.safetensors", "pt") as f:
+        names = list(f.keys())
+    (model / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {name: "model-00001-of-00002.safetensors" for name in names}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("craft, message", [
+    pytest.param(_more_layers, "lacks 9 tensors that its config.json (LlamaForCausalLM) needs, first "
+                 "model.layers.2.input_layernorm.weight", id="config-more-layers"),
+    pytest.param(lambda m: (m / "model.safetensors").unlink(), "holds no weights: no model.safetensors",
+                 id="no-weights"),
+    pytest.param(_other_width, "model.safetensors holds lm_head.weight of shape [17, 48], but its "
+                 "config.json (LlamaForCausalLM) needs [17, 32]", id="other-width"),
+    pytest.param(_extra_tensor, "model.safetensors holds extra.weight, which the model its config.json "
+                 "describes (LlamaForCausalLM) has no place for", id="unexpected-tensor"),
+    pytest.param(_pickle_only, "pytorch_model.bin is a pickle, which calibration never loads", id="pickle"),
+    pytest.param(lambda m: (m / "model.safetensors").write_bytes(os.urandom(4096)),
+                 "model.safetensors is not a safetensors file", id="not-safetensors"),
+    pytest.param(_missing_shard, "model-00001-of-00002.safetensors, named by", id="missing-shard"),
+])
+def test_a_model_directory_is_checked_against_its_config_at_start_up(saved_model, tmp_path, craft, message):
+    """Issue 23 item 9: weights that do not make the model config.json describes are refused before
+    anything loads, naming the file and the tensor; a pickle is never run."""
+    from search.calibrate import check_calibration
+    from search.errors import ConfigError
+
+    model = tmp_path / "model"
+    shutil.copytree(saved_model, model)
+    craft(model)
+    with pytest.raises(ConfigError) as refused:
+        check_calibration(_calibration(model))
+    assert message in str(refused.value) and f"task.model: {model}" in str(refused.value)
+    assert not (tmp_path / "pickle-ran").exists()
+
+
+def test_uint64_ids_are_shown_as_they_are(saved_model, tmp_path):
+    """Issue 23 item 14: an id of 2**64 - 1 in a uint64 file is named as such, not as -1."""
+    from search.calibrate import check_calibration
+    from search.errors import ConfigError
+
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.array([3, 2**64 - 1] * 64, dtype=np.uint64))
+    with pytest.raises(ConfigError, match=r"got ids from 3 to 18446744073709551615 in"):
+        check_calibration(_calibration(saved_model, data=str(ids)))
+
+
+def _claiming(path: pathlib.Path, ids: int) -> pathlib.Path:
+    """A 1 KB .npy file whose header claims ``ids`` int64 ids."""
+    header = {"descr": "<i8", "fortran_order": False, "shape": (ids,)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(bytes(1024))
+    return path
+
+
+@pytest.mark.parametrize("overrides, message", [
+    pytest.param(["task.sequences=100000000"],
+                 "task.sequences x task.n = 100,000,000 x 64 = 6,400,000,000 tokens is over", id="sequences"),
+    pytest.param(["task.data={tmp}/claims.npy"],
+                 "task.data: {tmp}/claims.npy: its header claims 10,000,000,000 ids of int64 (80,000,000,000 "
+                 "bytes), but the file holds 1,024 bytes of data", id="npy-header"),
+])
+def test_calibration_sizes_are_checked_before_allocating(saved_model, tmp_path, overrides, message):
+    """Under 2 GiB of address space, as the hostile suite promises: refused at start-up (exit 2,
+    naming the key or the file), not a MemoryError or a traceback for 74 GiB or 1.5 TiB."""
+    _claiming(tmp_path / "claims.npy", 10**10)
+    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    generator = "{" + ",".join(f"{k}:{v}".replace(" ", "") for k, v in GENERATOR.items()) + "}"
+    command = [sys.executable, "-m", "search", "mode=evaluate", "task=calibrate", f"task.model={saved_model}",
+               f"task.generator={generator}", "task.n=64", "task.sequences=2", "pattern.expr=causal",
+               *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    capped = 2 << 30
+    run = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(HERE.parent)}, stdin=subprocess.DEVNULL,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (capped, capped)))
+    assert_clear_error(run, message.replace("{tmp}", str(tmp_path)))
