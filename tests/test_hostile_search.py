@@ -306,9 +306,11 @@ def _calibration(model: pathlib.Path, **changes):
                               "threads": 1, **changes})
 
 
-def _more_layers(model: pathlib.Path) -> None:
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+def _config_with(**changes):
+    def craft(model: pathlib.Path) -> None:
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**config, **changes}))
+    return craft
 
 
 def _other_width(model: pathlib.Path) -> None:
@@ -356,8 +358,8 @@ def _missing_shard(model: pathlib.Path) -> None:
 
 
 @pytest.mark.parametrize("craft, message", [
-    pytest.param(_more_layers, "lacks 9 tensors that its config.json (LlamaForCausalLM) needs, first "
-                 "model.layers.2.input_layernorm.weight", id="config-more-layers"),
+    pytest.param(_config_with(num_hidden_layers=3), "lacks 9 tensors that its config.json (LlamaForCausalLM) "
+                 "needs, first model.layers.2.input_layernorm.weight", id="config-more-layers"),
     pytest.param(lambda m: (m / "model.safetensors").unlink(), "holds no weights: no model.safetensors",
                  id="no-weights"),
     pytest.param(_other_width, "model.safetensors holds lm_head.weight of shape [17, 48], but its "
@@ -368,6 +370,12 @@ def _missing_shard(model: pathlib.Path) -> None:
     pytest.param(lambda m: (m / "model.safetensors").write_bytes(os.urandom(4096)),
                  "model.safetensors is not a safetensors file", id="not-safetensors"),
     pytest.param(_missing_shard, "model-00001-of-00002.safetensors, named by", id="missing-shard"),
+    pytest.param(_config_with(num_hidden_layers=10**6), "its config.json claims 1,000,000 layers "
+                 "(num_hidden_layers) but model.safetensors holds 21 tensors in all",
+                 id="config-million-layers"),
+    pytest.param(_config_with(pad_token_id=99), "its config.json describes no causal language model "
+                 "transformers can build (AssertionError: Padding_idx must be within num_embeddings)",
+                 id="config-unbuildable"),
 ])
 def test_a_model_directory_is_checked_against_its_config_at_start_up(saved_model, tmp_path, craft, message):
     """Issue 23 item 9: weights that do not make the model config.json describes are refused before
