@@ -43,6 +43,7 @@ import torch
 import patternc
 from patternc import CompiledPattern, resolve_device
 from search.calibrate_data import CalibrationData, load_data
+from search.calibrate_weights import check_weights
 from search.config import DTYPES, ModelConfig, SpaceConfig
 from search.errors import ConfigError
 from search.evaluate import EvalResult, _threads, resolve_pattern
@@ -81,6 +82,11 @@ def calibration_task(task: Any) -> bool:
 
 def _model_config(cfg: CalibrateConfig, prefix: str):
     """The model's text config (layers, heads, vocabulary), read without loading the weights."""
+    return _full_config(cfg, prefix).get_text_config(decoder=True)
+
+
+def _full_config(cfg: CalibrateConfig, prefix: str):
+    """The model directory's whole transformers config (``config.json``)."""
     from transformers import AutoConfig
 
     if not cfg.model or not os.path.isfile(os.path.join(cfg.model, "config.json")):
@@ -91,7 +97,7 @@ def _model_config(cfg: CalibrateConfig, prefix: str):
     except (OSError, ValueError) as error:
         raise ConfigError(f"{prefix}model: {cfg.model} holds no readable transformers config: "
                           f"{error}") from None
-    return config.get_text_config(decoder=True)
+    return config
 
 
 def _shape(config) -> dict[str, int]:
@@ -102,8 +108,9 @@ def _shape(config) -> dict[str, int]:
 
 
 def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool = True) -> None:
-    """Every value of ``cfg`` before any work: the settings, the model directory and the data
-    (its dtype, its length against ``n``, its ids against the model's vocabulary)."""
+    """Every value of ``cfg`` before any work: the settings, the model directory (its weights
+    against its config, ``search.calibrate_weights``) and the data (its size, its dtype, its length
+    against ``n``, its ids against the model's vocabulary)."""
     from patternc.hf import BACKENDS
 
     def count(low: int):
@@ -120,11 +127,13 @@ def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool
             raise ConfigError(f"{prefix}{key} must be {needs}, got {getattr(cfg, key)!r}")
     if devices:
         resolve_device(cfg.device, where=f"{prefix}device")
-    config = _model_config(cfg, prefix)
+    full = _full_config(cfg, prefix)
+    config = full.get_text_config(decoder=True)
     context = getattr(config, "max_position_embeddings", None)
     if context is not None and cfg.n > context:
         raise ConfigError(f"{prefix}n = {cfg.n} is longer than the model's context "
                           f"(config.max_position_embeddings = {context} in {cfg.model})")
+    check_weights(cfg.model, full, prefix)
     calibration_data(cfg, config.vocab_size, seed=0)
 
 
@@ -155,7 +164,9 @@ def check_calibration_space(cfg: CalibrateConfig, space: SpaceConfig) -> None:
 def _model(path: str, dtype: str, device: str):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True)
+    # safetensors only: check_weights has compared them with config.json, and a pickle is never opened
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True,
+                                                 use_safetensors=True)
     return model.to(device).eval()
 
 

@@ -229,7 +229,7 @@ class KernelConfig:
     # prefill: the whole sequence at target.n; decode: one decode step at position `context`
     # (default target.n - 1) over a cache that keeps what the pattern reads, against dense decode
     phase: str = "prefill"
-    context: int | None = None
+    context: int | None = None  # >= 1: the step reads the keys cached before it
 
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")  # search.sampler (search.study.make_sampler builds them)
@@ -252,7 +252,7 @@ class SearchConfig:
     references: bool = True  # enqueue the space's classic patterns as the first trials
     timeout: float | None = None  # seconds for this worker, or None
     max_rejected: int = 500  # rejected candidates in this worker before it gives up on the space
-    workers: int = 1  # workers sharing the study; with -m, the launcher starts this many jobs
+    workers: int = 1  # workers sharing the study (at most 64); with -m, the launcher starts this many jobs
     worker: int = 0  # this worker's index in [0, workers): its seed stream (set per job with -m)
     storage_retry: float = 60  # seconds a worker keeps retrying a lost database server before giving up
 

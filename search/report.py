@@ -49,8 +49,8 @@ from search.config import SpaceConfig
 from search.pareto import dominated_pairs, pareto_front
 from search.report_html import write_report_html
 
-__all__ = ["Report", "feasible", "front_trials", "pareto_figure", "pareto_markdown", "scored",
-           "summary_markdown", "trial_rows", "write_report"]
+__all__ = ["Report", "comparable", "feasible", "fidelity", "front_trials", "pareto_figure", "pareto_markdown",
+           "scored", "summary_markdown", "trial_rows", "write_report"]
 
 _STAGES = ("compile", "reach", "cost", "train")  # the objective's stages, in the order they run
 
@@ -84,10 +84,26 @@ def scored(trial: FrozenTrial) -> bool:
             and all(math.isfinite(v) for v in trial.values))
 
 
+def fidelity(trial: FrozenTrial) -> str | None:
+    """At what budget a scored trial's accuracy was measured: ``"full"``, or ``"checkpoint"`` for a
+    trial that screening stopped there (``task.train.screen``); None for a trial without a score.
+    A scored trial that records no fidelity trained in full (studies from before screening).
+    """
+    if not scored(trial):
+        return None
+    return "checkpoint" if trial.user_attrs.get(R.FIDELITY) == "screen" else "full"
+
+
+def comparable(trial: FrozenTrial) -> bool:
+    """The one rule for what the report may compare and recommend: a scored trial trained in full.
+    A checkpoint score was measured on part of the budget (it can beat every full one, or trail
+    them), so it stands beside none: never on the front, never the best, never dominating."""
+    return fidelity(trial) == "full"
+
+
 def front_trials(trials: list[FrozenTrial], directions: Sequence[str] = R.DIRECTIONS) -> list[FrozenTrial]:
-    """The Pareto front among scored feasible trials trained in full, cheapest first (ties: more
-    accurate first). A screened trial (stopped at the checkpoint, ``fidelity: screen``) was judged
-    off the front there, and its checkpoint accuracy cannot stand beside full budgets.
+    """The Pareto front among ``comparable`` feasible trials, cheapest first (ties: more accurate
+    first). A screened trial was judged off the front at its checkpoint.
 
     >>> from optuna.trial import create_trial
     >>> trials = [create_trial(values=v) for v in ([0.9, 1.0], [0.8, 0.3], [0.7, 0.5], [0.6, 0.2])]
@@ -95,7 +111,7 @@ def front_trials(trials: list[FrozenTrial], directions: Sequence[str] = R.DIRECT
     >>> [t.values for t in front_trials(trials)]  # [0.7, 0.5] is dominated by [0.8, 0.3]
     [[0.6, 0.2], [0.8, 0.3], [0.9, 1.0]]
     """
-    pool = [t for t in trials if scored(t) and feasible(t) and t.user_attrs.get(R.FIDELITY) != "screen"]
+    pool = [t for t in trials if comparable(t) and feasible(t)]
     front = [pool[i] for i in pareto_front([t.values for t in pool], directions)]
     return sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
 
@@ -123,10 +139,10 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
     >>> trial = create_trial(values=[0.8, 0.3], user_attrs={"expression": "causal & window(ceil($w * n))"},
     ...                      params={"w": 0.1}, distributions={"w": FloatDistribution(0, 1)})
     >>> columns, rows = trial_rows([trial])
-    >>> columns[:8]
-    ['number', 'state', 'reference', 'status', 'expression', 'param_w', 'accuracy', 'cost']
-    >>> rows[0]["param_w"], rows[0]["accuracy"], rows[0]["feasible"], rows[0]["density"]
-    (0.1, 0.8, True, '')
+    >>> columns[:9]
+    ['number', 'state', 'reference', 'status', 'expression', 'param_w', 'accuracy', 'fidelity', 'cost']
+    >>> rows[0]["param_w"], rows[0]["accuracy"], rows[0]["fidelity"], rows[0]["feasible"], rows[0]["density"]
+    (0.1, 0.8, 'full', True, '')
     """
     params = sorted({p for t in trials for p in t.params})
     constraints = sorted({c for t in trials for c in t.constraints})
@@ -134,7 +150,7 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
     stages = _ordered([s for t in trials for s in t.user_attrs.get(R.DURATIONS) or {}], _STAGES)
     columns = (["number", "state", "reference", "status", "expression"]
                + [f"param_{p}" for p in params]
-               + ["accuracy", "cost", "density", "mixing_depth", "feasible"]
+               + ["accuracy", "fidelity", "cost", "density", "mixing_depth", "feasible"]
                + [f"constraint_{c}" for c in constraints] + ["rejected_reason"]
                + [f"bucket_{b}" for b in buckets] + [f"seconds_{s}" for s in stages]
                + ["worker", "datetime_start", "datetime_complete"])
@@ -143,7 +159,8 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
         a = t.user_attrs
         row = {"number": t.number, "state": t.state.name, "reference": a.get(R.REFERENCE),
                "status": a.get(R.STATUS), "expression": a.get(R.EXPRESSION),
-               "accuracy": t.values[0] if t.values else a.get(R.ACCURACY), "cost": _cost(t),
+               "accuracy": t.values[0] if t.values else a.get(R.ACCURACY), "fidelity": fidelity(t),
+               "cost": _cost(t),
                "density": a.get(R.DENSITY), "mixing_depth": a.get(R.MIXING_DEPTH),
                "feasible": feasible(t), "rejected_reason": a.get(R.REJECTED),
                "worker": (a.get(R.WORKER) or {}).get("index"),
@@ -197,7 +214,8 @@ def _pattern_files(trial: FrozenTrial, rank: str, study: str, space: SpaceConfig
 
 def pareto_figure(trials: list[FrozenTrial], front: list[FrozenTrial], title: str) -> Figure:
     """Accuracy against measured cost: feasible trials grey, infeasible hollow, references labelled,
-    the front as a step line (the best accuracy any budget up to that cost buys).
+    trials stopped at the checkpoint as crosses (their accuracy is not a full budget's), the front
+    as a step line (the best accuracy any budget up to that cost buys).
 
     >>> from optuna.trial import create_trial
     >>> trials = [create_trial(values=v) for v in ([0.9, 1.0], [0.8, 0.3], [0.6, 0.2])]
@@ -219,9 +237,14 @@ def pareto_figure(trials: list[FrozenTrial], front: list[FrozenTrial], title: st
                         "label": "classic, infeasible (over budget or no mixing)"},
     }
     for (ref, ok), style in groups.items():
-        members = [t for t in pts if bool(t.user_attrs.get(R.REFERENCE)) == ref and bool(feasible(t)) == ok]
+        members = [t for t in pts if comparable(t) and bool(t.user_attrs.get(R.REFERENCE)) == ref
+                   and bool(feasible(t)) == ok]
         if members:
             ax.scatter([t.values[1] for t in members], [t.values[0] for t in members], zorder=2, **style)
+    stopped = [t for t in pts if not comparable(t)]
+    if stopped:
+        ax.scatter([t.values[1] for t in stopped], [t.values[0] for t in stopped], zorder=2, s=24, marker="x",
+                   color="0.6", label="stopped at the checkpoint (accuracy on part of the budget)")
     for t in pts:
         if t.user_attrs.get(R.REFERENCE):
             ax.annotate(t.user_attrs[R.REFERENCE], (t.values[1], t.values[0]), xytext=(5, -10),
@@ -337,11 +360,17 @@ def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[Fro
                                          if trials else ""),
              "Status: " + (", ".join(f"{s} {k}" for s, k in sorted(statuses.items())) or "none recorded"),
              *_rejections(trials)]
-    pool = [t for t in trials if scored(t)]
+    pool = [t for t in trials if comparable(t)]
     good = [t for t in pool if feasible(t)]
+    stopped = sum(fidelity(t) == "checkpoint" for t in trials)
+    if stopped:
+        facts.append(f"Stopped at the checkpoint (task.train.screen): {stopped} trial{'s' * (stopped > 1)}, "
+                     "scored on part of the budget and compared with no fully trained one (the fidelity "
+                     "column of trials.csv).")
     beats = []
     if not good:
-        facts.append("No feasible trial has finished: no Pareto front, no pattern files.")
+        facts.append("No feasible trial has finished" + (" its full training" if stopped else "")
+                     + ": no Pareto front, no pattern files.")
     else:
         best = max(pool, key=lambda t: (t.values[0], -t.values[1]))  # infeasible references count: dense
         near = [t for t in good if t.values[0] >= best.values[0] - tolerance]
@@ -393,7 +422,7 @@ def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path,
     trials = study.get_trials(deepcopy=False)
     front = front_trials(trials, directions)
     on_front = {t.number for t in front}
-    refs = [t for t in trials if scored(t) and t.user_attrs.get(R.REFERENCE) and t.number not in on_front]
+    refs = [t for t in trials if comparable(t) and t.user_attrs.get(R.REFERENCE) and t.number not in on_front]
     dominated: dict[int, list[str]] = collections.defaultdict(list)
     for i, j in dominated_pairs([t.values for t in front], [t.values for t in refs], directions):
         dominated[front[i].number].append(refs[j].user_attrs[R.REFERENCE])

@@ -38,13 +38,13 @@ __all__ = ["write_report_html"]
 
 
 def _point(t: FrozenTrial, page: str | None, front_rank: int | None) -> dict:
-    from search.report import feasible  # here: search.report imports this module
+    from search.report import feasible, fidelity  # here: search.report imports this module
 
     a = t.user_attrs
     values = t.values or [a.get(R.ACCURACY), (a.get(R.COST) or {}).get("ratio")]
     return {"number": t.number, "state": t.state.name, "reference": a.get(R.REFERENCE),
             "status": a.get(R.STATUS), "expression": a.get(R.EXPRESSION), "params": dict(t.params),
-            "accuracy": values[0], "cost": values[1], "density": a.get(R.DENSITY),
+            "accuracy": values[0], "fidelity": fidelity(t), "cost": values[1], "density": a.get(R.DENSITY),
             "mixing_depth": a.get(R.MIXING_DEPTH), "buckets": a.get(R.BUCKETS) or {},
             "feasible": feasible(t), "rejected": a.get(R.REJECTED), "front": front_rank, "page": page}
 

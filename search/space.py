@@ -82,6 +82,12 @@ def check_space(space: SpaceConfig) -> None:
     if not 0 < space.density_budget <= 1:
         raise StackError(f"space.density_budget is a fraction of dense causal's block density in (0, 1], "
                          f"got {space.density_budget}", where=where)
+    # NaN, 0 or below would leave no trial feasible (an empty front); NaN fails 0 < budget too
+    budget = space.kv_budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget <= 1):
+        raise StackError(f"space.kv_budget is a fraction of a dense KV cache's bytes in (0, 1], or null for "
+                         f"no budget, got {budget}", where=where)
     for name, ref in space.references.items():
         if not isinstance(ref, dict) or set(ref) - {"params", "layers", "heads", "expr", "cites"} or (
                 "expr" in ref) == ("params" in ref):

@@ -45,6 +45,7 @@ def _optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 AT_LEAST_1 = (_int(1), "an integer >= 1")
 ATTENTION = ("auto", "kernel", "sdpa", "flex")  # patternc.nn's backends (search.model.attention_backend)
+MAX_WORKERS = 64  # search.workers: see its rule
 SEED = (_int(0, 2**32 - 1), "an integer in [0, 2**32) (numpy and Optuna seed their generators with it)")
 
 MODEL_RULES = [
@@ -75,7 +76,9 @@ TRAIN_RULES = [
 ]
 KERNEL_RULES = [
     ("phase", lambda v: v in ("prefill", "decode"), "one of prefill, decode"),
-    ("context", _optional(_int(0)), "null (the last position, target.n - 1) or an integer >= 0"),
+    # a decode step at position 0 reads no cached key: there is nothing to time against dense decode
+    ("context", _optional(_int(1)), "null (the last position, target.n - 1) or an integer >= 1 (the "
+     "decode step's position: it reads the keys cached before it)"),
     ("dtype", lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
     ("batch", *AT_LEAST_1),
     ("repeats", *AT_LEAST_1),
@@ -89,7 +92,9 @@ SEARCH_RULES = [
     ("retries", _int(0), "an integer >= 0"),
     ("timeout", _optional(_real(lambda v: v > 0)), "null (no limit) or a positive number of seconds"),
     ("max_rejected", *AT_LEAST_1),
-    ("workers", *AT_LEAST_1),
+    ("workers", _int(1, MAX_WORKERS), f"an integer in [1, {MAX_WORKERS}] (each worker is a job whose config "
+     f"is composed and checked before any starts, and holds its own connections to the study's database, "
+     f"which PostgreSQL serves 100 of by default)"),
     ("worker", _int(0), "an integer >= 0"),
     ("storage_retry", _real(lambda v: v >= 0), "a number of seconds >= 0"),
 ]

@@ -25,7 +25,7 @@ import logging
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import optuna
@@ -52,19 +52,22 @@ def with_workers(config: DictConfig, arguments: list[str]) -> list[str]:
     return [*arguments, f"search.worker=range({config.search.workers})"]
 
 
-def job_configs(sweeper, arguments: list[str]) -> list[DictConfig]:
-    """The composed config of every job the arguments sweep, as the launcher will compose them."""
+def job_configs(sweeper, arguments: list[str]) -> Iterator[DictConfig]:
+    """The composed config of every job the arguments sweep, as the launcher will compose them, one
+    at a time: a fault in the first job is found before the others are composed (tenths of a
+    second each)."""
     loader = sweeper.hydra_context.config_loader
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    batches = sweeper.split_arguments(overrides, None)
-    return [loader.load_sweep_config(sweeper.config, list(job)) for batch in batches for job in batch]
+    for batch in sweeper.split_arguments(overrides, None):
+        for job in batch:
+            yield loader.load_sweep_config(sweeper.config, list(job))
 
 
 def _objects(cfg: DictConfig) -> list:
     return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]
 
 
-def _shared_studies(configs: list[DictConfig]) -> dict[str, DictConfig]:
+def _shared_studies(configs: Iterable[DictConfig]) -> dict[str, DictConfig]:
     """Check every search job, and that jobs naming one study define it alike; the studies that
     several workers share, by storage and name (one job's config each)."""
     shared: dict[str, DictConfig] = {}

@@ -9,14 +9,18 @@ argparse's message naming the option) or a correct result: never a traceback, a 
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
 import pytest
 
 import patternc
+from patternc.explore import explorer_html, page_data
+from patternc.explore.html import SCRIPTS, static_text
 from patternc.export.file import pack, write
 from tests.bounded import SECONDS, run_bounded
+from tests.explore_pages import page_json
 
 HUGE = "9" * 400  # beyond float range
 HUGER = "9" * 5000  # beyond Python's default int/str conversion limit (4300 digits)
@@ -170,3 +174,32 @@ def test_stack_limits_hold_in_python_too():
         patternc.Stack("causal", layers=10**5, heads=10**5)
     with pytest.raises(patternc.PatternSizeError, match="blocks stored by all"):
         patternc.compile("all", n=2**21)
+
+
+# ---- the explorer page: template markers in what a user writes ----------------------------------------
+
+MARKERS = " ".join(f"__{name}__" for name in ("DATA", "JS", "CSS", "TITLE", "SUBTITLE", "N", "VERSION"))
+
+
+@pytest.mark.parametrize("field", ["title", "expression", "description", "file name"])
+def test_template_markers_in_user_text_leave_the_explorer_page_intact(tmp_path, field):
+    """The page's template is filled once: ``__DATA__`` or ``__JS__`` in a title, an expression (a
+    ``$parameter`` may be called that), a description or a stack file's name is text, not a place
+    for the data or the scripts."""
+    expr = "causal & (window($__DATA__) | sink($__JS__))" if field == "expression" else "causal & window(8)"
+    stack = {"layers": 2, "heads": 2, "block": 16, "default": expr,
+             "params": {"__DATA__": 8, "__JS__": 2} if field == "expression" else {},
+             "description": MARKERS if field == "description" else "a window"}
+    path = tmp_path / (f"{MARKERS}.yaml" if field == "file name" else "window.yaml")
+    path.write_text(json.dumps(stack), encoding="utf-8")  # JSON is YAML
+    cp = patternc.compile(path, n=64)
+    title = MARKERS if field == "title" else None
+    text = explorer_html(cp, title=title)
+    expected = json.loads(json.dumps(page_data(cp, title=title)))
+    assert page_json(text) == expected
+    assert f"<h1>{html.escape(expected['title'])}</h1>" in text
+    if field == "description":
+        assert html.escape(MARKERS) in text.split("<h1>")[1].split("</p>")[0]  # in the subtitle
+    for name in SCRIPTS:  # every script once, where the template puts it
+        assert text.count(static_text(name)) == 1, name
+    assert text.count(static_text("explorer.css")) == 1 and text.count("<script") == 2

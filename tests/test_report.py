@@ -158,8 +158,9 @@ def test_trials_csv(report):
     assert len(rows) == len(TRIALS)
     columns = list(rows[0])
     assert columns == ["number", "state", "reference", "status", "expression", "param_g", "param_w",
-                       "accuracy", "cost", "density", "mixing_depth", "feasible", "constraint_density",
-                       "constraint_mixing", "rejected_reason", *(f"bucket_{b}" for b in BUCKETS),
+                       "accuracy", "fidelity", "cost", "density", "mixing_depth", "feasible",
+                       "constraint_density", "constraint_mixing", "rejected_reason",
+                       *(f"bucket_{b}" for b in BUCKETS),
                        "seconds_compile", "seconds_reach", "seconds_cost", "seconds_train",
                        "worker", "datetime_start", "datetime_complete"]
     assert [r["state"] for r in rows].count("PRUNED") == 3

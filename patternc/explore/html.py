@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -36,15 +37,25 @@ def _json_for_script(data: dict) -> str:
     return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
 
 
+_MARKER = re.compile(r"__([A-Z]+)__")  # __TITLE__, __DATA__, ... in a page template
+
+
 def fill_template(template: str, values: dict[str, str]) -> str:
-    """Replace each ``__NAME__`` of the template once; values are inserted as given."""
-    out = template
-    for name, value in values.items():
-        marker = f"__{name}__"
-        if marker not in out:
-            raise KeyError(f"the template has no {marker}")
-        out = out.replace(marker, value)
-    return out
+    """Replace every ``__NAME__`` marker of the template by ``values[NAME]``, as given, in one pass
+    over the template: a value is never searched for markers, so a title, an expression or a file
+    name that holds ``__DATA__`` stays text. A marker without a value, or a value without a marker,
+    is a ``KeyError`` (the template and its caller out of step).
+
+    >>> fill_template("<h1>__TITLE__</h1><p>__DATA__</p>", {"TITLE": "__DATA__", "DATA": "1"})
+    '<h1>__DATA__</h1><p>1</p>'
+    """
+    names = set(_MARKER.findall(template))
+    if names != set(values):
+        missing, unused = sorted(names - set(values)), sorted(set(values) - names)
+        raise KeyError("the template and its values differ: "
+                       + "; ".join([*(f"no value for __{n}__" for n in missing),
+                                    *(f"the template has no __{n}__" for n in unused)]))
+    return _MARKER.sub(lambda m: values[m.group(1)], template)
 
 
 def explorer_html(cp: CompiledPattern, layer: int = 0, head: int = 0, title: str | None = None,
