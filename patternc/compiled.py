@@ -38,7 +38,7 @@ from patternc.lower.bind import Scope, lower
 from patternc.lower.grid import FULL, PARTIAL, Grid
 from patternc.lower.node import Lowered, stored_masks
 from patternc.primitives.random_blocks import drawn_on_blocks
-from patternc.stack import Stack, as_stack, check_params, parse_block
+from patternc.stack import Stack, as_stack, check_params, params_key, parse_block
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -439,7 +439,8 @@ def compile(spec: str | os.PathLike | ast.Pattern | Stack, n: int,
     bound = dict(stack.params)
     bound.update(check_params(params or {}))
     shape = block_shape(stack, int(n), block)
-    return _compile(stack, int(n), shape, tuple(sorted(bound.items())), int(first_query))
+    pairs = tuple(sorted(bound.items()))
+    return _compile(stack, int(n), shape, pairs, int(first_query), params_key(pairs))
 
 
 def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | None = None) -> tuple[int, int]:
@@ -474,8 +475,10 @@ def clear_cache() -> None:
 
 
 @lru_cache(maxsize=8)
-def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple, first_query: int = 0,
-             ) -> CompiledPattern:
+def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple, first_query: int,
+             key: tuple) -> CompiledPattern:
+    # ``key`` is ``params_key(params)``, read by the cache alone: ``params`` compare equal across
+    # types (10**16 == 1e16) that evaluate differently
     bound = dict(params)
     unused = sorted(set(bound) - _used_params(stack) - {name for name, _ in stack.params})
     if unused:

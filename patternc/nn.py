@@ -36,7 +36,7 @@ from torch import nn
 from patternc.compiled import CompiledPattern, compile
 from patternc.errors import KernelInputError, brief
 from patternc.kernels import block_sparse_attention, compiled_flex
-from patternc.stack import Stack
+from patternc.stack import Stack, check_params, params_key
 
 __all__ = ["BACKENDS", "SparseAttention", "sparse_attention"]
 
@@ -51,16 +51,16 @@ def _pattern(pattern, n: int, block, params) -> CompiledPattern:
                                    "pass the pattern itself to compile it at each length")
         return pattern
     if isinstance(pattern, (str, os.PathLike, Stack)):
-        bound = tuple(sorted((name, tuple(v) if isinstance(v, list) else v)
-                             for name, v in (params or {}).items()))  # hashable, for the cache
-        key = os.fspath(pattern) if isinstance(pattern, os.PathLike) else pattern
-        return _compiled(key, n, block, bound)
+        bound = check_params(params or {})  # hashable, for the cache
+        spec = os.fspath(pattern) if isinstance(pattern, os.PathLike) else pattern
+        return _compiled(spec, n, block, bound, params_key(bound))
     raise KernelInputError(f"pattern must be an expression, a stack file, a Stack or a CompiledPattern, got "
                            f"{type(pattern).__name__}")
 
 
 @lru_cache(maxsize=64)  # per pattern and length: a training loop reads a stack file once
-def _compiled(pattern: str | Stack, n: int, block, params: tuple) -> CompiledPattern:
+def _compiled(pattern: str | Stack, n: int, block, params: tuple, key: tuple) -> CompiledPattern:
+    # ``key`` is ``params_key(params)``, read by the cache alone (10**16 == 1e16 evaluate differently)
     return compile(pattern, n, block=block, params=dict(params))
 
 

@@ -67,6 +67,16 @@ def test_a_module_compiles_once_per_length(monkeypatch):
     assert calls == [64, 128]
 
 
+def test_equal_parameters_of_another_type_are_compiled_apart():
+    """10**16 == 1e16, but ``$w + 3 - $w`` is 3 for the int and 4 for the float: the per-length cache
+    must not serve one's layout to the other."""
+    x = torch.randn(1, 1, 64, 8, generator=torch.Generator().manual_seed(2))
+    patternc.nn._compiled.cache_clear()
+    sparse_attention(x, x, x, "causal & window($w + 3 - $w)", params={"w": 10**16}, backend="sdpa")
+    got = sparse_attention(x, x, x, "causal & window($w + 3 - $w)", params={"w": 1e16}, backend="sdpa")
+    torch.testing.assert_close(got, sparse_attention(x, x, x, "causal & window(4)", backend="sdpa"))
+
+
 @pytest.mark.parametrize("call, message", [
     pytest.param(lambda x: sparse_attention(x, x, x, "causal", backend="magic"), "backend must be one of",
                  id="backend"),
