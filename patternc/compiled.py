@@ -29,14 +29,14 @@ from patternc.limits import (
     DENSE_LIMIT,
     LAYOUT_LIMIT,
     MAX_BLOCK_PAIRS,
-    MAX_LAYOUT_BLOCKS,
+    MAX_LOWER_BYTES,
     MAX_N,
     MAX_TOTAL_BLOCKS,
     require,
 )
 from patternc.lower.bind import Scope, lower
 from patternc.lower.grid import FULL, PARTIAL, Grid
-from patternc.lower.node import Lowered, stored_masks
+from patternc.lower.node import Lowered, lowering_bytes, stored_masks
 from patternc.primitives.random_blocks import drawn_on_blocks
 from patternc.stack import Stack, as_stack, check_params, params_key, parse_block
 
@@ -503,9 +503,9 @@ def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple, first_
                         f"at a multiple of it (first_query = {first_query:,})")
                 if node not in layouts:
                     # the estimate comes before any block is built, so a refused size costs nothing
-                    require(int(node.size_hint(grid)), MAX_LAYOUT_BLOCKS,
-                            f"blocks stored by {text} at n = {n:,} in blocks of {block[0]} x {block[1]} "
-                            "(estimated)", _LARGER_BLOCK)
+                    require(int(lowering_bytes(node, grid)), MAX_LOWER_BYTES,
+                            f"bytes to lower {text} at n = {n:,} in blocks of {block[0]} x {block[1]} "
+                            "(estimated peak)", _LARGER_BLOCK)
                     layouts[node] = Layout.from_blocks(node.enumerate(grid), grid)
                     stored += layouts[node].nnz
                     require(stored, MAX_TOTAL_BLOCKS, "blocks stored by the distinct layouts of the stack",

@@ -32,7 +32,10 @@ CASES = [
      "token pairs in a block of 4096 x 2048"),
     # sizes refused before anything is allocated
     ("too-many-blocks", ["compile", "causal", "--n", "10000000"], 2,
-     "blocks stored by causal at n = 10,000,000"),
+     "bytes to lower causal at n = 10,000,000"),
+    # two terms under every block limit needed 11.7 GB: memory is estimated before lowering
+    ("two-terms-too-large", ["compile", "causal & (stride(3) | window(5))", "--n", "1400000"], 2,
+     "bytes to lower causal & (stride(3) | window(5)) at n = 1,400,000 in blocks of 128 x 128"),
     ("reach-state-too-large", ["check", "causal & window(64)", "--n", "2147483647"], 2,
      "bytes of block-level reachability state"),
     ("exact-state-too-large", ["check", "causal & window(64)", "--n", "100000", "--exact-limit", "1000000"],
@@ -168,5 +171,5 @@ def test_crafted_layout_file_is_a_layout_file_error(tmp_path, changes, message):
 def test_stack_limits_hold_in_python_too():
     with pytest.raises(patternc.PatternSizeError, match="layers x heads"):
         patternc.Stack("causal", layers=10**5, heads=10**5)
-    with pytest.raises(patternc.PatternSizeError, match="blocks stored by all"):
+    with pytest.raises(patternc.PatternSizeError, match="bytes to lower all"):
         patternc.compile("all", n=2**21)
