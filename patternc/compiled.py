@@ -391,19 +391,25 @@ def _check_declared_causal(stack: Stack, nodes: list[list[Lowered]], layouts: di
 def load(path: str | os.PathLike) -> CompiledPattern:
     """A compiled pattern from a file written by ``CompiledPattern.save``: the stored stack is
     recompiled and every stored array must equal the recompiled one; any fault is a
-    ``LayoutFileError`` naming the file.
+    ``LayoutFileError`` naming the file. A file is data from elsewhere (its hash anyone can
+    recompute): its sizes are checked against its arrays before anything is recompiled, and the
+    recompile is held to the compile limits.
 
     >>> cp = patternc.compile("causal & window(64)", n=1024)
     >>> cp.save(tmp_path / "w.safetensors")
     >>> patternc.load(tmp_path / "w.safetensors").layout().nnz == cp.layout().nnz
     True
     """
-    from patternc.export.file import read, verify
+    from patternc.export.file import check_arrays, read, verify
 
     stored = read(path)
     try:
+        grid = _grid(stored.stack, stored.n, stored.block, stored.first_query)
+        check_arrays(stored, grid.nbq)  # the header's sizes against the arrays: a forged n costs nothing
         cp = compile(stored.stack, stored.n, block=stored.block, params=stored.params,
                      first_query=stored.first_query)
+    except LayoutFileError:
+        raise
     except PatternError as err:
         raise LayoutFileError(f"the stored pattern does not compile: {err}", where=stored.path) from None
     verify(cp, stored)
@@ -431,16 +437,21 @@ def compile(spec: str | os.PathLike | ast.Pattern | Stack, n: int,
     array([[0, 0, 0, 1, 1, 1]])
     """
     stack = as_stack(spec)
+    grid = _grid(stack, n, block, first_query)
+    bound = dict(stack.params)
+    bound.update(check_params(params or {}))
+    pairs = tuple(sorted(bound.items()))
+    return _compile(stack, grid.n, (grid.bq, grid.bk), pairs, grid.first, params_key(pairs))
+
+
+def _grid(stack: Stack, n: int, block, first_query: int) -> Grid:
+    """The block grid ``compile(stack, n, block, first_query=...)`` lowers on, its arguments checked."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
         raise PatternSizeError(f"n must be an integer in [1, {MAX_N:,}], got {brief(n)}")
     if isinstance(first_query, bool) or not isinstance(first_query, (int, np.integer)) \
             or not 0 <= first_query < n:
         raise PatternSizeError(f"first_query must be an integer in [0, n = {n:,}), got {brief(first_query)}")
-    bound = dict(stack.params)
-    bound.update(check_params(params or {}))
-    shape = block_shape(stack, int(n), block)
-    pairs = tuple(sorted(bound.items()))
-    return _compile(stack, int(n), shape, pairs, int(first_query), params_key(pairs))
+    return Grid(int(n), *block_shape(stack, int(n), block), int(first_query))
 
 
 def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | None = None) -> tuple[int, int]:
