@@ -54,8 +54,8 @@ BAD = [
                  "one head_dim", id="v_head_dim"),
     pytest.param(lambda q, k, v: (q, k.half(), v.half()), "k has dtype float16 but q has float32",
                  id="dtypes_differ"),
-    pytest.param(lambda q, k, v: (q.long(), k.long(), v.long()), "q has dtype int64; the kernel takes "
-                 "float32, float64, bfloat16, float16", id="int_dtype"),
+    pytest.param(lambda q, k, v: (q.long(), k.long(), v.long()), "q has dtype int64; block_sparse_attention "
+                 "takes float32, float64, bfloat16, float16", id="int_dtype"),
     pytest.param(lambda q, k, v: (q, k.to("meta"), v), "k is on meta but q is on cpu", id="k_on_meta"),
     pytest.param(lambda q, k, v: (q.to("meta"), k.to("meta"), v.to("meta")), "meta tensors, which hold "
                  "no values", id="all_meta"),
