@@ -220,3 +220,15 @@ def test_infinite_inputs_finish():
     k[..., ::2, :] = -math.inf
     out = block_sparse_attention(q, k, v, cp)
     assert out.shape == q.shape and not out.isfinite().any()
+
+
+def test_flex_refuses_to_train_on_cpu_and_says_what_to_use():
+    """FlexAttention has no backward on CPU: every caller of compiled_flex (patternc.nn, patternc.hf's flex
+    backend, the benchmarks) gets a KernelInputError naming the kernel that trains there, not torch's
+    NotImplementedError from inside the compiled graph."""
+    from patternc.kernels import compiled_flex
+
+    cp = patternc.compile("causal & window(16)", n=128, block=64)
+    q = torch.randn(1, 1, 128, 16, requires_grad=True)
+    with pytest.raises(KernelInputError, match=r"FlexAttention has no backward on CPU.*block-sparse kernel"):
+        compiled_flex()(q, q, q, block_mask=cp.to_block_mask(0))

@@ -28,7 +28,7 @@ from patternc.errors import KernelInputError
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["DTYPES", "Shapes", "check_heads", "check_inputs", "check_tensors"]
+__all__ = ["DTYPES", "Shapes", "check_flex", "check_heads", "check_inputs", "check_tensors"]
 
 # the dtypes SDPA's fused CPU kernel and its backward take (float16 is computed in float32 on CPU)
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -138,6 +138,16 @@ def check_inputs(q, k, v, cp: CompiledPattern, layer: int, scale: float | None =
     if not isinstance(score_budget, int) or score_budget < 1:
         raise fail(f"score_budget must be a positive int, got {score_budget!r}")
     return shapes
+
+
+def check_flex(q, k, v) -> None:
+    """FlexAttention has no backward on CPU: refuse a call that would need one, before it is compiled,
+    saying what trains there (torch would raise NotImplementedError from inside the compiled graph)."""
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise KernelInputError("FlexAttention has no backward on CPU, and these inputs require "
+                               "gradients: train on CPU with patternc's block-sparse kernel (patternc.nn "
+                               "backend='kernel', patternc.hf backend='reference'), run FlexAttention under "
+                               "torch.no_grad(), or train with it on CUDA")
 
 
 def _name(dtype: torch.dtype) -> str:
