@@ -29,16 +29,16 @@ from patternc.limits import (
     DENSE_LIMIT,
     LAYOUT_LIMIT,
     MAX_BLOCK_PAIRS,
-    MAX_LAYOUT_BLOCKS,
+    MAX_LOWER_BYTES,
     MAX_N,
     MAX_TOTAL_BLOCKS,
     require,
 )
 from patternc.lower.bind import Scope, lower
 from patternc.lower.grid import FULL, PARTIAL, Blocks, Grid
-from patternc.lower.node import Lowered, stored_masks
+from patternc.lower.node import Lowered, lowering_bytes, stored_masks
 from patternc.primitives.random_blocks import drawn_on_blocks
-from patternc.stack import Stack, as_stack, check_params, parse_block
+from patternc.stack import Stack, as_stack, check_params, params_key, parse_block
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -443,19 +443,25 @@ def _check_declared_causal(stack: Stack, nodes: list[list[Lowered]], layouts: di
 def load(path: str | os.PathLike) -> CompiledPattern:
     """A compiled pattern from a file written by ``CompiledPattern.save``: the stored stack is
     recompiled and every stored array must equal the recompiled one; any fault is a
-    ``LayoutFileError`` naming the file.
+    ``LayoutFileError`` naming the file. A file is data from elsewhere (its hash anyone can
+    recompute): its sizes are checked against its arrays before anything is recompiled, and the
+    recompile is held to the compile limits.
 
     >>> cp = patternc.compile("causal & window(64)", n=1024)
     >>> cp.save(tmp_path / "w.safetensors")
     >>> patternc.load(tmp_path / "w.safetensors").layout().nnz == cp.layout().nnz
     True
     """
-    from patternc.export.file import read, verify
+    from patternc.export.file import check_arrays, read, verify
 
     stored = read(path)
     try:
+        grid = _grid(stored.stack, stored.n, stored.block, stored.first_query)
+        check_arrays(stored, grid.nbq)  # the header's sizes against the arrays: a forged n costs nothing
         cp = compile(stored.stack, stored.n, block=stored.block, params=stored.params,
                      first_query=stored.first_query)
+    except LayoutFileError:
+        raise
     except PatternError as err:
         raise LayoutFileError(f"the stored pattern does not compile: {err}", where=stored.path) from None
     verify(cp, stored)
@@ -483,15 +489,21 @@ def compile(spec: str | os.PathLike | ast.Pattern | Stack, n: int,
     array([[0, 0, 0, 1, 1, 1]])
     """
     stack = as_stack(spec)
+    grid = _grid(stack, n, block, first_query)
+    bound = dict(stack.params)
+    bound.update(check_params(params or {}))
+    pairs = tuple(sorted(bound.items()))
+    return _compile(stack, grid.n, (grid.bq, grid.bk), pairs, grid.first, params_key(pairs))
+
+
+def _grid(stack: Stack, n: int, block, first_query: int) -> Grid:
+    """The block grid ``compile(stack, n, block, first_query=...)`` lowers on, its arguments checked."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
         raise PatternSizeError(f"n must be an integer in [1, {MAX_N:,}], got {brief(n)}")
     if isinstance(first_query, bool) or not isinstance(first_query, (int, np.integer)) \
             or not 0 <= first_query < n:
         raise PatternSizeError(f"first_query must be an integer in [0, n = {n:,}), got {brief(first_query)}")
-    bound = dict(stack.params)
-    bound.update(check_params(params or {}))
-    shape = block_shape(stack, int(n), block)
-    return _compile(stack, int(n), shape, tuple(sorted(bound.items())), int(first_query))
+    return Grid(int(n), *block_shape(stack, int(n), block), int(first_query))
 
 
 def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | None = None) -> tuple[int, int]:
@@ -526,8 +538,10 @@ def clear_cache() -> None:
 
 
 @lru_cache(maxsize=8)
-def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple, first_query: int = 0,
-             ) -> CompiledPattern:
+def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple, first_query: int,
+             key: tuple) -> CompiledPattern:
+    # ``key`` is ``params_key(params)``, read by the cache alone: ``params`` compare equal across
+    # types (10**16 == 1e16) that evaluate differently
     bound = dict(params)
     unused = sorted(set(bound) - _used_params(stack) - {name for name, _ in stack.params})
     if unused:
@@ -552,9 +566,9 @@ def _compile(stack: Stack, n: int, block: tuple[int, int], params: tuple, first_
                         f"at a multiple of it (first_query = {first_query:,})")
                 if node not in layouts:
                     # the estimate comes before any block is built, so a refused size costs nothing
-                    require(int(node.size_hint(grid)), MAX_LAYOUT_BLOCKS,
-                            f"blocks stored by {text} at n = {n:,} in blocks of {block[0]} x {block[1]} "
-                            "(estimated)", _LARGER_BLOCK)
+                    require(int(lowering_bytes(node, grid)), MAX_LOWER_BYTES,
+                            f"bytes to lower {text} at n = {n:,} in blocks of {block[0]} x {block[1]} "
+                            "(estimated peak)", _LARGER_BLOCK)
                     layouts[node] = Layout.from_blocks(node.enumerate(grid), grid)
                     stored += layouts[node].nnz
                     require(stored, MAX_TOTAL_BLOCKS, "blocks stored by the distinct layouts of the stack",

@@ -25,7 +25,7 @@ INFLATION_WARNING = 2.0  # warn when stored blocks hold more than this many pair
 @dataclass(frozen=True, slots=True, eq=False)  # eq=False: numpy arrays have no single truth value
 class Layout:
     """Block CSR of one (layer, head); arrays are read-only. Indices are int32 everywhere in
-    patternc (a layout holds at most ``MAX_LAYOUT_BLOCKS`` blocks, far below 2**31), as FlashInfer
+    patternc (``MAX_LOWER_BYTES`` keeps a layout's blocks far below 2**31), as FlashInfer
     and FlexAttention take them. It unpacks as ``indptr, indices, full``."""
 
     grid: Grid

@@ -21,7 +21,8 @@ __all__ = [
     "MAX_BLOCK_PAIRS",
     "MAX_HEADS",
     "MAX_INDEX_BYTES",
-    "MAX_LAYOUT_BLOCKS",
+    "MAX_LAYOUT_FILE_BYTES",
+    "MAX_LOWER_BYTES",
     "MAX_N",
     "MAX_OVERRIDES",
     "MAX_REACH_BYTES",
@@ -38,9 +39,12 @@ MAX_N = 2**31 - 1  # tokens: kernels index tokens with int32
 MAX_HEADS = 2**16  # layers x heads of one stack (128 x 128 is 2**14)
 MAX_OVERRIDES = 2**12  # override rules of one stack (one per (layer, head) of a 64 x 64 model)
 MAX_BLOCK_PAIRS = 2**22  # bq x bk: a block's token mask is evaluated whole (2048 x 2048)
-MAX_LAYOUT_BLOCKS = 2**27  # stored blocks of one layout, estimated before enumerating (`all` at 1M: 2**26)
+# Peak bytes of lowering one layout, estimated before enumerating (``lowering_bytes``): dense causal at
+# 1M tokens in 128-token blocks is 3.5 GiB; it also keeps a layout's blocks far below int32's 2**31.
+MAX_LOWER_BYTES = 2**32
 MAX_TOTAL_BLOCKS = 2**28  # stored blocks over the distinct layouts of one compile (~1.3 GB of CSR)
 MAX_REACH_BYTES = 2**31  # bits of reachability state (token-exact: n^2 / 8; block bounds: nb^2 / 8)
+MAX_LAYOUT_FILE_BYTES = 2**31  # a layout file: MAX_TOTAL_BLOCKS blocks at 5 bytes, row pointers, header
 MAX_STACK_BYTES = 2**20  # a stack file, or the stack stored in a layout file, is configuration
 MAX_YAML_DEPTH = 32  # nesting of a stack file (a stack is 4 deep)
 MAX_YAML_NODES = 2**15  # YAML nodes of a stack file, aliases expanded (no alias bombs)

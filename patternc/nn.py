@@ -36,7 +36,8 @@ from torch import nn
 from patternc.compiled import CompiledPattern, compile
 from patternc.errors import KernelInputError, brief
 from patternc.kernels import block_sparse_attention, compiled_flex
-from patternc.stack import Stack
+from patternc.kernels.inputs import Shapes, check_heads, check_tensors
+from patternc.stack import Stack, check_params, params_key
 
 __all__ = ["BACKENDS", "SparseAttention", "sparse_attention"]
 
@@ -51,16 +52,16 @@ def _pattern(pattern, n: int, block, params) -> CompiledPattern:
                                    "pass the pattern itself to compile it at each length")
         return pattern
     if isinstance(pattern, (str, os.PathLike, Stack)):
-        bound = tuple(sorted((name, tuple(v) if isinstance(v, list) else v)
-                             for name, v in (params or {}).items()))  # hashable, for the cache
-        key = os.fspath(pattern) if isinstance(pattern, os.PathLike) else pattern
-        return _compiled(key, n, block, bound)
+        bound = check_params(params or {})  # hashable, for the cache
+        spec = os.fspath(pattern) if isinstance(pattern, os.PathLike) else pattern
+        return _compiled(spec, n, block, bound, params_key(bound))
     raise KernelInputError(f"pattern must be an expression, a stack file, a Stack or a CompiledPattern, got "
                            f"{type(pattern).__name__}")
 
 
 @lru_cache(maxsize=64)  # per pattern and length: a training loop reads a stack file once
-def _compiled(pattern: str | Stack, n: int, block, params: tuple) -> CompiledPattern:
+def _compiled(pattern: str | Stack, n: int, block, params: tuple, key: tuple) -> CompiledPattern:
+    # ``key`` is ``params_key(params)``, read by the cache alone (10**16 == 1e16 evaluate differently)
     return compile(pattern, n, block=block, params=dict(params))
 
 
@@ -110,16 +111,16 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern,
     """
     if backend not in BACKENDS:
         raise KernelInputError(f"backend must be one of {', '.join(BACKENDS)}, got {brief(backend)}")
-    if q.dim() != 4:
-        raise KernelInputError(f"q must be (batch, heads, n, head_dim), got shape {tuple(q.shape)}")
+    # every path: shapes, dtypes and devices before any work (torch's own errors name no argument)
+    shapes = check_tensors(q, k, v, "sparse_attention", scale, rows=rows is not None)
     if rows is not None:
-        return _row_attention(q, k, v, pattern, layer, block, params, scale, rows)
-    cp = _pattern(pattern, q.shape[2], block, params)
+        return _row_attention(q, k, v, pattern, layer, block, params, scale, rows, shapes)
+    cp = _pattern(pattern, shapes.n, block, params)
     if backend == "auto":
         backend = "flex" if q.device.type == "cuda" else "kernel"
     if backend == "kernel":
         return block_sparse_attention(q, k, v, cp, layer, scale=scale)
-    cp.at(layer, 0)  # a layer outside the stack is refused before any tensor is built
+    check_heads(shapes, cp, layer, "sparse_attention")  # before any tensor is built
     groups = q.shape[1] != k.shape[1]  # grouped-query heads
     if backend == "flex":
         if q.device.type != "cuda":
@@ -136,19 +137,21 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern,
     return out * keep.to(out.dtype)
 
 
-def _row_attention(q, k, v, pattern, layer: int, block, params, scale, rows: torch.Tensor) -> torch.Tensor:
+def _row_attention(q, k, v, pattern, layer: int, block, params, scale, rows: torch.Tensor,
+                   shapes: Shapes) -> torch.Tensor:
     """``sparse_attention`` of the queries at positions ``rows`` only (SDPA with the pattern's rows)."""
-    if k.dim() != 4:
-        raise KernelInputError(f"k must be (batch, kv_heads, n, head_dim), got shape {tuple(k.shape)}")
-    n = k.shape[2]
+    n = shapes.n
+    if not isinstance(rows, torch.Tensor):
+        raise KernelInputError(f"sparse_attention: rows must be a 1-D integer tensor, got "
+                               f"{type(rows).__name__}")
     if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64) or len(rows) != q.shape[2]:
-        raise KernelInputError(f"rows must be a 1-D integer tensor of q's {q.shape[2]} positions, got "
-                               f"shape {tuple(rows.shape)} of {rows.dtype}")
+        raise KernelInputError(f"sparse_attention: rows must be a 1-D integer tensor of q's {q.shape[2]} "
+                               f"positions, got shape {tuple(rows.shape)} of {rows.dtype}")
     if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < n:
-        raise KernelInputError(f"rows must lie in [0, {n:,}), got values from {int(rows.min())} to "
-                               f"{int(rows.max())}")
+        raise KernelInputError(f"sparse_attention: rows must lie in [0, {n:,}), got values from "
+                               f"{int(rows.min())} to {int(rows.max())}")
     cp = _pattern(pattern, n, block, params)
-    cp.at(layer, 0)  # a layer outside the stack is refused before any mask is built
+    check_heads(shapes, cp, layer, "sparse_attention")  # before any mask is built
     if cp.heads * len(rows) * n > DENSE_ROWS:
         raise KernelInputError(f"rows build the dense mask of their rows: {cp.heads} heads x {len(rows):,} "
                                f"rows x {n:,} keys is over {DENSE_ROWS:,}; ask for fewer rows")

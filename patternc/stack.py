@@ -36,7 +36,7 @@ from patternc.limits import (
     require,
 )
 
-__all__ = ["Override", "Stack", "as_stack", "check_params", "load_stack", "load_yaml"]
+__all__ = ["Override", "Stack", "as_stack", "check_params", "load_stack", "load_yaml", "params_key"]
 
 _KEYS = ("layers", "heads", "block", "causal", "default", "overrides", "params", "description", "kv_heads")
 _OVERRIDE_KEYS = ("layers", "heads", "expr")
@@ -66,16 +66,21 @@ class Stack:
     block: tuple[int, int] | None = None  # None: the compiler's default, 128 x 128
     causal: bool | None = None  # declared causality; None: inferred from the pattern
     overrides: tuple[Override, ...] = ()
-    params: tuple[tuple[str, int | float], ...] = ()  # default values of $parameters, sorted
+    # default values of $parameters, sorted; compared by ``params_key`` (10**16 == 1e16, yet they differ)
+    params: tuple[tuple[str, int | float], ...] = field(default=(), compare=False)
     description: str = ""
     source: str | None = field(default=None, compare=False)  # file it was read from
     kv_heads: int | None = None  # grouped-query attention's KV heads; None: one per query head
+    _params_key: tuple = field(init=False, repr=False)  # what equality and hashing see of ``params``
 
     def __post_init__(self) -> None:
         where = self.source or "stack"
         # A description is one line of prose: fold its white space (YAML would fold line breaks
         # such as U+0085 on the way back, and a stack must survive a round trip through YAML).
         object.__setattr__(self, "description", " ".join(str(self.description).split()))
+        params = self.params if isinstance(self.params, Mapping) else _pairs(self.params, f"{where}: params")
+        object.__setattr__(self, "params", check_params(params, f"{where}: params"))
+        object.__setattr__(self, "_params_key", params_key(self.params))
         _positive_int(self.layers, f"{where}: layers")
         _positive_int(self.heads, f"{where}: heads")
         if self.kv_heads is None:  # stored as the count, so that kv_heads=heads and None compare equal
@@ -433,6 +438,26 @@ def _override(rule, index: int, layers: int, heads: int, where: str) -> Override
         layers=None if rule.get("layers") is None else _range(rule["layers"], layers, f"{at}.layers"),
         heads=None if rule.get("heads") is None else _range(rule["heads"], heads, f"{at}.heads"),
     )
+
+
+def _pairs(values, where: str) -> dict:
+    try:
+        return dict(values)
+    except (TypeError, ValueError):
+        raise StackError(f"params must map parameter names to numbers, got {brief(values)}",
+                         where=where) from None
+
+
+def params_key(params: tuple[tuple[str, int | float | tuple[int, ...]], ...]) -> tuple:
+    """What a cache keys ``check_params``' pairs on: the values with their types, floats by their
+    exact bits. Python's ``10**16 == 1e16`` (and their hashes agree), but ``$w + 3 - $w`` is 3 for
+    one and 4 for the other, so a cache keyed on the values alone serves one's layout to the other.
+
+    >>> params_key((("w", 10**16),)) == params_key((("w", 1e16),))
+    False
+    """
+    return tuple((name, type(value).__name__, value.hex() if isinstance(value, float) else value)
+                 for name, value in params)
 
 
 def check_params(values, where: str = "params") -> tuple[tuple[str, int | float], ...]:

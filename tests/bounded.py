@@ -5,7 +5,8 @@
 in it through ``patternc.cli.main`` with its own ``SECONDS`` alarm, and returns per command the
 exit status (or what went wrong: ``timeout``, ``MemoryError``, an uncaught exception), stdout,
 stderr and the seconds taken. One process for all commands keeps the suite fast: the import of
-patternc is paid once.
+patternc is paid once. No command reads a layout file, so ``["load", PATH]`` runs the Python API's
+``patternc.load`` under the same bounds, its ``PatternError`` reported as the command line reports one.
 
     python tests/bounded.py '[["compile", "causal", "--n", "64"]]'
 """
@@ -58,7 +59,7 @@ def _child(commands: list[list[str]]) -> None:
         signal.alarm(SECONDS)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code: int | str = main(argv)
+                code: int | str = _load(argv[1]) if argv[0] == "load" else main(argv)
         except _Timeout:
             code = "timeout"
         except BaseException as error:  # what a user would have seen as a traceback
@@ -68,6 +69,18 @@ def _child(commands: list[list[str]]) -> None:
         results.append({"code": code, "out": out.getvalue()[-4000:], "err": err.getvalue()[-4000:],
                         "seconds": time.perf_counter() - start})
     sys.stdout.write(json.dumps(results) + "\n")
+
+
+def _load(path: str) -> int:
+    import patternc
+
+    try:
+        cp = patternc.load(path)
+    except patternc.PatternError as error:
+        print(f"patternc: error: {error}", file=sys.stderr)
+        return 2
+    print(f"loaded {cp!r}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -272,6 +272,27 @@ def test_bad_params(expr, params, message):
         patternc.compile(expr, 64, block=8, params=params)
 
 
+TYPED = "causal & window($w + 3 - $w)"  # window(3) in integers; window(4) in floats (1e16 + 3 is 1e16 + 4)
+
+
+def _pairs(spec, params=None) -> int:
+    return patternc.compile(spec, n=64, block=16, params=params).stats().per_head[0].allowed_pairs
+
+
+@pytest.mark.parametrize("first, then, pairs", [
+    pytest.param(10**16, 1e16, 250, id="float_after_int"),
+    pytest.param(1e16, 10**16, 189, id="int_after_float"),
+])
+def test_equal_parameters_of_another_type_are_not_served_from_the_cache(first, then, pairs):
+    """10**16 == 1e16 in Python, but they evaluate differently: the compile cache must tell them apart,
+    whether they come as params= or as a stack's own defaults."""
+    patternc.compiled.clear_cache()
+    _pairs(TYPED, {"w": first})
+    assert _pairs(TYPED, {"w": then}) == pairs
+    _pairs(patternc.Stack(TYPED, params=(("w", first),)))
+    assert _pairs(patternc.Stack(TYPED, params=(("w", then),))) == pairs
+
+
 def test_bad_spec_type():
     with pytest.raises(patternc.PatternError, match="cannot compile"):
         patternc.compile(42, 64)

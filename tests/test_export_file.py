@@ -154,7 +154,7 @@ def test_files_of_other_formats_are_refused(tmp_path):
     save_bsr(patternc.compile("causal", 64, block=16), bsr)
     assert_refused(bsr, "'patternc-bsr'")
     assert_refused(tmp_path / "missing.safetensors", "cannot read layout file")
-    assert_refused(tmp_path, "cannot read layout file")  # a directory
+    assert_refused(tmp_path, "cannot read layout file: it is a directory")
 
 
 def test_a_stale_content_hash_is_refused(small_file):
@@ -200,9 +200,10 @@ def test_a_version_1_file_with_int64_indptr_still_loads(small_file):
     pytest.param(_moved_block, "stored indices of layer 0, head 0 differs", id="moved_block"),
     pytest.param(lambda t, m: t.update({"layout.0.full": ~t["layout.0.full"]}),
                  "stored full of layer 0, head 0 differs", id="kinds_flipped"),
-    pytest.param(lambda t, m: m.update(n="48"), "stored indptr of layer 0, head 0 differs", id="n_edited"),
+    pytest.param(lambda t, m: m.update(n="48"), "'layout.0.indptr' has 6 entries, but n = 48 in blocks of "
+                 "8 x 8 has 6 block rows: 7 expected", id="n_edited"),
     pytest.param(lambda t, m: t.update({"layout.0.indptr": t["layout.0.indptr"].astype(np.int64)}),
-                 "stored indptr", id="indptr_dtype"),
+                 "'layout.0.indptr' is int64", id="indptr_dtype"),
     pytest.param(lambda t, m: m.update(layers="2"), "metadata 'layers' is 2", id="layers_edited"),
     pytest.param(lambda t, m: t.update(table=np.zeros((1, 2), np.int32)), "tensor 'table'", id="table_shape"),
     pytest.param(lambda t, m: t.update(table=np.ones((1, 1), np.int32)), "unexpected or missing",

@@ -233,3 +233,19 @@ def test_full_width_tables_at_a_million_tokens_are_refused_before_allocation():
     cp = patternc.compile(patternc.Stack("causal & (window(4096) | sink(64))", heads=32), 2**20)
     with pytest.raises(patternc.PatternSizeError, match="bytes of full BlockMask tables for layer 0"):
         cp.to_block_mask(0, width="full")
+
+
+def test_a_refusal_says_which_tables_are_too_large_and_the_real_way_out():
+    """Compact was asked; what is too large is the backward's query-side tables (a sink column lists every
+    query block, and two distinct patterns give each of 32 heads its own copy): the way out is
+    backward=False or a larger block, never width='compact' again."""
+    half = patternc.Override("causal & (window(2048) | sink(64))", heads=(0, 16))
+    stack = patternc.Stack("causal & (window(4096) | sink(64))", heads=32, overrides=(half,))
+    cp = patternc.compile(stack, 2**20)
+    with pytest.raises(patternc.PatternSizeError) as refused:
+        cp.to_block_mask(0, width="compact")
+    message = str(refused.value)
+    assert "query-side tables for the backward" in message and "backward=False" in message
+    assert "width='compact'" not in message
+    forward = cp.to_block_mask(0, width="compact", backward=False)  # the way out it gives works
+    assert forward.q_indices is None

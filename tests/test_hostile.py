@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import patternc
@@ -36,7 +38,10 @@ CASES = [
      "token pairs in a block of 4096 x 2048"),
     # sizes refused before anything is allocated
     ("too-many-blocks", ["compile", "causal", "--n", "10000000"], 2,
-     "blocks stored by causal at n = 10,000,000"),
+     "bytes to lower causal at n = 10,000,000"),
+    # two terms under every block limit needed 11.7 GB: memory is estimated before lowering
+    ("two-terms-too-large", ["compile", "causal & (stride(3) | window(5))", "--n", "1400000"], 2,
+     "bytes to lower causal & (stride(3) | window(5)) at n = 1,400,000 in blocks of 128 x 128"),
     ("reach-state-too-large", ["check", "causal & window(64)", "--n", "2147483647"], 2,
      "bytes of block-level reachability state"),
     ("exact-state-too-large", ["check", "causal & window(64)", "--n", "100000", "--exact-limit", "1000000"],
@@ -172,7 +177,7 @@ def test_crafted_layout_file_is_a_layout_file_error(tmp_path, changes, message):
 def test_stack_limits_hold_in_python_too():
     with pytest.raises(patternc.PatternSizeError, match="layers x heads"):
         patternc.Stack("causal", layers=10**5, heads=10**5)
-    with pytest.raises(patternc.PatternSizeError, match="blocks stored by all"):
+    with pytest.raises(patternc.PatternSizeError, match="bytes to lower all"):
         patternc.compile("all", n=2**21)
 
 
@@ -203,3 +208,66 @@ def test_template_markers_in_user_text_leave_the_explorer_page_intact(tmp_path, 
     for name in SCRIPTS:  # every script once, where the template puts it
         assert text.count(static_text(name)) == 1, name
     assert text.count(static_text("explorer.css")) == 1 and text.count("<script") == 2
+
+
+# ---- layout files from elsewhere, loaded under the same bounds --------------------------------------
+
+TWO_TERMS = json.dumps({"default": "causal & (stride(3) | window(5))"})
+
+
+def _shaped(tmp_path: Path, n: int) -> Path:
+    """A file of TWO_TERMS at ``n`` whose arrays have the sizes its header claims, but no blocks."""
+    cp = patternc.compile("causal & window(64)", n=1024)
+    _, metadata = pack(cp)
+    rows = -(-n // 128)
+    tensors = {"layout.0.indptr": np.zeros(rows + 1, np.int32), "layout.0.indices": np.zeros(0, np.int32),
+               "layout.0.full": np.zeros(0, bool), "table": np.zeros((1, 1), np.int32)}
+    path = tmp_path / "shaped.safetensors"
+    write(path, tensors, {**metadata, "stack": TWO_TERMS, "n": str(n)})
+    return path
+
+
+def _files_from_elsewhere(tmp: Path) -> dict[str, Path]:
+    forged = _crafted(tmp, stack=TWO_TERMS, n=str(2**20)).rename(tmp / "forged.safetensors")
+    zero = tmp / "zero.safetensors"
+    zero.symlink_to("/dev/zero")
+    fifo = tmp / "fifo.safetensors"
+    os.mkfifo(fifo)
+    huge = tmp / "huge.safetensors"
+    with open(huge, "wb") as f:
+        f.truncate(3 << 30)  # sparse: no disk used
+    good = tmp / "good.safetensors"
+    patternc.compile("causal & window(64)", n=1024).save(good)
+    return {"forged": forged, "shaped": _shaped(tmp, 1_400_000), "zero": zero, "fifo": fifo, "huge": huge,
+            "good": good}
+
+
+# (file, exit status, text the output must contain)
+FILE_CASES = [
+    pytest.param("forged", 2, "tensor 'layout.0.indptr' has 9 entries, but n = 1,048,576 in blocks of "
+                 "128 x 128 has 8,192 block rows", id="forged-n-small-arrays"),
+    pytest.param("shaped", 2, "bytes to lower causal & (stride(3) | window(5)) at n = 1,400,000",
+                 id="forged-n-shaped"),
+    pytest.param("zero", 2, "cannot read layout file: it is a device, not a regular file",
+                 id="dev-zero-symlink"),
+    pytest.param("fifo", 2, "cannot read layout file: it is a FIFO, not a regular file", id="fifo"),
+    pytest.param("huge", 2, "bytes in the layout file: 3,221,225,472 is over the limit",
+                 id="huge-sparse-file"),
+    pytest.param("good", 0, "loaded CompiledPattern('causal & window(64)', n=1024", id="genuine"),
+]
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory) -> dict[str, dict]:
+    files = _files_from_elsewhere(tmp_path_factory.mktemp("files"))
+    return dict(zip(files, run_bounded([["load", str(path)] for path in files.values()]), strict=True))
+
+
+@pytest.mark.parametrize("name, code, text", FILE_CASES)
+def test_a_layout_file_from_elsewhere_is_bounded_and_clear(loaded, name, code, text):
+    got = loaded[name]
+    assert got["code"] == code, got
+    assert text in (got["out"] if code == 0 else got["err"])
+    assert got["seconds"] < SECONDS
+    if code == 2:
+        assert f"{name}.safetensors" in got["err"]  # the file is named

@@ -54,8 +54,8 @@ BAD = [
                  "one head_dim", id="v_head_dim"),
     pytest.param(lambda q, k, v: (q, k.half(), v.half()), "k has dtype float16 but q has float32",
                  id="dtypes_differ"),
-    pytest.param(lambda q, k, v: (q.long(), k.long(), v.long()), "q has dtype int64; the kernel takes "
-                 "float32, float64, bfloat16, float16", id="int_dtype"),
+    pytest.param(lambda q, k, v: (q.long(), k.long(), v.long()), "q has dtype int64; block_sparse_attention "
+                 "takes float32, float64, bfloat16, float16", id="int_dtype"),
     pytest.param(lambda q, k, v: (q, k.to("meta"), v), "k is on meta but q is on cpu", id="k_on_meta"),
     pytest.param(lambda q, k, v: (q.to("meta"), k.to("meta"), v.to("meta")), "meta tensors, which hold "
                  "no values", id="all_meta"),
@@ -220,3 +220,15 @@ def test_infinite_inputs_finish():
     k[..., ::2, :] = -math.inf
     out = block_sparse_attention(q, k, v, cp)
     assert out.shape == q.shape and not out.isfinite().any()
+
+
+def test_flex_refuses_to_train_on_cpu_and_says_what_to_use():
+    """FlexAttention has no backward on CPU: every caller of compiled_flex (patternc.nn, patternc.hf's flex
+    backend, the benchmarks) gets a KernelInputError naming the kernel that trains there, not torch's
+    NotImplementedError from inside the compiled graph."""
+    from patternc.kernels import compiled_flex
+
+    cp = patternc.compile("causal & window(16)", n=128, block=64)
+    q = torch.randn(1, 1, 128, 16, requires_grad=True)
+    with pytest.raises(KernelInputError, match=r"FlexAttention has no backward on CPU.*block-sparse kernel"):
+        compiled_flex()(q, q, q, block_mask=cp.to_block_mask(0))

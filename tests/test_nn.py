@@ -67,6 +67,16 @@ def test_a_module_compiles_once_per_length(monkeypatch):
     assert calls == [64, 128]
 
 
+def test_equal_parameters_of_another_type_are_compiled_apart():
+    """10**16 == 1e16, but ``$w + 3 - $w`` is 3 for the int and 4 for the float: the per-length cache
+    must not serve one's layout to the other."""
+    x = torch.randn(1, 1, 64, 8, generator=torch.Generator().manual_seed(2))
+    patternc.nn._compiled.cache_clear()
+    sparse_attention(x, x, x, "causal & window($w + 3 - $w)", params={"w": 10**16}, backend="sdpa")
+    got = sparse_attention(x, x, x, "causal & window($w + 3 - $w)", params={"w": 1e16}, backend="sdpa")
+    torch.testing.assert_close(got, sparse_attention(x, x, x, "causal & window(4)", backend="sdpa"))
+
+
 @pytest.mark.parametrize("call, message", [
     pytest.param(lambda x: sparse_attention(x, x, x, "causal", backend="magic"), "backend must be one of",
                  id="backend"),
@@ -75,13 +85,59 @@ def test_a_module_compiles_once_per_length(monkeypatch):
     pytest.param(lambda x: sparse_attention(x, x, x, patternc.compile("causal", 32)), "compiled for n = 32",
                  id="wrong_length"),
     pytest.param(lambda x: sparse_attention(x, x, x, 42), "pattern must be", id="not_a_pattern"),
-    pytest.param(lambda x: sparse_attention(x[0], x[0], x[0], "causal"), r"must be \(batch, heads", id="3d"),
+    pytest.param(lambda x: sparse_attention(x[0], x[0], x[0], "causal"), r"q must be 4-d \(batch, heads",
+                 id="3d"),
     pytest.param(lambda x: sparse_attention(x, x, x, "causal", layer=3, backend="sdpa"), "layer 3 is outside",
                  id="layer"),
 ])
 def test_bad_input_is_a_clear_error(call, message):
     with pytest.raises(patternc.PatternError, match=message):
         call(torch.randn(1, 2, 64, 8))
+
+
+def _three(q=(1, 2, 64, 8), k=(1, 2, 64, 8), v=None, dtype=torch.float32):
+    return torch.randn(*q), torch.randn(*k, dtype=dtype), torch.randn(*(v or k))
+
+
+ROWS = torch.tensor([3, 9])
+THREE_HEADS = patternc.Stack("causal & window(4)", heads=3)
+
+
+@pytest.mark.parametrize("make, kwargs, message", [
+    pytest.param(lambda: _three(k=(2, 64, 8), v=(2, 64, 8)), {}, r"k must be 4-d .* got 3-d", id="sdpa_k_3d"),
+    pytest.param(lambda: _three(k=(1, 2, 32, 8)), {}, "k has length 32 but q has 64", id="sdpa_k_length"),
+    pytest.param(lambda: _three(k=(1, 2, 64, 4), v=(1, 2, 64, 8)), {}, "k has head_dim 4 but q has 8",
+                 id="sdpa_k_head_dim"),
+    pytest.param(lambda: _three(dtype=torch.float64), {}, "k has dtype float64 but q has float32",
+                 id="sdpa_dtypes"),
+    pytest.param(lambda: (torch.ones(1, 2, 64, 8, dtype=torch.long),) * 3, {}, "q has dtype int64",
+                 id="sdpa_int"),
+    pytest.param(lambda: (torch.randn(1, 2, 64, 8), torch.randn(1, 2, 64, 8, device="meta"),
+                          torch.randn(1, 2, 64, 8)), {}, "k is on meta but q is on cpu", id="sdpa_device"),
+    pytest.param(lambda: _three(k=(1, 3, 64, 8)), {}, "q has 2 heads and k has 3", id="sdpa_groups"),
+    pytest.param(lambda: _three(k=(2, 2, 64, 8)), {}, "k has batch 2 but q has batch 1", id="sdpa_batch"),
+    pytest.param(lambda: _three(), {"pattern": THREE_HEADS}, "q has 2 heads but the pattern has 3",
+                 id="sdpa_pattern_heads"),
+    pytest.param(lambda: _three(q=(1, 2, 2, 8), k=(2, 64, 8), v=(2, 64, 8)), {"rows": ROWS},
+                 r"k must be 4-d .* got 3-d", id="rows_k_3d"),
+    pytest.param(lambda: _three(q=(1, 2, 2, 8), k=(1, 2, 64, 8), v=(1, 2, 60, 8)), {"rows": ROWS},
+                 "v has length 60 but k has 64", id="rows_v_length"),
+    pytest.param(lambda: _three(q=(1, 2, 2, 4), k=(1, 2, 64, 8)), {"rows": ROWS},
+                 "k has head_dim 8 but q has 4", id="rows_head_dim"),
+    pytest.param(lambda: _three(q=(1, 2, 2, 8), dtype=torch.float64), {"rows": ROWS},
+                 "k has dtype float64 but q has float32", id="rows_dtypes"),
+    pytest.param(lambda: _three(q=(2, 2, 2, 8)), {"rows": ROWS}, "k has batch 1 but q has batch 2",
+                 id="rows_batch"),
+    pytest.param(lambda: _three(q=(1, 2, 2, 8)), {"rows": ROWS, "pattern": THREE_HEADS},
+                 "q has 2 heads but the pattern has 3", id="rows_pattern_heads"),
+])
+def test_bad_tensors_name_the_argument_on_every_path(make, kwargs, message):
+    """The sdpa and rows= paths check q, k and v as the kernel does, before any work: never torch's
+    own error, never a 3-d k broadcast over the batch."""
+    q, k, v = make()
+    kwargs = {"pattern": "causal & window(4)", **kwargs}
+    with pytest.raises(KernelInputError, match=f"sparse_attention: {message}"):
+        sparse_attention(q, k, v, backend="sdpa", **kwargs)
 
 
 def test_rows_give_the_full_outputs_at_those_positions():

@@ -12,9 +12,10 @@ Header metadata (strings): ``format`` (``patternc-layout``), ``format_version``,
 query; 0 unless a query range was compiled) and ``content_hash``: the sha256 of the canonical
 metadata and every tensor's name, dtype, shape and bytes.
 
-``read`` checks the hash and parses the stored stack; ``patternc.load`` recompiles it (the token
-predicates come from there) and ``verify`` checks that every stored array equals the recompiled
-one, so a loaded pattern is the saved one.
+``read`` reads a regular file of bounded size, checks the hash and parses the stored stack;
+``check_arrays`` holds the arrays to the sizes the header claims; ``patternc.load`` then recompiles
+the stack (the token predicates come from there) and ``verify`` checks that every stored array
+equals the recompiled one, so a loaded pattern is the saved one.
 
 >>> patternc.compile("conf/pattern/longformer.yaml", n=4096).save(tmp_path / "lf.safetensors")
 >>> patternc.load(tmp_path / "lf.safetensors").layout(6, 0).nnz
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,15 +35,15 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError
 
-from patternc.errors import LayoutFileError, PatternError, brief
-from patternc.limits import MAX_STACK_BYTES
+from patternc.errors import LayoutFileError, PatternError, PatternSizeError, brief
+from patternc.limits import MAX_LAYOUT_FILE_BYTES, MAX_STACK_BYTES, MAX_TOTAL_BLOCKS, require
 from patternc.stack import Stack
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "READS", "LayoutFile", "content_hash", "pack", "read", "save",
-           "verify", "write"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "READS", "LayoutFile", "check_arrays", "content_hash", "pack", "read",
+           "save", "verify", "write"]
 
 FORMAT = "patternc-layout"
 FORMAT_VERSION = "2"  # 2: int32 indptr (1 stored int64; still read)
@@ -134,11 +136,7 @@ class LayoutFile:
 def read(path: str | os.PathLike) -> LayoutFile:
     """Read and check a file written by ``save``; every fault is a ``LayoutFileError`` naming it."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise LayoutFileError(f"cannot read layout file: {err.strerror}", where=path) from None
+    data = _contents(path)
     try:
         tensors = safetensors.numpy.load(data)
     except (SafetensorError, ValueError, TypeError, OverflowError) as err:  # its parser's words
@@ -169,18 +167,19 @@ def read(path: str | os.PathLike) -> LayoutFile:
                       first)
 
 
-def verify(cp: CompiledPattern, file: LayoutFile) -> None:
-    """Every (layer, head) must read back exactly the layout this compiler gives the stored stack."""
-    path, tensors, metadata = file.path, file.tensors, file.metadata
-    for key, value in (("layers", cp.layers), ("heads", cp.heads)):
+def check_arrays(file: LayoutFile, nbq: int) -> None:
+    """The arrays must have the sizes the header claims (``nbq``: the block rows of its ``n``, block and
+    first query), before anything is recompiled: a header is free to forge, a recompile is not."""
+    path, tensors, metadata, stack = file.path, file.tensors, file.metadata, file.stack
+    for key, value in (("layers", stack.layers), ("heads", stack.heads)):
         stored = _field(metadata, key, path, int)
         if stored != value:
             raise LayoutFileError(f"metadata '{key}' is {brief(stored)} but the stored stack has {value}",
                                   where=path)
     table = tensors.get("table")
-    if table is None or table.dtype != np.int32 or table.shape != (cp.layers, cp.heads):
+    if table is None or table.dtype != np.int32 or table.shape != (stack.layers, stack.heads):
         shape = None if table is None else f"{table.dtype} {table.shape}"
-        raise LayoutFileError(f"tensor 'table' is {shape}, expected int32 ({cp.layers}, {cp.heads})",
+        raise LayoutFileError(f"tensor 'table' is {shape}, expected int32 ({stack.layers}, {stack.heads})",
                               where=path)
     distinct = sorted({int(u) for u in table.flat})
     expected = {f"layout.{u}.{name}" for u in distinct for name in _DTYPES} | {"table"}
@@ -188,7 +187,34 @@ def verify(cp: CompiledPattern, file: LayoutFile) -> None:
         odd = sorted(set(tensors) ^ expected)
         raise LayoutFileError(f"tensors do not match the table: unexpected or missing {odd[:3]}",
                               where=path)
-    dtypes = _DTYPES if metadata["format_version"] != "1" else {**_DTYPES, "indptr": np.dtype(np.int64)}
+    dtypes = _dtypes(metadata)
+    for u in distinct:
+        arrays = {name: tensors[f"layout.{u}.{name}"] for name in _DTYPES}
+        for name, array in arrays.items():
+            if array.dtype != dtypes[name] or array.ndim != 1:
+                raise LayoutFileError(f"tensor 'layout.{u}.{name}' is {array.dtype} {array.shape}, expected "
+                                      f"{dtypes[name]} (length,)", where=path)
+        indptr, nnz, kinds = arrays["indptr"], len(arrays["indices"]), len(arrays["full"])
+        if len(indptr) != nbq + 1:
+            bq, bk = file.block
+            raise LayoutFileError(f"tensor 'layout.{u}.indptr' has {len(indptr):,} entries, but n = "
+                                  f"{file.n:,} in blocks of {bq} x {bk} has {nbq:,} block rows: "
+                                  f"{nbq + 1:,} expected", where=path)
+        if indptr[0] != 0 or indptr[-1] != nnz or kinds != nnz:
+            raise LayoutFileError(f"layout {u} is inconsistent: indptr runs from {indptr[0]} to {indptr[-1]} "
+                                  f"over {nnz:,} indices and {kinds:,} kinds", where=path)
+    try:
+        require(sum(len(tensors[f"layout.{u}.indices"]) for u in distinct), MAX_TOTAL_BLOCKS,
+                "blocks stored by the distinct layouts of the file", "no compile stores more")
+    except PatternSizeError as err:
+        raise LayoutFileError(str(err), where=path) from None
+
+
+def verify(cp: CompiledPattern, file: LayoutFile) -> None:
+    """Every (layer, head) must read back exactly the layout this compiler gives the stored stack
+    (``check_arrays`` has checked the file's shapes)."""
+    path, tensors, metadata = file.path, file.tensors, file.metadata
+    table, dtypes = tensors["table"], _dtypes(metadata)
     for l in range(cp.layers):
         for h in range(cp.heads):
             for name, want in zip(_DTYPES, cp.layout(l, h), strict=True):
@@ -202,6 +228,37 @@ def verify(cp: CompiledPattern, file: LayoutFile) -> None:
                         f"patternc {brief(metadata.get('patternc_version'))}); recompile and save it again",
                         where=path,
                     )
+
+
+def _dtypes(metadata: dict[str, str]) -> dict[str, np.dtype]:
+    return _DTYPES if metadata["format_version"] != "1" else {**_DTYPES, "indptr": np.dtype(np.int64)}
+
+
+def _contents(path: str) -> bytes:
+    """The bytes of a regular file no larger than ``MAX_LAYOUT_FILE_BYTES``. Anything else is refused
+    before it is read: a FIFO would block until a writer came, a device (``/dev/zero``) never ends."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait
+    except OSError as err:
+        raise LayoutFileError(f"cannot read layout file: {err.strerror}", where=path) from None
+    mode, size = os.fstat(fd).st_mode, os.fstat(fd).st_size
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
+        raise LayoutFileError(f"cannot read layout file: it is {kind}, not a regular file", where=path)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            require(size, MAX_LAYOUT_FILE_BYTES, "bytes in the layout file", "no compile writes a larger one")
+        except PatternSizeError as err:
+            raise LayoutFileError(str(err), where=path) from None
+        try:
+            data = f.read(size + 1)  # the size checked, and a byte to tell that it grew meanwhile
+        except OSError as err:
+            raise LayoutFileError(f"cannot read layout file: {err.strerror}", where=path) from None
+    if len(data) > size:
+        raise LayoutFileError(f"grew past {size:,} bytes while it was read", where=path)
+    return data
 
 
 def _metadata(data: bytes, path: str) -> dict[str, str]:

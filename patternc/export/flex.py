@@ -78,19 +78,50 @@ def to_block_mask(cp: CompiledPattern, layer: int = 0, device: str = "cpu", widt
 
 
 def _check_size(cp: CompiledPattern, layer: int, lists: LayerLists, form: str) -> None:
-    """Refuse, before any tensor is made, tables in ``form`` past ``MAX_INDEX_BYTES``: ``full`` ones
-    are ``nbk`` (``nbq``) wide for every head; the others are shared when every head shares one."""
-    grid = cp.grid
-    copies = 1 if form != "full" and lists.partial_kv.num.shape[0] == 1 else cp.heads
-    size = 0
-    for block_lists, full_width in ((lists.partial_kv, grid.nbk), (lists.full_kv, grid.nbk),
-                                    (lists.partial_q, grid.nbq), (lists.full_q, grid.nbq)):
-        if block_lists is not None:
-            rows = block_lists.num.shape[1]
-            width = full_width if form == "full" else block_lists.width
-            size += 4 * rows * (cp.heads + copies * width)  # counts per head, indices per copy
-    require(size, MAX_INDEX_BYTES, f"bytes of {form} BlockMask tables for layer {layer} at n = {cp.n:,} "
-            f"({cp.heads} heads)", "use width='compact' or a larger block, or backward=False")
+    """Refuse, before any tensor is made, tables in ``form`` past ``MAX_INDEX_BYTES``, saying which
+    side is large and only the ways out that help: ``width='compact'`` when another form was asked
+    and compact fits, ``backward=False`` when the forward's tables fit alone, a larger block always."""
+    forward, backward = _table_bytes(cp, lists, form)
+    if forward + backward <= MAX_INDEX_BYTES:
+        return
+    ways = []
+    if backward and forward <= MAX_INDEX_BYTES:
+        ways.append("backward=False (leaves out the query-side tables; FlexAttention then runs forward only)")
+    if form != "compact":
+        compact_forward, compact_backward = _table_bytes(cp, lists, "compact")
+        if compact_forward + compact_backward <= MAX_INDEX_BYTES:
+            ways.append("width='compact' (tables as wide as the widest row, not the grid)")
+        elif compact_backward and compact_forward <= MAX_INDEX_BYTES and forward > MAX_INDEX_BYTES:
+            ways.append("width='compact' with backward=False")
+    ways.append("a larger block (fewer and narrower tables)")
+    shared = "one table shared by every head" if _copies(cp, lists, form) == 1 else "a copy per head"
+    require(forward + backward, MAX_INDEX_BYTES,
+            f"bytes of {form} BlockMask tables for layer {layer} at n = {cp.n:,} ({cp.heads} heads, "
+            f"{shared}: {forward:,} key-side for the forward, {backward:,} query-side tables for the "
+            "backward)",
+            "use " + ", or ".join(ways))
+
+
+def _copies(cp: CompiledPattern, lists: LayerLists, form: str) -> int:
+    """Index tables stored: ``full`` ones per head; the others once when every head shares a layout."""
+    return 1 if form != "full" and lists.partial_kv.num.shape[0] == 1 else cp.heads
+
+
+def _table_bytes(cp: CompiledPattern, lists: LayerLists, form: str) -> tuple[int, int]:
+    """Bytes of the key-side (forward) and query-side (backward) tables in ``form``: ``full`` ones are
+    ``nbk`` (``nbq``) wide; the others as wide as the widest row (column)."""
+    grid, copies = cp.grid, _copies(cp, lists, form)
+    sides = []
+    for side in (((lists.partial_kv, grid.nbk), (lists.full_kv, grid.nbk)),
+                 ((lists.partial_q, grid.nbq), (lists.full_q, grid.nbq))):
+        size = 0
+        for block_lists, full_width in side:
+            if block_lists is not None:
+                rows = block_lists.num.shape[1]
+                width = full_width if form == "full" else block_lists.width
+                size += 4 * rows * (cp.heads + copies * width)  # counts per head, indices per copy
+        sides.append(size)
+    return sides[0], sides[1]
 
 
 def _head_tables(distinct, heads, form: str, full_width: int):

@@ -80,8 +80,9 @@ def layer_lists(cp: CompiledPattern, layer: int, transposed: bool = True) -> Lay
         shapes += [(grid.nbk, _widest(by_col[:len(layouts)], grid.nbk)),
                    (grid.nbk, _widest(by_col[len(layouts):], grid.nbk))]
     size = 4 * len(layouts) * sum(rows * (width + 1) for rows, width in shapes)
+    backward = ", or backward=False (leaves out the query-side tables)" if transposed else ""
     require(size, MAX_INDEX_BYTES, f"bytes of block tables for layer {layer} ({cp.heads} heads, "
-            f"{len(layouts)} distinct layouts)", "use a larger block, or leave out the backward's tables")
+            f"{len(layouts)} distinct layouts)", f"use a larger block{backward}")
     tables = [_lists(chunk, rows, width)
               for chunk, (rows, width) in zip(_chunks(by_row + by_col, len(layouts)), shapes, strict=True)]
     return LayerLists(heads, tables[0], tables[1], *(tables[2:] if transposed else (None, None)))

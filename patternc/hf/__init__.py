@@ -6,7 +6,7 @@
 >>> model = AutoModelForCausalLM.from_pretrained("outputs/calibration_demo/model")   # doctest: +SKIP
 >>> patternc.hf.sparsify(model, "causal & (sink(64) | window(512))")     # doctest: +SKIP
 >>> logits = model(input_ids).logits      # every layer and head under the pattern   # doctest: +SKIP
->>> out = model.generate(input_ids, max_new_tokens=64)   # a PatternCache: only keys still read   # doctest: +SKIP
+>>> out = model.generate(input_ids, max_new_tokens=64)   # keeps only the keys still read   # doctest: +SKIP
 >>> patternc.hf.densify(model)            # the model's own attention, bit for bit   # doctest: +SKIP
 
 - ``sparsify(model, spec, *, block=None, params=None, backend="auto", max_length=None)`` and

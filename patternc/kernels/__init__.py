@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from patternc.errors import KernelInputError
+from patternc.kernels.inputs import check_flex
 from patternc.kernels.paths import PATH_ENV, KernelPaths, PathTimes, measure_paths, resolve_paths
 from patternc.kernels.reference import block_sparse_attention
 
@@ -45,7 +46,8 @@ _FLEX = None  # torch.compile(flex_attention), built on first use and shared by 
 
 def compiled_flex():
     """``flex_attention`` compiled once per process: compiling costs seconds, recompiles are cached
-    by torch per block shape and mask_mod."""
+    by torch per block shape and mask_mod. A call that would train where FlexAttention has no
+    backward (CPU) is refused first (``check_flex``), whoever calls it."""
     global _FLEX
     if _FLEX is None:
         import torch._dynamo.config as dynamo
@@ -55,7 +57,12 @@ def compiled_flex():
         # dynamo silently falls back to eager flex, which is ~100x slower on CPU
         dynamo.recompile_limit = max(dynamo.recompile_limit, 256)
         _FLEX = torch.compile(flex_attention, dynamic=False)
-    return _FLEX
+    return _checked_flex
+
+
+def _checked_flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs):
+    check_flex(query, key, value)
+    return _FLEX(query, key, value, *args, **kwargs)
 
 
 def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

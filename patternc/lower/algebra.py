@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Blocks, Grid, every_block
-from patternc.lower.node import Lowered, resolve
+from patternc.lower.node import BLOCK_BYTES, MERGE_BYTES, Lowered, resolve, resolve_bytes
 
 __all__ = ["Complement", "Difference", "Intersect", "Union", "merge_union"]
 
@@ -56,6 +56,30 @@ class _Binary(Lowered):
     def block_key(self, grid, i, j):
         return (*self.left.block_key(grid, i, j), *self.right.block_key(grid, i, j))
 
+    def terms(self):
+        return self.left.terms() + self.right.terms()
+
+    def partial_hint(self, grid):
+        # a block is PARTIAL in the result only where an operand holds it partially
+        return min(self.size_hint(grid), self.left.partial_hint(grid) + self.right.partial_hint(grid))
+
+    def _undecided(self, grid: Grid, m: float) -> float:
+        """At most how many of ``m`` blocks both operands hold partially, to be counted (``resolve``)."""
+        return min(m, self.left.partial_hint(grid), self.right.partial_hint(grid))
+
+    def classify_bytes(self, grid, m):
+        # the left kinds are held while the right side classifies; then the table and the counting
+        return max(self.left.classify_bytes(grid, m), m + self.right.classify_bytes(grid, m),
+                   5 * m + resolve_bytes(self, self._undecided(grid, m)))
+
+    def _against_bytes(self, base: Lowered, other: Lowered, grid: Grid) -> float:
+        """``_classify_against``'s peak: the base's blocks enumerated, then held while the other side
+        classifies them, the kinds combine (the undecided ones counted) and the survivors are copied."""
+        h = base.size_hint(grid)
+        counted = resolve_bytes(self, self._undecided(grid, h))
+        held = max(other.classify_bytes(grid, h), 6 * h + counted, (BLOCK_BYTES + 1) * h)
+        return max(base.enumerate_bytes(grid), BLOCK_BYTES * h + held)
+
 
 def merge_union(parts: list[Blocks], union: Lowered, grid: Grid) -> Blocks:
     """The blocks of ``union`` from the sorted blocks of its operands: FULL where any part is, and
@@ -88,6 +112,14 @@ class Union(_Binary):
     def enumerate(self, grid):
         return merge_union([self.left.enumerate(grid), self.right.enumerate(grid)], self, grid)
 
+    def enumerate_bytes(self, grid):
+        # the left blocks are held while the right enumerates; then both are merged, and the
+        # blocks both hold partially are counted
+        left, right = self.left.size_hint(grid), self.right.size_hint(grid)
+        counted = resolve_bytes(self, self._undecided(grid, left))
+        return max(self.left.enumerate_bytes(grid), BLOCK_BYTES * left + self.right.enumerate_bytes(grid),
+                   (BLOCK_BYTES + MERGE_BYTES) * (left + right) + counted)
+
     def predicate(self, q, k):
         return self.left.predicate(q, k) | self.right.predicate(q, k)
 
@@ -113,6 +145,11 @@ class Intersect(_Binary):
         if self.right.size_hint(grid) < self.left.size_hint(grid):
             return self._classify_against(self.right.enumerate(grid), self.left, grid, base_is_left=False)
         return self._classify_against(self.left.enumerate(grid), self.right, grid, base_is_left=True)
+
+    def enumerate_bytes(self, grid):
+        if self.right.size_hint(grid) < self.left.size_hint(grid):
+            return self._against_bytes(self.right, self.left, grid)
+        return self._against_bytes(self.left, self.right, grid)
 
     def predicate(self, q, k):
         return self.left.predicate(q, k) & self.right.predicate(q, k)
@@ -152,6 +189,9 @@ class Difference(_Binary):
     def enumerate(self, grid):
         return self._classify_against(self.left.enumerate(grid), self.right, grid, base_is_left=True)
 
+    def enumerate_bytes(self, grid):
+        return self._against_bytes(self.left, self.right, grid)
+
     def predicate(self, q, k):
         return self.left.predicate(q, k) & ~self.right.predicate(q, k)
 
@@ -186,3 +226,17 @@ class Complement(Lowered):
 
     def size_hint(self, grid):
         return float(grid.nbq * grid.nbk)
+
+    def terms(self):
+        return self.operand.terms()
+
+    def partial_hint(self, grid):
+        return self.operand.partial_hint(grid)
+
+    def classify_bytes(self, grid, m):
+        return self.operand.classify_bytes(grid, m) + 2 * m
+
+    def enumerate_bytes(self, grid):
+        # every block's row and column, the operand classifying them all, the non-empty ones copied out
+        every = self.size_hint(grid)
+        return 16 * every + max(self.classify_bytes(grid, every), (BLOCK_BYTES + 2) * every)

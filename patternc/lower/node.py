@@ -24,10 +24,22 @@ import numpy as np
 
 from patternc.lower.grid import KIND, Blocks, Grid
 
-__all__ = ["PAIR_BUDGET", "Lowered", "block_masks", "distinct_blocks", "kinds_from_counts", "pair_counts",
-           "resolve", "stored_masks"]
+__all__ = ["BLOCK_BYTES", "CLASSIFY_BYTES", "ENUMERATE_BYTES", "EVALUATION_BYTES", "PAIR_BUDGET", "Lowered",
+           "block_masks", "distinct_blocks", "kinds_from_counts", "lowering_bytes", "pair_counts", "resolve",
+           "resolve_bytes", "stored_masks"]
 
 PAIR_BUDGET = 1 << 22  # token pairs evaluated per batch when counting: bounds memory to ~100 MB
+
+# What lowering holds per block, so that a compile's size limit is checked on bytes before any block
+# is built. Measured with tracemalloc on every primitive and on unions, intersections, differences and
+# complements of them; tests/test_lowering_memory.py keeps each estimate at or above the measured peak.
+BLOCK_BYTES = 17  # a ``Blocks`` entry: int64 row and column, int8 kind
+ENUMERATE_BYTES = 112  # a primitive's enumeration per candidate: ranges expanded, bounds, kinds, copies
+CLASSIFY_BYTES = 96  # a primitive's classify per block: query and key bounds, offsets, counts
+MERGE_BYTES = 56  # a union's merge per block of its parts: keys, their sort order, sorted copies
+RESOLVE_BYTES = 144  # counting the pairs of an undecided block: bounds, shapes, a unique's sort...
+KEY_BYTES = 16  # ... and each term's int64 content key column
+EVALUATION_BYTES = 24 * PAIR_BUDGET  # one batch of token pairs evaluated: int64 offsets, masks
 
 
 class Lowered(ABC):
@@ -54,6 +66,24 @@ class Lowered(ABC):
     @abstractmethod
     def size_hint(self, grid: Grid) -> float:
         """About how many blocks ``candidates`` yields; intersections enumerate the smaller side."""
+
+    def partial_hint(self, grid: Grid) -> float:
+        """At least how many of its blocks may be PARTIAL (an upper bound): a block two operands both
+        hold partially is settled by counting pairs, which costs memory per block."""
+        return self.size_hint(grid)
+
+    def enumerate_bytes(self, grid: Grid) -> float:
+        """About the most bytes ``enumerate`` holds at once, known before it runs: a primitive holds a
+        few arrays per candidate block; combinators add up what their operands hold together."""
+        return self.size_hint(grid) * ENUMERATE_BYTES
+
+    def classify_bytes(self, grid: Grid, m: float) -> float:
+        """About the most bytes ``classify`` holds at once on ``m`` blocks."""
+        return m * CLASSIFY_BYTES
+
+    def terms(self) -> int:
+        """Primitives in the tree: each adds a content key column when blocks are counted."""
+        return 1
 
     def exact_counts(self, grid: Grid, i: np.ndarray, j: np.ndarray) -> np.ndarray | None:
         """Allowed pairs in each block ``(i, j)`` in closed form, when the node has one; None: they
@@ -86,6 +116,24 @@ class Lowered(ABC):
         """Non-empty blocks with exact kinds, sorted by (row, col)."""
         rows, cols = self.candidates(grid)
         return Blocks(rows, cols, self.classify(grid, rows, cols)).nonempty()
+
+
+def resolve_bytes(node: Lowered, m: float) -> float:
+    """About the most bytes ``resolve`` holds on ``m`` blocks. Which blocks are undecided is known only
+    once they are classified, so callers pass every block that may be."""
+    return m * (RESOLVE_BYTES + KEY_BYTES * node.terms()) + (EVALUATION_BYTES if m else 0)
+
+
+def lowering_bytes(node: Lowered, grid: Grid) -> float:
+    """About the peak bytes of lowering ``node`` to a ``Layout``: its enumeration, or the blocks held
+    while their CSR (int32 indptr and columns, bool kinds) is built, whichever is more.
+
+    >>> from patternc.primitives.offsets import Band
+    >>> round(lowering_bytes(Band(0, 2**20 - 1), Grid(2**20, 128, 128)) / 2**30, 2)  # causal at 1M: GiB
+    3.51
+    """
+    # per block row: the row counts (int64), their running sum, the int32 indptr
+    return max(node.enumerate_bytes(grid), (BLOCK_BYTES + 5) * node.size_hint(grid) + 24 * grid.nbq)
 
 
 def kinds_from_counts(count: np.ndarray, length: np.ndarray) -> np.ndarray:

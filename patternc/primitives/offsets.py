@@ -69,8 +69,13 @@ class _OffsetSet(Lowered):
     def size_hint(self, grid):
         a, b = self.intervals(grid)
         rows = (np.minimum(grid.n - 1, grid.n - 1 + b) - np.maximum(a, 0)) / grid.bq + 1
-        per_row = (b - a + grid.bq) / grid.bk + 1
-        return float(np.sum(np.maximum(rows, 0) * np.minimum(per_row, grid.nbk)))
+        per_row = (b - a + grid.bq - 1) // grid.bk + 2  # b - a + bq keys in a row: at most this many blocks
+        # A wide band is a triangle, not a parallelogram (causal: nb^2 / 2 blocks, not nb^2): its
+        # pairs fill that many blocks, plus the blocks its two edges and the short last row and
+        # column cross. The smaller bound holds for each interval.
+        area = (_pairs_below(b, grid.n) - _pairs_below(a - 1, grid.n)) / (grid.bq * grid.bk) \
+            + 3 * (grid.nbq + grid.nbk)
+        return float(np.sum(np.minimum(np.maximum(rows, 0) * np.minimum(per_row, grid.nbk), area)))
 
     def block_key(self, grid, i, j):
         # Blocks wholly outside the hull all hold nothing; inside, the content is fixed by q0 - k0.
@@ -78,6 +83,16 @@ class _OffsetSet(Lowered):
         q0, _ = grid.q_bounds(i)
         k0, _ = grid.k_bounds(j)
         return (np.clip(q0 - k0, lo - grid.bq - grid.bk, hi + grid.bq + grid.bk),)
+
+
+def _pairs_below(d: np.ndarray, n: int) -> np.ndarray:
+    """How many pairs of ``[0, n)^2`` have ``q - k <= d`` (float64: n^2 may pass 2**63).
+
+    >>> _pairs_below(np.array([-4, -1, 0, 3]), 4)
+    array([ 0.,  6., 10., 16.])
+    """
+    x = np.clip(np.asarray(d, np.float64), -n, n - 1)
+    return np.where(x < 0, (n + x) * (n + x + 1) / 2, float(n) * n - (n - 1 - x) * (n - x) / 2)
 
 
 def _lattice(step: int, m: int, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +143,10 @@ class Band(_OffsetSet):
         outside = (high < self.lo) | (low > self.hi)
         far = 2 * grid.n + grid.bq + grid.bk  # beyond any d
         return (np.where(inside, far, np.where(outside, far + 1, d)),)
+
+    def partial_hint(self, grid):
+        # only blocks its two edges cross: each edge is a line through at most nbq + nbk blocks
+        return min(self.size_hint(grid), 2.0 * (grid.nbq + grid.nbk))
 
     def is_causal(self, n: int) -> bool:
         """Exactly the pairs ``k <= q`` at length ``n``: dense causal attention."""

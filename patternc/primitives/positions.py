@@ -13,7 +13,7 @@ import numpy as np
 from patternc.errors import PatternMeaningError
 from patternc.lower.algebra import Union
 from patternc.lower.grid import EMPTY, FULL, KIND, PARTIAL, Grid, every_block, expand_ranges, lookup
-from patternc.lower.node import Lowered, kinds_from_counts
+from patternc.lower.node import BLOCK_BYTES, ENUMERATE_BYTES, Lowered, kinds_from_counts
 from patternc.primitives.registry import Arg, primitive
 
 __all__ = ["Chunk", "Columns", "Everything", "Global", "Nothing", "PeriodicColumns", "Prefix", "Sink",
@@ -56,6 +56,15 @@ class Everything(Lowered):
 
     def size_hint(self, grid):
         return float(grid.nbq * grid.nbk)
+
+    def partial_hint(self, grid):
+        return 0.0
+
+    def enumerate_bytes(self, grid):
+        return self.size_hint(grid) * (2 * BLOCK_BYTES + 2)  # every block, and the non-empty copy
+
+    def classify_bytes(self, grid, m):
+        return float(m)  # one kind each
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +321,9 @@ class Tokens(Lowered):
     def size_hint(self, grid):
         m = min(len(self.positions), grid.nbq)
         return m * grid.nbk + grid.nbq * min(len(self.positions), grid.nbk)
+
+    def enumerate_bytes(self, grid):
+        return 2 * self.size_hint(grid) * ENUMERATE_BYTES  # its candidates are built, then sorted
 
 
 @dataclass(frozen=True, slots=True)
