@@ -19,6 +19,7 @@ __all__ = [
     "DENSE_LIMIT",
     "LAYOUT_LIMIT",
     "MAX_BLOCK_PAIRS",
+    "MAX_CONFIG_BYTES",
     "MAX_HEADS",
     "MAX_INDEX_BYTES",
     "MAX_LAYOUT_BLOCKS",
@@ -41,6 +42,7 @@ MAX_BLOCK_PAIRS = 2**22  # bq x bk: a block's token mask is evaluated whole (204
 MAX_LAYOUT_BLOCKS = 2**27  # stored blocks of one layout, estimated before enumerating (`all` at 1M: 2**26)
 MAX_TOTAL_BLOCKS = 2**28  # stored blocks over the distinct layouts of one compile (~1.3 GB of CSR)
 MAX_REACH_BYTES = 2**31  # bits of reachability state (token-exact: n^2 / 8; block bounds: nb^2 / 8)
+MAX_CONFIG_BYTES = 2**24  # a model's config.json (hub configs are kilobytes; some carry label maps)
 MAX_STACK_BYTES = 2**20  # a stack file, or the stack stored in a layout file, is configuration
 MAX_YAML_DEPTH = 32  # nesting of a stack file (a stack is 4 deep)
 MAX_YAML_NODES = 2**15  # YAML nodes of a stack file, aliases expanded (no alias bombs)

@@ -11,11 +11,15 @@
 - ``sparsify(model, spec, *, block=None, params=None, backend="auto")`` and ``densify(model)``:
   ``patternc.hf.sparsify``;
 - which kernel runs a call (``backend``): ``patternc.hf.backends``;
-- padding, caches and decode steps: ``patternc.hf.calls``.
+- padding, caches and decode steps: ``patternc.hf.calls``;
+- a model's own attention as a stack, and a stack as a model's own config (``native_stack``,
+  ``to_native``): ``patternc.hf.native``.
 """
 
 from patternc.errors import ModelError
 from patternc.hf.backends import BACKENDS
+from patternc.hf.native import native_stack, native_support, to_native
 from patternc.hf.sparsify import NAME, SparseAttention, densify, sparsified, sparsify
 
-__all__ = ["BACKENDS", "NAME", "ModelError", "SparseAttention", "densify", "sparsified", "sparsify"]
+__all__ = ["BACKENDS", "NAME", "ModelError", "SparseAttention", "densify", "native_stack", "native_support",
+           "sparsified", "sparsify", "to_native"]
