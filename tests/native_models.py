@@ -31,7 +31,8 @@ SMALL = dict(hidden_size=32, intermediate_size=32, moe_intermediate_size=16,
              n_shared_experts=1, max_position_embeddings=2048, hidden_size_per_layer_input=8,
              vocab_size_per_layer_input=64, num_kv_shared_layers=0, first_k_dense_replace=1, v_head_dim=8,
              qk_rope_head_dim=4, qk_nope_head_dim=4, kv_lora_rank=8, q_lora_rank=8, global_head_dim=8,
-             laurel_rank=4, altup_num_inputs=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+             laurel_rank=4, altup_num_inputs=2, n_group=1, topk_group=1, pad_token_id=0, bos_token_id=1,
+             eos_token_id=2)
 
 
 def _capture(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
