@@ -159,8 +159,9 @@ def kv(compiled: CompiledPattern, kv_heads: int | None = None, head_dim: int = 1
        dtype: str = "bfloat16") -> KVReport:
     """The KV-cache retention of a causal compiled stack (see the module docstring).
 
-    ``kv_heads`` (default: the stack's heads) groups query heads as PyTorch's ``enable_gqa``
-    does: query head ``h`` reads KV head ``h // (heads // kv_heads)``.
+    ``kv_heads`` (default: the stack's ``kv_heads``, which is its heads unless it declares
+    grouped-query attention) groups query heads as PyTorch's ``enable_gqa`` does: query head ``h``
+    reads KV head ``h // (heads // kv_heads)``.
 
     >>> r = patternc.kv(patternc.compile("causal & (window(256) | stride(128))", n=4096))
     >>> r.forever[0][0], r.max_live_keys[0][0]
@@ -176,7 +177,7 @@ def kv(compiled: CompiledPattern, kv_heads: int | None = None, head_dim: int = 1
     if not cp.causal:
         raise PatternMeaningError("kv(): the stack is not causal, so there is no order in which keys are "
                                   "written and read: a KV cache needs causal & ... in every head")
-    kv_heads = cp.heads if kv_heads is None else kv_heads
+    kv_heads = cp.stack.kv_heads if kv_heads is None else kv_heads
     if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1 or cp.heads % kv_heads:
         raise PatternMeaningError(f"kv_heads must divide the stack's {cp.heads} heads, got {brief(kv_heads)}")
     for name, value in (("head_dim", head_dim),):
