@@ -30,7 +30,7 @@ from patternc.hf.sparsify import sparsified
 from patternc.lang import ast
 from patternc.native import LAYER_TYPES, NativeStack, native_layers, read_config
 from patternc.native.read import UNIFORM_WINDOW
-from patternc.stack import Stack
+from patternc.stack import Stack, as_stack
 
 __all__ = ["native_stack", "native_support", "to_native"]
 
@@ -85,10 +85,11 @@ def to_native(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
     if sparsified(model) is not None:
         raise ModelError(f"{shape.name} is sparsified: its config no longer says its own attention; "
                          "patternc.hf.densify(model) first")
-    stack = fit_stack(spec, shape)
-    if stack.kv_heads not in (stack.heads, shape.kv_heads):
-        raise ModelError(f"the stack declares {stack.kv_heads} KV heads but {shape.name} has "
+    given = as_stack(spec)
+    if given.kv_heads not in (given.heads, shape.kv_heads):  # a stack that declares GQA must be the model's
+        raise ModelError(f"the stack declares {given.kv_heads} KV heads but {shape.name} has "
                          f"{shape.kv_heads}")
+    stack = fit_stack(given, shape)
     text = model.config.get_text_config(decoder=True)
     context = getattr(text, "max_position_embeddings", None)
     if not isinstance(context, int):
