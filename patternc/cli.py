@@ -293,11 +293,13 @@ def _save_native(cp: CompiledPattern, path: Path, args) -> None:
     layers = native_layers(cp, args.format, superset=args.superset)  # refused before the file is opened
     save_native(cp, path, args.format, superset=args.superset)
     print(f"wrote {path} ({args.format}: {summary(layers)}, {cp.heads} heads, {cp.stack.kv_heads} KV heads, "
-          f"n = {cp.n})")
+          f"n = {cp.n:,})")
     exact = classify_layers(cp)
     widened = [l for l, (mine, kept) in enumerate(zip(exact, layers, strict=True)) if mine != kept]
     if widened:
-        print(f"superset: layers {_spans(widened)} keep more keys than the stack's own "
+        many = len(widened) > 1
+        print(f"superset: layer{'s' * many} {_spans(widened)} keep{'s' * (not many)} more keys than the "
+              "stack's own "
               f"({', '.join(f'{l}: {cp.expression(l, 0)} -> {layers[l]}' for l in widened[:4])}"
               f"{', ...' if len(widened) > 4 else ''})")
 
