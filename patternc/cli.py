@@ -296,12 +296,12 @@ def _save_native(cp: CompiledPattern, path: Path, args) -> None:
           f"n = {cp.n:,})")
     exact = classify_layers(cp)
     widened = [l for l, (mine, kept) in enumerate(zip(exact, layers, strict=True)) if mine != kept]
-    if widened:
-        many = len(widened) > 1
-        print(f"superset: layer{'s' * many} {_spans(widened)} keep{'s' * (not many)} more keys than the "
-              "stack's own "
-              f"({', '.join(f'{l}: {cp.expression(l, 0)} -> {layers[l]}' for l in widened[:4])}"
-              f"{', ...' if len(widened) > 4 else ''})")
+    changes: dict[tuple[str, str], list[int]] = {}
+    for l in widened:
+        changes.setdefault((cp.expression(l, 0), str(layers[l])), []).append(l)
+    for (mine, kept), where in changes.items():
+        print(f"superset: layer{'s' * (len(where) > 1)} {_spans(where)}: {mine} -> {kept} "
+              "(more keys, never fewer)")
 
 
 def _percent(low: float, high: float) -> str:
