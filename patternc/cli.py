@@ -4,6 +4,8 @@
     patternc show conf/pattern/longformer.yaml --n 8192 --layer 6 --head 0 --png longformer.png
     patternc export conf/pattern/bigbird.yaml --n 65536 --format bsr -o outputs/bigbird.safetensors
     patternc bench "causal & window(512)" --n 16384 --backend reference --dtype bf16
+    patternc kv --from-config path/to/model --n 131072       # a model's own attention (config.json)
+    patternc export mine.yaml --n 131072 --format hf-config -o hybrid.json
 
 Bad input exits with status 2 and the error, caret included, on stderr.
 """
@@ -24,8 +26,10 @@ from patternc.errors import PatternError, brief
 from patternc.export import save_bsr, save_fa4, save_flashinfer_variable, save_flashmask
 from patternc.layout import head_stats
 from patternc.limits import MAX_N
+from patternc.native import FORMATS as NATIVE_FORMATS
+from patternc.native import NativeStack, read_config, save_native
 from patternc.reach import EXACT_LIMIT, check_size, reach
-from patternc.stack import as_stack, parse_block
+from patternc.stack import as_stack, layer_spans, parse_block
 
 __all__ = ["main"]
 
@@ -77,7 +81,11 @@ def _output(text: str) -> Path:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="an expression such as 'causal & window(512)', or a stack YAML file")
+    parser.add_argument("spec", nargs="?",
+                        help="an expression such as 'causal & window(512)', or a stack YAML file")
+    parser.add_argument("--from-config", metavar="CONFIG",
+                        help="instead of SPEC: a model's own attention, read from its config.json or model "
+                             "directory (JSON only; nothing in it runs)")
     parser.add_argument("--n", type=_count(1, MAX_N), required=True, help="sequence length")
     parser.add_argument("--block", default=None,
                         help="block size B or BQ,BK (default: the stack's, else 128)")
@@ -124,13 +132,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--union", action="store_true",
                    help="flashinfer_variable, flashmask: a KV group whose query heads differ gets their "
                         "union (not exact for those heads) instead of an error")
+    p.add_argument("--superset", action="store_true",
+                   help="hf-config, trtllm: a stack the target cannot express gets the smallest superset it "
+                        "can (more keys per query, never fewer) instead of an error")
 
     p = commands.add_parser("kv", help="the KV cache a decoder must keep: keys per head, bytes, and why")
     _common(p)
     p.add_argument("--kv-heads", type=_count(1), default=None,
                    help="KV heads (grouped-query attention; default: the stack's kv_heads)")
-    p.add_argument("--head-dim", type=_count(1, 1024), default=128)
-    p.add_argument("--dtype", choices=KV_DTYPES, default="bf16")
+    p.add_argument("--head-dim", type=_count(1, 1024), default=None,
+                   help="default: the config's with --from-config, else 128")
+    p.add_argument("--dtype", choices=KV_DTYPES, default=None,
+                   help="default: the config's with --from-config, else bf16")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = commands.add_parser("bench", help="time one layer on a kernel against dense causal SDPA")
@@ -165,12 +178,33 @@ EXPORT_FORMATS = {
     "flashinfer_variable": "safetensors of layer{l}.block_mask_map/block_row_sz/block_col_sz, per KV head",
     "flashmask": "safetensors of layer{l}.startend_row_indices (1, kv_heads, n, 1|2|4), per KV head",
     "fa4": "safetensors of layer{l}.mask_block_cnt/mask_block_idx/full_block_cnt/full_block_idx",
+    **NATIVE_FORMATS,
 }
 PER_KV_HEAD = ("flashinfer_variable", "flashmask")  # the formats that take one layout per KV head
 
 
+def _stack(args):
+    """The stack the command runs: SPEC, or with --from-config the model's own (``args.native``)."""
+    args.native = None
+    if (args.spec is None) == (args.from_config is None):
+        raise PatternError("give a pattern (an expression or a stack file) or --from-config CONFIG, "
+                           f"{'not both' if args.spec is not None else 'one of them'}")
+    if args.spec is not None:
+        return as_stack(args.spec)
+    args.native = read_config(args.from_config)
+    return args.native.stack
+
+
+def _native_header(native: NativeStack | None) -> None:
+    """What a --from-config command runs, and what its stack does not express."""
+    if native is not None:
+        print(f"{native.name}'s own attention: {native.summary()}")
+        for note in native.notes:
+            print(f"note: not expressed by the stack: {note}")
+
+
 def _compile(args) -> CompiledPattern:
-    stack = as_stack(args.spec)
+    stack = _stack(args)
     block = block_shape(stack, args.n, None if args.block is None else parse_block(args.block, "--block"))
     if args.command == "check":  # a state too large for the machine is refused before compiling
         check_size(args.n, block, args.exact_limit, args.max_depth)
@@ -215,7 +249,8 @@ def _show(cp: CompiledPattern, args) -> None:
     if args.html:
         from patternc.explore import write_explorer
 
-        write_explorer(cp, args.html, layer=args.layer, head=args.head)
+        title = f"{args.native.name}'s own attention" if args.native else None
+        write_explorer(cp, args.html, layer=args.layer, head=args.head, title=title)
         print(f"wrote {args.html} (the explorer: open it in a browser)")
 
 
@@ -225,6 +260,8 @@ def _export(cp: CompiledPattern, args) -> None:
         raise PatternError(f"--masks applies to --format bsr, not {args.format}")
     if args.union and args.format not in PER_KV_HEAD:
         raise PatternError(f"--union applies to --format {' or '.join(PER_KV_HEAD)}, not {args.format}")
+    if args.superset and args.format not in NATIVE_FORMATS:
+        raise PatternError(f"--superset applies to --format {' or '.join(NATIVE_FORMATS)}, not {args.format}")
     # arrays are built before the file is opened, so a refused size leaves no file behind
     array = {"layout": cp.to_dense_blocks, "dense": cp.to_dense}.get(args.format, lambda: None)()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,12 +275,34 @@ def _export(cp: CompiledPattern, args) -> None:
         save_flashmask(cp, path, union=args.union)
     elif args.format == "fa4":
         save_fa4(cp, path)
+    elif args.format in NATIVE_FORMATS:
+        _save_native(cp, path, args)
+        return
     else:
         with open(path, "wb") as f:  # np.save(f, ...) writes exactly PATH, with no ".npy" added
             np.save(f, array)
     bq, bk = cp.block
     print(f"wrote {path} ({args.format}: {cp.layers} layers x {cp.heads} heads, n = {cp.n}, "
           f"block {bq}x{bk})")
+
+
+def _save_native(cp: CompiledPattern, path: Path, args) -> None:
+    from patternc.native import native_layers
+    from patternc.native.family import classify_layers
+    from patternc.native.read import summary
+
+    layers = native_layers(cp, args.format, superset=args.superset)  # refused before the file is opened
+    save_native(cp, path, args.format, superset=args.superset)
+    print(f"wrote {path} ({args.format}: {summary(layers)}, {cp.heads} heads, {cp.stack.kv_heads} KV heads, "
+          f"n = {cp.n:,})")
+    exact = classify_layers(cp)
+    widened = [l for l, (mine, kept) in enumerate(zip(exact, layers, strict=True)) if mine != kept]
+    changes: dict[tuple[str, str], list[int]] = {}
+    for l in widened:
+        changes.setdefault((cp.expression(l, 0), str(layers[l])), []).append(l)
+    for (mine, kept), where in changes.items():
+        print(f"superset: layer{'s' * (len(where) > 1)} {_spans(where)}: {mine} -> {kept} "
+              "(more keys, never fewer)")
 
 
 def _percent(low: float, high: float) -> str:
@@ -302,31 +361,38 @@ def _check(cp: CompiledPattern, args) -> int:
 def _kv(cp: CompiledPattern, args) -> None:
     from patternc.kv import kv
 
-    report = kv(cp, kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=KV_DTYPES[args.dtype])
+    native: NativeStack | None = args.native
+    head_dim = args.head_dim or (native and native.head_dim) or 128
+    dtype = KV_DTYPES[args.dtype] if args.dtype else (native and native.dtype) or "bfloat16"
+    report = kv(cp, kv_heads=args.kv_heads, head_dim=head_dim, dtype=dtype)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        data = report.to_dict()
+        if native is not None:
+            data["model"] = {"name": native.name, "layers": [str(layer) for layer in native.layers],
+                             "notes": list(native.notes)}
+        print(json.dumps(data, indent=2))
         return
+    _native_header(native)
     print(f"n = {cp.n:,}, {cp.layers} layers x {cp.heads} heads, {report.kv_heads} KV heads x d "
           f"{report.head_dim}, {report.dtype}")
     print(f"KV cache: {report.bytes:,} bytes, {report.ratio:.4f} of a dense cache ({report.dense_bytes:,})")
     by_row: dict[tuple, list[int]] = {}
     for l in range(cp.layers):
         by_row.setdefault((report.max_live_keys[l], report.forever[l]), []).append(l)
+    per_key = 2 * report.head_dim * report.element_bytes  # K and V of one cached key
     for (budgets, forever), layers in by_row.items():
         kept = sorted({term for head in forever for term in head})
         print(f"layers {_spans(layers)}: keys per KV head {', '.join(f'{b:,}' for b in budgets)}"
-              + (f"; kept to the end by {', '.join(kept)}" if kept else "; every key is evicted"))
+              + (f"; kept to the end by {', '.join(kept)}" if kept else "; every key is evicted")
+              + f"; {sum(budgets) * per_key:,} bytes a layer")
+    if native is not None:  # the model's own attention beside dense attention's
+        print(f"dense attention: {report.dense_bytes // cp.layers:,} bytes a layer (mixing depth: patternc "
+              "check --from-config)")
 
 
 def _spans(values: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
-    runs: list[list[int]] = []
-    for v in values:
-        if runs and runs[-1][1] == v - 1:
-            runs[-1][1] = v
-        else:
-            runs.append([v, v])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return layer_spans(values)
 
 
 def _bench(cp: CompiledPattern, args) -> None:
@@ -364,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         cp = _compile(args)
+        if args.command in ("compile", "check", "export", "show") and not getattr(args, "json", False):
+            _native_header(args.native)
         if args.command == "compile":
             _print_stats(cp, args.json)
         elif args.command == "check":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import reprlib
 
 __all__ = [
+    "ConfigError",
     "KernelInputError",
     "LayoutFileError",
     "ModelError",
@@ -157,6 +158,12 @@ class KernelInputError(PatternError):
     """Tensors or settings given to a kernel that do not fit each other or the compiled pattern:
     a shape, dtype or device that disagrees (the message names the argument and both values), an
     unsupported dtype, or an unknown compute path."""
+
+
+class ConfigError(PatternError):
+    """A model's configuration (``config.json``) that patternc cannot read as a stack, or a stack
+    that a serving configuration cannot express (``patternc.native``): the message names the key,
+    or the layer, head and term."""
 
 
 class ModelError(PatternError):

@@ -19,6 +19,7 @@ __all__ = [
     "DENSE_LIMIT",
     "LAYOUT_LIMIT",
     "MAX_BLOCK_PAIRS",
+    "MAX_CONFIG_BYTES",
     "MAX_HEADS",
     "MAX_INDEX_BYTES",
     "MAX_LAYOUT_FILE_BYTES",
@@ -45,6 +46,7 @@ MAX_LOWER_BYTES = 2**32
 MAX_TOTAL_BLOCKS = 2**28  # stored blocks over the distinct layouts of one compile (~1.3 GB of CSR)
 MAX_REACH_BYTES = 2**31  # bits of reachability state (token-exact: n^2 / 8; block bounds: nb^2 / 8)
 MAX_LAYOUT_FILE_BYTES = 2**31  # a layout file: MAX_TOTAL_BLOCKS blocks at 5 bytes, row pointers, header
+MAX_CONFIG_BYTES = 2**24  # a model's config.json (hub configs are kilobytes; some carry label maps)
 MAX_STACK_BYTES = 2**20  # a stack file, or the stack stored in a layout file, is configuration
 MAX_YAML_DEPTH = 32  # nesting of a stack file (a stack is 4 deep)
 MAX_YAML_NODES = 2**15  # YAML nodes of a stack file, aliases expanded (no alias bombs)

@@ -36,7 +36,8 @@ from patternc.limits import (
     require,
 )
 
-__all__ = ["Override", "Stack", "as_stack", "check_params", "load_stack", "load_yaml", "params_key"]
+__all__ = ["Override", "Stack", "as_stack", "check_params", "layer_spans", "load_stack", "load_yaml",
+           "params_key"]
 
 _KEYS = ("layers", "heads", "block", "causal", "default", "overrides", "params", "description", "kv_heads")
 _OVERRIDE_KEYS = ("layers", "heads", "expr")
@@ -418,6 +419,21 @@ def _range(value, count: int, where: str) -> tuple[int, int]:
         except ValueError:
             pass
     raise StackError(f"expected an index or a half-open range \"a:b\", got {brief(value)}", where=where)
+
+
+def layer_spans(values: list[int]) -> str:
+    """Layer (or head) indices as runs, for messages.
+
+    >>> layer_spans([0, 1, 2, 5])
+    '0-2, 5'
+    """
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and runs[-1][1] == v - 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _range_text(span: tuple[int, int]) -> int | str:

@@ -44,6 +44,7 @@ class AttentionRow:
     kv_keys: int | None  # keys cached per KV head (the largest budget); None: every key (not causal)
     layers_to_mix: str
     global_token: str
+    kv_layer_keys: tuple[int, ...] | None = None  # per layer, keys over its KV heads; None: kv_keys each
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,12 +130,14 @@ def _global(cp: CompiledPattern, causal: bool) -> str:
             f"(by the last {cp.n - 1 - key:,}; layer {l}, head {h})")
 
 
-def _kv_keys(cp: CompiledPattern, kv_heads: int | None) -> int | None:
-    """The largest KV-cache budget of any layer and KV head (``patternc.kv``); None when the stack
-    is not causal (a bidirectional stack has no cache order: every key is kept)."""
+def _kv_keys(cp: CompiledPattern, kv_heads: int | None) -> tuple[int | None, tuple[int, ...] | None]:
+    """The largest KV-cache budget of any layer and KV head, and per layer the keys its KV heads
+    cache together (``patternc.kv``: a hybrid stack's full and sliding layers differ); None when
+    the stack is not causal (a bidirectional stack has no cache order: every key is kept)."""
     if not cp.causal:
-        return None
-    return max(max(row) for row in kv(cp, kv_heads=kv_heads).max_live_keys)
+        return None, None
+    budgets = kv(cp, kv_heads=kv_heads).max_live_keys
+    return max(max(row) for row in budgets), tuple(sum(row) for row in budgets)
 
 
 def comparison_rows(cp: CompiledPattern, report: ReachReport, stats: PatternStats) -> list[AttentionRow]:
@@ -147,11 +150,12 @@ def comparison_rows(cp: CompiledPattern, report: ReachReport, stats: PatternStat
     per_head = stats.per_head
     every = "yes: every key, directly"
     kv_heads = getattr(cp.stack, "kv_heads", None)  # a stack that declares KV heads (GQA) caches those
+    kv_keys, kv_layer_keys = _kv_keys(cp, kv_heads)
     return [
         AttentionRow("MHA (dense)", cp.heads, dense, computed, cp.n, "1", every),
         AttentionRow("MQA (dense, 1 KV head)", 1, dense, computed, cp.n, "1", every),
         AttentionRow("GQA (dense)", None, dense, computed, cp.n, "1", every),
         AttentionRow("this pattern", kv_heads or cp.heads, sum(s.allowed_pairs for s in per_head),
-                     sum(s.stored_pairs for s in per_head), _kv_keys(cp, kv_heads), _mixing(report),
-                     _global(cp, causal)),
+                     sum(s.stored_pairs for s in per_head), kv_keys, _mixing(report), _global(cp, causal),
+                     kv_layer_keys),
     ]

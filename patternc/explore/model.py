@@ -34,6 +34,7 @@ from patternc.lower.grid import FULL
 from patternc.lower.node import Lowered
 from patternc.reach import EXACT_LIMIT, ReachReport, reach
 from patternc.reach.path import KeySpread
+from patternc.stack import layer_spans
 
 __all__ = ["DETAIL_BUDGET", "OVERVIEW_BUDGET", "OVERVIEW_CELLS", "SPREAD_CELLS", "SPREAD_KEYS", "page_data"]
 
@@ -195,6 +196,7 @@ def page_data(cp: CompiledPattern, layer: int = 0, head: int = 0, title: str | N
     max_depth = None if cp.n <= exact_limit else cp.layers
     report = reach(cp, exact_limit=exact_limit, max_depth=max_depth, keys=_spread_keys(cp.n))
     expressions = sorted({cp.expression(l, h) for l in range(cp.layers) for h in range(cp.heads)})
+    compare = comparison_rows(cp, report, stats)
     return {
         "format": "patternc-explorer", "version": 1,
         "title": title or cp.stack.source or cp.expression(0, 0),
@@ -214,12 +216,27 @@ def page_data(cp: CompiledPattern, layer: int = 0, head: int = 0, title: str | N
         "warnings": list(stats.warnings),
         "reach": _reach_summary(report),
         "spread": _spread(report.spread),
-        "compare": [row.to_dict() for row in comparison_rows(cp, report, stats)],
-        "defaults": {"head_dim": 64, "bytes": 2, "kv_heads": _gqa_default(cp.heads)},
+        "compare": [row.to_dict() for row in compare],
+        "kv_layers": _kv_layers(compare[-1]),
+        "defaults": {"head_dim": 64, "bytes": 2, "kv_heads": _gqa_default(cp.heads, cp.stack.kv_heads)},
     }
 
 
-def _gqa_default(heads: int) -> int:
-    """KV heads for the GQA row: a quarter of the query heads where that divides, as Llama-style
-    models group them; the reader can change it on the page."""
+def _kv_layers(row) -> list[dict]:
+    """The pattern's KV cache by layer: runs of layers that cache as many keys (over their KV heads),
+    so that a hybrid stack's full and sliding layers show apart."""
+    if row.kv_layer_keys is None:
+        return []
+    groups: dict[int, list[int]] = {}
+    for l, keys in enumerate(row.kv_layer_keys):
+        groups.setdefault(keys, []).append(l)
+    return [{"layers": layer_spans(layers), "keys": keys} for keys, layers in groups.items()]
+
+
+def _gqa_default(heads: int, declared: int) -> int:
+    """KV heads for the GQA row: the stack's own where it declares grouped-query attention, else a
+    quarter of the query heads where that divides, as Llama-style models group them; the reader can
+    change it on the page."""
+    if declared != heads:
+        return declared
     return next(g for g in (heads // 4, heads // 2, 1) if g >= 1 and heads % g == 0)

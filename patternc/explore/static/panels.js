@@ -117,21 +117,27 @@ function heads(where) {  // [[l, h], ...] -> "layers 0-5, heads 0-11", or what i
   return where.length > 12 ? `${listed} ... (${where.length} heads, layer.head)` : `${listed} (layer.head)`;
 }
 
-// The comparison: KV-cache bytes are K and V, per layer, per KV head, per cached key.
+// The comparison: KV-cache bytes are K and V, per layer, per KV head, per cached key. The pattern's
+// row sums its layers' own caches (a hybrid stack's sliding layers hold a window, its full ones all).
 function showCompare() {
   const { headDim, bytes: size, kvHeads } = settings(), body = document.querySelector("#compare tbody");
   const valid = kvHeads >= 1 && DATA.heads % kvHeads === 0;
   document.getElementById("kv-note").textContent = valid ? "" : `GQA needs a KV head count dividing ${DATA.heads}`;
   body.replaceChildren(...DATA.compare.map((row) => {
     const kv = row.kv_heads ?? kvHeads, keys = row.kv_keys ?? DATA.n;
-    const cache = 2 * DATA.layers * kv * keys * headDim * size;
-    const kvText = `${bytes(cache)} (${kv} KV head${kv > 1 ? "s" : ""}, ${row.kv_keys === null ? "every key" : fmt(keys) + " keys"})`;
+    const cached = row.kv_layer_keys ? row.kv_layer_keys.reduce((a, b) => a + b, 0) : DATA.layers * kv * keys;
+    const cache = 2 * cached * headDim * size;
+    const kvText = `${bytes(cache)} (${kv} KV head${kv > 1 ? "s" : ""}, ${row.kv_keys === null ? "every key" : (row.kv_layer_keys ? "up to " : "") + fmt(keys) + " keys"})`;
     return el("tr", {}, el("td", {}, row.name), el("td", { class: "num" }, fmt(row.pairs)),
       el("td", { class: "num" }, `${compact(flops(row.pairs, headDim))}FLOP`),
       el("td", { class: "num" }, fmt(row.computed_pairs)),
       el("td", { class: "num" }, row.kv_heads === null && !valid ? "?" : kvText),
       el("td", {}, row.layers_to_mix), el("td", {}, row.global_token));
   }));
+  const perLayer = DATA.kv_layers.map((g) => `layers ${g.layers}: ${fmt(g.keys)} keys, ${bytes(2 * g.keys * headDim * size)} a layer`);
+  document.getElementById("kv-layers").textContent = perLayer.length > 1
+    ? `This pattern's KV cache by layer (keys over the layer's KV heads): ${perLayer.join("; ")}; dense: ${bytes(2 * DATA.compare[0].kv_heads * DATA.n * headDim * size)} a layer (MHA).`
+    : "";
 }
 
 function buildReach() {
