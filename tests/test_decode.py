@@ -112,8 +112,9 @@ def test_kv_heads_with_other_patterns_hold_their_own_keys():
     cache = DecodeCache(cp, batch=2, head_dim=8, page=8)
     assert len(cache.pools) == 2  # KV heads 1-3 share one page table
     walk(cp, cache, q, k, v, prompt=40)
-    assert cache.held_keys(0) >= n // 4  # stride(4) keeps a key in every page
     report = patternc.kv(cp)
+    # stride(4) keeps every fourth key to the end, packed in pages of their own
+    assert n // 4 <= cache.held_keys(0) <= report.max_live_keys[0][0] + 2 * 8
     for g in (1, 2, 3):
         assert report.max_live_keys[0][g] <= cache.peak_keys(g) <= report.max_live_keys[0][g] + 2 * 8
         assert cache.held_keys(g) <= 8 + 8  # the window's page and the newest
@@ -158,12 +159,22 @@ def test_the_cache_holds_the_window_and_the_sinks_however_long_the_context():
     assert cache.bytes <= 1.1 * 2 * 4 * budget  # the pool is sized by the schedule, not by n
 
 
-def test_a_stride_keeps_its_columns_to_the_end():
-    cp = patternc.compile("causal & (window(16) | stride(20))", n=400, block=16)
+@pytest.mark.parametrize("expr", ["causal & (window(16) | stride(20))", "causal & (window(8) | fixed(32, 2))",
+                                  "causal & (window(16) | random(2))"])
+def test_keys_kept_to_the_end_pack_into_pages_of_their_own(expr):
+    """A stride keeps one key in 20 to the end: those keys share pages, so the cache holds about the
+    keys the pattern reads (``patternc.kv``), not every page a column touched."""
+    n = 2000
+    cp = patternc.compile(expr, n=n, block=16)
     cache = DecodeCache(cp, head_dim=1)
-    cache.prefill(torch.zeros(1, 1, 399, 1), torch.zeros(1, 1, 399, 1))
-    held = np.flatnonzero(cache.pools[0].table >= 0)
-    assert {(399 - 20 * m) // 16 for m in range(1, 20)} <= set(held.tolist())  # every stride column's page
+    cache.prefill(torch.zeros(1, 1, n - 1, 1), torch.zeros(1, 1, n - 1, 1))
+    pool = cache.pools[0]
+    held = set(pool.positions[pool.positions >= 0].tolist())
+    later = patternc.kv(cp).last_reads(0, 0) >= n - 1  # what the last query may read
+    assert set(np.flatnonzero(later[: n - 1]).tolist()) <= held  # every one of them is held
+    budget = patternc.kv(cp).max_live_keys[0][0]
+    assert cache.held_keys() <= budget + 2 * 16
+    assert pool.held_pages() * 16 <= budget + 3 * 16  # the pages are full, but for a few open ones
 
 
 def test_select_reorders_the_batch_as_beam_search_does():

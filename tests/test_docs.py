@@ -56,7 +56,7 @@ def test_the_readme_decode_example_runs_as_written():
     exec(compile(_python_block("Inference: the KV cache a pattern needs"), "README.md", "exec"), namespace)
     cache, out = namespace["cache"], namespace["out"]
     assert out.shape == (1, 8, 1, 64) and cache.length == 16004
-    assert cache.held_keys(0) == 4164 and cache.held_keys() == 2 * 4164  # what the README's comment says
+    assert cache.held_keys(0) == 4163 and cache.held_keys() == 2 * 4163  # what the README's comment says
 
 
 def test_the_readme_hugging_face_example_runs_as_written():

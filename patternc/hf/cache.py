@@ -131,12 +131,10 @@ class PatternCache(Cache):
                              f"{type(model).__name__} with PatternCache(model, max_length)")
         if sparsified(model) is not self.state:
             raise ModelError(f"{type(model).__name__} was densified or sparsified again since this "
-                             "PatternCache "
-                             "was made for its pattern: make a new one")
+                             "PatternCache was made for its pattern: make a new one")
         if length > self.max_length:
             raise ModelError(f"a generation of {length:,} tokens does not fit this PatternCache, which "
-                             "serves "
-                             f"max_length = {self.max_length:,}")
+                             f"serves max_length = {self.max_length:,}")
 
     def memory(self) -> CacheMemory:
         """Keys and bytes held per layer and KV head, beside ``patternc.kv``'s prediction."""
@@ -187,8 +185,8 @@ class PatternLayer(CacheLayerMixin):
         expected = (len(self.rows), shape.kv_heads, shape.head_dim)
         if (B, H, d) != expected or value_states.shape != key_states.shape:
             raise ModelError(f"PatternCache layer {self.layer}: keys of shape {tuple(key_states.shape)} and "
-                             "values "
-                             f"{tuple(value_states.shape)}, but the cache holds batch {len(self.rows)} x "
+                             f"values {tuple(value_states.shape)}, but the cache holds batch "
+                             f"{len(self.rows)} x "
                              f"{shape.kv_heads} KV heads x head_dim {shape.head_dim}")
         if self._pending is not None:
             raise ModelError(f"PatternCache layer {self.layer} was updated twice before its attention ran: "
@@ -271,8 +269,7 @@ class PatternLayer(CacheLayerMixin):
             real = (mask.as_subclass(Tensor)[:, 0, 0, :] & KEY).bool().cpu()  # (B, T)
             if real.shape != (batch, slots):
                 raise ModelError(f"PatternCache layer {self.layer}: the attention mask covers "
-                                 f"{real.shape[1]} "
-                                 f"key slots, the cache {slots}")
+                                 f"{real.shape[1]} key slots, the cache {slots}")
             firsts = []
             for row in range(batch):
                 found = torch.nonzero(real[row]).flatten()

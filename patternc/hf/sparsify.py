@@ -78,8 +78,7 @@ class SparseAttention:
         if served is None:
             if continues_cache and self.stack.reads_length():
                 raise ModelError(f"this call continues a cache to {keys:,} tokens, and the pattern's rows "
-                                 "depend "
-                                 f"on n ({self.stack.default}): say the length the model serves with "
+                                 f"depend on n ({self.stack.default}): say the length the model serves with "
                                  "sparsify(..., max_length=...), or use generate(), which serves the prompt "
                                  "plus max_new_tokens")
             return keys
@@ -151,8 +150,7 @@ def _check_arguments(name: str, kwargs: dict) -> None:
             raise ModelError(f"{name} is asked for its attention weights (output_attentions=True): the "
                              "pattern's kernels never form them; ask without output_attentions")
         raise ModelError(f"{name} passes {option}={brief(value)} to its attention, which patternc.hf does "
-                         "not "
-                         "know: it cannot promise to run the model exactly, so it refuses")
+                         "not know: it cannot promise to run the model exactly, so it refuses")
 
 
 def _register() -> None:

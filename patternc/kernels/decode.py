@@ -1,13 +1,14 @@
 """Decoding under a pattern: a paged KV cache that holds only the keys some later query still reads,
 and attention of the newest queries over what it holds.
 
-``DecodeCache(cp, layer)`` keeps one layer's keys and values in pools of ``page``-token slots (a
-page table maps each page of positions to its slot, as paged attention does). Eviction follows the
-pattern exactly (``patternc.kv``): each key's last reader is known, and a page goes back to the
-free list once every key on it is past its last reader, so a window of 4,096 plus 64 sinks holds
-about 4,160 keys per head (plus the page-rounding of its edges) however long the context. A key no
-later query reads is never stored. KV heads whose query heads read the same keys share one page
-table; a per-head stack gives each KV head the union of what its query heads read, and no more.
+``DecodeCache(cp, layer)`` keeps one layer's keys and values in pools of ``page``-token pages, each
+key's position beside it. Eviction follows the pattern exactly (``patternc.kv``): each key's last
+reader is known, a key goes to a page of keys that die with it, and a page goes back to the free
+list once every key on it is past its last reader. So a window of 4,096 plus 64 sinks holds about
+4,160 keys per head however long the context, and a stride's columns, kept to the end, pack into
+pages of their own. A key no later query reads is never stored. KV heads whose query heads read the
+same keys share one pool; a per-head stack gives each KV head the union of what its query heads
+read, and no more.
 
 ``append(k, v)`` writes the next tokens' keys and values (first evicting what no query from the
 first new position on reads); ``attend(q)`` computes the newest ``s`` queries (positions
@@ -26,8 +27,8 @@ and row ``t`` means what it means in that pattern.
 >>> cache.prefill(k[:, :, :199], v[:, :, :199])      # a prompt of 199 tokens, computed elsewhere
 >>> cache.append(k[:, :, 199:200], v[:, :, 199:200])  # the next token
 >>> out = cache.attend(q[:, :, 199:200])              # (B, H, 1, d): query 199
->>> cache.held_keys(), cache.length   # pages of 16: the sinks', the window's 2 and the newest 8 keys
-(56, 200)
+>>> cache.held_keys(), cache.length   # the 4 sinks and the window's 32 keys, in pages of 16
+(36, 200)
 >>> torch.allclose(out, reference_decode(q[:, :, 199:200], k[:, :, :200], v[:, :, :200], cp, 0), atol=1e-6)
 True
 """
@@ -57,25 +58,69 @@ GATHER_BELOW = 0.5  # a row that reads less than this share of its pool gathers 
 
 
 class _Pool:
-    """The pages of the KV heads that read the same keys: one page table, one (B, Hp, rows, d) pool."""
+    """The pages of the KV heads that read the same keys: one (B, Hp, slots * page, d) pool.
+
+    A key goes to a page of keys that die with it: its class is its last reader // page, and each
+    class fills one open page at a time. A window's keys die in the order they came, sinks and a
+    stride's columns at the end, so a stride that keeps every fifth key holds a fifth of the pages,
+    not every page it touched, and a page returns to the free list within ``page`` queries of its
+    keys' last reader."""
 
     def __init__(self, kv_heads: list[int], queries: dict, last: np.ndarray, page: int) -> None:
         self.kv_heads = kv_heads
         self.queries = queries  # bound pattern -> the query heads of these KV heads that it rules
         self.last = last  # (n,) the last query that reads each key, -1 for none
-        pages = -(-len(last) // page)
-        padded = np.full(pages * page, -1, np.int64)
-        padded[: len(last)] = last
-        self.page_last = padded.reshape(pages, page).max(axis=1)  # (pages,) evict after this query
-        self.table = np.full(pages, -1, np.int64)  # page -> slot, -1 when not held
-        self.slot_page = np.zeros(0, np.int64)  # slot -> page held there, -1 when free
+        self.page = page
+        self.slot_last = np.zeros(0, np.int64)  # slot -> the last reader of its keys, -1 when free
         self.positions = np.zeros(0, np.int64)  # (slots * page,) each pool row's key position, -1: none
+        self.open: dict[int, tuple[int, int]] = {}  # class -> (its page being filled, rows used)
         self.free: list[int] = []
-        self.peak = 0  # most pages held at once
+        self.peak = 0  # most keys held at once
         self.k = self.v = None  # (B, Hp, slots * page, d), allocated by DecodeCache
 
     def held_pages(self) -> int:
-        return int((self.slot_page >= 0).sum())
+        return int((self.slot_last >= 0).sum())
+
+    def held_keys(self) -> int:
+        return int((self.positions >= 0).sum())
+
+    def evict(self, next_query: int) -> None:
+        """Free the pages whose every key is past its last reader."""
+        gone = np.flatnonzero((self.slot_last >= 0) & (self.slot_last < next_query))
+        if len(gone) == 0:
+            return
+        self.positions.reshape(-1, self.page)[gone] = -1
+        self.slot_last[gone] = -1
+        self.free += gone.tolist()
+        dead = set(gone.tolist())
+        self.open = {c: (slot, used) for c, (slot, used) in self.open.items() if slot not in dead}
+
+    def place(self, keys: np.ndarray) -> np.ndarray | None:
+        """Pool rows (m,) for the keys (m,), in their order; None when the free pages are too few
+        (grow the pool and ask again: nothing has changed)."""
+        page = self.page
+        classes = self.last[keys] // page
+        order = np.argsort(classes, kind="stable")
+        found, starts, counts = np.unique(classes[order], return_index=True, return_counts=True)
+        needed = sum(-(-(count - (page - self.open[c][1] if c in self.open else 0)) // page)
+                     for c, count in zip(found.tolist(), counts.tolist(), strict=True))
+        if needed > len(self.free):
+            return None
+        rows = np.empty(len(keys), np.int64)
+        for c, start, count in zip(found.tolist(), starts.tolist(), counts.tolist(), strict=True):
+            members = order[start: start + count]
+            slot, used = self.open.get(c, (-1, page))
+            done = 0
+            while done < count:
+                if used == page:
+                    slot, used = self.free.pop(), 0
+                take = min(page - used, count - done)
+                rows[members[done: done + take]] = slot * page + used + np.arange(take)
+                dies = int(self.last[keys[members[done: done + take]]].max())
+                self.slot_last[slot] = max(self.slot_last[slot], dies)
+                used, done = used + take, done + take
+            self.open[c] = (slot, used)
+        return rows
 
 
 class DecodeCache:
@@ -126,7 +171,7 @@ class DecodeCache:
             pool.kv_heads.append(g)
             for h in heads:
                 pool.queries.setdefault(cp.node(layer, h), []).append(h)
-        slots = [_decode_pages(pool.last, pool.page_last, page) for pool in self.pools]
+        slots = [_decode_pages(pool.last, page) for pool in self.pools]
         # the whole pool, before anything is allocated: a huge batch or head_dim is refused here
         per_slot = 2 * batch * page * head_dim * dtype.itemsize
         pages = sum(len(p.kv_heads) * s for p, s in zip(self.pools, slots, strict=True))
@@ -139,17 +184,17 @@ class DecodeCache:
     # ---- what is held ----------------------------------------------------------------------------
 
     def held_keys(self, kv_head: int | None = None) -> int:
-        """Keys held now per KV head (whole pages, up to ``length``); ``None``: summed over KV heads."""
-        return sum(self._held(pool) * len(heads) for pool, heads in self._pools_of(kv_head))
+        """Keys held now per KV head (stored in a page not yet freed); ``None``: summed over KV heads."""
+        return sum(pool.held_keys() * len(heads) for pool, heads in self._pools_of(kv_head))
 
     def peak_keys(self, kv_head: int | None = None) -> int:
-        """The most keys held at once so far (whole pages); ``None``: summed over KV heads."""
-        return sum(pool.peak * self.page * len(heads) for pool, heads in self._pools_of(kv_head))
+        """The most keys held at once so far; ``None``: summed over KV heads."""
+        return sum(pool.peak * len(heads) for pool, heads in self._pools_of(kv_head))
 
     def evicted_keys(self, kv_head: int | None = None) -> int:
         """Keys written so far that are held no more (evicted, or never stored because no later query
         reads them); ``None``: summed over KV heads."""
-        return sum((self.length - self._held(pool)) * len(heads) for pool, heads in self._pools_of(kv_head))
+        return sum((self.length - pool.held_keys()) * len(heads) for pool, heads in self._pools_of(kv_head))
 
     @property
     def bytes(self) -> int:
@@ -170,10 +215,6 @@ class DecodeCache:
                                    f"{brief(kv_head)}")
         return [(pool, [kv_head]) for pool in self.pools if kv_head in pool.kv_heads]
 
-    def _held(self, pool: _Pool) -> int:
-        held = np.flatnonzero(pool.table >= 0)
-        return int(np.minimum((held + 1) * self.page, self.length).sum() - (held * self.page).sum())
-
     # ---- writing ---------------------------------------------------------------------------------
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -192,28 +233,19 @@ class DecodeCache:
         if self.length + s > self.cp.n:
             raise KernelInputError(f"DecodeCache: {s} more tokens after {self.length:,} pass n = "
                                    f"{self.cp.n:,}, the length the pattern was compiled for")
-        start, page = self.length, self.page
+        start = self.length
         new = np.arange(start, start + s)
         for pool in self.pools:
-            gone = np.flatnonzero((pool.table >= 0) & (pool.page_last < next_query))
-            for slot in pool.table[gone]:
-                pool.positions[slot * page: (slot + 1) * page] = -1
-            pool.free += pool.table[gone].tolist()
-            pool.slot_page[pool.table[gone]] = -1
-            pool.table[gone] = -1
+            pool.evict(next_query)
             kept = new[pool.last[new] >= next_query]  # keys some query still to come reads
             if len(kept) == 0:
                 continue
-            pages = np.unique(kept // page)
-            missing = pages[pool.table[pages] < 0]
-            if len(missing) > len(pool.free):  # a chunk holds more at once than one query: grow the pool
-                self._grow(pool, len(pool.slot_page) + len(missing) - len(pool.free))
-            for p in missing.tolist():
-                slot = pool.free.pop()
-                pool.table[p], pool.slot_page[slot] = slot, p
-            pool.peak = max(pool.peak, pool.held_pages())
-            rows = pool.table[kept // page] * page + kept % page  # (m,) pool rows of the kept keys
+            rows = pool.place(kept)
+            if rows is None:  # a chunk holds more at once than one query: grow the pool
+                self._grow(pool, len(pool.slot_last) + len(kept) // self.page + len(pool.open) + 1)
+                rows = pool.place(kept)
             pool.positions[rows] = kept
+            pool.peak = max(pool.peak, pool.held_keys())
             index = torch.from_numpy(rows).to(self.device)
             source = torch.from_numpy(kept - start).to(k.device)
             heads = torch.tensor(pool.kv_heads, device=k.device)
@@ -226,7 +258,7 @@ class DecodeCache:
     def _grow(self, pool: _Pool, slots: int) -> None:
         """Give ``pool`` room for ``slots`` pages: a quarter more than asked once it grows, so a run of
         chunks reallocates a few times, not once per chunk."""
-        old = len(pool.slot_page)
+        old = len(pool.slot_last)
         if old:
             slots = max(slots, old + old // 4)
         rows = (slots - old) * self.page
@@ -235,7 +267,7 @@ class DecodeCache:
         fresh = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(2)]
         pool.k, pool.v = fresh if pool.k is None else (torch.cat([pool.k, fresh[0]], 2),
                                                        torch.cat([pool.v, fresh[1]], 2))
-        pool.slot_page = np.concatenate([pool.slot_page, np.full(slots - old, -1, np.int64)])
+        pool.slot_last = np.concatenate([pool.slot_last, np.full(slots - old, -1, np.int64)])
         pool.positions = np.concatenate([pool.positions, np.full(rows, -1, np.int64)])
         pool.free = list(range(slots - 1, old - 1, -1)) + pool.free  # the lowest slots are used first
 
@@ -355,19 +387,27 @@ def _calls(pool: _Pool, heads: list[int], group: int) -> list[tuple[list[int], l
     return [([g], hs) for g, hs in by_kv.items()]
 
 
-def _decode_pages(last: np.ndarray, page_last: np.ndarray, page: int) -> int:
-    """The most pages held at once while tokens arrive one at a time: page ``p`` is held from its
-    first key that some query reads to its last reader."""
+def _decode_pages(last: np.ndarray, page: int) -> int:
+    """The most pages held at once while tokens arrive one at a time, each key placed as
+    ``_Pool.place`` does: with the keys of its class (last reader // page), ``page`` to a page, held
+    from its first key's arrival to the last reader of its keys."""
     n = len(last)
-    read = last >= 0
-    if not read.any():
+    kept = np.flatnonzero(last >= 0)
+    if len(kept) == 0:
         return 1
-    first = np.full(len(page_last), n, np.int64)
-    np.minimum.at(first, np.flatnonzero(read) // page, np.flatnonzero(read))
-    used = np.flatnonzero(first < n)
+    classes = last[kept] // page
+    order = np.argsort(classes, kind="stable")  # by class, then by arrival
+    classes, keys = classes[order], kept[order]
+    starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+    rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    pages = np.cumsum(np.r_[True, (classes[1:] != classes[:-1]) | (rank[1:] % page == 0)]) - 1
+    first = np.full(pages[-1] + 1, n, np.int64)
+    np.minimum.at(first, pages, keys)
+    end = np.zeros(pages[-1] + 1, np.int64)
+    np.maximum.at(end, pages, last[keys])
     change = np.zeros(n + 1, np.int64)
-    np.add.at(change, first[used], 1)
-    np.add.at(change, np.minimum(page_last[used] + 1, n), -1)
+    np.add.at(change, first, 1)
+    np.add.at(change, np.minimum(end + 1, n), -1)
     return max(1, int(np.cumsum(change).max()) + 1)  # + 1: the next page is written before the evictions
 
 
