@@ -101,6 +101,29 @@ def test_chunks_and_grouped_query_heads():
         start = stop
 
 
+@pytest.mark.parametrize("expr, grows", [("causal & (sink(4) | window(24))", True),
+                                         ("causal & (window(16) | stride(20))", False)])  # sized for all
+def test_decoding_after_chunks_shrinks_the_pool_back_and_stays_exact(expr, grows):
+    """A chunk holds its keys and the window's at once, so the pool grows; the first decode step
+    after it moves the held pages to the front and shrinks the pool to what decoding needs."""
+    cp = patternc.compile(expr, n=300, block=16)
+    q, k, v = tensors(1, 1, 300)
+    cache = DecodeCache(cp, batch=2, head_dim=8)
+    decode_bytes = cache.bytes
+    start = 0
+    for stop in (100, 200, 230):  # two chunks of 100, then 30 tokens to decode one at a time
+        cache.append(k[:, :, start:stop], v[:, :, start:stop])
+        cache.attend(q[:, :, start:stop])
+        start = stop
+    assert (cache.bytes > decode_bytes) == grows  # the chunks grew the window's pool
+    for t in range(230, 300):
+        cache.append(k[:, :, t: t + 1], v[:, :, t: t + 1])
+        got = cache.attend(q[:, :, t: t + 1])
+        want = reference_decode(q[:, :, t: t + 1], k[:, :, : t + 1], v[:, :, : t + 1], cp)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"query {t}")
+        assert cache.bytes == decode_bytes, t  # back to the schedule's size from the first step on
+
+
 def test_kv_heads_with_other_patterns_hold_their_own_keys():
     """Each KV head keeps the union of what its query heads read, not the layer's union: a global
     head's KV head keeps every key, the windowed KV heads keep their windows."""

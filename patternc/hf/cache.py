@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from patternc.hf.sparsify import SparseAttention
     from patternc.kv import KVReport
 
-__all__ = ["CacheMemory", "PatternCache", "PatternLayer", "PendingKeys"]
+__all__ = ["CacheMemory", "PatternCache", "PatternLayer", "PendingKeys", "cache_refusal"]
 
 Tensor = torch.Tensor
 
@@ -55,10 +55,12 @@ class PendingKeys(Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        raise ModelError("keys from a patternc PatternCache reached an attention that is not a sparsified "
-                         "model's (its own, after densify, or another model's): the cache holds only the "
-                         "keys the pattern reads, so only that pattern's attention can continue from it; "
-                         "start a new generation, or pass cache=DynamicCache() to keep every key")
+        raise ModelError(f"keys from a patternc PatternCache met {getattr(func, '__name__', func)} outside "
+                         "the patternc attention function: another attention (the model's own, after "
+                         "densify, or another model's), or a model that works on its keys after the cache "
+                         "(differential or mixture-of-heads attention). The cache holds only the keys the "
+                         "pattern reads, so only the pattern's attention can read them; start a new "
+                         "generation, or pass cache=DynamicCache() to keep every key")
 
 
 def _pending(x: Tensor, layer: PatternLayer) -> PendingKeys:
@@ -147,6 +149,35 @@ class PatternCache(Cache):
                            held_bytes=sum(layer.held_bytes() for layer in self.layers),
                            allocated_bytes=sum(layer.allocated_bytes() for layer in self.layers),
                            dense_bytes=tokens * shape.kv_heads * 2 * shape.head_dim * element)
+
+
+def cache_refusal(model, max_length: int) -> str | None:
+    """Why a ``PatternCache`` cannot serve this sparsified model, or None when it can.
+
+    Whether it can is a property of the model's code, not of its config: the cache serves a model
+    whose attention modules hand their keys and values, as they attend over them, to the cache and
+    then to the attention function. Latent caches (multi-head latent attention caches a compressed
+    state), keys worked on after the cache (differential attention, mixture-of-heads), and
+    state-space layers that keep their state in the cache (hybrid models) are not served. So it is
+    found by running the model: two one-token steps on a throwaway cache, with the random state
+    kept as it was. The verdict is kept with the sparsified model.
+    """
+    from patternc.hf.sparsify import sparsified
+
+    state = sparsified(model)
+    if "cache" not in state.verdicts:
+        probe = PatternCache(model, max_length)
+        token = torch.zeros((1, 1), dtype=torch.long, device=model.device)
+        devices = [model.device] if model.device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                for _ in range(2):
+                    model(input_ids=token, cache=probe, use_cache=True)
+            state.verdicts["cache"] = None
+        except Exception as error:  # any failure: the model's code is not one the cache serves
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            state.verdicts["cache"] = f"{type(error).__name__}: {first[:300]}"
+    return state.verdicts["cache"]
 
 
 class PatternLayer(CacheLayerMixin):
@@ -239,15 +270,17 @@ class PatternLayer(CacheLayerMixin):
             raise ModelError("this PatternCache was made for another pattern of the model: make a new one")
         B, S = q.shape[0], q.shape[2]
         firsts = self._first_real_slots(mask, B, self.slots)
-        out = q.new_zeros(q.shape)  # padding queries get 0
+        out = None  # (B, H, S, d), made when the call has padding (a padding query gets 0)
         by_first: dict[int, list[int]] = {}
         for row, first in enumerate(firsts):
             if first is not None:
                 by_first.setdefault(first, []).append(row)
         for first, rows in by_first.items():
             s = self.slots - max(first, self.slots - S)  # the rows' real tokens in this call
+            whole = len(rows) == B and s == S  # every row, no padding in the call: no copies
             index = torch.tensor(rows, device=q.device)
-            q_g, k_g, v_g = (x.index_select(0, index.to(x.device))[:, :, S - s:] for x in (q, k, v))
+            q_g, k_g, v_g = (x if whole else x.index_select(0, index.to(x.device))[:, :, S - s:]
+                             for x in (q, k, v))
             cache = self.caches.get(first)
             if cache is None:  # their first tokens: a whole sequence, through the block-sparse kernel
                 cache = self.caches[first] = self._new_cache(len(rows))
@@ -257,8 +290,11 @@ class PatternLayer(CacheLayerMixin):
             else:
                 cache.append(k_g, v_g)
                 o = cache.attend(q_g, scale=scale)
+            if whole:
+                return o
+            out = q.new_zeros(q.shape) if out is None else out
             out[index, :, S - s:] = o
-        return out
+        return q.new_zeros(q.shape) if out is None else out
 
     def _first_real_slots(self, mask, batch: int, slots: int) -> list[int | None]:
         """Per batch row, its first real key slot: where its left padding ends. Real slots must run

@@ -45,9 +45,31 @@ def _text_config(model) -> Any:
 
 
 def attention_modules(model) -> list:
-    """The modules that call the attention interface: those with a ``layer_idx``, in model order."""
-    return [module for module in model.modules() if isinstance(getattr(module, "layer_idx", None), int)
-            and hasattr(module, "forward") and "Attention" in type(module).__name__]
+    """The modules that call the attention interface over the model's own tokens: those with a
+    ``layer_idx``, in model order, cross-attention over an encoder's states left out."""
+    return [module for name, module in model.named_modules() if _is_attention(module)
+            and not is_cross_attention(name, module)]
+
+
+def cross_attention_modules(model) -> list:
+    """The modules that attend from the model's tokens to an encoder's states (no pattern's)."""
+    return [module for name, module in model.named_modules() if _is_attention(module)
+            and is_cross_attention(name, module)]
+
+
+def _is_attention(module) -> bool:
+    return (isinstance(getattr(module, "layer_idx", None), int) and hasattr(module, "forward")
+            and "Attention" in type(module).__name__)
+
+
+_CROSS_NAMES = ("encoder_attn", "crossattention", "cross_attn", "cross_attention")
+
+
+def is_cross_attention(name: str, module) -> bool:
+    """Whether the module at ``name`` attends to another sequence's states (an encoder's, an
+    image's): its keys are not the model's tokens, so a pattern over those tokens does not apply."""
+    return (bool(getattr(module, "is_cross_attention", False)) or "CrossAttention" in type(module).__name__
+            or any(part in _CROSS_NAMES for part in name.split(".")))
 
 
 def model_shape(model) -> ModelShape:
@@ -66,19 +88,43 @@ def model_shape(model) -> ModelShape:
                          "(its attention modules compute attention themselves), so no pattern can be "
                          "plugged in; models that do include Llama, Mistral, Qwen2 and most decoders "
                          "of transformers 5")
-    config = _text_config(model)
-    layers, heads = config.num_hidden_layers, config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     modules = attention_modules(model)
+    if not modules:
+        raise ModelError(f"{name} has no attention layers (modules with a layer_idx that call the attention "
+                         "function): it is a state-space or mixing model, and no pattern applies to it")
+    config = _text_config(model)
+    try:
+        layers, heads = config.num_hidden_layers, config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    except RuntimeError as error:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        raise ModelError(f"{name} sets its attention sizes per layer (a heterogeneous config): patternc.hf "
+                         "needs one number of heads and one head size for every layer") from error
     found = sorted({module.layer_idx for module in modules})
     if found != list(range(layers)):
+        kinds = getattr(config, "layer_types", None)
+        others = sorted({kind for kind in kinds or () if "attention" not in str(kind) or "linear" in str(kind)})
+        what = (f" (config.layer_types has {', '.join(map(str, others))} layers, which no pattern describes)"
+                if others else "")
         raise ModelError(f"{name} has {layers} layers (config.num_hidden_layers) but attention modules "
-                         f"with layer_idx {found[:8]}{'...' if len(found) > 8 else ''}: patternc.hf gives "
-                         "each layer its pattern by layer_idx, and needs one per layer")
+                         f"with layer_idx {found[:8]}{'...' if len(found) > 8 else ''}{what}: patternc.hf "
+                         "gives each layer its pattern by layer_idx, and needs softmax attention in every "
+                         "layer")
     causal = getattr(config, "is_causal", True) and any(getattr(m, "is_causal", True) for m in modules)
     _refuse_what_a_pattern_cannot_apply(name, config, modules)
+    kv_heads = _kv_heads(name, config, modules, heads)
     return ModelShape(name, layers, heads, kv_heads, head_dim, bool(causal))
+
+
+def _kv_heads(name: str, config, modules: list, heads: int) -> int:
+    """The KV heads, as the attention modules read them (``num_key_value_groups`` query heads per KV
+    head: GPT-BigCode's multi-query reads one though its config names none), else the config's."""
+    groups = {getattr(module, "num_key_value_groups", None) for module in modules} - {None}
+    if len(groups) == 1 and isinstance(next(iter(groups)), int) and heads % next(iter(groups)) == 0:
+        return heads // next(iter(groups))
+    if len(groups) > 1:
+        raise ModelError(f"{name}'s layers group query heads differently (num_key_value_groups "
+                         f"{sorted(groups)}): patternc.hf needs one number of KV heads for every layer")
+    return getattr(config, "num_key_value_heads", None) or heads
 
 
 # Keyword arguments an attention module may pass to the attention function that change its result
@@ -90,6 +136,7 @@ REFUSED_ARGUMENTS = {
     "sinks": "learned attention-sink logits (sinks)",
     "position_bias": "a position bias added to the logits (relative or ALiBi)",
     "alibi": "ALiBi position biases",
+    "indices": "a learned selection of keys per query (a sparse-attention indexer's top-k indices)",
 }
 
 
@@ -101,10 +148,12 @@ def _refuse_what_a_pattern_cannot_apply(name: str, config, modules: list) -> Non
         raise ModelError(f"{name} applies logit soft-capping in attention (config.attn_logit_softcapping = "
                          f"{softcap}), which a pattern's kernels do not apply: patternc.hf cannot run it "
                          "exactly (with attn_logit_softcapping = None it is another model)")
-    for option in ("kv_sharing_modes", "num_kv_shared_layers"):
-        if getattr(config, option, None):
-            raise ModelError(f"{name} shares KV caches between layers (config.{option}), which a pattern "
-                             "cache does not follow: patternc.hf cannot run it")
+    modes = getattr(config, "kv_sharing_modes", None) or ()
+    shared = getattr(config, "num_kv_shared_layers", None) or 0
+    if shared or any(mode == "reuse" for mode in modes):
+        option = "num_kv_shared_layers" if shared else "kv_sharing_modes"
+        raise ModelError(f"{name} shares KV caches between layers (config.{option}), which a pattern "
+                         "cache does not follow: patternc.hf cannot run it")
     if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
         raise ModelError(f"{name} adds ALiBi position biases to the attention logits, which a pattern's "
                          "kernels do not apply: patternc.hf cannot run it exactly")
@@ -117,26 +166,38 @@ def _refuse_what_a_pattern_cannot_apply(name: str, config, modules: list) -> Non
         if type(module) in seen:
             continue
         seen.add(type(module))
-        passed = _arguments_passed_to_the_attention_function(type(module))
-        for option in ("position_bias", "alibi", "s_aux", "sinks"):
-            if option in passed:
+        source = _forward_source(type(module))
+        passed = _arguments_passed_to_the_attention_function(source)
+        for option in REFUSED_ARGUMENTS:
+            if option in passed and option != "softcap":  # softcap=None is passed by models without it
                 raise ModelError(f"{name}'s {type(module).__name__} passes {option}= to its attention "
                                  f"function: {REFUSED_ARGUMENTS[option]}, which a pattern's kernels do not "
                                  "apply, so patternc.hf cannot run it exactly")
+        mask = passed.get("attention_mask", "attention_mask")
+        if mask != "attention_mask" or re.search(r"\battention_mask\s*\[", source):
+            raise ModelError(f"{name}'s {type(module).__name__} builds on the attention mask itself (its "
+                             f"forward {'passes attention_mask=' + mask if mask != 'attention_mask' else 'indexes attention_mask'}"
+                             "): a sparsified model builds no (queries, keys) mask, the pattern decides "
+                             "what each query reads, so patternc.hf cannot run it exactly")
 
 
-def _arguments_passed_to_the_attention_function(cls: type) -> set[str]:
-    """The keyword names in the ``attention_interface(...)`` call of a module's ``forward``, read
-    from its source as transformers itself reads model sources (``_can_set_attn_implementation``);
-    an empty set when the source cannot be read."""
+def _forward_source(cls: type) -> str:
+    """The source of a module's ``forward``, as transformers itself reads model sources
+    (``_can_set_attn_implementation``); empty when it cannot be read."""
     try:
-        source = inspect.getsource(cls.forward)
+        return inspect.getsource(cls.forward)
     except (OSError, TypeError):
-        return set()
-    names: set[str] = set()
+        return ""
+
+
+def _arguments_passed_to_the_attention_function(source: str) -> dict[str, str]:
+    """The keyword arguments of the ``attention_interface(...)`` calls in a ``forward``'s source:
+    name -> the expression passed (as written, stripped)."""
+    passed: dict[str, str] = {}
     for call in re.finditer(r"attention_interface\((.*?)\n\s*\)", source, re.DOTALL):
-        names.update(re.findall(r"\b([a-z_]+)\s*=", call.group(1)))
-    return names
+        for keyword, value in re.findall(r"\b([a-z_]+)\s*=\s*([^,\n]+)", call.group(1)):
+            passed.setdefault(keyword, value.strip())
+    return passed
 
 
 def fit_stack(spec: str | os.PathLike | ast.Pattern | Stack, shape: ModelShape) -> Stack:

@@ -29,15 +29,17 @@ or a static one keeps every key, and the pattern still decides what each query r
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from patternc.errors import ModelError, brief
 from patternc.hf.backends import BACKENDS, Patterns, attend
-from patternc.hf.cache import PatternCache, PendingKeys
+from patternc.hf.cache import PatternCache, PendingKeys, cache_refusal
 from patternc.hf.calls import key_roles, sequences
-from patternc.hf.model import REFUSED_ARGUMENTS, ModelShape, Saved, attention_modules, fit_stack, model_shape
+from patternc.hf.model import (REFUSED_ARGUMENTS, ModelShape, Saved, attention_modules, cross_attention_modules,
+                               fit_stack, model_shape)
 from patternc.lang import ast
 from patternc.limits import MAX_N
 from patternc.stack import Stack
@@ -48,6 +50,7 @@ __all__ = ["NAME", "PREFILL_CHUNK", "SparseAttention", "densify", "pattern_atten
 NAME = "patternc"  # the attention implementation's name in transformers' registries
 PREFILL_CHUNK = 2048  # generate()'s prompt chunks with a PatternCache: the held keys plus 2,048 new ones
 _STATE = "_patternc_attention"  # the attribute on the model and its attention modules
+_CROSS = "_patternc_cross_attention"  # on cross-attention modules: the model's name, for the refusal
 _PROBE_N = 4096  # sparsify compiles the stack once at min(this, the model's context) to fail early
 _HOOKS = ("generate", "_prepare_cache_for_generation")  # instance attributes sparsify sets
 # Attention arguments whose values never change what the pattern computes: the pattern replaces the
@@ -70,6 +73,7 @@ class SparseAttention:
     saved: Saved
     max_length: int | None = None  # declared by sparsify: the length every call is served at
     generations: list = field(default_factory=list)  # generate() calls in progress: their lengths
+    verdicts: dict = field(default_factory=dict)  # what was found by running the model (cache_refusal)
 
     def serving(self, keys: int, continues_cache: bool) -> int:
         """The length a call that meets ``keys`` tokens is served at (see the module docstring)."""
@@ -120,6 +124,11 @@ def pattern_attention(module, query, key, value, attention_mask, scaling: float 
     change the result and that a pattern's kernels do not apply is refused, naming it."""
     state: SparseAttention | None = getattr(module, _STATE, None)
     layer = getattr(module, "layer_idx", None)
+    if state is None and getattr(module, _CROSS, None):
+        raise ModelError(f"{getattr(module, _CROSS)}'s {type(module).__name__} (layer {layer}) attends to an "
+                         "encoder's states (cross-attention), whose keys are not the model's tokens: a "
+                         "pattern describes self-attention only; call the sparsified model without "
+                         "encoder_hidden_states, or densify it")
     if state is None:
         raise ModelError(f"{type(module).__name__} (layer {layer}) runs the '{NAME}' attention but its model "
                          "was not sparsified: call patternc.hf.sparsify(model, pattern)")
@@ -201,6 +210,8 @@ def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
     _register()
     for module in (model, *attention_modules(model)):
         setattr(module, _STATE, state)
+    for module in cross_attention_modules(model):
+        setattr(module, _CROSS, shape.name)
     _hook_generation(model, state)
     model.set_attn_implementation(NAME)
     if model.config._attn_implementation != NAME:  # transformers declined with a warning
@@ -232,17 +243,27 @@ def _hook_generation(model, state: SparseAttention) -> None:
         own = model_kwargs.get("cache")
         if isinstance(own, PatternCache):
             own.check(model, length)
+            refusal = cache_refusal(model, served)
+            if refusal:
+                raise ModelError(f"a PatternCache cannot serve {state.shape.name} ({refusal}); generate "
+                                 "without cache=, and the model's own cache keeps every key")
         elif own is None and generation_config.use_cache is not False \
                 and generation_config.cache_implementation in (None, "dynamic"):
-            model_kwargs["cache"] = PatternCache(model, served)
-            if generation_config.prefill_chunk_size is None:  # this generation's copy of the config
-                generation_config.prefill_chunk_size = PREFILL_CHUNK
-            return None
+            refusal = cache_refusal(model, served)
+            if refusal is None:
+                model_kwargs["cache"] = PatternCache(model, served)
+                if generation_config.prefill_chunk_size is None:  # this generation's copy of the config
+                    generation_config.prefill_chunk_size = PREFILL_CHUNK
+                return None
+            warnings.warn(f"patternc: a PatternCache cannot serve {state.shape.name} ({refusal}), so "
+                          "generate() keeps every key in the model's own cache: the pattern still decides "
+                          "what each query reads, but the KV memory is dense", stacklevel=4)
         return cls._prepare_cache_for_generation(model, generation_config, model_kwargs, generation_mode,
                                                  batch_size, max_cache_length)
 
-    model.__dict__["generate"] = generate
-    model.__dict__["_prepare_cache_for_generation"] = prepare_cache
+    if hasattr(cls, "generate"):  # a masked LM, an encoder, has none to hook
+        model.__dict__["generate"] = generate
+        model.__dict__["_prepare_cache_for_generation"] = prepare_cache
 
 
 def densify(model):
@@ -255,7 +276,8 @@ def densify(model):
     if state is None:
         raise ModelError(f"{type(model).__name__} is not sparsified: nothing to densify")
     state.saved.restore(model)
-    for module in (model, *attention_modules(model)):
-        if hasattr(module, _STATE):
-            delattr(module, _STATE)
+    for module in (model, *attention_modules(model), *cross_attention_modules(model)):
+        for name in (_STATE, _CROSS):
+            if hasattr(module, name):
+                delattr(module, name)
     return model

@@ -76,6 +76,7 @@ class _Pool:
         self.open: dict[int, tuple[int, int]] = {}  # class -> (its page being filled, rows used)
         self.free: list[int] = []
         self.peak = 0  # most keys held at once
+        self.capacity = 1  # pages a decode needs (_decode_pages); the pool shrinks back to it (compact)
         self.k = self.v = None  # (B, Hp, slots * page, d), allocated by DecodeCache
 
     def held_pages(self) -> int:
@@ -94,6 +95,24 @@ class _Pool:
         self.free += gone.tolist()
         dead = set(gone.tolist())
         self.open = {c: (slot, used) for c, (slot, used) in self.open.items() if slot not in dead}
+
+    def compact(self) -> np.ndarray | None:
+        """Renumber the held pages ``0, 1, ...`` in their order, and the free ones after them down to
+        ``capacity`` pages: the old slot of each new one, or None when nothing would shrink (the
+        caller moves the pages). A chunked prefill grows the pool by a chunk; decoding after it reads
+        the held keys in place only in a pool of about their size (``GATHER_BELOW``)."""
+        held = np.flatnonzero(self.slot_last >= 0)
+        slots = max(self.capacity, len(held))
+        if slots >= len(self.slot_last):
+            return None
+        new_of = np.full(len(self.slot_last), -1, np.int64)
+        new_of[held] = np.arange(len(held))
+        rows = (held[:, None] * self.page + np.arange(self.page)).ravel()
+        self.positions = np.concatenate([self.positions[rows], np.full((slots - len(held)) * self.page, -1)])
+        self.slot_last = np.concatenate([self.slot_last[held], np.full(slots - len(held), -1, np.int64)])
+        self.open = {c: (int(new_of[slot]), used) for c, (slot, used) in self.open.items()}
+        self.free = list(range(slots - 1, len(held) - 1, -1))
+        return held
 
     def place(self, keys: np.ndarray) -> np.ndarray | None:
         """Pool rows (m,) for the keys (m,), in their order; None when the free pages are too few
@@ -172,6 +191,8 @@ class DecodeCache:
             for h in heads:
                 pool.queries.setdefault(cp.node(layer, h), []).append(h)
         slots = [_decode_pages(pool.last, page) for pool in self.pools]
+        for pool, count in zip(self.pools, slots, strict=True):
+            pool.capacity = count
         # the whole pool, before anything is allocated: a huge batch or head_dim is refused here
         per_slot = 2 * batch * page * head_dim * dtype.itemsize
         pages = sum(len(p.kv_heads) * s for p, s in zip(self.pools, slots, strict=True))
@@ -237,6 +258,8 @@ class DecodeCache:
         new = np.arange(start, start + s)
         for pool in self.pools:
             pool.evict(next_query)
+            if len(pool.slot_last) > pool.capacity and s < self.page:  # decoding again after a chunk
+                self._compact(pool)
             kept = new[pool.last[new] >= next_query]  # keys some query still to come reads
             if len(kept) == 0:
                 continue
@@ -254,6 +277,18 @@ class DecodeCache:
                 target.index_copy_(2, index, values)
         self.length += s
         self._pending_from = start if next_query == start else self.length
+
+    def _compact(self, pool: _Pool) -> None:
+        """Shrink ``pool`` to its decode capacity, moving its held pages to the front."""
+        held = pool.compact()
+        if held is None:
+            return
+        shape = (self.batch, len(pool.kv_heads), len(pool.slot_last) * self.page, self.head_dim)
+        rows = torch.from_numpy((held[:, None] * self.page + np.arange(self.page)).ravel()).to(self.device)
+        for name in ("k", "v"):
+            fresh = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            fresh[:, :, :len(rows)] = getattr(pool, name).index_select(2, rows)
+            setattr(pool, name, fresh)
 
     def _grow(self, pool: _Pool, slots: int) -> None:
         """Give ``pool`` room for ``slots`` pages: a quarter more than asked once it grows, so a run of
