@@ -76,7 +76,7 @@ REFUSED = [
                  "shares KV caches between layers", id="gemma3n-kv-sharing"),
     # layer 0 is a linear-attention (Gated DeltaNet) layer, which no pattern reaches
     pytest.param("qwen3_next", ["linear_attention", F], {}, "with layer_idx [1] (config.layer_types has "
-                 "linear_attention layers, which no pattern describes)", id="qwen3_next-linear-attention-layers"),
+                 "linear_attention layers, which no pattern describes)", id="qwen3_next-linear-layers"),
     pytest.param("mamba", None, {}, "has no attention layers", id="mamba-state-space"),
     # full-attention layers have a head size of their own (global_head_dim)
     pytest.param("gemma4_text", [S, F], dict(per_layer_config={"1": {"head_dim": 16}}),
@@ -163,10 +163,11 @@ def _generate(model, **kwargs) -> torch.Tensor:
 @pytest.mark.parametrize("model_type, changes", OWN_CACHE)
 def test_a_model_the_pattern_cache_cannot_serve_generates_from_its_own_cache(model_type, changes):
     model = hf.sparsify(_model(model_type, None, changes, transformers.AutoModelForCausalLM), CAUSAL)
-    with pytest.warns(UserWarning, match="a PatternCache cannot serve .* keeps every key in the model's own cache"):
+    own_cache = "a PatternCache cannot serve .* keeps every key in the model's own cache"
+    with pytest.warns(UserWarning, match=own_cache):
         cached = _generate(model)
     assert torch.equal(cached, _generate(model, use_cache=False))  # the pattern still decides, exactly
-    with pytest.raises(hf.ModelError, match="a PatternCache cannot serve .* generate without cache="):
+    with pytest.raises(hf.ModelError, match=r"a PatternCache cannot serve .* generate without cache="):
         _generate(model, cache=hf.PatternCache(model, 30))
 
 

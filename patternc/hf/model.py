@@ -102,8 +102,9 @@ def model_shape(model) -> ModelShape:
     found = sorted({module.layer_idx for module in modules})
     if found != list(range(layers)):
         kinds = getattr(config, "layer_types", None)
-        others = sorted({kind for kind in kinds or () if "attention" not in str(kind) or "linear" in str(kind)})
-        what = (f" (config.layer_types has {', '.join(map(str, others))} layers, which no pattern describes)"
+        others = sorted({str(kind) for kind in kinds or ()
+                         if "attention" not in str(kind) or "linear" in str(kind)})
+        what = (f" (config.layer_types has {', '.join(others)} layers, which no pattern describes)"
                 if others else "")
         raise ModelError(f"{name} has {layers} layers (config.num_hidden_layers) but attention modules "
                          f"with layer_idx {found[:8]}{'...' if len(found) > 8 else ''}{what}: patternc.hf "
@@ -175,10 +176,10 @@ def _refuse_what_a_pattern_cannot_apply(name: str, config, modules: list) -> Non
                                  "apply, so patternc.hf cannot run it exactly")
         mask = passed.get("attention_mask", "attention_mask")
         if mask != "attention_mask" or re.search(r"\battention_mask\s*\[", source):
+            how = f"passes attention_mask={mask}" if mask != "attention_mask" else "indexes attention_mask"
             raise ModelError(f"{name}'s {type(module).__name__} builds on the attention mask itself (its "
-                             f"forward {'passes attention_mask=' + mask if mask != 'attention_mask' else 'indexes attention_mask'}"
-                             "): a sparsified model builds no (queries, keys) mask, the pattern decides "
-                             "what each query reads, so patternc.hf cannot run it exactly")
+                             f"forward {how}): a sparsified model builds no (queries, keys) mask, the "
+                             "pattern decides what each query reads, so patternc.hf cannot run it exactly")
 
 
 def _forward_source(cls: type) -> str:

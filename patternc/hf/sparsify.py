@@ -38,8 +38,15 @@ from patternc.errors import ModelError, brief
 from patternc.hf.backends import BACKENDS, Patterns, attend
 from patternc.hf.cache import PatternCache, PendingKeys, cache_refusal
 from patternc.hf.calls import key_roles, sequences
-from patternc.hf.model import (REFUSED_ARGUMENTS, ModelShape, Saved, attention_modules, cross_attention_modules,
-                               fit_stack, model_shape)
+from patternc.hf.model import (
+    REFUSED_ARGUMENTS,
+    ModelShape,
+    Saved,
+    attention_modules,
+    cross_attention_modules,
+    fit_stack,
+    model_shape,
+)
 from patternc.lang import ast
 from patternc.limits import MAX_N
 from patternc.stack import Stack
