@@ -108,6 +108,21 @@ def test_a_custom_4d_mask_is_refused(model):
         model(torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 1, 5, 5, dtype=torch.bool))
 
 
+def test_padding_between_real_tokens_is_refused_as_a_gap_not_as_packed_sequences(model):
+    hf.sparsify(model, "causal & window(4)")
+    ids = torch.randint(1, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+    holed = torch.ones(2, 8, dtype=torch.long)
+    holed[1, 3] = 0
+    gap = r"batch row 1 has padding between real tokens \(attention_mask is 0 at slot 3, with real tokens on"
+    with pytest.raises(hf.ModelError, match=gap):
+        model(ids, attention_mask=holed)
+    right = torch.ones(2, 8, dtype=torch.long)
+    right[1, 5:] = 0  # padding on one side is a sequence of its own
+    with torch.no_grad():
+        padded = model(ids, attention_mask=right).logits[1, :5]
+        torch.testing.assert_close(padded, model(ids[1:, :5]).logits[0], atol=1e-5, rtol=1e-5)
+
+
 def test_attention_dropout_in_training():
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=1, num_attention_heads=4, attention_dropout=0.1)

@@ -113,6 +113,7 @@ def sequences(mask, batch: int, queries: int, slots: int, positions: Tensor | No
     if bool(real[:, start + queries:].any()):
         raise ModelError("a real token follows the call's queries in the cache: patternc.hf needs the "
                          "queries to be the latest tokens (a decoder's cache)")
+    _refuse_holes(real)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for row in range(batch):
         m, s = int(real[row].sum()), int(real[row, start:start + queries].sum())
@@ -131,6 +132,22 @@ def sequences(mask, batch: int, queries: int, slots: int, positions: Tensor | No
         which = None if len(rows) == batch else torch.tensor(rows)
         out.append(Sequences(m, s, which, key_slots, query_slots))
     return out
+
+
+def _refuse_holes(real: Tensor) -> None:
+    """Each row's real tokens must be one run of slots (padding on the left or the right only): a
+    row with padding between real tokens is not one sequence the pattern can be applied to."""
+    count = real.sum(dim=1)  # (B,)
+    first = real.int().argmax(dim=1)
+    last = real.shape[1] - 1 - real.flip(1).int().argmax(dim=1)
+    holed = torch.nonzero((count > 0) & (last - first + 1 != count)).flatten()
+    if len(holed):
+        row = int(holed[0])
+        hole = int(first[row]) + int(torch.nonzero(~real[row, int(first[row]):]).flatten()[0])
+        raise ModelError(f"batch row {row} has padding between real tokens (attention_mask is 0 at slot "
+                         f"{hole}, with real tokens on both sides): a sparsified model takes one sequence "
+                         "per row, padded on the left or the right only; remove the gap, or pass the pieces "
+                         "as separate rows")
 
 
 def _check_positions(positions: Tensor | None, row: int | None, queries: int, slots: int,

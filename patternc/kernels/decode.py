@@ -118,6 +118,16 @@ class _Pool:
         """Pool rows (m,) for the keys (m,), in their order; None when the free pages are too few
         (grow the pool and ask again: nothing has changed)."""
         page = self.page
+        if len(keys) == 1:  # a decode step: the same as below, without sorting one key
+            dies = int(self.last[keys[0]])
+            slot, used = self.open.get(dies // page, (-1, page))
+            if used == page:
+                if not self.free:
+                    return None
+                slot, used = self.free.pop(), 0
+            self.slot_last[slot] = max(self.slot_last[slot], dies)
+            self.open[dies // page] = (slot, used + 1)
+            return np.array([slot * page + used])
         classes = self.last[keys] // page
         order = np.argsort(classes, kind="stable")
         found, starts, counts = np.unique(classes[order], return_index=True, return_counts=True)
