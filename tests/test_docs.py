@@ -63,5 +63,22 @@ def test_the_readme_hugging_face_example_runs_as_written():
     pytest.importorskip("transformers")
     namespace: dict = {}
     exec(compile(_python_block("Hugging Face models"), "README.md", "exec"), namespace)
-    assert namespace["sparse"].shape == (1, 1024, 256) and namespace["out"].shape == (1, 40)
+    assert namespace["sparse"].shape == (1, 1024, 256) and namespace["out"].sequences.shape == (1, 1032)
+    held = namespace["out"].cache.memory().held_keys[0]
+    assert held == (266, 266) and f"per KV head: {held}" in (ROOT / "README.md").read_text()
     assert not namespace["model"].config._attn_implementation.startswith("patternc")  # densified
+
+
+def test_the_inference_guide_example_runs_as_written_and_prints_what_it_says(capsys):
+    pytest.importorskip("transformers")
+    text = (ROOT / "docs" / "inference.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    namespace: dict = {}
+    exec(compile(text[start: text.index("```", start)], "docs/inference.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["(146, 146) (132, 132)", "0.156 of a dense cache"]  # the comments in the guide
+    assert "# layer 0, per KV head: (146, 146) (132, 132)" in text and "# 0.156 of a dense cache" in text
+
+
+def test_the_readme_links_the_inference_guide():
+    assert "docs/inference.md" in (ROOT / "README.md").read_text()

@@ -134,11 +134,17 @@ def test_chunked_prefill_is_exact_and_holds_the_window_not_the_prompt():
     assert peak <= 2 + 12 + 16 + 2 * 16, peak  # sinks, window, a chunk, pages: not the 200 tokens
 
 
-def test_generate_uses_prefill_chunk_by_default_without_changing_the_models_config():
+def test_generate_uses_prefill_chunk_by_default_without_changing_the_models_config(monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("patternc.hf.sparsify"), "PREFILL_CHUNK", 16)
     model = tiny_model("llama")
     hf.sparsify(model, "causal & window(8)", block=BLOCK)
-    prompt = torch.randint(1, VOCAB, (1, 12), generator=torch.Generator().manual_seed(5))
-    _generate(model, prompt, 2)
+    prompt = torch.randint(1, VOCAB, (1, 200), generator=torch.Generator().manual_seed(5))
+    for given in ({}, {"cache": hf.PatternCache(model, max_length=202)}):  # made by generate, or given
+        *_, cache = _generate(model, prompt, 2, **given)
+        peak = max(max(p) for p in cache.memory().peak_keys)
+        assert peak <= 8 + 16 + 2 * 16, (given, peak)  # the window and a chunk: prefilled in chunks
     assert model.generation_config.prefill_chunk_size is None
     hf.densify(model)
 

@@ -254,6 +254,8 @@ def _hook_generation(model, state: SparseAttention) -> None:
             if refusal:
                 raise ModelError(f"a PatternCache cannot serve {state.shape.name} ({refusal}); generate "
                                  "without cache=, and the model's own cache keeps every key")
+            if generation_config.prefill_chunk_size is None:  # this generation's copy of the config
+                generation_config.prefill_chunk_size = PREFILL_CHUNK
         elif own is None and generation_config.use_cache is not False \
                 and generation_config.cache_implementation in (None, "dynamic"):
             refusal = cache_refusal(model, served)
