@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    parser.add_argument("--backend", default="reference", choices=("reference", "flex", "sdpa"))
+    parser.add_argument("--backend", default="kernel", choices=("kernel", "flex", "sdpa"))
     parser.add_argument("--calls", type=int, default=5, help="uncached measure calls")
     parser.add_argument("--hits", type=int, default=20, help="cache hits timed")
     parser.add_argument("--repeats", type=int, help="timed repeats per call (default: measure's)")

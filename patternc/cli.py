@@ -3,7 +3,7 @@
     patternc compile "causal & (window(512) | global(4))" --n 131072 --json
     patternc show conf/pattern/longformer.yaml --n 8192 --layer 6 --head 0 --png longformer.png
     patternc export conf/pattern/bigbird.yaml --n 65536 --format bsr -o outputs/bigbird.safetensors
-    patternc bench "causal & window(512)" --n 16384 --backend reference --dtype bf16
+    patternc bench "causal & window(512)" --n 16384 --backend kernel --dtype bf16
     patternc kv --from-config path/to/model --n 131072       # a model's own attention (config.json)
     patternc export mine.yaml --n 131072 --format hf-config -o hybrid.json
 
@@ -148,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("bench", help="time one layer on a kernel against dense causal SDPA")
     _common(p)
-    p.add_argument("--backend", required=True, choices=("reference", "flex", "sdpa"))
+    p.add_argument("--backend", required=True, choices=("kernel", "flex", "sdpa", "reference"),
+                   help="kernel: patternc's block-sparse kernel (reference: its old name, deprecated)")
     p.add_argument("--dtype", choices=BENCH_DTYPES, default="bf16")
     p.add_argument("--head-dim", type=_count(1, 1024), default=64)
     p.add_argument("--heads", type=_count(1, 1024), default=None, help="default: the stack's heads")
@@ -160,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where both kernels run: cpu (default), cuda, cuda:1")
     p.add_argument("--phase", choices=("prefill", "decode"), default="prefill",
                    help="prefill: the whole sequence; decode: one step over a cache that keeps what the "
-                        "pattern reads (backend reference), against dense SDPA decode")
+                        "pattern reads (backend kernel), against dense SDPA decode")
     p.add_argument("--context", type=_count(0), default=None,
                    help="decode: the tokens cached before the step (default n - 1)")
     return parser
@@ -402,6 +403,10 @@ def _bench(cp: CompiledPattern, args) -> None:
 
     if not 0 <= args.layer < cp.layers:
         raise PatternError(f"--layer {args.layer} is outside this stack of {cp.layers} layers")
+    if args.backend == "reference":
+        print("patternc: --backend reference is now called --backend kernel; the old name will be removed",
+              file=sys.stderr)
+        args.backend = "kernel"
     try:
         m = measure(cp, batch=args.batch, heads=args.heads, head_dim=args.head_dim, backend=args.backend,
                     dtype=getattr(torch, BENCH_DTYPES[args.dtype]), layer=args.layer,

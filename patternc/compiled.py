@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING
+from functools import cached_property, lru_cache, wraps
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,11 +49,40 @@ if TYPE_CHECKING:
     from patternc.export.flashinfer import FlashInferVariable
     from patternc.export.flashmask import FlashMask
 
-__all__ = ["DEFAULT_BLOCK", "CompiledPattern", "PatternStats", "block_shape", "clear_cache", "compile",
-           "load"]
+__all__ = [
+    "DEFAULT_BLOCK",
+    "CompiledPattern",
+    "PatternStats",
+    "block_shape",
+    "clear_cache",
+    "compile",
+    "load",
+    "per_pattern",
+]
 
 DEFAULT_BLOCK = 128  # FlexAttention's default tile
 _LARGER_BLOCK = "a larger block stores fewer blocks (--block, or block= in Python)"
+
+
+def per_pattern(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(cp, *args)`` made once per compiled pattern and arguments, and kept with the pattern
+    (``CompiledPattern.derived``): derived state that dies with it, never a module-level cache keyed
+    by the pattern's identity. The arguments must be hashable.
+
+    >>> @per_pattern
+    ... def stored(cp, layer):
+    ...     return sum(len(cp.layout(layer, h).indices) for h in range(cp.heads))
+    >>> cp = patternc.compile("causal", n=256, block=64)
+    >>> stored(cp, 0), ("stored", 0) in cp.__dict__["_derived"]
+    (10, True)
+    """
+    name = fn.__qualname__
+
+    @wraps(fn)
+    def kept(cp: CompiledPattern, *args: Any, **kwargs: Any) -> Any:
+        return cp.derived((name, *args, *sorted(kwargs.items())), lambda: fn(cp, *args, **kwargs))
+
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +139,20 @@ class CompiledPattern:
         self.grid = Grid(n, *block, first_query)
         self._nodes = nodes
         self._layouts = layouts
+
+    def derived(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """What ``build()`` returns, made once per ``key`` for this compiled pattern and kept with it,
+        so it dies with the pattern (FlexAttention block masks, SDPA row masks, kernel plans): never
+        in a module-level cache keyed by the object's identity. Keys name their kind first.
+
+        >>> cp = patternc.compile("causal", n=64)
+        >>> cp.derived(("answer",), lambda: 42), cp.derived(("answer",), lambda: 0)
+        (42, 42)
+        """
+        memo = self.__dict__.setdefault("_derived", {})
+        if key not in memo:
+            memo[key] = build()
+        return memo[key]
 
     @property
     def layers(self) -> int:

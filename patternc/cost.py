@@ -14,9 +14,9 @@ timed between two ``torch.cuda.synchronize()`` calls, so the figure is the kerne
 
 >>> import torch
 >>> cp = patternc.compile("causal & window(128)", n=1024)
->>> m = patternc.measure(cp, backend="reference", dtype=torch.float32, cache=False)
+>>> m = patternc.measure(cp, backend="kernel", dtype=torch.float32, cache=False)
 >>> m.backend, m.n, m.block, m.repeats  # m.ratio: our latency / dense causal SDPA's; below 1 is faster
-('reference', 1024, (128, 128), 9)
+('kernel', 1024, (128, 128), 9)
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _timed_in_turns(run, baseline, q, k, v, repeats: int, warmup: int) -> tuple[
 
 
 def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None, head_dim: int = 64,
-            backend: str = "reference", dtype: torch.dtype = torch.bfloat16, layer: int = 0,
+            backend: str = "kernel", dtype: torch.dtype = torch.bfloat16, layer: int = 0,
             repeats: int = 9, warmup: int = 2, cache: bool = True, device: str = "cpu",
             phase: str = "prefill", context: int | None = None) -> Measurement:
     """Median latency of ``backend`` on layer ``layer`` of ``compiled`` and of dense causal SDPA.
@@ -168,13 +168,12 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     >>> m.backend, m.n, m.heads, m.dtype
     ('sdpa', 1024, 1, 'bfloat16')
     """
-    from patternc.kernels import BACKENDS, causal_sdpa, prepare
+    from patternc.kernels import backend_name, causal_sdpa, prepare
 
     heads = compiled.heads if heads is None else heads
     if heads != compiled.heads and compiled.heads != 1:
         raise PatternMeaningError(f"heads={heads}, but the pattern has {compiled.heads} heads")
-    if backend not in BACKENDS:
-        raise PatternMeaningError(f"unknown backend {brief(backend)}; choose from {', '.join(BACKENDS)}")
+    backend = backend_name(backend, "measure(): backend")
     for name, value, low in (("batch", batch, 1), ("heads", heads, 1), ("head_dim", head_dim, 1),
                              ("repeats", repeats, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -188,9 +187,9 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
             raise PatternMeaningError(f"measure(): context must be an integer in [0, n) = "
                                       f"[0, {compiled.n:,}): the step's query is at position context, "
                                       f"got {brief(context)}")
-        if backend != "reference":
+        if backend != "kernel":
             raise PatternMeaningError(f"measure(phase='decode') runs our decode kernel "
-                                      f"(backend='reference'), got backend={brief(backend)}")
+                                      f"(backend='kernel'), got backend={brief(backend)}")
         if heads != compiled.heads:
             raise PatternMeaningError(f"measure(phase='decode'): heads={heads}, but the pattern has "
                                       f"{compiled.heads} heads (a decode cache follows each head's pattern)")

@@ -3,17 +3,13 @@
 ``sparse_attention(q, k, v, pattern, layer)`` takes q (B, Hq, n, d) and k, v (B, Hkv, n, d) (Hkv
 divides Hq: grouped-query heads as ``enable_gqa`` groups them) and a pattern (an expression, a
 stack file, a ``Stack`` or a ``CompiledPattern``), compiles it at the length it meets (compiles are
-cached, so a training loop pays once per length), and runs the backend that fits the device:
-
-- ``kernel`` on CPU: patternc's block-sparse kernel, forward and backward, cost proportional to
-  the stored blocks;
-- ``flex`` on CUDA: FlexAttention compiled, with our BlockMask (built once per layout and device),
-  forward and backward;
-- ``sdpa``, anywhere: SDPA with the exact dense mask, for short sequences and as the oracle; rows
-  that allow no key give 0, as the other two do.
-
-``backend="auto"`` picks ``kernel`` on CPU and ``flex`` on CUDA. Every backend gives the same
-numbers up to rounding; ``tests/test_nn.py`` holds them to SDPA with the dense mask.
+cached, so a training loop pays once per length), checks the tensors, and runs
+``patternc.kernels.attend``: ``backend`` is one of ``auto``, ``kernel`` (the block-sparse kernel,
+forward and backward, on any device), ``flex`` (FlexAttention with our BlockMask; on CUDA it
+trains, on CPU it runs forward only) and ``sdpa`` (SDPA with the exact mask of the rows, anywhere),
+as ``patternc.kernels.dispatch`` says. ``auto`` picks the block-sparse kernel of the device.
+Every backend gives the same numbers up to rounding; ``tests/test_nn.py`` holds them to SDPA with
+the dense mask.
 
 >>> import torch
 >>> q = k = v = torch.randn(1, 4, 256, 16)
@@ -24,25 +20,20 @@ torch.Size([1, 4, 256, 16])
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from patternc.compiled import CompiledPattern, compile
-from patternc.errors import KernelInputError, brief
-from patternc.kernels import block_sparse_attention, compiled_flex
-from patternc.kernels.inputs import Shapes, check_heads, check_tensors
+from patternc.errors import KernelInputError
+from patternc.kernels import BACKENDS, attend, backend_name
+from patternc.kernels.inputs import check_heads, check_tensors
 from patternc.stack import Stack, check_params, params_key
 
 __all__ = ["BACKENDS", "SparseAttention", "sparse_attention"]
 
-BACKENDS = ("auto", "kernel", "flex", "sdpa")
-DENSE_ROWS = 1 << 26  # pairs (heads x n x n) up to which the dense mask is small enough for sdpa
 
 
 def _pattern(pattern, n: int, block, params) -> CompiledPattern:
@@ -65,32 +56,6 @@ def _compiled(pattern: str | Stack, n: int, block, params: tuple, key: tuple) ->
     return compile(pattern, n, block=block, params=dict(params))
 
 
-@lru_cache(maxsize=64)
-def _block_mask(cp: CompiledPattern, layer: int, device: str):
-    return cp.to_block_mask(layer, device=device)
-
-
-@lru_cache(maxsize=16)
-def _dense_mask(cp: CompiledPattern, layer: int, device: str, rows: tuple[int, ...] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, H, r, n) bool, the pattern's rows at positions ``rows`` (None: every row, r = n), with rows
-    that allow no key opened on their own position (a finite softmax), and (1, H, r, 1) float: 1
-    where a row has a key (its output is kept), 0 where it has none."""
-    if rows is None:
-        positions = np.arange(cp.n)
-        mask = torch.from_numpy(cp.to_dense(layer=layer))  # (H, n, n)
-    else:
-        positions = np.asarray(rows, np.int64)
-        keys = np.arange(cp.n)[None, :]
-        mask = torch.from_numpy(np.stack([cp.allows(positions[:, None], keys, layer, h)
-                                          for h in range(cp.heads)]))  # (H, r, n)
-    mask = mask.to(device)
-    has_key = mask.any(-1)  # (H, r)
-    own = torch.from_numpy(positions[:, None] == np.arange(cp.n)[None, :]).to(device)  # (r, n)
-    opened = mask | (~has_key[..., None] & own)
-    return opened[None], has_key[None, :, :, None].to(torch.float32)
-
-
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern, layer: int = 0, *,
                      block: int | tuple[int, int] | None = None, params: dict | None = None,
                      scale: float | None = None, backend: str = "auto",
@@ -99,8 +64,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern,
     differentiable in q, k and v on every backend (see the module docstring).
 
     ``rows`` (r,) int: q holds only the queries at those positions, (B, Hq, r, d), and so does the
-    output; it is computed exactly with SDPA and the pattern's rows there, whatever the backend (a
-    model's last layer asked for a few answers need not compute the rest).
+    output; it is computed exactly with SDPA and the pattern's rows there (a model's last layer
+    asked for a few answers need not compute the rest).
 
     >>> import torch
     >>> q = torch.randn(2, 8, 128, 16, requires_grad=True)
@@ -109,38 +74,17 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern,
     >>> q.grad.shape
     torch.Size([2, 8, 128, 16])
     """
-    if backend not in BACKENDS:
-        raise KernelInputError(f"backend must be one of {', '.join(BACKENDS)}, got {brief(backend)}")
+    backend = backend_name(backend, "sparse_attention's backend")
     # every path: shapes, dtypes and devices before any work (torch's own errors name no argument)
     shapes = check_tensors(q, k, v, "sparse_attention", scale, rows=rows is not None)
     if rows is not None:
-        return _row_attention(q, k, v, pattern, layer, block, params, scale, rows, shapes)
+        _check_rows(rows, q, shapes.n)
     cp = _pattern(pattern, shapes.n, block, params)
-    if backend == "auto":
-        backend = "flex" if q.device.type == "cuda" else "kernel"
-    if backend == "kernel":
-        return block_sparse_attention(q, k, v, cp, layer, scale=scale)
     check_heads(shapes, cp, layer, "sparse_attention")  # before any tensor is built
-    groups = q.shape[1] != k.shape[1]  # grouped-query heads
-    if backend == "flex":
-        if q.device.type != "cuda":
-            raise KernelInputError(f"backend 'flex' trains on CUDA only (FlexAttention has no backward on "
-                                   f"{q.device.type}); use 'kernel' there")
-        return compiled_flex()(q, k, v, block_mask=_block_mask(cp, layer, str(q.device)), scale=scale,
-                               enable_gqa=groups)
-    if cp.heads * cp.n * cp.n > DENSE_ROWS:
-        raise KernelInputError(f"backend 'sdpa' builds the dense mask: {cp.heads} heads x {cp.n:,}^2 pairs "
-                               f"is over {DENSE_ROWS:,}; use 'kernel' or 'flex'")
-    mask, keep = _dense_mask(cp, layer, str(q.device))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups)
-    return out * keep.to(out.dtype)
+    return attend(q, k, v, cp, layer, rows=rows, scale=scale, backend=backend)
 
 
-def _row_attention(q, k, v, pattern, layer: int, block, params, scale, rows: torch.Tensor,
-                   shapes: Shapes) -> torch.Tensor:
-    """``sparse_attention`` of the queries at positions ``rows`` only (SDPA with the pattern's rows)."""
-    n = shapes.n
+def _check_rows(rows, q: torch.Tensor, n: int) -> None:
     if not isinstance(rows, torch.Tensor):
         raise KernelInputError(f"sparse_attention: rows must be a 1-D integer tensor, got "
                                f"{type(rows).__name__}")
@@ -150,15 +94,6 @@ def _row_attention(q, k, v, pattern, layer: int, block, params, scale, rows: tor
     if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < n:
         raise KernelInputError(f"sparse_attention: rows must lie in [0, {n:,}), got values from "
                                f"{int(rows.min())} to {int(rows.max())}")
-    cp = _pattern(pattern, n, block, params)
-    check_heads(shapes, cp, layer, "sparse_attention")  # before any mask is built
-    if cp.heads * len(rows) * n > DENSE_ROWS:
-        raise KernelInputError(f"rows build the dense mask of their rows: {cp.heads} heads x {len(rows):,} "
-                               f"rows x {n:,} keys is over {DENSE_ROWS:,}; ask for fewer rows")
-    mask, keep = _dense_mask(cp, layer, str(q.device), tuple(rows.tolist()))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                         enable_gqa=q.shape[1] != k.shape[1])
-    return out * keep.to(out.dtype)
 
 
 class SparseAttention(nn.Module):
@@ -173,8 +108,7 @@ class SparseAttention(nn.Module):
     def __init__(self, pattern, layer: int = 0, *, block: int | tuple[int, int] | None = None,
                  params: dict | None = None, backend: str = "auto") -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise KernelInputError(f"backend must be one of {', '.join(BACKENDS)}, got {brief(backend)}")
+        backend = backend_name(backend, "SparseAttention's backend")
         self.pattern, self.layer, self.block = pattern, layer, block
         self.params, self.backend = params, backend
 

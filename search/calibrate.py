@@ -70,7 +70,7 @@ class CalibrateConfig:
     dtype: str = "float32"  # the model's weights and activations, one of search.config.DTYPES
     device: str = "cpu"  # where the model runs: cpu, or cuda (FlexAttention with our BlockMask)
     threads: int | None = None  # torch threads; None keeps the process's setting
-    backend: str = "auto"  # patternc.hf backend: auto, reference, flex, sdpa
+    backend: str = "auto"  # patternc.hf backend: auto, kernel, flex, sdpa (patternc.kernels)
 
 
 def calibration_task(task: Any) -> bool:
@@ -111,8 +111,6 @@ def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool
     """Every value of ``cfg`` before any work: the settings, the model directory (its weights
     against its config, ``search.calibrate_weights``) and the data (its size, its dtype, its length
     against ``n``, its ids against the model's vocabulary)."""
-    from patternc.hf import BACKENDS
-
     def count(low: int):
         return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
 
@@ -120,11 +118,13 @@ def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool
              ("batch", count(1), "an integer >= 1"),
              ("metric", lambda v: v in METRICS, "one of " + ", ".join(METRICS)),
              ("dtype", lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
-             ("backend", lambda v: v in BACKENDS, "one of " + ", ".join(BACKENDS)),
              ("threads", lambda v: v is None or count(1)(v), "null or an integer >= 1")]
     for key, test, needs in rules:
         if not test(getattr(cfg, key)):
             raise ConfigError(f"{prefix}{key} must be {needs}, got {getattr(cfg, key)!r}")
+    from search.validate import backend_choice  # search.validate reads task configs, this one's too
+
+    cfg.backend = backend_choice(cfg.backend, f"{prefix}backend")
     if devices:
         resolve_device(cfg.device, where=f"{prefix}device")
     full = _full_config(cfg, prefix)

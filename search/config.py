@@ -220,7 +220,7 @@ class KernelConfig:
     """How cost is measured at space.target.n with the target's heads and head size
     (``patternc.measure``), per distinct layer, cached on disk."""
 
-    backend: str = "reference"  # reference (our block-sparse kernel), flex, sdpa
+    backend: str = "kernel"  # kernel (our block-sparse kernel), flex, sdpa, auto (patternc.kernels)
     dtype: str = "float32"  # one of DTYPES; float32 on CPUs without fast bf16 matmuls; bfloat16 on GPU
     batch: int = 1
     repeats: int = 9  # median of 9 kernel/baseline ratios taken in turns: repeat calls agree within 5%

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,8 @@ from search.errors import ConfigError
 from search.space import check_space
 from search.tasks import make_task
 
-__all__ = ["check_kernel", "check_search", "check_seed", "check_settings", "check_task", "is_sqlite"]
+__all__ = ["backend_choice", "check_kernel", "check_search", "check_seed", "check_settings", "check_task",
+           "is_sqlite"]
 
 
 def _int(low: int, high: float = math.inf) -> Callable[[Any], bool]:
@@ -129,15 +131,25 @@ def check_task(task: TaskConfig, prefix: str = "task.", devices: bool = True) ->
     make_task(task).batch(np.random.default_rng(0), 2)
 
 
+def backend_choice(name: object, where: str) -> str:
+    """A backend of ``patternc.kernels.BACKENDS``; an old name is translated, saying so."""
+    from patternc.kernels import BACKENDS, RENAMED
+
+    if isinstance(name, str) and name in RENAMED:
+        warnings.warn(f"{where}={name} is now called {where}={RENAMED[name]}; the old name will be removed",
+                      DeprecationWarning, stacklevel=2)
+        return RENAMED[name]
+    if name not in BACKENDS:
+        raise ConfigError(f"{where} must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
 def check_kernel(kernel: KernelConfig, devices: bool = True) -> None:
     """How cost will be measured: backend, dtype, sizes, repeats, and (``devices``) the device."""
-    from patternc.kernels import BACKENDS
-
-    if kernel.backend not in BACKENDS:
-        raise ConfigError(f"kernel.backend must be one of {', '.join(BACKENDS)}, got {kernel.backend!r}")
+    kernel.backend = backend_choice(kernel.backend, "kernel.backend")
     _apply(KERNEL_RULES, kernel, "kernel.")
-    if kernel.phase == "decode" and kernel.backend != "reference":
-        raise ConfigError(f"kernel.phase=decode times our decode kernel: kernel.backend must be reference, "
+    if kernel.phase == "decode" and kernel.backend != "kernel":
+        raise ConfigError(f"kernel.phase=decode times our decode kernel: kernel.backend must be kernel, "
                           f"got {kernel.backend!r}")
     if kernel.phase == "prefill" and kernel.context is not None:
         raise ConfigError(f"kernel.context = {kernel.context} is the decode step's position: set "

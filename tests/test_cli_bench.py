@@ -28,7 +28,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 TINY = ("--n", 128, "--block", 32, "--head-dim", 16, "--repeats", 2, "--warmup", 1)
 
 
-@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize("backend", ["kernel", "sdpa"])
 def test_bench_prints_latency_baseline_and_ratio(capsys, backend):
     code, out, err = run(capsys, "bench", "causal & window(40)", *TINY, "--backend", backend,
                          "--dtype", "fp32")
@@ -38,7 +38,7 @@ def test_bench_prints_latency_baseline_and_ratio(capsys, backend):
 
 
 def test_bench_a_decode_step(capsys):
-    code, out, err = run(capsys, "bench", "causal & (sink(4) | window(40))", *TINY, "--backend", "reference",
+    code, out, err = run(capsys, "bench", "causal & (sink(4) | window(40))", *TINY, "--backend", "kernel",
                          "--dtype", "fp32", "--phase", "decode", "--context", 100)
     assert code == 0, err
     assert "decode step at position 100 (101 keys cached densely)" in out
@@ -46,7 +46,7 @@ def test_bench_a_decode_step(capsys):
 
 
 def test_bench_decode_refuses_a_context_past_n(capsys):
-    code, _, err = run(capsys, "bench", "causal & window(40)", *TINY, "--backend", "reference",
+    code, _, err = run(capsys, "bench", "causal & window(40)", *TINY, "--backend", "kernel",
                        "--phase", "decode", "--context", 128)
     assert code == 2 and "context must be an integer in [0, n) = [0, 128)" in err
 
@@ -58,12 +58,12 @@ def test_bench_decode_refuses_a_context_past_n(capsys):
     pytest.param(("--set", "w=1"), "unknown parameter 'w'", id="param"),
 ])
 def test_bench_bad_input_exits_2(capsys, argv, message):
-    code, out, err = run(capsys, "bench", "causal & window(40)", *TINY, "--backend", "reference", *argv)
+    code, out, err = run(capsys, "bench", "causal & window(40)", *TINY, "--backend", "kernel", *argv)
     assert code == 2 and message in err and out == ""
 
 
 def test_bench_bad_pattern_exits_2(capsys):
-    code, _, err = run(capsys, "bench", "causal & windo(40)", *TINY, "--backend", "reference")
+    code, _, err = run(capsys, "bench", "causal & windo(40)", *TINY, "--backend", "kernel")
     assert code == 2 and "patternc: error:" in err
 
 

@@ -35,7 +35,7 @@ def ids():
     return torch.randint(1, VOCAB, (2, N), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference", "sdpa"])
+@pytest.mark.parametrize("backend", ["auto", "kernel", "sdpa"])
 @pytest.mark.parametrize("spec", PATTERNS)
 def test_logits_equal_the_dense_mask_reference(model, ids, spec, backend):
     expected = reference_logits(model, ids, pattern_masks(spec, model, N, block=16))
@@ -122,7 +122,7 @@ def test_gradients_flow_through_the_kernel():
             setattr(module, hf_models._MASKS, masks)
     expected = grads(lambda: model(ids, use_cache=False).logits)
     model.set_attn_implementation("sdpa")
-    hf.sparsify(model, spec, block=16, backend="reference")
+    hf.sparsify(model, spec, block=16, backend="kernel")
     got = grads(lambda: model(ids).logits)
     hf.densify(model)
     assert (got - expected).abs().max().item() < 1e-4

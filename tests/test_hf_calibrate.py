@@ -90,7 +90,7 @@ def test_nll_quality_is_the_perplexity_ratio(model_dir):
 
 def test_a_per_head_stack_and_the_backends_agree(model_dir):
     spec = "causal & (sink(2) | window(8 * (h + 1)))"
-    by_backend = [calibrate(spec, config(model_dir, backend=b)).score for b in ("reference", "sdpa")]
+    by_backend = [calibrate(spec, config(model_dir, backend=b)).score for b in ("kernel", "sdpa")]
     assert by_backend[0] == pytest.approx(by_backend[1], abs=1e-5) and by_backend[0] < 1.0
 
 
@@ -120,7 +120,7 @@ def test_token_files(model_dir, tmp_path, suffix):
     pytest.param({"generator": {**GENERATOR, "pairs": 30}},
                  "task.generator: task.pairs must be in [1, task.keys = 8]", id="generator_value"),
     pytest.param({"metric": "ppl"}, "task.metric must be one of kl, nll, got 'ppl'", id="metric"),
-    pytest.param({"backend": "triton"}, "task.backend must be one of auto, reference, flex, sdpa",
+    pytest.param({"backend": "triton"}, "task.backend must be one of auto, kernel, flex, sdpa",
                  id="backend"),
     pytest.param({"sequences": 0}, "task.sequences must be an integer >= 1, got 0", id="sequences"),
     pytest.param({"n": 512}, "task.n = 512 is longer than the model's context", id="context"),

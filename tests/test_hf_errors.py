@@ -54,7 +54,8 @@ def test_a_bad_expression_is_the_compilers_error(model):
 
 
 def test_an_unknown_backend(model):
-    with pytest.raises(hf.ModelError, match="unknown backend 'triton'; choose from auto, reference, flex"):
+    unknown = "sparsify's backend must be one of auto, kernel, flex, sdpa, got 'triton'"
+    with pytest.raises(patternc.PatternError, match=unknown):
         hf.sparsify(model, "causal", backend="triton")
 
 

@@ -20,14 +20,14 @@ SPEC = "causal & (sink(2) | window(6 * (h + 1)))"
 
 @pytest.fixture(autouse=True)
 def eager_flex(monkeypatch):
-    from patternc.hf import backends
+    from patternc.kernels import dispatch
 
     def eager(*args, **kwargs):
         with warnings.catch_warnings():  # "flex_attention called without torch.compile": on purpose
             warnings.simplefilter("ignore", UserWarning)
             return flex_attention(*args, **kwargs)
 
-    monkeypatch.setattr(backends, "FLEX_ATTENTION", eager)
+    monkeypatch.setattr(dispatch, "FLEX_ATTENTION", eager)
 
 
 def test_flex_logits_equal_the_dense_mask_reference():

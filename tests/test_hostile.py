@@ -84,11 +84,11 @@ CASES = [
      "argument --max-depth: must be at least 1"),
     ("export-empty-path", ["export", "causal", "--n", "64", "--format", "file", "-o", ""], 2,
      "the path is empty"),
-    ("bench-heads-zero", ["bench", "causal", "--n", "64", "--backend", "reference", "--heads", "0"], 2,
+    ("bench-heads-zero", ["bench", "causal", "--n", "64", "--backend", "kernel", "--heads", "0"], 2,
      "argument --heads"),
-    ("bench-head-dim-huge", ["bench", "causal", "--n", "64", "--backend", "reference", "--head-dim",
+    ("bench-head-dim-huge", ["bench", "causal", "--n", "64", "--backend", "kernel", "--head-dim",
                              "100000000"], 2, "argument --head-dim"),
-    ("bench-memory", ["bench", "causal & window(64)", "--n", "2000000", "--backend", "reference", "--heads",
+    ("bench-memory", ["bench", "causal & window(64)", "--n", "2000000", "--backend", "kernel", "--heads",
                       "1024", "--head-dim", "1024", "--batch", "1024"], 2, "against this machine's memory"),
 ]
 

@@ -97,7 +97,8 @@ def test_kill_9_at_every_step_loses_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    pytest.param(["kernel.backend=cuda_magic"], "kernel.backend must be one of reference", id="backend"),
+    pytest.param(["kernel.backend=cuda_magic"], "kernel.backend must be one of auto, kernel, flex, sdpa",
+                 id="backend"),
     pytest.param(["task.model.d_model=0"], "task.model.d_model must be an integer >= 2", id="d_model"),
     pytest.param(["search.timeout=-10"], "search.timeout must be null (no limit) or a positive",
                  id="timeout"),

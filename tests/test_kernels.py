@@ -230,7 +230,7 @@ def test_a_layer_that_is_not_dense_causal_keeps_the_block_walk(spec, monkeypatch
     assert walks
 
 
-@pytest.mark.parametrize("backend", ["reference", "sdpa", "dense_causal"])
+@pytest.mark.parametrize("backend", ["kernel", "sdpa", "auto", "dense_causal"])
 def test_registry_backends_run(backend):
     cp = patternc.compile("causal", 96, block=32)
     q, k, v = qkv(1, 96)
@@ -239,8 +239,52 @@ def test_registry_backends_run(backend):
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+    with pytest.raises(KernelInputError, match="backend must be one of auto, kernel, flex, sdpa, got 'nope'"):
         prepare("nope", patternc.compile("causal", 64))
+
+
+def test_one_backend_vocabulary_everywhere():
+    """nn, hf, measure and the search take the names of patternc.kernels.BACKENDS, and nothing else."""
+    import patternc.nn
+    from search import validate
+
+    assert patternc.nn.BACKENDS == patternc.kernels.BACKENDS == ("auto", "kernel", "flex", "sdpa")
+    hf = pytest.importorskip("patternc.hf")
+    assert hf.BACKENDS is patternc.kernels.BACKENDS
+    for name in patternc.kernels.BACKENDS:
+        assert validate.backend_choice(name, "kernel.backend") == name
+
+
+def test_the_old_name_of_the_kernel_still_works_with_a_deprecation():
+    import patternc.nn
+
+    cp = patternc.compile("causal & window(24)", 96, block=32)
+    q, k, v = qkv(1, 96)
+    with pytest.warns(DeprecationWarning, match="'reference' is now called 'kernel'"):
+        out = prepare("reference", cp)(q, k, v)
+    torch.testing.assert_close(out, block_sparse_attention(q, k, v, cp))
+    with pytest.warns(DeprecationWarning, match="'reference' is now called 'kernel'"):
+        patternc.nn.sparse_attention(q, k, v, cp, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["auto", "kernel", "sdpa"])
+@pytest.mark.parametrize("which", ["last", "positions"])
+def test_attend_computes_any_rows_exactly_on_every_backend(backend, which):
+    """The front door: the last rows of a pattern (a decode step, a chunk), or rows at any
+    positions, equal those rows of the whole sequence; a row that reads no key gives 0."""
+    from patternc.kernels import attend
+
+    cp = patternc.compile("causal & (sink(3) | window(20)) & ~diagonals([0])", 128, block=32)  # row 0: no key
+    q, k, v = qkv(2, 128)
+    whole = attend(q, k, v, cp, backend=backend)
+    torch.testing.assert_close(whole, attend(q, k, v, cp, backend="sdpa"), atol=1e-5, rtol=1e-5)
+    assert whole[:, :, 0].abs().max() == 0
+    if which == "last":
+        got, want = attend(q[:, :, -7:], k, v, cp, backend=backend), whole[:, :, -7:]
+    else:
+        rows = torch.tensor([0, 5, 64, 127])
+        got, want = attend(q[:, :, rows], k, v, cp, rows=rows, backend=backend), whole[:, :, rows]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")),
@@ -253,3 +297,23 @@ def test_flex_backend_matches_reference():
     out = prepare("flex", cp)(q, k, v)
     torch.testing.assert_close(out, block_sparse_attention(q, k, v, cp), atol=1e-5, rtol=1e-5)
     assert compiled_flex() is compiled_flex()  # compiled once per process
+
+
+def test_what_a_pattern_derives_dies_with_it():
+    """Plans, masks and row masks are kept with the compiled pattern, not in module-level caches
+    keyed by its identity: once nothing holds the pattern, nothing is left of it."""
+    import gc
+    import weakref
+
+    from patternc.kernels import attend
+
+    cp = patternc.compile("causal & (sink(2) | window(40))", 192, block=32)
+    q, k, v = qkv(2, 192)
+    attend(q, k, v, cp, backend="kernel")
+    attend(q[:, :, -3:], k, v, cp, backend="sdpa")
+    assert len(cp.__dict__["_derived"]) >= 3  # the kernel's plan and masks, the rows' masks
+    alive = weakref.ref(cp)
+    del cp
+    patternc.compiled.clear_cache()  # the compile cache, which holds patterns on purpose
+    gc.collect()
+    assert alive() is None

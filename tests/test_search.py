@@ -147,7 +147,7 @@ def test_a_hopeless_space_stops_with_an_error_and_the_commonest_reason(tmp_path)
                  id="proxy-longer"),
     pytest.param("kernel.dtype=float64", "kernel.dtype must be one of float32, bfloat16, float16",
                  id="dtype"),
-    pytest.param("kernel.backend=cuda_magic", "kernel.backend must be one of reference, flex, sdpa",
+    pytest.param("kernel.backend=cuda_magic", "kernel.backend must be one of auto, kernel, flex, sdpa",
                  id="backend"),
     pytest.param("kernel.repeats=0", "kernel.repeats must be an integer >= 1, got 0", id="repeats"),
     pytest.param("kernel.batch=-1", "kernel.batch must be an integer >= 1, got -1", id="kernel-batch"),

@@ -226,7 +226,7 @@ def test_a_search_can_take_decode_cost_as_its_cost(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     pytest.param(["kernel.phase=decoding"], "kernel.phase must be one of prefill, decode", id="phase"),
     pytest.param(["kernel.phase=decode", "kernel.backend=sdpa"],
-                 "kernel.phase=decode times our decode kernel: kernel.backend must be reference",
+                 "kernel.phase=decode times our decode kernel: kernel.backend must be kernel",
                  id="backend"),
     pytest.param(["kernel.phase=decode", "kernel.context=1024"],
                  "kernel.context = 1024 must be below space.target.n = 1024", id="context-past-n"),

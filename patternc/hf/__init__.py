@@ -13,17 +13,18 @@
   ``densify(model)``: ``patternc.hf.sparsify``;
 - the KV cache that keeps only the keys the pattern still reads (``generate()`` uses it):
   ``patternc.hf.cache.PatternCache``;
-- which kernel runs a call (``backend``): ``patternc.hf.backends``;
+- the pattern each call computes: ``patternc.hf.backends``; which kernel runs it (``backend``):
+  ``patternc.kernels.dispatch``;
 - padding, caches and decode steps: ``patternc.hf.calls``;
 - a model's own attention as a stack, and a stack as a model's own config (``native_stack``,
   ``to_native``): ``patternc.hf.native``.
 """
 
 from patternc.errors import ModelError
-from patternc.hf.backends import BACKENDS
 from patternc.hf.cache import PatternCache
 from patternc.hf.native import native_stack, native_support, to_native
 from patternc.hf.sparsify import NAME, PREFILL_CHUNK, SparseAttention, densify, sparsified, sparsify
+from patternc.kernels.dispatch import BACKENDS
 
 __all__ = ["BACKENDS", "NAME", "PREFILL_CHUNK", "ModelError", "PatternCache", "SparseAttention", "densify",
            "native_stack", "native_support", "sparsified", "sparsify", "to_native"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from patternc.errors import ModelError, brief
-from patternc.hf.backends import BACKENDS, Patterns, attend
+from patternc.hf.backends import Patterns
 from patternc.hf.cache import PatternCache, PendingKeys, cache_refusal
 from patternc.hf.calls import key_roles, sequences
 from patternc.hf.model import (
@@ -47,6 +47,7 @@ from patternc.hf.model import (
     fit_stack,
     model_shape,
 )
+from patternc.kernels import attend, backend_name
 from patternc.lang import ast
 from patternc.limits import MAX_N
 from patternc.stack import Stack
@@ -121,7 +122,7 @@ class SparseAttention:
         """The last ``queries`` of ``keys`` tokens, q (G, H, queries, d) over k, v (G, Hkv, keys, d)."""
         served = self.serving(keys, queries < keys) if served is None else served
         cp = self.patterns.rows(served, keys, queries)
-        return attend(q, k, v, cp, layer, scale, self.backend, self.patterns)
+        return attend(q, k, v, cp, layer, scale=scale, backend=self.backend)
 
 
 def pattern_attention(module, query, key, value, attention_mask, scaling: float | None = None,
@@ -188,8 +189,8 @@ def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
 
     ``spec``: a bare expression (every layer and head; ``l``, ``h``, ``L``, ``H`` are the model's), a
     stack file or a ``Stack`` with the model's layers and query heads. ``block`` and ``params`` as in
-    ``patternc.compile``. ``backend``: ``auto``, ``reference`` (our block-sparse kernel), ``flex``
-    or ``sdpa`` (see ``patternc.hf.backends``). ``max_length``: the length a decoder serves, at which
+    ``patternc.compile``. ``backend``: ``auto``, ``kernel`` (our block-sparse kernel), ``flex``
+    or ``sdpa`` (see ``patternc.kernels.dispatch``). ``max_length``: the length a decoder serves, at which
     every call's rows are taken (see the module docstring); longer sequences are refused. A stack that
     does not fit the model, a non-causal stack on a causal model, or a model whose attention a pattern
     cannot run exactly is a ``ModelError`` naming both sides. Sparsifying a sparsified model replaces
@@ -197,8 +198,7 @@ def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
 
     >>> sparsify(model, "conf/pattern/streaming_llm.yaml", params={"w": 512})   # doctest: +SKIP
     """
-    if backend not in BACKENDS:
-        raise ModelError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    backend = backend_name(backend, "sparsify's backend")
     shape = model_shape(model)
     if max_length is not None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_N:

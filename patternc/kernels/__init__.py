@@ -1,19 +1,22 @@
-"""Attention kernels that run a compiled layout, behind a small registry of backends.
+"""Attention kernels that run a compiled layout.
 
-- ``reference``: our block-sparse kernel in plain torch (``reference.block_sparse_attention``),
+``attend`` (``patternc.kernels.dispatch``) is the one front door: one vocabulary of backends
+(``auto``, ``kernel``, ``flex``, ``sdpa``) for every caller. Behind it:
+
+- ``kernel``: our block-sparse kernel in plain torch (``reference.block_sparse_attention``),
   differentiable in q, k and v, with grouped-query heads; its calls run on a compute path
   (``paths``: SDPA's fused CPU kernel, bfloat16 matmuls, or unfused math) chosen by the user or by
   a one-off measurement on the machine;
 - ``flex``: ``torch.compile(flex_attention)``, compiled once per process, with ``cp.to_block_mask``;
-- ``sdpa``: dense SDPA with the pattern's dense mask (small ``n`` only);
-- ``dense_causal`` (``causal_sdpa``): SDPA with ``is_causal=True``, the baseline of every ratio.
+- ``sdpa``: SDPA with the exact mask of the rows computed.
 
-``prepare(name, cp, layer)`` does the per-layout work (block mask, dense mask) once, outside any
-timing, and returns ``run(q, k, v) -> out`` on (B, H, n, d) tensors.
+``prepare(name, cp, layer)`` returns ``run(q, k, v) -> out`` on (B, H, n, d) tensors for timing
+(``patternc.measure``): a backend above, or ``dense_causal`` (``causal_sdpa``: SDPA with
+``is_causal=True``), the baseline of every ratio.
 
 >>> import torch
 >>> q, k, v = torch.randn(3, 1, 2, 256, 16, generator=torch.Generator().manual_seed(0))  # (B, H, n, d) each
->>> run = prepare("reference", patternc.compile("causal", n=256, block=64), layer=0)
+>>> run = prepare("kernel", patternc.compile("causal", n=256, block=64), layer=0)
 >>> out = run(q, k, v)  # (B, H, n, d)
 >>> torch.allclose(out, causal_sdpa(q, k, v), atol=1e-5)  # a causal pattern is dense causal attention
 True
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from patternc.errors import KernelInputError
+from patternc.kernels.dispatch import BACKENDS, CUDA_FLEX_TILE, RENAMED, attend, backend_name
 from patternc.kernels.inputs import check_flex
 from patternc.kernels.paths import PATH_ENV, KernelPaths, PathTimes, measure_paths, resolve_paths
 from patternc.kernels.reference import block_sparse_attention
@@ -35,9 +39,25 @@ from patternc.kernels.reference import block_sparse_attention
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["BACKENDS", "PATH_ENV", "KernelInputError", "KernelPaths", "PathTimes", "Run",
-           "block_sparse_attention", "causal_sdpa", "compiled_flex", "measure_paths", "prepare",
-           "resolve_paths"]
+__all__ = [
+    "BACKENDS",
+    "BASELINE",
+    "CUDA_FLEX_TILE",
+    "PATH_ENV",
+    "RENAMED",
+    "KernelInputError",
+    "KernelPaths",
+    "PathTimes",
+    "Run",
+    "attend",
+    "backend_name",
+    "block_sparse_attention",
+    "causal_sdpa",
+    "compiled_flex",
+    "measure_paths",
+    "prepare",
+    "resolve_paths",
+]
 
 Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -70,53 +90,30 @@ def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def _reference(cp: CompiledPattern, layer: int, device: str) -> Run:
-    cp.node(layer, 0)  # refuses a bad layer now, not at the first call
-    return lambda q, k, v: block_sparse_attention(q, k, v, cp, layer)
-
-
-CUDA_FLEX_TILE = 128  # FlexAttention's CUDA kernels tile q and kv by up to 128: blocks must divide by it
-
-
-def _flex(cp: CompiledPattern, layer: int, device: str) -> Run:
-    if torch.device(device).type == "cuda" and any(b % CUDA_FLEX_TILE for b in cp.block):
-        bq, bk = cp.block
-        raise ValueError(f"FlexAttention on CUDA needs blocks that are multiples of {CUDA_FLEX_TILE} "
-                         f"(its kernel tiles), got {bq}x{bk}: compile with block={CUDA_FLEX_TILE}")
-    block_mask = cp.to_block_mask(layer, device=device)
-    flex = compiled_flex()
-    return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
-
-
-def _sdpa(cp: CompiledPattern, layer: int, device: str) -> Run:
-    mask = torch.from_numpy(cp.to_dense(layer=layer)).to(device)  # (H, n, n); refused when too big
-    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-def _dense_causal(cp: CompiledPattern, layer: int, device: str) -> Run:
-    return causal_sdpa
-
-
-BACKENDS: dict[str, Callable[[CompiledPattern, int, str], Run]] = {
-    "reference": _reference,
-    "flex": _flex,
-    "sdpa": _sdpa,
-    "dense_causal": _dense_causal,
-}
+BASELINE = "dense_causal"  # prepare()'s name for causal_sdpa, the baseline of every ratio
 
 
 def prepare(name: str, cp: CompiledPattern, layer: int = 0, device: str = "cpu") -> Run:
-    """``run(q, k, v)`` for backend ``name`` on layer ``layer`` of ``cp``.
+    """``run(q, k, v)`` for backend ``name`` (or ``BASELINE``) on layer ``layer`` of ``cp``; what a
+    layout needs is built here, outside any timing.
 
     >>> import torch
     >>> cp = patternc.compile("causal & window(64)", n=256, block=32)
     >>> q, k, v = torch.randn(3, 1, 2, 256, 16, generator=torch.Generator().manual_seed(0))  # (B, H, n, d)
-    >>> out = prepare("reference", cp)(q, k, v)
+    >>> out = prepare("kernel", cp)(q, k, v)
     >>> torch.allclose(out, prepare("sdpa", cp)(q, k, v), atol=1e-5)  # block-sparse = dense masked SDPA
     True
 
     ``flex`` runs the same way; on CPU its first call compiles FlexAttention (about 20 s).
     """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    return BACKENDS[name](cp, layer, device)
+    if name == BASELINE:
+        return causal_sdpa
+    name = backend_name(name)
+    cp.node(layer, 0)  # refuses a bad layer now, not at the first call
+    target = torch.device(device)
+    if name == "flex":  # the block mask, and the tiles refused, before any timing
+        from patternc.kernels.dispatch import check_flex_tiles
+
+        check_flex_tiles(cp, target)
+        cp.derived(("block_mask", layer, str(target)), lambda: cp.to_block_mask(layer, device=str(target)))
+    return lambda q, k, v: attend(q, k, v, cp, layer, backend=name)

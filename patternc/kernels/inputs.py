@@ -149,7 +149,7 @@ def check_flex(q, k, v) -> None:
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         raise KernelInputError("FlexAttention has no backward on CPU, and these inputs require "
                                "gradients: train on CPU with patternc's block-sparse kernel (patternc.nn "
-                               "backend='kernel', patternc.hf backend='reference'), run FlexAttention under "
+                               "backend='kernel'), run FlexAttention under "
                                "torch.no_grad(), or train with it on CUDA")
 
 

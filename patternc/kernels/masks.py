@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import torch
 
+from patternc.compiled import per_pattern
 from patternc.kernels.plan import partial_kinds
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class MaskCache:
         return CallMask(allowed, additive, dead if len(dead) else None, skip, end - skip)
 
 
-@lru_cache(maxsize=16)
+@per_pattern
 def mask_cache(cp: CompiledPattern, layer: int, head: int, device: torch.device,
                dtype: torch.dtype) -> MaskCache:
     """The ``MaskCache`` of one layout, device and dtype, shared by every call of the kernel (a
@@ -98,7 +98,7 @@ def mask_cache(cp: CompiledPattern, layer: int, head: int, device: torch.device,
     return MaskCache(cp, layer, head, device, dtype)
 
 
-@lru_cache(maxsize=16)
+@per_pattern
 def _device_masks(cp, layer, head, device: str) -> torch.Tensor:
     """``plan.partial_kinds``' distinct block masks on ``device``, cached per layout."""
     return torch.from_numpy(partial_kinds(cp, layer, head)[1]).to(device)

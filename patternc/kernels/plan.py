@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from patternc.compiled import per_pattern
 from patternc.lower.node import block_masks, distinct_blocks
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Plan:
     unstored: tuple[tuple[int, int], ...]  # [start, end) token ranges
 
 
-@lru_cache(maxsize=16)
+@per_pattern
 def partial_kinds(cp: CompiledPattern, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
     """Token masks of PARTIAL blocks, each distinct content once (a window's edge blocks all look
     alike): ``kind`` (nnz,) int64 index into ``masks`` (u, bq, bk) bool, -1 for FULL blocks.
@@ -133,7 +133,7 @@ class _Piece:
     blocks: int
 
 
-@lru_cache(maxsize=16)
+@per_pattern
 def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Plan:
     """The calls that cover every stored block of ``cp.layout(layer, head)`` once, each at most
     ``max_blocks`` key blocks long; largest first, so most rows are stored before any merge.

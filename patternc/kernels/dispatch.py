@@ -1,0 +1,189 @@
+"""One front door to attention under a compiled pattern: ``attend``, and the one vocabulary of
+backends every caller uses (``patternc.nn``, ``patternc.hf``, ``patternc.measure``, the search).
+
+``attend(q, k, v, cp, layer)`` computes queries of ``cp`` over all of its keys. ``q`` holds either
+the last ``r`` rows of ``cp`` (``rows=None``: the whole sequence when ``r`` is every row, a decode
+step or a chunk after cached keys otherwise) or the rows at the positions ``rows``. The backends:
+
+- ``kernel``: patternc's block-sparse kernel (``block_sparse_attention``), forward and backward, on
+  any device, cost proportional to the stored blocks; it runs whole sequences;
+- ``flex``: FlexAttention, ``torch.compile``'d once per process, with the pattern's ``BlockMask``
+  (built once per pattern, layer and device); on CUDA the blocks must be multiples of
+  ``CUDA_FLEX_TILE``, and on CPU it has no backward (refused before compiling);
+- ``sdpa``: SDPA with the exact boolean mask of the rows, built in slices of at most
+  ``ROW_MASK_ELEMENTS`` booleans (a decode step's mask is one row per head), on any device,
+  differentiable;
+- ``auto`` never guesses speed: a whole sequence of more than one key block goes to the block-sparse
+  kernel of its device (``flex`` on CUDA when the blocks allow, ``kernel`` elsewhere); query rows
+  and a sequence of one key block (nothing to skip) go to ``sdpa``.
+
+A backend that cannot run the rows asked for hands them to ``sdpa`` (``kernel`` runs no query
+range; ``flex`` runs the last rows, not arbitrary positions). Every backend gives a query with no
+allowed key the output 0, and every one is exact against the dense mask.
+
+``reference`` was the kernel's name in ``patternc.kernels``, ``patternc.hf`` and the search: it
+still works, with a ``DeprecationWarning``.
+
+>>> import torch
+>>> cp = patternc.compile("causal & (sink(4) | window(32))", n=256, block=32)
+>>> q, k, v = torch.randn(3, 1, 2, 256, 16, generator=torch.Generator().manual_seed(0))  # (B, H, n, d)
+>>> out = attend(q, k, v, cp)                                   # the whole sequence: the kernel
+>>> last = attend(q[:, :, -1:], k, v, cp)                       # the last row only: SDPA with its mask
+>>> torch.allclose(out[:, :, -1:], last, atol=1e-5)
+True
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from patternc.errors import KernelInputError, brief
+from patternc.kernels.reference import block_sparse_attention
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from patternc.compiled import CompiledPattern
+
+__all__ = ["BACKENDS", "CUDA_FLEX_TILE", "RENAMED", "ROW_MASK_ELEMENTS", "attend", "backend_name", "choose",
+           "row_mask"]
+
+BACKENDS = ("auto", "kernel", "flex", "sdpa")
+RENAMED = {"reference": "kernel"}  # old name -> the name it has now
+CUDA_FLEX_TILE = 128  # FlexAttention's CUDA kernels tile q and kv by up to 128: blocks must divide by it
+ROW_MASK_ELEMENTS = 1 << 24  # booleans of one SDPA call's mask (16 MiB): larger row sets go in slices
+FLEX_ATTENTION: Callable | None = None  # None: compiled flex_attention; tests put eager flex here
+
+Tensor = torch.Tensor
+
+
+def backend_name(name: object, where: str = "backend") -> str:
+    """``name`` as a backend of ``BACKENDS``; an old name is translated with a ``DeprecationWarning``
+    and anything else is a ``KernelInputError`` naming ``where``.
+
+    >>> backend_name("auto")
+    'auto'
+    """
+    if isinstance(name, str) and name in RENAMED:
+        warnings.warn(f"{where} {name!r} is now called {RENAMED[name]!r}; the old name will be removed",
+                      DeprecationWarning, stacklevel=3)
+        return RENAMED[name]
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise KernelInputError(f"{where} must be one of {', '.join(BACKENDS)}, got {brief(name)}")
+    return name
+
+
+def choose(backend: str, cp: CompiledPattern, queries: int, device: torch.device,
+           positions: bool = False) -> str:
+    """The backend that runs ``queries`` rows of ``cp`` on ``device``: the last ones, or rows at
+    arbitrary ``positions`` (see the module docstring)."""
+    whole = not positions and cp.first_query == 0 and queries == cp.n
+    if backend == "auto":
+        if not whole or cp.grid.nbk == 1:
+            return "sdpa"
+        if device.type == "cuda":
+            return "flex" if _flex_tiles_fit(cp) else "kernel"
+        return "kernel"
+    if (backend == "kernel" and not whole) or (backend == "flex" and positions):
+        return "sdpa"  # exact through the rows' masks
+    return backend
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int = 0, *,
+           rows: Tensor | None = None, scale: float | None = None, backend: str = "auto") -> Tensor:
+    """Attention of the queries ``q`` (B, H, r, d) of ``cp``'s layer ``layer`` over ``k``, ``v``
+    (B, Hkv, n, d), ``n = cp.n`` (Hkv divides H: grouped-query heads): (B, H, r, d).
+
+    ``rows``: None, ``q`` holds ``cp``'s last ``r`` rows; or a 1-d integer tensor (r,), the
+    positions of ``q``'s queries. Shapes are the caller's to check (``patternc.nn`` and
+    ``patternc.hf`` check theirs).
+    """
+    backend = backend_name(backend)
+    chosen = choose(backend, cp, q.shape[2], q.device, positions=rows is not None)
+    if chosen == "kernel":
+        return block_sparse_attention(q, k, v, cp, layer, scale=scale)
+    if chosen == "flex":
+        return _flex(q, k, v, cp, layer, scale)
+    if rows is None:
+        first = cp.first_query + cp.nq - q.shape[2]  # the last r rows
+        positions = np.arange(first, first + q.shape[2])
+    else:
+        positions = rows.detach().cpu().numpy().astype(np.int64)
+    return _sdpa(q, k, v, cp, layer, scale, positions)
+
+
+def check_flex_tiles(cp: CompiledPattern, device: torch.device) -> None:
+    """Refuse FlexAttention on CUDA with blocks its kernels cannot tile, saying what to compile."""
+    if device.type == "cuda" and not _flex_tiles_fit(cp):
+        bq, bk = cp.block
+        raise KernelInputError(f"FlexAttention on CUDA needs blocks that are multiples of {CUDA_FLEX_TILE} "
+                               f"(its kernel tiles), got {bq}x{bk}: compile with block={CUDA_FLEX_TILE}, or "
+                               "use backend='auto'")
+
+
+def _flex_tiles_fit(cp: CompiledPattern) -> bool:
+    return all(b % CUDA_FLEX_TILE == 0 for b in cp.block)
+
+
+def _flex(q, k, v, cp: CompiledPattern, layer: int, scale: float | None) -> Tensor:
+    from patternc.kernels import compiled_flex
+
+    check_flex_tiles(cp, q.device)
+    block_mask = cp.derived(("block_mask", layer, str(q.device)),
+                            lambda: cp.to_block_mask(layer, device=str(q.device)))
+    extra = cp.nq - q.shape[2]  # rows the compiled query range holds before the call's own
+    if extra:
+        q = F.pad(q, (0, 0, extra, 0))  # (B, H, nq, d)
+    flex = FLEX_ATTENTION or compiled_flex()
+    out = flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    return out[:, :, extra:]
+
+
+def row_mask(cp: CompiledPattern, layer: int, positions: np.ndarray) -> np.ndarray:
+    """(H, r, n) bool: what the queries at ``positions`` (r,) read in ``cp``'s layer ``layer``,
+    exact, evaluated once per distinct head pattern."""
+    q = np.asarray(positions, np.int64)[:, None]  # (r, 1)
+    k = np.arange(cp.n)[None, :]  # (1, n)
+    out = np.empty((cp.heads, len(q), cp.n), bool)
+    done: dict[object, np.ndarray] = {}
+    for h in range(cp.heads):
+        node = cp.node(layer, h)
+        if node not in done:
+            done[node] = cp.allows(q, k, layer, h)
+        out[h] = done[node]
+    return out
+
+
+def _row_masks(cp: CompiledPattern, layer: int, positions: np.ndarray, device: torch.device, whole: bool
+               ) -> tuple[Tensor, Tensor]:
+    """(H, r, n) bool and (H, r, 1) bool (the row has a key) for the queries at ``positions``; kept
+    with ``cp`` when they are its last rows in one slice (a training loop's every step)."""
+    def build() -> tuple[Tensor, Tensor]:
+        mask = torch.from_numpy(row_mask(cp, layer, positions)).to(device)
+        return mask, mask.any(-1, keepdim=True)
+
+    last = whole and len(positions) and positions[-1] == cp.n - 1 \
+        and positions[-1] - positions[0] == len(positions) - 1
+    if not last:
+        return build()
+    return cp.derived(("sdpa_rows", layer, str(device), int(positions[0])), build)
+
+
+def _sdpa(q, k, v, cp: CompiledPattern, layer: int, scale: float | None, positions: np.ndarray) -> Tensor:
+    """SDPA of the queries at ``positions`` with their rows' masks, in slices of bounded size."""
+    H, r = q.shape[1], q.shape[2]
+    step = max(1, ROW_MASK_ELEMENTS // (H * cp.n))
+    outs = []
+    for a in range(0, r, step):
+        b = min(r, a + step)
+        mask, has_key = _row_masks(cp, layer, positions[a:b], q.device, whole=step >= r)
+        # a row with no allowed key is opened to every key (a finite softmax) and its output zeroed
+        out = F.scaled_dot_product_attention(q[:, :, a:b], k, v, attn_mask=(mask | ~has_key)[None],
+                                             scale=scale, enable_gqa=k.shape[1] != H)  # (B, H, r', d)
+        outs.append(out if bool(has_key.all()) else out * has_key.to(out.dtype))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
