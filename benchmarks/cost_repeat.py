@@ -21,7 +21,7 @@ import time
 import torch
 
 import patternc
-from patternc.cost import CACHE_ENV
+from patternc.machine import CACHE_ENV
 
 
 def spread(values: list[float]) -> float:

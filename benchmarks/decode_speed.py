@@ -19,8 +19,8 @@ import platform
 import torch
 
 import patternc
-from patternc.cost import cpu_model
 from patternc.kernels.decode import DecodeCache
+from patternc.machine import cpu_model
 
 PATTERNS = {
     "window 4096 + 64 sinks": "causal & (window(4096) | sink(64))",

@@ -45,7 +45,7 @@ import transformers
 
 import patternc
 import patternc.hf
-from patternc.cost import cpu_model
+from patternc.machine import cpu_model
 
 PATTERNS = {  # name -> (description, layers x heads spec as data: default and per-head overrides)
     "a": ("window 512 + 4 sinks", "causal & (sink(4) | window(512))", ()),

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import torch
 
 from patternc.errors import PatternMeaningError, brief
 from patternc.limits import require
+from patternc.machine import CACHE_ENV, cache_dir, cpu_model, write_json
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["CACHE_ENV", "KERNELS_REVISION", "PHASES", "Measurement", "cache_dir", "layout_hash", "measure",
            "resolve_device"]
 
-CACHE_ENV = "PATTERNC_CACHE_DIR"
 # Raised whenever a change to patternc's kernels can change how fast a layout runs (2: a dense causal
 # layer runs SDPA's causal kernel), so that results measured on the old kernels are not read back.
 KERNELS_REVISION = 2
@@ -82,22 +80,6 @@ class Measurement:
     @classmethod
     def from_dict(cls, data: dict) -> Measurement:
         return cls(**{**data, "block": tuple(data["block"])})
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "patternc" / "cost")
-
-
-def cpu_model() -> str:
-    """The CPU's ``model name`` from /proc/cpuinfo, else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def layout_hash(cp: CompiledPattern, layer: int) -> str:
@@ -294,15 +276,3 @@ def _read(path: Path, settings: dict) -> Measurement | None:
 
 def _write(path: Path, result: Measurement) -> None:
     write_json(path, result.to_dict())
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write a cache entry atomically (temp file + rename), so a reader never sees half a file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        # A read-only or full cache only costs a re-measure next time: not worth failing for.
-        return

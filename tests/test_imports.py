@@ -73,3 +73,60 @@ def test_search_uses_only_patternc_public_api():
                 found += [f"{path.name}: import {a.name}" for a in node.names
                           if a.name.startswith("patternc.") and a.name not in public_modules]
     assert found == []
+
+
+def _module_imports(root, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports when it is loaded: its module-level imports (a
+    function's import is lazy on purpose, and ``if TYPE_CHECKING:`` never runs), resolved to a
+    submodule where the imported name is one."""
+    import ast
+
+    paths = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for statement in ast.parse(path.read_text()).body:
+            if isinstance(statement, ast.If) and "TYPE_CHECKING" in ast.unparse(statement.test):
+                continue
+            if not isinstance(statement, (ast.Import, ast.ImportFrom, ast.If, ast.Try)):
+                continue  # a function's or a class's imports run when it is called
+            for node in ast.walk(statement):
+                if isinstance(node, ast.Import):
+                    found |= {alias.name for alias in node.names if alias.name in paths}
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                        + ([node.module] if node.module else []))
+                    for alias in node.names:
+                        found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base)
+        graph[name] = (found & set(paths)) - {name}
+    return graph
+
+
+def test_no_import_circle_in_patternc_or_search():
+    from pathlib import Path
+
+    graph = _module_imports(Path(__file__).resolve().parents[1], ("patternc", "search"))
+    assert "patternc.kernels.paths" in graph and "patternc.machine" in graph["patternc.kernels.paths"]
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    circles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for imported in sorted(graph[module]):
+            if state.get(imported) == 1:
+                circles.append([*path[path.index(imported):], imported])
+            elif imported not in state:
+                visit(imported, [*path, imported])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert circles == []

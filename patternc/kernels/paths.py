@@ -50,10 +50,10 @@ from pathlib import Path
 
 import torch
 
-from patternc.cost import cache_dir, cpu_model, write_json
 from patternc.errors import KernelInputError
 from patternc.kernels.attend import PATHS
 from patternc.kernels.masks import CallMask
+from patternc.machine import cache_dir, cpu_model, write_json
 
 __all__ = ["CHOICES", "PATH_ENV", "KernelPaths", "PathTimes", "measure_paths", "resolve_paths"]
 
