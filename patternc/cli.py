@@ -302,7 +302,7 @@ def _save_native(cp: CompiledPattern, path: Path, args) -> None:
     for l in widened:
         changes.setdefault((cp.expression(l, 0), str(layers[l])), []).append(l)
     for (mine, kept), where in changes.items():
-        print(f"superset: layer{'s' * (len(where) > 1)} {_spans(where)}: {mine} -> {kept} "
+        print(f"superset: layer{'s' * (len(where) > 1)} {layer_spans(where)}: {mine} -> {kept} "
               "(more keys, never fewer)")
 
 
@@ -383,17 +383,12 @@ def _kv(cp: CompiledPattern, args) -> None:
     per_key = 2 * report.head_dim * report.element_bytes  # K and V of one cached key
     for (budgets, forever), layers in by_row.items():
         kept = sorted({term for head in forever for term in head})
-        print(f"layers {_spans(layers)}: keys per KV head {', '.join(f'{b:,}' for b in budgets)}"
+        print(f"layers {layer_spans(layers)}: keys per KV head {', '.join(f'{b:,}' for b in budgets)}"
               + (f"; kept to the end by {', '.join(kept)}" if kept else "; every key is evicted")
               + f"; {sum(budgets) * per_key:,} bytes a layer")
     if native is not None:  # the model's own attention beside dense attention's
         print(f"dense attention: {report.dense_bytes // cp.layers:,} bytes a layer (mixing depth: patternc "
               "check --from-config)")
-
-
-def _spans(values: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5'."""
-    return layer_spans(values)
 
 
 def _bench(cp: CompiledPattern, args) -> None:

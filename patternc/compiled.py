@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache, wraps
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -132,7 +133,7 @@ class CompiledPattern:
         self.stack = stack
         self.n = n
         self.block = block
-        self.params = params
+        self.params = MappingProxyType(dict(params))  # read-only: a compiled pattern is shared
         self.first_query = first_query  # queries [first_query, n) against keys [0, n)
         # the n that the terms were bound at: n itself, unless this is a prefix of a longer compile
         self.bound_n = n if bound_n is None else bound_n

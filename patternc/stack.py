@@ -36,8 +36,8 @@ from patternc.limits import (
     require,
 )
 
-__all__ = ["Override", "Stack", "as_stack", "check_params", "layer_spans", "load_stack", "load_yaml",
-           "params_key"]
+__all__ = ["Override", "Stack", "as_stack", "check_params", "index_runs", "layer_spans", "load_stack",
+           "load_yaml", "params_key"]
 
 _KEYS = ("layers", "heads", "block", "causal", "default", "overrides", "params", "description", "kv_heads")
 _OVERRIDE_KEYS = ("layers", "heads", "expr")
@@ -421,11 +421,11 @@ def _range(value, count: int, where: str) -> tuple[int, int]:
     raise StackError(f"expected an index or a half-open range \"a:b\", got {brief(value)}", where=where)
 
 
-def layer_spans(values: list[int]) -> str:
-    """Layer (or head) indices as runs, for messages.
+def index_runs(values) -> list[tuple[int, int]]:
+    """Sorted layer or head indices as inclusive runs of consecutive ones.
 
-    >>> layer_spans([0, 1, 2, 5])
-    '0-2, 5'
+    >>> index_runs([0, 1, 2, 5])
+    [(0, 2), (5, 5)]
     """
     runs: list[list[int]] = []
     for v in values:
@@ -433,7 +433,16 @@ def layer_spans(values: list[int]) -> str:
             runs[-1][1] = v
         else:
             runs.append([v, v])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return [(a, b) for a, b in runs]
+
+
+def layer_spans(values) -> str:
+    """Layer (or head) indices as runs, for messages.
+
+    >>> layer_spans([0, 1, 2, 5])
+    '0-2, 5'
+    """
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in index_runs(values))
 
 
 def _range_text(span: tuple[int, int]) -> int | str:

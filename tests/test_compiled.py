@@ -399,3 +399,11 @@ def test_mask_mod_in_flex_attention_matches_sdpa():
 def test_repr_names_the_pattern():
     text = repr(patternc.compile("causal & window(8)", 64, block=(16, 8)))
     assert "causal & window(8)" in text and "n=64" in text and "(16, 8)" in text
+
+
+def test_a_compiled_patterns_params_are_read_only():
+    """A compiled pattern is cached and shared: changing its params would change every holder's."""
+    cp = patternc.compile("causal & window($w)", 64, params={"w": 8})
+    assert cp.params == {"w": 8}
+    with pytest.raises(TypeError):
+        cp.params["w"] = 16

@@ -130,5 +130,6 @@ def save_fa4(cp: CompiledPattern, path) -> None:
     metadata = {"format": "patternc-fa4", "patternc_version": __version__, "n": str(cp.n),
                 "block_size": f"{cp.block[0]},{cp.block[1]}", "layers": str(cp.layers),
                 "heads": str(cp.heads),
-                "stack": json.dumps(cp.stack.to_dict(), sort_keys=True), "params": json.dumps(cp.params)}
+                "stack": json.dumps(cp.stack.to_dict(), sort_keys=True),
+                "params": json.dumps(dict(cp.params))}
     write(path, tensors, metadata)

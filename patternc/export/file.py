@@ -81,7 +81,7 @@ def pack(cp: CompiledPattern) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         "block": json.dumps(list(cp.block)),
         "layers": str(cp.layers),
         "heads": str(cp.heads),
-        "params": json.dumps(cp.params, sort_keys=True),
+        "params": json.dumps(dict(cp.params), sort_keys=True),
         "first_query": str(cp.first_query),
     }
     return tensors, metadata

@@ -33,10 +33,11 @@ import numpy as np
 from patternc.errors import PatternMeaningError
 from patternc.export.columns import MAX_RUNS, ColumnRuns, column_runs
 from patternc.export.convert import dense_size
-from patternc.export.gqa import heads_text, kv_patterns, query_heads
+from patternc.export.gqa import kv_patterns, query_heads
 from patternc.export.terms import first_failing_term
 from patternc.lang import ast, parse, unparse
 from patternc.limits import DENSE_LIMIT, MAX_INDEX_BYTES, require
+from patternc.stack import layer_spans
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
@@ -155,7 +156,7 @@ def _not_representable(cp, layer, pattern, runs: ColumnRuns) -> PatternMeaningEr
     masked = len(edges) + 1 - (edges[0, 0] == 0 if len(edges) else 0) - \
         (edges[-1, 1] == cp.n if len(edges) else 0)
     if term is None:  # every head of the group fits alone: their union does not
-        what = f"the union of the patterns of query heads {heads_text(heads)}"
+        what = f"the union of the patterns of query heads {layer_spans(heads)}"
     elif term == unparse(tree := parse(cp.expression(layer, heads[0]))) and not isinstance(
             tree, ast.Primitive):
         what = f"{term} (none of its terms fails on its own)"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from patternc.export.gqa import head_runs
 from patternc.export.tables import LayerLists, layer_lists
 from patternc.export.widths import check_form, table_form
 from patternc.lang import identifier
 from patternc.limits import MAX_INDEX_BYTES, require
+from patternc.stack import index_runs
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -232,4 +232,4 @@ def _name(cp: CompiledPattern, layer: int) -> str:
 
 def _runs(heads: list[int]) -> str:
     """Sorted head indices as runs: [0, 1, 2, 5] -> '0to2_5'."""
-    return "_".join(f"{a}" if a == b else f"{a}to{b}" for a, b in head_runs(heads))
+    return "_".join(f"{a}" if a == b else f"{a}to{b}" for a, b in index_runs(heads))

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 from patternc.errors import PatternMeaningError
 from patternc.layout import Layout
 from patternc.lower.algebra import Difference, Union
+from patternc.stack import layer_spans
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
     from patternc.lower.node import Lowered
 
-__all__ = ["KVGroupMismatch", "KVPattern", "head_runs", "heads_text", "kv_patterns", "mixed_kv_groups",
+__all__ = ["KVGroupMismatch", "KVPattern", "kv_patterns", "mixed_kv_groups",
            "query_heads"]
 
 
@@ -55,7 +56,7 @@ class KVGroupMismatch:
     expressions: tuple[tuple[str, tuple[int, ...]], ...]
 
     def describe(self) -> str:
-        parts = "; ".join(f"head{'s' if len(hs) > 1 else ''} {heads_text(hs)}: {text}"
+        parts = "; ".join(f"head{'s' if len(hs) > 1 else ''} {layer_spans(hs)}: {text}"
                           for text, hs in self.expressions)
         return (f"layer {self.layer}: KV head {self.kv_head} ({query_heads(self.heads)}) is read "
                 f"by heads whose patterns differ ({parts})")
@@ -102,17 +103,6 @@ def mixed_kv_groups(cp: CompiledPattern) -> tuple[KVGroupMismatch, ...]:
     return tuple(found)
 
 
-def head_runs(heads) -> list[tuple[int, int]]:
-    """Sorted head indices as inclusive runs: [0, 1, 2, 5] -> [(0, 2), (5, 5)]."""
-    runs: list[list[int]] = []
-    for h in heads:
-        if runs and runs[-1][1] == h - 1:
-            runs[-1][1] = h
-        else:
-            runs.append([h, h])
-    return [(a, b) for a, b in runs]
-
-
 def _classes(cp: CompiledPattern, layer: int, heads: tuple[int, ...]) -> list[list[int]]:
     """``heads`` grouped by the pairs they allow. Equal bound nodes allow equal pairs; different
     ones are compared exactly, by the blocks of their symmetric difference."""
@@ -146,9 +136,4 @@ def _mismatch(cp: CompiledPattern, layer: int, g: int, heads: tuple[int, ...]) -
 
 def query_heads(heads) -> str:
     """'query head 3' or 'query heads 0-3'."""
-    return f"query head{'s' if len(heads) > 1 else ''} {heads_text(heads)}"
-
-
-def heads_text(heads) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5'."""
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in head_runs(heads))
+    return f"query head{'s' if len(heads) > 1 else ''} {layer_spans(heads)}"
