@@ -19,7 +19,7 @@ from patternc.errors import (
     StackError,
 )
 from patternc.export.bsr import BlockCSR
-from patternc.kv import KVReport, kv
+from patternc.kv_analysis import KVReport, kv
 from patternc.lang import ast, parse, unparse
 from patternc.layout import HeadStats, Layout
 from patternc.reach import ReachReport, reach

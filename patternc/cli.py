@@ -360,7 +360,7 @@ def _check(cp: CompiledPattern, args) -> int:
 
 
 def _kv(cp: CompiledPattern, args) -> None:
-    from patternc.kv import kv
+    from patternc.kv_analysis import kv
 
     native: NativeStack | None = args.native
     head_dim = args.head_dim or (native and native.head_dim) or 128

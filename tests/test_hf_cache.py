@@ -137,7 +137,7 @@ def test_chunked_prefill_is_exact_and_holds_the_window_not_the_prompt():
 def test_generate_uses_prefill_chunk_by_default_without_changing_the_models_config(monkeypatch):
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("patternc.hf.sparsify"), "PREFILL_CHUNK", 16)
+    monkeypatch.setattr(importlib.import_module("patternc.hf.attention"), "PREFILL_CHUNK", 16)
     model = tiny_model("llama")
     hf.sparsify(model, "causal & window(8)", block=BLOCK)
     prompt = torch.randint(1, VOCAB, (1, 200), generator=torch.Generator().manual_seed(5))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import patternc
-from patternc.kv import last_reads, live_keys
+from patternc.kv_analysis import last_reads, live_keys
 from tests.test_lowering_oracle import _expression
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from patternc.compiled import CompiledPattern, PatternStats
-from patternc.kv import kv
+from patternc.kv_analysis import kv
 from patternc.layout import Layout
 from patternc.lower.node import Lowered
 from patternc.reach import ReachReport

@@ -21,9 +21,9 @@
 """
 
 from patternc.errors import ModelError
+from patternc.hf.attention import NAME, PREFILL_CHUNK, SparseAttention, densify, sparsified, sparsify
 from patternc.hf.cache import PatternCache
 from patternc.hf.native import native_stack, native_support, to_native
-from patternc.hf.sparsify import NAME, PREFILL_CHUNK, SparseAttention, densify, sparsified, sparsify
 from patternc.kernels.dispatch import BACKENDS
 
 __all__ = ["BACKENDS", "NAME", "PREFILL_CHUNK", "ModelError", "PatternCache", "SparseAttention", "densify",

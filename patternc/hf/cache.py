@@ -38,8 +38,8 @@ from patternc.hf.calls import KEY, KeyRoles
 from patternc.kernels.decode import PAGE, DecodeCache
 
 if TYPE_CHECKING:
-    from patternc.hf.sparsify import SparseAttention
-    from patternc.kv import KVReport
+    from patternc.hf.attention import SparseAttention
+    from patternc.kv_analysis import KVReport
 
 __all__ = ["CacheMemory", "PatternCache", "PatternLayer", "PendingKeys", "cache_refusal"]
 
@@ -98,8 +98,8 @@ class PatternCache(Cache):
     """
 
     def __init__(self, model, max_length: int, *, page: int = PAGE) -> None:
-        from patternc.hf.sparsify import sparsified
-        from patternc.kv import kv
+        from patternc.hf.attention import sparsified
+        from patternc.kv_analysis import kv
 
         state = sparsified(model)
         if state is None:
@@ -123,7 +123,7 @@ class PatternCache(Cache):
 
     def check(self, model, length: int) -> None:
         """Refuse, naming both sides, to serve ``length`` tokens of ``model`` from this cache."""
-        from patternc.hf.sparsify import sparsified
+        from patternc.hf.attention import sparsified
 
         own = self._model()
         if own is not model:
@@ -162,7 +162,7 @@ def cache_refusal(model, max_length: int) -> str | None:
     found by running the model: two one-token steps on a throwaway cache, with the random state
     kept as it was. The verdict is kept with the sparsified model.
     """
-    from patternc.hf.sparsify import sparsified
+    from patternc.hf.attention import sparsified
 
     state = sparsified(model)
     if "cache" not in state.verdicts:

@@ -48,7 +48,7 @@ from patternc.limits import require
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
-    from patternc.kv import KVReport
+    from patternc.kv_analysis import KVReport
     from patternc.lower.node import Lowered
 
 __all__ = ["PAGE", "DecodeCache", "dense_decode", "reference_decode"]
@@ -164,7 +164,7 @@ class DecodeCache:
                  head_dim: int = 64, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  page: int = PAGE, report: KVReport | None = None):
         from patternc.compiled import CompiledPattern
-        from patternc.kv import kv
+        from patternc.kv_analysis import kv
 
         if not isinstance(cp, CompiledPattern):
             raise KernelInputError(f"DecodeCache: cp must be a compiled pattern (patternc.compile(...)), got "

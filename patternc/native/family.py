@@ -34,7 +34,7 @@ import numpy as np
 from patternc.errors import ConfigError
 from patternc.export.columns import column_runs
 from patternc.export.terms import first_failing_term
-from patternc.kv import last_reads
+from patternc.kv_analysis import last_reads
 from patternc.layout import Layout, future_pair
 from patternc.lower.algebra import Intersect
 from patternc.lower.rules import simplify
