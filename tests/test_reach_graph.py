@@ -63,6 +63,7 @@ GRAPH_CASES = [
     pytest.param(Stack("band(1, 2)", layers=2), 20, 4, 2, id="empty_rows_no_self"),
     pytest.param(per_head_stack(), 50, 8, 2, id="per_head"),
     pytest.param(Stack("none"), 9, 4, 1, id="nothing_but_residual"),
+    pytest.param(Stack("causal & window(h + 1)", heads=11), 30, 4, 1, id="eleven_distinct_heads"),
 ]
 
 
@@ -108,6 +109,7 @@ def square_blocks(cp: patternc.CompiledPattern, layer: int, head: int, b: int) -
     pytest.param(Stack("causal & (window(5) | global(1))", layers=2, heads=2,
                        overrides=(Override("causal & stride(9)", (1, 2), (1, 2)),)), 90, (4, 16), id="rect"),
     pytest.param(Stack("causal & (window(3) | random(1, seed=2))", layers=2), 96, (4, 8), id="random_rect"),
+    pytest.param(Stack("causal & window(4 * h + 1)", heads=10), 64, 4, id="ten_distinct_heads"),
 ])
 def test_block_graph_edges_are_the_blocks_heads_store(stack, n, block):
     """Block nodes: square blocks of reach's block (the lcm for random(): drawn on the compiled

@@ -136,18 +136,24 @@ def _shared_layers(cp: CompiledPattern, make: Callable[[int, list[Lowered], list
     return out
 
 
-def _templates(member: np.ndarray, heads: list[list[int]], kinds: np.ndarray | None = None) -> list[dict]:
-    """One attribute dict per edge: ``heads``, those whose pattern allows it (``member``: (edges,
-    distinct patterns) bool), and with ``kinds`` its block kind. Edges alike share one dict: the
-    caller copies each (networkx keeps one per edge)."""
-    bits = np.packbits(member, axis=1)  # (edges, ceil(patterns / 8)): a layer may have many
+def _mark(bits: np.ndarray, rows: np.ndarray, pattern: int) -> None:
+    """Set the bit of distinct pattern ``pattern`` in ``rows`` of ``bits`` ((edges, ceil(patterns
+    / 8)) uint8, as ``np.packbits`` lays them out): a layer may have many distinct heads."""
+    bits[rows, pattern // 8] |= np.uint8(1 << (7 - pattern % 8))
+
+
+def _templates(bits: np.ndarray, heads: list[list[int]], kinds: np.ndarray | None = None) -> list[dict]:
+    """One attribute dict per edge: ``heads``, those whose pattern allows it (``bits``, see
+    ``_mark``), and with ``kinds`` its block kind. Edges alike share one dict: the caller copies
+    each (networkx keeps one per edge)."""
     signature = np.unique(np.ascontiguousarray(bits).view(np.dtype((np.void, bits.shape[1]))).ravel(),
                           return_inverse=True)[1].reshape(-1)
     key = signature if kinds is None else signature * 3 + kinds
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     made = []
     for i in first.tolist():
-        data: dict = {"heads": tuple(sorted(h for d in np.flatnonzero(member[i]) for h in heads[d]))}
+        patterns = np.flatnonzero(np.unpackbits(bits[i], count=len(heads)))
+        data: dict = {"heads": tuple(sorted(h for d in patterns.tolist() for h in heads[d]))}
         if kinds is not None:
             data["kind"] = KIND_NAMES.get(int(kinds[i]))
         made.append(data)
@@ -212,17 +218,17 @@ def _token_edges(cp: CompiledPattern, layer: int, flow: LayerFlow, nodes: list[L
     for s in range(0, len(rows), batch):
         q, k = pairs_in_blocks(flow.node, grid, rows[s: s + batch], cols[s: s + batch])
         codes.append(q * n + k)
-    code = np.unique(np.concatenate(codes))  # sorted by (q, k)
+    code = _distinct(np.concatenate(codes))  # sorted by (q, k)
     q, k = code // n, code % n
-    member = np.zeros((len(code), len(nodes)), bool)  # (edges, distinct patterns)
+    bits = np.zeros((len(code), -(-len(nodes) // 8)), np.uint8)
     for d, node in enumerate(nodes):  # which heads allow each pair: as cp.allows, by distinct pattern
         kind = cp.layout(layer, heads[d][0]).kind_of(q // grid.bq, k // grid.bk)
-        member[:, d] = kind == FULL
+        _mark(bits, np.flatnonzero(kind == FULL), d)
         partial = np.flatnonzero(kind == PARTIAL)
         for s in range(0, len(partial), PAIR_BUDGET):
             chosen = partial[s: s + PAIR_BUDGET]
-            member[chosen, d] = node.predicate(q[chosen], k[chosen])
-    return q, k, _templates(member, heads)
+            _mark(bits, chosen[node.predicate(q[chosen], k[chosen])], d)
+    return q, k, _templates(bits, heads)
 
 
 # ---- block level ---------------------------------------------------------------------------------
@@ -234,21 +240,31 @@ def _block_layers(cp: CompiledPattern, unit: int) -> list[_Layer]:
     own = drawn_on_blocks(cp)
     grid = Grid(cp.n, unit, unit)
     square = None if own else _square(cp, unit)
+    merged = 1 if square else (unit // cp.block[0]) * (unit // cp.block[1])  # own blocks per square one
     codes: dict[Lowered, np.ndarray] = {}
     diagonal = np.arange(grid.nbq) * (grid.nbk + 1)
     # the heads' unions as reach builds them, for the kinds: only once the count is known
     flows = cache(lambda: _square_flows(cp, unit, cp.causal, layer_flows(cp, cp.causal) if own else None)[0])
 
     def make(l: int, nodes: list[Lowered], heads: list[list[int]]) -> _Layer:
-        for node, hs in zip(nodes, heads, strict=True):
-            if node not in codes:
-                codes[node] = _head_block_codes(cp, square, grid, l, hs[0])
-        least = max(grid.nbq, *(len(codes[node]) for node in nodes))
-        mine = [codes[node] for node in nodes]
-        return _Layer(least, lambda: len(np.unique(np.concatenate([diagonal, *mine]))),
-                      lambda: _block_edges(flows()[l], grid, mine, heads))
+        def mine() -> list[np.ndarray]:
+            for node, hs in zip(nodes, heads, strict=True):
+                if node not in codes:
+                    codes[node] = _head_block_codes(cp, square, grid, l, hs[0])
+            return [codes[node] for node in nodes]
+
+        stored = [(square or cp).layout(l, hs[0]).nnz for hs in heads]
+        least = max(grid.nbq, *(-(-nnz // merged) for nnz in stored))  # a square block holds <= merged
+        return _Layer(least, lambda: len(_distinct(np.concatenate([diagonal, *mine()]))),
+                      lambda: _block_edges(flows()[l], grid, mine(), heads))
 
     return _shared_layers(cp, make)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values: a sort, faster here than ``np.unique``'s hash table on large arrays."""
+    values = np.sort(values)
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
 
 
 def _head_block_codes(cp: CompiledPattern, square: CompiledPattern | None, grid: Grid, layer: int,
@@ -261,18 +277,20 @@ def _head_block_codes(cp: CompiledPattern, square: CompiledPattern | None, grid:
     layout = cp.layout(layer, head)
     rows = layout.rows() * cp.block[0] // grid.bq
     cols = layout.indices.astype(np.int64) * cp.block[1] // grid.bk
-    return np.unique(rows * grid.nbk + cols)
+    return _distinct(rows * grid.nbk + cols)
 
 
 def _block_edges(flow: LayerFlow, grid: Grid, codes: list[np.ndarray], heads: list[list[int]],
                  ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     nb = grid.nbq
     stored = flow.blocks.rows * nb + flow.blocks.cols
-    code = np.union1d(stored, np.arange(nb) * (nb + 1))  # sorted by (Q, K)
+    code = _distinct(np.concatenate((stored, np.arange(nb) * (nb + 1))))  # sorted by (Q, K)
     kinds = np.zeros(len(code), np.int8)  # EMPTY: the residual alone
     kinds[np.searchsorted(code, stored)] = flow.blocks.kinds
-    member = np.stack([np.isin(code, mine) for mine in codes], axis=1)  # (edges, distinct patterns)
-    return code // nb, code % nb, _templates(member, heads, kinds)
+    bits = np.zeros((len(code), -(-len(codes) // 8)), np.uint8)
+    for d, mine in enumerate(codes):  # each head's blocks are among the union's
+        _mark(bits, np.searchsorted(code, mine), d)
+    return code // nb, code % nb, _templates(bits, heads, kinds)
 
 
 # ---- the graph -----------------------------------------------------------------------------------
