@@ -43,6 +43,7 @@ from patternc.primitives.random_blocks import drawn_on_blocks
 from patternc.stack import Stack, as_stack, check_params, params_key, parse_block
 
 if TYPE_CHECKING:
+    import networkx as nx
     from torch.nn.attention.flex_attention import BlockMask
 
     from patternc.export.bsr import BlockCSR
@@ -440,6 +441,21 @@ class CompiledPattern:
             raise PatternMeaningError(f"this pattern is a prefix of one compiled at n = {self.bound_n:,}, "
                                       "which a layout file cannot record: save that one")
         save(self, path)
+
+    def graph(self, depth: int | None = None, exact_limit: int | None = None) -> nx.DiGraph:
+        """The layered attention graph that ``patternc.reach`` analyses, as a ``networkx.DiGraph``:
+        node ``(t, x)`` is position ``x`` after ``t`` layers, an edge ``(t - 1, k) -> (t, q)`` a pair
+        some head of that layer allows (``heads`` says which) or the residual ``x -> x``. Tokens up
+        to ``exact_limit`` (reach's default), blocks above; ``depth`` layers (default: the stack's,
+        more repeat it). See ``patternc.reach.layered_graph`` and docs/graph.md.
+
+        >>> g = patternc.compile("causal & window(4)", n=64, block=16).graph()
+        >>> sorted(g.predecessors((1, 10)))
+        [(0, 7), (0, 8), (0, 9), (0, 10)]
+        """
+        from patternc.reach.graph import layered_graph  # patternc.reach imports this module
+
+        return layered_graph(self, depth) if exact_limit is None else layered_graph(self, depth, exact_limit)
 
     def stats(self) -> PatternStats:
         """Exact statistics per (layer, head), with a warning where blocking inflates density."""

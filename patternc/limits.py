@@ -20,6 +20,7 @@ __all__ = [
     "LAYOUT_LIMIT",
     "MAX_BLOCK_PAIRS",
     "MAX_CONFIG_BYTES",
+    "MAX_GRAPH_EDGES",
     "MAX_HEADS",
     "MAX_INDEX_BYTES",
     "MAX_LAYOUT_FILE_BYTES",
@@ -45,6 +46,9 @@ MAX_BLOCK_PAIRS = 2**22  # bq x bk: a block's token mask is evaluated whole (204
 MAX_LOWER_BYTES = 2**32
 MAX_TOTAL_BLOCKS = 2**28  # stored blocks over the distinct layouts of one compile (~1.3 GB of CSR)
 MAX_REACH_BYTES = 2**31  # bits of reachability state (token-exact: n^2 / 8; block bounds: nb^2 / 8)
+# Edges of a layered graph (CompiledPattern.graph): networkx keeps ~300 bytes per edge (a data dict and
+# two adjacency entries), so 2**22 edges is ~1.3 GiB and several seconds to build.
+MAX_GRAPH_EDGES = 2**22
 MAX_LAYOUT_FILE_BYTES = 2**31  # a layout file: MAX_TOTAL_BLOCKS blocks at 5 bytes, row pointers, header
 MAX_CONFIG_BYTES = 2**24  # a model's config.json (hub configs are kilobytes; some carry label maps)
 MAX_STACK_BYTES = 2**20  # a stack file, or the stack stored in a layout file, is configuration

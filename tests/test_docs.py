@@ -3,6 +3,7 @@ entry describes it, every entry documents itself with an example, and the README
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,22 @@ def test_the_inference_guide_example_runs_as_written_and_prints_what_it_says(cap
 
 def test_the_readme_links_the_inference_guide():
     assert "docs/inference.md" in (ROOT / "README.md").read_text()
+
+
+def test_the_graph_guide_runs_and_prints_what_its_comments_say(capsys):
+    """Every ``print(...)  # out`` line of docs/graph.md prints ``out``, in order, the blocks run as
+    one script."""
+    pytest.importorskip("networkx")
+    text = (ROOT / "docs" / "graph.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/graph.md", "exec"), namespace)
+    said = [line.split("  # ", 1)[1] for block in blocks for line in block.splitlines()
+            if line.startswith("print(")]
+    assert len(said) >= 8
+    assert capsys.readouterr().out.splitlines() == said
+
+
+def test_the_readme_links_the_graph_guide():
+    assert "docs/graph.md" in (ROOT / "README.md").read_text()

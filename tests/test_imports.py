@@ -31,6 +31,17 @@ def test_compiling_and_checking_import_no_torch():
     assert done.stdout.splitlines()[-1] == ""
 
 
+def test_networkx_loads_with_the_first_graph_only():
+    """networkx is for ``CompiledPattern.graph``: compiling and ``reach`` never load it (above)."""
+    script = ("import sys, patternc\n"
+              "cp = patternc.compile('causal & window(4)', n=64)\n"
+              "before = 'networkx' in sys.modules\n"
+              "cp.graph()\n"
+              "print(before, 'networkx' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
+
+
 @pytest.mark.parametrize("name", ["kernels", "cost", "measure", "Measurement", "layout_hash",
                                   "resolve_device"])
 def test_torch_facing_names_load_on_first_use(name):
