@@ -83,6 +83,9 @@ REFUSED = [
                  "sets its attention sizes per layer", id="gemma4-per-layer-sizes"),
     pytest.param("deepseek_v32", None, {}, "passes indices= to its attention function",
                  id="deepseek_v32-learned-key-selection"),
+    # recurrent loops of layers: earlier loops read the KV the last loop cached
+    pytest.param("dory", [S, F, S], dict(head_dim=16), "reads keys and values other layers cached",
+                 id="dory-looped-layers"),
     pytest.param("doge", None, {}, "builds on the attention mask itself (its forward passes "
                  "attention_mask=attn_mask)", id="doge-dynamic-mask"),
 ]

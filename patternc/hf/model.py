@@ -167,6 +167,12 @@ def _refuse_what_a_pattern_cannot_apply(name: str, config, modules: list) -> Non
         if type(module) in seen:
             continue
         seen.add(type(module))
+        takes = set(inspect.signature(type(module).forward).parameters)
+        shared = sorted({"shared_kv_states", "cache_offset"} & takes)
+        if shared:
+            raise ModelError(f"{name}'s {type(module).__name__} reads keys and values other layers cached "
+                             f"(its forward takes {', '.join(shared)}: layers looped over one cache), which "
+                             "a pattern cache does not follow: patternc.hf cannot run it")
         source = _forward_source(type(module))
         passed = _arguments_passed_to_the_attention_function(source)
         for option in REFUSED_ARGUMENTS:
