@@ -141,3 +141,17 @@ def test_no_import_circle_in_patternc_or_search():
         if module not in state:
             visit(module, [module])
     assert circles == []
+
+
+@pytest.mark.parametrize("package", ["patternc.kernels", "patternc.hf", "patternc.export", "patternc.native"])
+def test_no_exported_name_shadows_a_module_of_its_package(package):
+    """``import patternc.kernels.x as m`` must give the module x: a function of the same name would
+    take its place on the package (``patternc.reach`` is the one kept on purpose, package and function)."""
+    import importlib
+    import pkgutil
+
+    if package == "patternc.hf":
+        pytest.importorskip("transformers")
+    module = importlib.import_module(package)
+    submodules = {info.name for info in pkgutil.iter_modules(module.__path__)}
+    assert sorted(submodules & set(module.__all__)) == []

@@ -3,7 +3,7 @@ zeroed), on every path, with partial and rectangular blocks, n not a multiple of
 grouped-query heads, per-head layouts and empty rows; gradcheck in float64 on small cases.
 
 The gradients sum each call's share, computed from the row's combined output and log-sum-exp
-(``kernels.attend``): a wrong share, a lost merge or a key window added twice shows up here.
+(``kernels.call_paths``): a wrong share, a lost merge or a key window added twice shows up here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from stacks import per_head_stack
 
 import patternc
-from patternc.kernels import attend, block_sparse_attention
+from patternc.kernels import block_sparse_attention, call_paths
 from patternc.kernels.plan import MASK_SPAN
 
 D = 16
@@ -151,13 +151,13 @@ def test_rows_without_keys_give_zero_output_and_gradient():
 def test_inputs_that_need_no_gradient_get_no_work(monkeypatch):
     """Only q requires grad: the backward asks its calls for dq alone and returns no dk or dv."""
     asked = []
-    math_path = attend.PATHS["math"]
+    math_path = call_paths.PATHS["math"]
 
     def backward(*args):
         asked.append(args[-1])
         return math_path.backward(*args)
 
-    monkeypatch.setitem(attend.PATHS, "math", attend.Path("math", math_path.forward, backward))
+    monkeypatch.setitem(call_paths.PATHS, "math", call_paths.Path("math", math_path.forward, backward))
     cp = patternc.compile("causal & window(20)", 64, block=16)
     q, k, v, grad = inputs(2, 2, 64, torch.float32)
     q.requires_grad_()

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from patternc.errors import KernelInputError
-from patternc.kernels.attend import PATHS
+from patternc.kernels.call_paths import PATHS
 from patternc.kernels.masks import CallMask
 from patternc.machine import cache_dir, cpu_model, write_json
 

@@ -3,7 +3,7 @@
 Each query block row's stored blocks fall into runs of consecutive key blocks (``plan.segments``);
 a run's keys lie contiguously in ``k``, so every call reads queries, keys and values as strided
 views, never a copy. Rows whose runs look alike share one call. A call is computed by a path
-(``attend``: SDPA's fused CPU kernel, bfloat16 matmuls, or unfused math), chosen by ``paths``. The
+(``call_paths``: SDPA's fused CPU kernel, bfloat16 matmuls, or unfused math), chosen by ``paths``. The
 token predicate enters only for runs with PARTIAL blocks. A row's calls are merged through their
 log-sum-exp, into outputs of the working dtype.
 
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from patternc.kernels.attend import FLOOR, PATHS, accumulator
+from patternc.kernels.call_paths import FLOOR, PATHS, accumulator
 from patternc.kernels.inputs import Shapes, check_inputs
 from patternc.kernels.masks import CallMask, MaskCache, mask_cache
 from patternc.kernels.paths import KernelPaths, resolve_paths
