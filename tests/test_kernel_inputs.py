@@ -18,7 +18,7 @@ from stacks import per_head_stack
 
 import patternc
 from patternc.errors import PatternSizeError
-from patternc.kernels import PATH_ENV, KernelInputError, attend, block_sparse_attention, reference
+from patternc.kernels import PATH_ENV, KernelInputError, block_sparse_attention, call_paths, reference
 
 N, D = 64, 16
 
@@ -197,12 +197,12 @@ def test_a_nan_query_or_gradient_touches_its_own_row_only(path):
 def test_only_calls_with_partial_blocks_and_bad_values_leave_the_chosen_path(monkeypatch):
     """FULL runs stay on the fast path when a key is NaN; finite inputs never reach ``math``."""
     used = []
-    for name, path in list(attend.PATHS.items()):
+    for name, path in list(call_paths.PATHS.items()):
         def forward(*args, _name=name, _path=path):
             used.append((_name, args[3].allowed is None))
             return _path.forward(*args)
 
-        monkeypatch.setitem(attend.PATHS, name, attend.Path(name, forward, path.backward))
+        monkeypatch.setitem(call_paths.PATHS, name, call_paths.Path(name, forward, path.backward))
     cp = patternc.compile("causal & (window(400) | sink(16))", 1024, block=16)  # long FULL runs
     q, k, v = (torch.randn(1, 1, 1024, D) for _ in range(3))
     block_sparse_attention(q, k, v, cp, path="fused")
