@@ -22,7 +22,7 @@ from patternc.export.bsr import BlockCSR
 from patternc.kv_analysis import KVReport, kv
 from patternc.lang import ast, parse, unparse
 from patternc.layout import HeadStats, Layout
-from patternc.reach import ReachReport, reach
+from patternc.reachability import ReachReport, reach
 from patternc.stack import Override, Stack, load_stack
 
 __version__ = "0.1.0"

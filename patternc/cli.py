@@ -28,7 +28,7 @@ from patternc.layout import head_stats
 from patternc.limits import MAX_N
 from patternc.native import FORMATS as NATIVE_FORMATS
 from patternc.native import NativeStack, read_config, save_native
-from patternc.reach import EXACT_LIMIT, check_size, reach
+from patternc.reachability import EXACT_LIMIT, check_size, reach
 from patternc.stack import as_stack, layer_spans, parse_block
 
 __all__ = ["main"]

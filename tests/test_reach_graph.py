@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 import patternc
 from patternc import Override, Stack
-from patternc.reach import graph as graph_module
-from patternc.reach import layered_graph, reach
+from patternc.reachability import graph as graph_module
+from patternc.reachability import layered_graph, reach
 from tests.stacks import per_head_stack
 from tests.test_reach import expressions
 

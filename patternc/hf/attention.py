@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from patternc.errors import ModelError, brief
+from patternc.errors import ModelError, brief, check_int
 from patternc.hf.backends import Patterns
 from patternc.hf.cache import PatternCache, PendingKeys, cache_refusal
 from patternc.hf.calls import key_roles, sequences
@@ -201,8 +201,7 @@ def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
     backend = backend_name(backend, "sparsify's backend")
     shape = model_shape(model)
     if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_N:
-            raise ModelError(f"max_length must be an integer in [1, {MAX_N:,}], got {brief(max_length)}")
+        max_length = check_int(max_length, "max_length", high=MAX_N, error=ModelError)
         if not shape.causal:
             raise ModelError(f"{shape.name} is not a causal model: it reads its whole input at once, so it "
                              "serves no length but the input's (max_length is a decoder's)")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from patternc.errors import ModelError, brief
+from patternc.errors import ModelError, check_int
 from patternc.hf.calls import KEY, KeyRoles
 from patternc.kernels.decode import PAGE, DecodeCache
 
@@ -108,8 +108,7 @@ class PatternCache(Cache):
         if not state.shape.causal:
             raise ModelError(f"{state.shape.name} is not a causal model: a KV cache serves a decoder")
         for name, value in (("max_length", max_length), ("page", page)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ModelError(f"PatternCache: {name} must be a positive integer, got {brief(value)}")
+            check_int(value, f"PatternCache: {name}", error=ModelError)
         if state.max_length is not None and max_length > state.max_length:
             raise ModelError(f"PatternCache: max_length {max_length:,} is longer than the max_length "
                              f"{state.max_length:,} that sparsify declared")
