@@ -44,6 +44,7 @@ from torch import nn
 
 from patternc.nn import sparse_attention
 from search.config import ModelConfig
+from search.errors import ConfigError
 
 if TYPE_CHECKING:
     from patternc import CompiledPattern
@@ -127,7 +128,7 @@ class TinyTransformer(nn.Module):
     def __init__(self, vocab: int, pattern: CompiledPattern, cfg: ModelConfig):
         super().__init__()
         if cfg.head_dim % 2:
-            raise ValueError(f"model.head_dim must be even (rotary embeddings pair dimensions), got "
+            raise ConfigError(f"model.head_dim must be even (rotary embeddings pair dimensions), got "
                              f"{cfg.head_dim}")
         self.n = n = pattern.n
         self.embed = nn.Embedding(vocab, cfg.d_model)
