@@ -160,3 +160,14 @@ def test_no_exported_name_shadows_a_module_of_its_package(package):
     shadowed = [name for name in sorted(submodules & set(module.__all__))
                 if not isinstance(getattr(module, name), types.ModuleType)]
     assert shadowed == []
+
+
+def test_the_renamed_hf_state_warns_and_is_the_new_class():
+    pytest.importorskip("transformers")
+    import patternc.hf
+
+    with pytest.warns(DeprecationWarning, match="SparsifiedAttention"):
+        old = patternc.hf.SparseAttention
+    assert old is patternc.hf.SparsifiedAttention
+    with pytest.raises(AttributeError, match="no attribute 'SparseAttn'"):
+        patternc.hf.SparseAttn  # noqa: B018
