@@ -350,3 +350,8 @@ def test_every_result_commit_is_in_the_history_on_its_date():
         shown = subprocess.run(["git", "show", "-s", "--format=%ad", "--date=short", commit], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
         assert shown == date, f"{commit} is of {shown}, the row says {date}"
+
+
+def test_the_record_describes_every_benchmark_script():
+    listed = set(re.findall(r"^\| `(benchmarks/\w+\.py)` \|", RESULTS.read_text(), re.M))
+    assert listed == {str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py")}
