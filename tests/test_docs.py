@@ -355,3 +355,15 @@ def test_every_result_commit_is_in_the_history_on_its_date():
 def test_the_record_describes_every_benchmark_script():
     listed = set(re.findall(r"^\| `(benchmarks/\w+\.py)` \|", RESULTS.read_text(), re.M))
     assert listed == {str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py")}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_long_page_opens_with_its_contents(page):
+    """A page over 120 lines lists its sections before the first one (the links are checked above)."""
+    text = page.read_text()
+    if len(text.splitlines()) <= 120 or page.name == "CHANGELOG.md":
+        return
+    prose = _prose(text).replace("\n## Contents\n", "\n")  # the README's contents are a section
+    top = prose[: prose.index("\n## ")]
+    sections = [line for line in prose.splitlines() if line.startswith("## ")]
+    assert len(re.findall(r"\]\(#", top)) >= len(sections) - 1, f"{page.relative_to(ROOT)} has no contents"
