@@ -367,3 +367,23 @@ def test_a_long_page_opens_with_its_contents(page):
     top = prose[: prose.index("\n## ")]
     sections = [line for line in prose.splitlines() if line.startswith("## ")]
     assert len(re.findall(r"\]\(#", top)) >= len(sections) - 1, f"{page.relative_to(ROOT)} has no contents"
+
+
+def _within(shown, actual) -> bool:
+    """Every key ``shown`` has, ``actual`` has with the same value (lists item by item)."""
+    if isinstance(shown, dict):
+        return isinstance(actual, dict) and all(k in actual and _within(v, actual[k])
+                                                for k, v in shown.items())
+    if isinstance(shown, list):
+        return isinstance(actual, list) and len(shown) == len(actual) and all(map(_within, shown, actual))
+    return shown == actual
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_config_shown_from_a_file_says_what_the_file_says(page):
+    """A YAML block that opens with ``# conf/....yaml`` shows that file, or part of it ("abridged")."""
+    yaml = pytest.importorskip("yaml")
+    for block in _blocks(page, "yaml"):
+        named = re.match(r"# (conf/\S+\.yaml)", block)
+        if named:
+            assert _within(yaml.safe_load(block), yaml.safe_load((ROOT / named[1]).read_text())), named[1]
