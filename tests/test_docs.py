@@ -189,7 +189,7 @@ def _blocks(page: Path, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", page.read_text(), re.S | re.M)
 
 
-CONSOLE_PAGES = [ROOT / "README.md", ROOT / "docs" / "inference.md"]
+CONSOLE_PAGES = [ROOT / "README.md", ROOT / "docs" / "inference.md", ROOT / "docs" / "language.md"]
 
 
 @pytest.mark.parametrize("page", CONSOLE_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
