@@ -18,8 +18,8 @@ its queries, attention and MLP at those positions alone, under the same exact pa
 values still come from every position). A task that asks its questions at a few positions (majority,
 hops: 4 of 256) trains about 1.5x as fast; the numbers are those of the full forward pass.
 
-Each position's input also holds the token before it (README, "Why the tiny model reads the
-previous token"), so a layer reaches one token further back than its pattern:
+Each position's input also holds the token before it (docs/search.md, "Tasks and the accuracy
+signal", says why), so a layer reaches one token further back than its pattern:
 
 >>> cp = patternc.compile("causal & window(4)", n=32)  # each query sees itself and the 3 keys before it
 >>> _ = torch.manual_seed(0)
