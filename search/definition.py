@@ -42,7 +42,8 @@ DEFINITION = "definition"  # the study user attribute that holds it
 
 _NOT_DEFINING = {
     "space": ("description",),
-    "task": ("n", "threads", "device", "batch", "backend"),  # the last four: task=calibrate's (how it runs)
+    # the last five: task=calibrate's (how it runs; past_context permits a length, it does not change one)
+    "task": ("n", "threads", "device", "batch", "backend", "past_context"),
     "task.train": ("threads", "device"),
     "kernel": ("repeats", "warmup"),
 }

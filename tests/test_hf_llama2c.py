@@ -137,6 +137,10 @@ SHAPE = "the head size dim / n_heads must be a whole, even number"
     pytest.param(_set(4, 16), E("n_heads = 8 and n_kv_heads = 16: the KV heads"), id="more_kv_heads"),
     pytest.param(_set(0, 0x616B3432), E("magic 'ak42': a versioned export"), id="version_1"),
     pytest.param(_nan_in_wq, E("its wq weights hold non-finite values"), id="nan"),
+    pytest.param(lambda d: b"PK\x03\x04" + d[4:], E("is a zip, as torch.save writes (a PyTorch checkpoint?)"),
+                 id="zip"),
+    pytest.param(lambda d: b"\x80\x04" + d[2:], E("but its header (dim 1,152, hidden 172,") + ".*: truncated",
+                 id="pickle"),  # a pickle's PROTO opcode read as dim: refused by size, never unpickled
 ])
 def test_bad_files_are_refused_naming_the_file_and_the_fault(tmp_path, make, message):
     path = tmp_path / "bad.bin"

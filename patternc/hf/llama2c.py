@@ -41,6 +41,9 @@ __all__ = ["Llama2cHeader", "llama2c_config", "load_llama2c", "read_llama2c_head
 
 HEADER = struct.Struct("<7i")  # dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
 MAGIC = 0x616B3432  # "ak42": llama2.c's versioned exports (version 1 and 2), another layout
+# torch.save's zip: transformers' pytorch_model.bin is named .bin too (a bare pickle has no magic that
+# a dim could not also spell, 0x80 is dim 128: the header checks refuse it, and it is never unpickled)
+ZIP = b"PK\x03\x04"
 FLOAT = 4  # bytes of each stored float32
 BOS = 1  # llama2.c's tokenizer (SentencePiece): a story starts with BOS, and ends at the next one
 RMS_EPS = 1e-5  # llama2.c's rmsnorm
@@ -96,7 +99,11 @@ def read_llama2c_header(path: str | os.PathLike) -> Llama2cHeader:
         raise ModelFileError(f"holds {size} bytes, fewer than llama2.c's header of {HEADER.size} "
                              f"(7 int32): not a llama2.c checkpoint, or truncated", where=where)
     with open(where, "rb") as f:
-        values = HEADER.unpack(f.read(HEADER.size))
+        head = f.read(HEADER.size)
+    if head.startswith(ZIP):
+        raise ModelFileError("is a zip, as torch.save writes (a PyTorch checkpoint?), not a llama2.c file; "
+                             "it is not opened: unpickling can run code", where=where)
+    values = HEADER.unpack(head)
     if values[0] == MAGIC:
         raise ModelFileError("starts with llama2.c's magic 'ak42': a versioned export (export.py "
                              "--version 1 or 2), not the legacy format this loader reads "
