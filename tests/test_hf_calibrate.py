@@ -150,7 +150,8 @@ def test_token_files_that_do_not_fit(model_dir, tmp_path):
 
 
 def test_what_does_not_define_a_calibration_study(model_dir):
-    a, b = config(model_dir), config(model_dir, threads=2, batch=3, device="cpu", backend="sdpa")
+    a = config(model_dir)
+    b = config(model_dir, threads=2, batch=3, device="cpu", backend="sdpa", past_context=True)
     space, kernel = SpaceConfig(), KernelConfig()
     assert definition(a, space, kernel, 0) == definition(b, space, kernel, 0)
     assert definition(a, space, kernel, 0) != definition(config(model_dir, metric="nll"), space, kernel, 0)
