@@ -31,11 +31,15 @@ import math
 import os
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from patternc.errors import ModelFileError
+
+if TYPE_CHECKING:  # imported where used: transformers takes a second to import
+    from transformers import LlamaConfig, LlamaForCausalLM
 
 __all__ = ["Llama2cHeader", "llama2c_config", "load_llama2c", "read_llama2c_header"]
 
@@ -137,7 +141,7 @@ def _describe(h: Llama2cHeader) -> str:
             f"{h.n_kv_heads:,} KV heads, vocabulary {h.vocab_size:,}, context {h.seq_len:,}, {classifier}")
 
 
-def llama2c_config(path: str | os.PathLike):
+def llama2c_config(path: str | os.PathLike) -> LlamaConfig:
     """The transformers ``LlamaConfig`` of the llama2.c file at ``path`` (its header checked; no
     weights read).
 
@@ -165,7 +169,7 @@ def _halves(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, rows // heads // 2, 2, dim).transpose(0, 2, 1, 3).reshape(rows, dim)
 
 
-def load_llama2c(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32):
+def load_llama2c(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """The llama2.c legacy checkpoint at ``path`` as a transformers ``LlamaForCausalLM`` in eval mode,
     its weights in ``dtype``. Refuses, with ``ModelFileError`` naming the file, a file that is not
     exactly what its header describes or whose weights are not all finite.
