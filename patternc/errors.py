@@ -24,6 +24,7 @@ __all__ = [
     "KernelInputError",
     "LayoutFileError",
     "ModelError",
+    "ModelFileError",
     "PatternError",
     "PatternMeaningError",
     "PatternSizeError",
@@ -173,6 +174,12 @@ class ModelError(PatternError):
     heads differ from the model's, a non-causal stack on a causal model, a model that does not route
     attention through transformers' ``AttentionInterface``, or attention settings the pattern's
     kernels cannot honour (the message names both sides)."""
+
+
+class ModelFileError(PatternError):
+    """A model file that patternc reads itself (a llama2.c ``.bin``, ``patternc.hf.load_llama2c``) is
+    not what its format says: missing, truncated or longer than its header, a header out of range or
+    inconsistent, non-finite weights. ``where`` is the file; the message names the fault."""
 
 
 def check_int(value: object, name: str | None, *, low: int = 1, high: int | None = None,

@@ -86,10 +86,10 @@ def test_search_uses_only_patternc_public_api():
     assert found == []
 
 
-def _module_imports(root, packages: tuple[str, ...]) -> dict[str, set[str]]:
+def _module_imports(root, packages: tuple[str, ...], lazy: bool = False) -> dict[str, set[str]]:
     """Module -> the project modules it imports when it is loaded: its module-level imports (a
     function's import is lazy on purpose, and ``if TYPE_CHECKING:`` never runs), resolved to a
-    submodule where the imported name is one."""
+    submodule where the imported name is one. ``lazy``: a function's imports too."""
     import ast
 
     paths = {}
@@ -104,7 +104,7 @@ def _module_imports(root, packages: tuple[str, ...]) -> dict[str, set[str]]:
         for statement in ast.parse(path.read_text()).body:
             if isinstance(statement, ast.If) and "TYPE_CHECKING" in ast.unparse(statement.test):
                 continue
-            if not isinstance(statement, (ast.Import, ast.ImportFrom, ast.If, ast.Try)):
+            if not lazy and not isinstance(statement, (ast.Import, ast.ImportFrom, ast.If, ast.Try)):
                 continue  # a function's or a class's imports run when it is called
             for node in ast.walk(statement):
                 if isinstance(node, ast.Import):
