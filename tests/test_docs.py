@@ -10,6 +10,7 @@ import subprocess
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from patternc.cli import main
@@ -282,6 +283,27 @@ def test_the_search_page_python_example_runs_as_written():
     namespace: dict = {"short": task}
     exec(compile(code.replace("search.MQARConfig()", "short"), "docs/search.md", "exec"), namespace)
     assert 0 <= namespace["r"].accuracy <= 1 and "48-127" in namespace["r"].buckets
+
+
+def test_the_search_page_llama2c_example_runs_as_written(tmp_path):
+    """docs/search.md's calibration on the stories260K file: its Python block samples the ids, and its
+    evaluate command scores a pattern on them through the app (outputs/ under a temporary directory)."""
+    pytest.importorskip("transformers")
+    from hydra import compose, initialize_config_dir
+
+    from search.app import CONF, run_evaluate
+
+    section = "## Calibration: a pretrained model, no training"
+    code = _python_block(section, "docs/search.md").replace("outputs/", f"{tmp_path}/")
+    exec(compile(code, "docs/search.md", "exec"), {})
+    assert np.load(tmp_path / "stories-ids.npy").shape == (2, 64)
+    (command,) = [line for line in _commands(ROOT / "docs" / "search.md") if "stories260K.bin" in line
+                  and "mode=evaluate" in line]
+    argv = shlex.split(command.replace("outputs/", f"{tmp_path}/"))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*_search_overrides(argv[1:], tmp_path), "task.threads=1"])
+    result = run_evaluate(cfg, tmp_path)
+    assert result["task"] == "calibrate" and 0 < result["score"] < 1
 
 
 # ---- the version and the record ----------------------------------------------------------------------
