@@ -14,7 +14,7 @@ a YAML under ``conf/task/``; ``make_task`` finds it by the config's ``name``.
 >>> make_task(MajorityConfig(n=4))
 Traceback (most recent call last):
   ...
-ValueError: task.n must be at least 8, got 4
+search.errors.ConfigError: task.n must be at least 8, got 4
 """
 
 from __future__ import annotations
