@@ -137,7 +137,7 @@ def test_plan_covers_every_stored_block_once(spec, n, block, layer, max_blocks):
                 if seg.gather is not None:  # fixed-place runs joined: their ranges, in order, apart
                     assert seg.k_step == 0 and sum(b - a for a, b in seg.gather) == seg.k_len
                     assert all(a % grid.bk == 0 and a < b <= c for (a, b), (c, _) in
-                               zip(seg.gather, seg.gather[1:] + ((n + 1, None),)))
+                               zip(seg.gather, (*seg.gather[1:], (n + 1, None)), strict=True))
                     cols = np.concatenate([np.arange(a // grid.bk, -(-b // grid.bk)) for a, b in seg.gather])
                     assert seg.kinds is None or len(seg.kinds) == len(cols)
                 seen[row, cols] += 1

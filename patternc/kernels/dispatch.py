@@ -17,6 +17,10 @@ step or a chunk after cached keys otherwise) or the rows at the positions ``rows
   kernel of its device (``flex`` on CUDA when the blocks allow, ``kernel`` elsewhere); query rows
   and a sequence of one key block (nothing to skip) go to ``sdpa``.
 
+Never slower than dense: a whole sequence for ``kernel`` on CPU, without gradients, whose mask fits
+one SDPA call (``ROW_MASK_ELEMENTS``) runs as ``sdpa`` where this machine's measured cost model
+says the block walk would take longer (``dense_path``: short sequences cut into many calls).
+
 A backend that cannot run the rows asked for hands them to ``sdpa`` (``kernel`` runs no query
 range; ``flex`` runs the last rows, not arbitrary positions). Every backend gives a query with no
 allowed key the output 0, and every one is exact against the dense mask.
@@ -105,7 +109,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int = 0,
     """
     backend = backend_name(backend)
     chosen = choose(backend, cp, q.shape[2], q.device, positions=rows is not None)
-    if chosen == "kernel":
+    if chosen == "kernel" and not _walk_loses(q, k, v, cp, layer):
         return block_sparse_attention(q, k, v, cp, layer, scale=scale)
     if chosen == "flex":
         return _flex(q, k, v, cp, layer, scale)
@@ -115,6 +119,22 @@ def attend(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int = 0,
     else:
         positions = rows.detach().cpu().numpy().astype(np.int64)
     return _sdpa(q, k, v, cp, layer, scale, positions)
+
+
+def _walk_loses(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int) -> bool:
+    """Whether the whole sequence ``q`` (B, H, n, d) runs faster as one masked SDPA call (exact, the
+    mask kept with ``cp``) than as the block walk, by ``dense_path``'s model of this machine. Never
+    for a dense causal layer (the kernel runs SDPA's causal kernel), nor for keys or values with a
+    NaN or inf (SDPA would spread a masked one through 0 * NaN; the walk keeps it inert)."""
+    from patternc.kernels.dense_path import dense_is_cheaper
+    from patternc.kernels.reference import SCORE_BUDGET, is_dense_causal
+
+    B, H, n, d = q.shape
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    if grad or q.device.type != "cpu" or H * n * n > ROW_MASK_ELEMENTS or q.dtype != k.dtype:
+        return False
+    cheaper = not is_dense_causal(cp, layer) and dense_is_cheaper(cp, layer, B, H, d, q.dtype, SCORE_BUDGET)
+    return cheaper and all(bool(torch.isfinite(x.sum())) for x in (k, v))
 
 
 def check_flex_tiles(cp: CompiledPattern, device: torch.device) -> None:

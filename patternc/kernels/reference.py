@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
     from patternc.lower.grid import Grid
 
-__all__ = ["SCORE_BUDGET", "block_sparse_attention"]
+__all__ = ["SCORE_BUDGET", "block_sparse_attention", "is_dense_causal"]
 
 # scores of one call, as if materialised: SDPA's fused kernel holds none (its forward calls are as
 # large as this allows: each call costs a kernel launch and a log-sum-exp merge, which on a shared
@@ -124,12 +124,18 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern,
 
 
 def _dense_causal(run: _Run) -> bool:
-    """Every head of the layer allows exactly ``k <= q`` (its pattern lowers to ``causal``'s band),
-    on a path that is SDPA's fused kernel anyway."""
-    if run.paths.forward not in ("fused", "fused_fp32"):
-        return False
-    nodes = (run.cp.node(run.layer, h) for h in range(run.cp.heads))
-    return all(isinstance(node, Band) and node.is_causal(run.cp.n) for node in nodes)
+    """A dense causal layer, on a path that is SDPA's fused kernel anyway."""
+    return run.paths.forward in ("fused", "fused_fp32") and is_dense_causal(run.cp, run.layer)
+
+
+def is_dense_causal(cp: CompiledPattern, layer: int) -> bool:
+    """Every head of the layer allows exactly ``k <= q`` (its pattern lowers to ``causal``'s band).
+
+    >>> is_dense_causal(patternc.compile("causal | (causal & window(8))", n=64), 0)
+    True
+    """
+    nodes = (cp.node(layer, h) for h in range(cp.heads))
+    return all(isinstance(node, Band) and node.is_causal(cp.n) for node in nodes)
 
 
 @dataclass(frozen=True, slots=True)
