@@ -124,15 +124,16 @@ def measure_walk(head_dim: int = 64, dtype: torch.dtype = torch.float32, cache: 
                     torch_version=torch.__version__, cpu=cpu_model())
     if not cache:
         return _timed(**settings)
-    return _cached(str(cache_dir()), **settings)
+    return _cached(**settings)
 
 
 @lru_cache(maxsize=8)
-def _cached(directory: str, **settings) -> WalkModel:
-    """Once per process and cache directory; on disk once per machine and settings."""
+def _cached(**settings) -> WalkModel:
+    """Once per process (the machine does not change under it: a test's fresh cache directory does
+    not probe again); on disk once per machine and settings."""
     keyed = {**settings, "probe": _PROBE, "revision": REVISION}
     key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
-    path = Path(directory) / "kernel-dense" / f"{key[:32]}.json"
+    path = cache_dir() / "kernel-dense" / f"{key[:32]}.json"
     stored = _read(path, settings)
     if stored is not None:
         return stored
