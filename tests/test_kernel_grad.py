@@ -38,6 +38,7 @@ CASES = [
     # gathered keys: dk and dv are scattered back to the tokens each gathered call copied
     pytest.param("causal & (fixed(48, 5) | sink(7) | global(100))", 301, (16, 32), 0, 4, 2,
                  id="fixed_gathered_gqa"),
+    pytest.param("causal & fixed(16, 2)", 200, 16, 0, 2, 1, id="fixed_lone_run_gathered_mqa"),
 ]
 
 

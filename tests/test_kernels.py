@@ -55,6 +55,7 @@ CASES = [
     pytest.param("causal", 16 * (MASK_SPAN + 5) - 3, 16, 0, id="long_full_runs"),
     # fixed-place runs joined into one gathered call: summary columns, sinks, a global column
     pytest.param("causal & fixed(64, 3)", 333, 16, 0, id="fixed_gathered"),
+    pytest.param("causal & fixed(16, 2)", 200, 16, 0, id="fixed_lone_run_gathered"),  # 2 of 16 columns read
     pytest.param("causal & (fixed(48, 5) | sink(7) | global(100))", 301, (16, 32), 0, id="fixed_sink_global"),
 ]
 

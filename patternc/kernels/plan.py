@@ -153,7 +153,7 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
     """
     grid = cp.grid
     _, indices, _ = cp.layout(layer, head)
-    kind, _ = partial_kinds(cp, layer, head)
+    kind, masks = partial_kinds(cp, layer, head)
     runs = []
     for piece in _pieces(cp, layer, head, max_blocks):
         col = int(indices[piece.slot])
@@ -172,8 +172,9 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
             groups[_Group.of(run, True, grid.bq)].append(run.row)
         else:
             fixed[run.row].append(run)
+    seen = np.concatenate([masks.any(1).sum(-1), [grid.bk]])  # key columns each kind reads; [-1]: FULL
     for row_runs in fixed.values():
-        for run in _joined(row_runs, grid.bk, max_blocks):
+        for run in _joined(row_runs, grid.bk, max_blocks, seen):
             groups[_Group.of(run, False, grid.bq)].append(run.row)
     calls = []
     for g, rows in groups.items():
@@ -197,15 +198,20 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
     return Plan(tuple(out), unstored)
 
 
-def _joined(runs: list[_Run], bk: int, max_blocks: int) -> list[_Run]:
+def _joined(runs: list[_Run], bk: int, max_blocks: int, seen: np.ndarray) -> list[_Run]:
     """A row's fixed-place runs (in key order), joined into gathered runs of at most ``max_blocks``
-    blocks; a long FULL stretch (``MASK_SPAN``) keeps its own call, read in place without a mask."""
+    blocks; a long FULL stretch (``MASK_SPAN``) keeps its own call, read in place without a mask. A
+    lone run is gathered too when its queries read at most half of its key columns (``seen``: the
+    columns each kind reads, ``seen[-1]`` a FULL block's): the summary columns of ``fixed`` next to
+    a row's own chunk, which would otherwise be computed whole and masked."""
     out: list[_Run] = []
     group: list[_Run] = []
 
     def flush() -> None:
         if len(group) == 1:
-            out.append(group[0])
+            run = group[0]
+            sparse = run.kinds is not None and 2 * int(seen[list(run.kinds)].sum()) <= run.k_len
+            out.append(replace(run, gather=((run.k_start, run.k_start + run.k_len),)) if sparse else run)
         elif group:
             kinds = tuple(kind for run in group for kind in (run.kinds or (-1,) * -(-run.k_len // bk)))
             out.append(_Run(row=group[0].row, q_len=group[0].q_len, k_start=group[0].k_start,
