@@ -131,7 +131,7 @@ def _walk_loses(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int
 
     B, H, n, d = q.shape
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    if grad or q.device.type != "cpu" or H * n * n > ROW_MASK_ELEMENTS or q.dtype != k.dtype:
+    if grad or q.device.type != "cpu" or cp.heads * n * n > ROW_MASK_ELEMENTS or q.dtype != k.dtype:
         return False
     cheaper = not is_dense_causal(cp, layer) and dense_is_cheaper(cp, layer, B, H, d, q.dtype, SCORE_BUDGET)
     return cheaper and all(bool(torch.isfinite(x.sum())) for x in (k, v))
@@ -197,7 +197,8 @@ def _row_masks(cp: CompiledPattern, layer: int, positions: np.ndarray, device: t
 def _sdpa(q, k, v, cp: CompiledPattern, layer: int, scale: float | None, positions: np.ndarray) -> Tensor:
     """SDPA of the queries at ``positions`` with their rows' masks, in slices of bounded size."""
     H, r = q.shape[1], q.shape[2]
-    step = max(1, ROW_MASK_ELEMENTS // (H * cp.n))
+    step = max(1, ROW_MASK_ELEMENTS // (cp.heads * cp.n))  # the mask is (cp.heads, rows, n): one head
+    # for a one-head pattern, whatever q's heads
     outs = []
     for a in range(0, r, step):
         b = min(r, a + step)
