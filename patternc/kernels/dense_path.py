@@ -38,12 +38,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from patternc.kernels.call_paths import PATHS
 from patternc.kernels.inputs import dtype_name
 from patternc.kernels.paths import resolve_paths
-from patternc.kernels.plan import segments
+from patternc.kernels.plan import partial_kinds, segments
 from patternc.machine import cache_dir, cpu_model, write_json
 
 if TYPE_CHECKING:
@@ -99,8 +100,12 @@ def walk_work(cp: CompiledPattern, layer: int, batch: int, heads: int, budget: i
         head = next(h for h in range(cp.heads) if cp.node(layer, h) == node)
         bh = batch * count
         plan = segments(cp, layer, head, max(1, budget // (bh * bq * bk)))
+        seen = np.concatenate([partial_kinds(cp, layer, head)[1].any(1).sum(-1), [bk]])  # [-1]: FULL
         for seg in plan.segments:  # cut into calls as ``reference._calls`` cuts them
-            scores += bh * seg.rows * seg.q_len * seg.k_len
+            k_len = seg.k_len  # a gathered call reads only the columns its queries see
+            if seg.gather is not None and seg.kinds is not None:
+                k_len = min(k_len, int(seen[list(seg.kinds)].sum()))
+            scores += bh * seg.rows * seg.q_len * k_len
             calls += math.ceil(seg.rows / max(1, budget // (bh * seg.q_len * seg.k_len)))
     return scores, calls
 
