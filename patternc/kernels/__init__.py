@@ -8,7 +8,9 @@
   (``paths``: SDPA's fused CPU kernel, bfloat16 matmuls, or unfused math) chosen by the user or by
   a one-off measurement on the machine;
 - ``flex``: ``torch.compile(flex_attention)``, compiled once per process, with ``cp.to_block_mask``;
-- ``sdpa``: SDPA with the exact mask of the rows computed.
+- ``sdpa``: SDPA with the exact mask of the rows computed; ``attend`` also runs ``kernel`` this way
+  for a short sequence where this machine's cost model (``dense_path``) says the walk would be
+  slower than one masked SDPA call.
 
 ``prepare(name, cp, layer)`` returns ``run(q, k, v) -> out`` on (B, H, n, d) tensors for timing
 (``patternc.measure``): a backend above, or ``dense_causal`` (``causal_sdpa``: SDPA with
