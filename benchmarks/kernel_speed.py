@@ -119,7 +119,7 @@ def breakdown(ns: list[int], heads: int, head_dim: int, dtype: torch.dtype, repe
                                     "attend": lambda cp=cp, qkv=qkv: attend(*qkv, cp, backend="kernel")},
                                    repeats)
             ratio = times["attend"] / times["dense"]
-            calls = f"{parts[0][1]} ({parts[0][2]})"
+            calls = f"{parts[0][1]} ({parts[0][2] // 2})"  # a gathered call reads k and v
             print(f"{n:>6} {name:<17} {calls:>9} {ms['walk']:8.1f} {ms['sdpa']:8.1f} {ms['merge']:7.1f} "
                   f"{ms['gather']:7.1f} {rest:7.1f} {1e3 * times['dense']:8.1f} {ideal:6.2f} {ratio:6.3f} "
                   f"{1 / (ratio * ideal):8.2f}", flush=True)
