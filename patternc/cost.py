@@ -212,8 +212,10 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     ``heads`` defaults to the stack's and must equal it, unless the pattern has one head, which
     then applies to every head. Threads are ``torch.get_num_threads()`` at the call, recorded and
     part of the cache key. ``device``: where the kernel and the baseline run (``"cuda"``, ``"cuda:1"``).
-    ``repeats`` 9: on a shared 2-core machine, repeated calls' ratios then
-    agree within ~3% (5 repeats: ~6-12%; ``benchmarks/cost_repeat.py``).
+    ``repeats`` 9 a batch (more batches while the spread is wide; see the module docstring): on a
+    2-core machine at a load average of 7-8 plus one busy core, ten fresh calls at 8k agreed within
+    6.7% of their median for a window of n/8 and 9.2% for a sink and a window of 512, but only within
+    38% for Sparse Transformer fixed, whose time flips between two levels (``benchmarks/cost_repeat.py``).
 
     >>> m = measure(patternc.compile("causal & window(256)", n=1024), backend="sdpa", repeats=3, cache=False)
     >>> m.backend, m.n, m.heads, m.dtype
