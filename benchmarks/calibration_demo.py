@@ -3,6 +3,7 @@ search its sparse patterns without training, print the front next to the classic
 
     python benchmarks/calibration_demo.py                      # train (if needed), then search
     python benchmarks/calibration_demo.py --retrain --trials 24 --space duo_attention
+    python benchmarks/calibration_demo.py --model stories260K  # a real pretrained model (below)
 
 1. A 2-layer Llama (hidden 128, 2 heads of 64, so that cost is measured at a real head size) is
    trained densely on MQAR (``search.tasks.mqar``): 500 steps at n = 256, where a step is cheap,
@@ -15,6 +16,15 @@ search its sparse patterns without training, print the front next to the classic
    as the training's second phase for the calibration sequences.
 3. The script prints the dense model's own accuracy, one calibration evaluation's time, every
    reference's quality retained and measured cost, and the front.
+
+``--model stories260K`` calibrates instead a real pretrained model nobody here trained: Karpathy's
+stories260K (llama2.c, MIT; ``tests/data/stories260K``: 5 layers, 8 query heads of 8 over 4 KV
+heads, context 512), read from its ``.bin`` by ``patternc.hf.load_llama2c``. With no tokenizer at
+hand, its calibration data are its own samples: ``--sequences`` sequences of 512 tokens drawn at
+temperature 1 from BOS (seeded, kept under ``outputs/calibration_demo/stories260K``). It prints
+where the dense model's attention goes, the classic patterns' quality retained at n = 512 (every
+layer), one pattern in one layer at a time and in the last layers (the others dense), then a
+``duo_attention`` search on it (``--trials 0``: none).
 
 Quote the CPU (``lscpu``) and ``uptime`` with the figures: the machine is shared.
 """
@@ -33,6 +43,8 @@ import time
 
 import numpy as np
 import torch
+
+import patternc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -127,10 +139,15 @@ def search(model_dir: pathlib.Path, args) -> None:
                f"task.model={model_dir}", f"task.generator={generator}", f"task.sequences={args.sequences}",
                f"space={args.space}", f"search.n_trials={args.trials}",
                f"search.storage=sqlite:///{run_dir}/study.db", f"hydra.run.dir={run_dir}", *args.overrides]
+    _run_and_tabulate(command, run_dir, args.trials)
+
+
+def _run_and_tabulate(command: list[str], run_dir: pathlib.Path, trials: int) -> None:
+    """Run the search command, then print its completed trials, references first, by cost."""
     print("$ " + " ".join(c if " " not in c else repr(c) for c in command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
-    print(f"search: {time.perf_counter() - start:.0f} s for {args.trials} trials")
+    print(f"search: {time.perf_counter() - start:.0f} s for {trials} trials")
     with open(run_dir / "trials.csv", encoding="utf-8") as f:
         rows = [row for row in csv.DictReader(f) if row["state"] == "COMPLETE"]
     best = max((r for r in rows if r["cost"] and float(r["cost"]) <= 0.3), key=lambda r: float(r["accuracy"]),
@@ -151,6 +168,120 @@ def search(model_dir: pathlib.Path, args) -> None:
     print(f"report: {run_dir}/summary.md")
 
 
+STORIES = ROOT / "tests" / "data" / "stories260K" / "stories260K.bin"
+STORIES_N = 512  # its context: it was trained on sequences of 512 tokens
+# the classic patterns at its context, windows scaled to n = 512 (the conf/pattern files' are for 4k-8k)
+STORIES_CLASSICS = (
+    ("dense causal", "causal"),
+    ("sliding window 64", "causal & window(64)"),
+    ("sliding window 128", "causal & window(128)"),
+    ("sliding window 256", "causal & window(256)"),
+    ("StreamingLLM 4 + 64", "causal & (sink(4) | window(64))"),
+    ("StreamingLLM 4 + 128", "causal & (sink(4) | window(128))"),
+    ("StreamingLLM 4 + 256", "causal & (sink(4) | window(256))"),
+    ("StreamingLLM 64 + 128", "causal & (sink(64) | window(128))"),
+    ("Sparse Transformer fixed 64, 8", "causal & fixed(64, 8)"),
+)
+PER_LAYER = ("causal & (sink(4) | window(64))", "causal & (sink(4) | window(128))")
+
+
+def stories_samples(sequences: int, seed: int = 0) -> pathlib.Path:
+    """``sequences`` x 512 token ids sampled from stories260K at temperature 1 from BOS (token 1),
+    saved as .npy (reused by a rerun): in-distribution data for a model without its tokenizer."""
+    from patternc.hf import load_llama2c
+
+    path = OUT / "stories260K" / f"samples-{sequences}x{STORIES_N}-seed{seed}.npy"
+    if not path.is_file():
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        bos = torch.ones(sequences, 1, dtype=torch.long)
+        ids = load_llama2c(STORIES).generate(bos, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                             max_new_tokens=STORIES_N - 1)  # (sequences, 512)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, ids.numpy())
+        print(f"sampled {sequences} x {STORIES_N} tokens from BOS in {time.perf_counter() - start:.0f} s: "
+              f"{path}")
+    return path
+
+
+def attention_reach(samples: pathlib.Path) -> None:
+    """Where the dense model's attention goes, per layer: its share inside sink(4) + window(64), and
+    the entropy of each query's weights over log(keys) (1: uniform over the past, 0: one key)."""
+    from patternc.hf import load_llama2c
+
+    model = load_llama2c(STORIES)
+    model.set_attn_implementation("eager")  # the weights themselves
+    ids = torch.from_numpy(np.load(samples))
+    with torch.no_grad():
+        attentions = model(ids, output_attentions=True).attentions  # per layer (B, H, n, n)
+    n = ids.shape[1]
+    q, k = np.arange(n)[:, None], np.arange(n)[None, :]
+    kept = torch.from_numpy((k <= q) & ((k < 4) | (q - k < 64)))  # (n, n)
+    late = slice(128, n)  # queries with more past than the window holds
+    keys = torch.log(torch.arange(1, n + 1, dtype=torch.float32))[late]  # log(number of keys) per query
+    print("\nwhere stories260K's dense attention goes (queries 128-511, all heads):")
+    for layer, a in enumerate(attentions):
+        share = float((a * kept).sum(-1)[..., late].mean())
+        entropy = -(a * torch.log(a.clamp_min(1e-30))).sum(-1)[..., late]  # (B, H, queries)
+        print(f"  layer {layer}: {share:.3f} of its weight inside sink(4) + window(64); entropy "
+              f"{float((entropy / keys).mean()):.2f} of uniform's")
+
+
+def stories(args) -> None:
+    """stories260K: the classic patterns, one layer at a time, then a duo_attention search, at n = 512."""
+    from search.calibrate import CalibrateConfig, calibrate
+
+    samples = stories_samples(args.sequences)
+    attention_reach(samples)
+    cfg = CalibrateConfig(model=str(STORIES), n=STORIES_N, data=str(samples), sequences=args.sequences)
+    dense = calibrate("causal", cfg)
+    extra = dense.extra
+    print(f"\nstories260K on {args.sequences} x {STORIES_N} of its own samples: NLL {extra['dense_nll']:.3f} "
+          f"nats/token, top-1 accuracy {extra['dense_target_accuracy']:.3f}; its dense pass took "
+          f"{extra['dense_seconds']:.1f} s")
+    print(f"\n{'pattern (every layer)':<32} {'quality':>8} {'KL':>7} {'pairs':>8}  "
+          "quality per quarter of the positions")
+    for name, expr in STORIES_CLASSICS:
+        r = calibrate(expr, cfg)
+        density = patternc.compile(expr, STORIES_N).stats().per_head[0].token_density  # pairs kept / causal
+        print(f"{name:<32} {r.score:8.4f} {r.extra['kl']:7.3f} {density:8.3f}  "
+              + " ".join(f"{v:.3f}" for v in r.buckets.values()))
+    for expr in PER_LAYER:
+        print(f"\n{expr} in one layer, the others dense:")
+        for layer in range(5):
+            stack = patternc.Stack(default="causal", layers=5, heads=8, kv_heads=4,
+                                   overrides=(patternc.Override(expr=expr, layers=(layer, layer + 1)),))
+            r = calibrate(stack, cfg)
+            print(f"  layer {layer}: quality {r.score:.4f} (KL {r.extra['kl']:.3f})")
+        print(f"{expr} from a layer on, the earlier layers dense:")
+        for layer in range(1, 5):
+            stack = patternc.Stack(default="causal", layers=5, heads=8, kv_heads=4,
+                                   overrides=(patternc.Override(expr=expr, layers=(layer, 5)),))
+            r = calibrate(stack, cfg)
+            print(f"  layers {layer}-4: quality {r.score:.4f} (KL {r.extra['kl']:.3f})")
+    if args.trials:
+        search_stories(samples, args)
+
+
+def search_stories(samples: pathlib.Path, args) -> None:
+    """``patternc-search task=calibrate`` on the .bin: duo_attention (each head full or sink + window)."""
+    run_dir = OUT / "stories260K" / "duo_attention"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    target = {"layers": 5, "heads": 8, "kv_heads": 4, "head_dim": 8, "n": STORIES_N, "block": 32}
+    command = [str(pathlib.Path(sys.executable).with_name("patternc-search")), "task=calibrate",
+               f"task.model={STORIES}", f"task.data={samples}", f"task.sequences={args.sequences}",
+               "space=duo_attention", *(f"space.target.{k}={v}" for k, v in target.items()),
+               "space.params.w.choices=[32,64,128,256]", "space.params.s.choices=[4,16]",
+               "space.references.streaming_llm.params.w=64",
+               "space.references.sliding_window.expr='causal & window(128)'",
+               "space.references.minference_a_shape.expr='causal & (sink(16) | window(256))'",
+               # 40 heads each full or streaming: the space's 0.6 (for 2 heads) would reject most mixes
+               "space.density_budget=0.8",
+               f"search.n_trials={args.trials}", f"search.storage=sqlite:///{run_dir}/study.db",
+               f"hydra.run.dir={run_dir}", *args.overrides]
+    _run_and_tabulate(command, run_dir, args.trials)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--retrain", action="store_true", help="train again even if the model exists")
@@ -158,9 +289,14 @@ def main() -> None:
     parser.add_argument("--space", default="duo_attention", help="duo_attention, moa or minference")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--sequences", type=int, default=4)
+    parser.add_argument("--model", choices=("trained", "stories260K"), default="trained",
+                        help="trained: the MQAR model trained here; stories260K: the real pretrained one")
     parser.add_argument("overrides", nargs="*", help="more patternc-search overrides")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("PATTERNC_THREADS", "2")))
+    if args.model == "stories260K":
+        stories(args)
+        return
     model_dir = OUT / "model"
     if args.retrain or not (model_dir / "config.json").is_file():
         start = time.perf_counter()

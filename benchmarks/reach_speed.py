@@ -14,7 +14,7 @@ import time
 import tracemalloc
 
 import patternc
-from patternc.reach import reach
+from patternc.reachability import reach
 
 
 def strided(layers: int, heads: int, s: int) -> patternc.Stack:

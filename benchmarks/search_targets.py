@@ -1,7 +1,7 @@
 """The search's targets, read from a finished run's ``trials.csv`` (or measured by running one).
 
     python benchmarks/search_targets.py outputs/search/<date>_<time>        # a run's report directory
-    python benchmarks/search_targets.py docs/large_gpu_search --near 0.02 --cost 0.25
+    python benchmarks/search_targets.py outputs/search-multirun/<date>_<time>/<study> --near 0.02 --cost 0.25
     python benchmarks/search_targets.py --run                                # time the default search
     python benchmarks/search_targets.py --run experiment=large               # any patternc-search overrides
 

@@ -22,10 +22,9 @@ from patternc.export.bsr import BlockCSR
 from patternc.kv_analysis import KVReport, kv
 from patternc.lang import ast, parse, unparse
 from patternc.layout import HeadStats, Layout
-from patternc.reach import ReachReport, reach
+from patternc.reachability import ReachReport, reach
 from patternc.stack import Override, Stack, load_stack
-
-__version__ = "0.1.0"
+from patternc.version import __version__
 
 # The torch-facing parts load on first use: parsing, compiling, checking and exporting to files
 # never pay for importing torch (about 1 s).

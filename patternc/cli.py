@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from patternc import __version__
 from patternc.compiled import CompiledPattern, block_shape, compile
 from patternc.draw import TEXT_LEGEND, draw_growth_png, draw_png, draw_text
 from patternc.errors import PatternError, brief
@@ -28,8 +27,9 @@ from patternc.layout import head_stats
 from patternc.limits import MAX_N
 from patternc.native import FORMATS as NATIVE_FORMATS
 from patternc.native import NativeStack, read_config, save_native
-from patternc.reach import EXACT_LIMIT, check_size, reach
+from patternc.reachability import EXACT_LIMIT, check_size, reach
 from patternc.stack import as_stack, layer_spans, parse_block
+from patternc.version import __version__
 
 __all__ = ["main"]
 

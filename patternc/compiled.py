@@ -24,6 +24,7 @@ from patternc.errors import (
     PatternSizeError,
     StackError,
     brief,
+    check_int,
 )
 from patternc.lang import ast, parse
 from patternc.layout import INFLATION_WARNING, HeadStats, Layout, future_pair, head_stats, is_causal
@@ -204,11 +205,9 @@ class CompiledPattern:
         if not self.causal:
             raise PatternMeaningError("prefix() needs a causal pattern: a row of a non-causal one reads keys "
                                       "past the cut")
-        for name, value, low, high in (("stop", stop, 1, self.n), ("first_query", first_query, 0, stop - 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-                    or not low <= value <= high:
-                raise PatternSizeError(f"prefix(): {name} must be an integer in [{low}, {high:,}], got "
-                                       f"{brief(value)}")
+        stop = check_int(stop, "prefix(): stop", high=self.n, error=PatternSizeError)
+        first_query = check_int(first_query, "prefix(): first_query", low=0, high=stop - 1,
+                                error=PatternSizeError)
         if first_query % bq:
             raise PatternMeaningError(f"prefix(): first_query must start a query block (a multiple of {bq}), "
                                       f"got {first_query:,}")
@@ -447,13 +446,13 @@ class CompiledPattern:
         node ``(t, x)`` is position ``x`` after ``t`` layers, an edge ``(t - 1, k) -> (t, q)`` a pair
         some head of that layer allows (``heads`` says which) or the residual ``x -> x``. Tokens up
         to ``exact_limit`` (reach's default), blocks above; ``depth`` layers (default: the stack's,
-        more repeat it). See ``patternc.reach.layered_graph`` and docs/graph.md.
+        more repeat it). See ``patternc.reachability.layered_graph`` and docs/graph.md.
 
         >>> g = patternc.compile("causal & window(4)", n=64, block=16).graph()
         >>> sorted(g.predecessors((1, 10)))
         [(0, 7), (0, 8), (0, 9), (0, 10)]
         """
-        from patternc.reach.graph import layered_graph  # patternc.reach imports this module
+        from patternc.reachability.graph import layered_graph  # patternc.reachability imports this module
 
         return layered_graph(self, depth) if exact_limit is None else layered_graph(self, depth, exact_limit)
 
@@ -559,12 +558,9 @@ def compile(spec: str | os.PathLike | ast.Pattern | Stack, n: int,
 
 def _grid(stack: Stack, n: int, block, first_query: int) -> Grid:
     """The block grid ``compile(stack, n, block, first_query=...)`` lowers on, its arguments checked."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
-        raise PatternSizeError(f"n must be an integer in [1, {MAX_N:,}], got {brief(n)}")
-    if isinstance(first_query, bool) or not isinstance(first_query, (int, np.integer)) \
-            or not 0 <= first_query < n:
-        raise PatternSizeError(f"first_query must be an integer in [0, n = {n:,}), got {brief(first_query)}")
-    return Grid(int(n), *block_shape(stack, int(n), block), int(first_query))
+    n = check_int(n, "n", high=MAX_N, error=PatternSizeError)
+    first_query = check_int(first_query, "first_query", low=0, high=n - 1, error=PatternSizeError)
+    return Grid(n, *block_shape(stack, n, block), first_query)
 
 
 def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | None = None) -> tuple[int, int]:

@@ -17,18 +17,21 @@ or does not match what it claims to hold).
 from __future__ import annotations
 
 import reprlib
+from numbers import Integral
 
 __all__ = [
     "ConfigError",
     "KernelInputError",
     "LayoutFileError",
     "ModelError",
+    "ModelFileError",
     "PatternError",
     "PatternMeaningError",
     "PatternSizeError",
     "PatternSyntaxError",
     "StackError",
     "brief",
+    "check_int",
 ]
 
 CONTEXT = 60  # characters of the source line shown either side of a fault
@@ -171,3 +174,38 @@ class ModelError(PatternError):
     heads differ from the model's, a non-causal stack on a causal model, a model that does not route
     attention through transformers' ``AttentionInterface``, or attention settings the pattern's
     kernels cannot honour (the message names both sides)."""
+
+
+class ModelFileError(PatternError):
+    """A model file that patternc reads itself (a llama2.c ``.bin``, ``patternc.hf.load_llama2c``) is
+    not what its format says: missing, truncated or longer than its header, a header out of range or
+    inconsistent, non-finite weights. ``where`` is the file; the message names the fault."""
+
+
+def check_int(value: object, name: str | None, *, low: int = 1, high: int | None = None,
+              error: type[PatternError] = PatternMeaningError, where: str | None = None) -> int:
+    """``value`` as an ``int`` when it is a whole number (a Python or numpy integer, never a bool)
+    in ``[low, high]``; otherwise ``error`` naming ``name``, the range and a brief of the value
+    (``name=None`` where ``where`` names the value: a key of a file).
+    The one integer guard of patternc's public functions, so that each says the same thing.
+
+    >>> check_int(8, "head_dim")
+    8
+    >>> check_int(True, "head_dim")
+    Traceback (most recent call last):
+      ...
+    patternc.errors.PatternMeaningError: head_dim must be a positive integer, got True
+    >>> check_int(5, "layer", low=0, high=3, error=PatternSizeError)
+    Traceback (most recent call last):
+      ...
+    patternc.errors.PatternSizeError: layer must be an integer in [0, 3], got 5
+    """
+    if isinstance(value, Integral) and not isinstance(value, bool) \
+            and low <= value and (high is None or value <= high):
+        return int(value)
+    if high is not None:
+        wanted = f"an integer in [{low:,}, {high:,}]"
+    else:
+        wanted = "a positive integer" if low == 1 else f"an integer >= {low:,}"
+    said = f"{name} must be {wanted}" if name is not None else f"expected {wanted}"
+    raise error(f"{said}, got {brief(value)}", where=where)

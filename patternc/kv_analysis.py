@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from patternc.compiled import CompiledPattern
-from patternc.errors import PatternMeaningError, brief
+from patternc.errors import PatternMeaningError, brief, check_int
 from patternc.layout import Layout
 from patternc.lower.node import Lowered, block_masks, distinct_blocks
 
@@ -180,9 +180,7 @@ def kv(compiled: CompiledPattern, kv_heads: int | None = None, head_dim: int = 1
     kv_heads = cp.stack.kv_heads if kv_heads is None else kv_heads
     if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1 or cp.heads % kv_heads:
         raise PatternMeaningError(f"kv_heads must divide the stack's {cp.heads} heads, got {brief(kv_heads)}")
-    for name, value in (("head_dim", head_dim),):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PatternMeaningError(f"kv(): {name} must be a positive integer, got {brief(value)}")
+    check_int(head_dim, "kv(): head_dim")
     if dtype not in DTYPE_BYTES:
         raise PatternMeaningError(f"kv(): dtype must be one of {', '.join(DTYPE_BYTES)}, got {brief(dtype)}")
     group = cp.heads // kv_heads

@@ -25,7 +25,7 @@ from numbers import Integral, Real
 
 import yaml
 
-from patternc.errors import PatternError, PatternMeaningError, StackError, brief
+from patternc.errors import PatternError, PatternMeaningError, StackError, brief, check_int
 from patternc.lang import ast, parse, unparse
 from patternc.limits import (
     MAX_HEADS,
@@ -378,9 +378,7 @@ def _stack_block(value, where: str) -> tuple[int, int] | None:
 
 
 def _block_size(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PatternMeaningError(f"a block size must be a positive integer, got {brief(value)}", where=where)
-    return value
+    return check_int(value, "a block size", where=where)
 
 
 def _checked_parse(text: str, where: str | None) -> ast.Pattern:
@@ -397,9 +395,7 @@ def _expression(value, where: str) -> str:
 
 
 def _positive_int(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StackError(f"expected a positive integer, got {brief(value)}", where=where)
-    return value
+    return check_int(value, None, error=StackError, where=where)
 
 
 def _optional_bool(value, where: str) -> bool | None:

@@ -1,6 +1,7 @@
 """``task=calibrate``: a pattern's quality on a pretrained dense model, measured without training.
 
-The model is a local ``save_pretrained`` directory (``task.model``; nothing is downloaded). In a
+The model is a local ``save_pretrained`` directory or a llama2.c ``.bin`` checkpoint (``task.model``,
+``search.calibrate_model``; nothing is downloaded). In a
 search it *is* the target: ``space.target``'s layers, heads, KV heads and head size must be the
 model's, the proxy is the target itself (``space.proxy`` equal to it: nothing is trained), and the
 candidate's target stack runs inside the model at ``space.target.n``. The dense model runs once per
@@ -32,7 +33,6 @@ mean KL, both NLLs and both models' accuracy on the targets.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,7 +43,7 @@ import torch
 import patternc
 from patternc import CompiledPattern, resolve_device
 from search.calibrate_data import CalibrationData, load_data
-from search.calibrate_weights import check_weights
+from search.calibrate_model import check_model, load_model, read_config
 from search.config import DTYPES, ModelConfig, SpaceConfig
 from search.errors import ConfigError
 from search.evaluate import EvalResult, _threads, resolve_pattern
@@ -61,7 +61,7 @@ class CalibrateConfig:
 
     name: str = "calibrate"
     n: int = 4096  # calibration length for mode=evaluate; a search calibrates at space.target.n
-    model: str = ""  # a save_pretrained directory: config.json and the weights
+    model: str = ""  # a save_pretrained directory (config.json and the weights), or a llama2.c .bin file
     data: str = "mqar"  # a .npy / .txt file of token ids, or a proxy task (mqar, majority, hops)
     generator: dict[str, Any] = field(default_factory=dict)  # that task's settings, e.g. {pairs: 64}
     sequences: int = 4  # calibration sequences of n tokens
@@ -71,6 +71,9 @@ class CalibrateConfig:
     device: str = "cpu"  # where the model runs: cpu, or cuda (FlexAttention with our BlockMask)
     threads: int | None = None  # torch threads; None keeps the process's setting
     backend: str = "auto"  # patternc.hf backend: auto, kernel, flex, sdpa (patternc.kernels)
+    # the calibration length may pass the model's context (max_position_embeddings) only when asked:
+    # positions it never saw in training measure the model's extrapolation as much as the pattern
+    past_context: bool = False
 
 
 def calibration_task(task: Any) -> bool:
@@ -86,18 +89,17 @@ def _model_config(cfg: CalibrateConfig, prefix: str):
 
 
 def _full_config(cfg: CalibrateConfig, prefix: str):
-    """The model directory's whole transformers config (``config.json``)."""
-    from transformers import AutoConfig
+    """The model's whole transformers config (a directory's ``config.json``, a llama2.c file's header)."""
+    return read_config(cfg.model, prefix)
 
-    if not cfg.model or not os.path.isfile(os.path.join(cfg.model, "config.json")):
-        raise ConfigError(f"{prefix}model must be a save_pretrained directory (with config.json), got "
-                          f"{cfg.model!r}" + ("" if cfg.model else ": give task.model=<directory>"))
-    try:
-        config = AutoConfig.from_pretrained(cfg.model, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{prefix}model: {cfg.model} holds no readable transformers config: "
-                          f"{error}") from None
-    return config
+
+def _check_context(cfg: CalibrateConfig, config, n: int, key: str) -> None:
+    """A calibration length ``n`` (the value of ``key``) within the model's context, or ``past_context``."""
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and n > context and not cfg.past_context:
+        raise ConfigError(f"{key} = {n} is longer than the model's context (config.max_position_embeddings "
+                          f"= {context} in {cfg.model}): lower it, or set task.past_context=true to "
+                          f"calibrate at positions the model was not trained on")
 
 
 def _shape(config) -> dict[str, int]:
@@ -118,7 +120,8 @@ def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool
              ("batch", count(1), "an integer >= 1"),
              ("metric", lambda v: v in METRICS, "one of " + ", ".join(METRICS)),
              ("dtype", lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
-             ("threads", lambda v: v is None or count(1)(v), "null or an integer >= 1")]
+             ("threads", lambda v: v is None or count(1)(v), "null or an integer >= 1"),
+             ("past_context", lambda v: isinstance(v, bool), "true or false")]
     for key, test, needs in rules:
         if not test(getattr(cfg, key)):
             raise ConfigError(f"{prefix}{key} must be {needs}, got {getattr(cfg, key)!r}")
@@ -129,17 +132,16 @@ def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool
         resolve_device(cfg.device, where=f"{prefix}device")
     full = _full_config(cfg, prefix)
     config = full.get_text_config(decoder=True)
-    context = getattr(config, "max_position_embeddings", None)
-    if context is not None and cfg.n > context:
-        raise ConfigError(f"{prefix}n = {cfg.n} is longer than the model's context "
-                          f"(config.max_position_embeddings = {context} in {cfg.model})")
-    check_weights(cfg.model, full, prefix)
+    _check_context(cfg, config, cfg.n, f"{prefix}n")
+    check_model(cfg.model, full, prefix)
     calibration_data(cfg, config.vocab_size, seed=0)
 
 
 def check_calibration_space(cfg: CalibrateConfig, space: SpaceConfig) -> None:
     """The space's target must be the model, and its proxy the target (nothing is trained)."""
-    model = _shape(_model_config(cfg, "task."))
+    config = _model_config(cfg, "task.")
+    _check_context(cfg, config, space.target.n, "space.target.n")  # a search calibrates at target.n
+    model = _shape(config)
     target = {key: getattr(space.target, key) for key in model}
     if target["kv_heads"] is None:
         target["kv_heads"] = target["heads"]
@@ -162,12 +164,7 @@ def check_calibration_space(cfg: CalibrateConfig, space: SpaceConfig) -> None:
 
 @lru_cache(maxsize=2)
 def _model(path: str, dtype: str, device: str):
-    from transformers import AutoModelForCausalLM
-
-    # safetensors only: check_weights has compared them with config.json, and a pickle is never opened
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True,
-                                                 use_safetensors=True)
-    return model.to(device).eval()
+    return load_model(path, getattr(torch, dtype)).to(device).eval()
 
 
 def _data_key(cfg: CalibrateConfig, vocab: int, seed: int) -> tuple:

@@ -10,7 +10,8 @@ Not in the definition, because they do not change what a trial scores: the budge
 (``search.n_trials`` may grow on a rerun), the sampler and its seed, the storage, heartbeats,
 timeouts, workers, ``kernel.repeats``/``warmup`` (precision of a measurement, not its meaning),
 ``task.train.threads``/``device`` (where training runs), ``task.n`` (trials train at
-``space.proxy.n``) and the space's ``description``.
+``space.proxy.n``), ``task.past_context`` (task=calibrate's permission to pass the model's context:
+the length itself is in the definition) and the space's ``description``.
 
 The default study name says what the study is and ends in a hash of the whole definition, so each
 job of a sweep (``-m space=fixed_window,window_global seed=0,1``, ``task.train.steps=200,400``) gets
@@ -42,7 +43,8 @@ DEFINITION = "definition"  # the study user attribute that holds it
 
 _NOT_DEFINING = {
     "space": ("description",),
-    "task": ("n", "threads", "device", "batch", "backend"),  # the last four: task=calibrate's (how it runs)
+    # the last five: task=calibrate's (how it runs; past_context permits a length, it does not change one)
+    "task": ("n", "threads", "device", "batch", "backend", "past_context"),
     "task.train": ("threads", "device"),
     "kernel": ("repeats", "warmup"),
 }

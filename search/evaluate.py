@@ -21,7 +21,7 @@ and has no accuracy; nothing is raised, so a search can record the trial and mov
 True
 
 At the default size (``MQARConfig()``: n = 128, 400 steps) an evaluation takes about half a minute
-on 2 cores; the README's table lists what classic patterns score there.
+on 2 cores; docs/results.md lists what classic patterns score there.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ its queries, attention and MLP at those positions alone, under the same exact pa
 values still come from every position). A task that asks its questions at a few positions (majority,
 hops: 4 of 256) trains about 1.5x as fast; the numbers are those of the full forward pass.
 
-Each position's input also holds the token before it (README, "Why the tiny model reads the
-previous token"), so a layer reaches one token further back than its pattern:
+Each position's input also holds the token before it (docs/search.md, "Tasks and the accuracy
+signal", says why), so a layer reaches one token further back than its pattern:
 
 >>> cp = patternc.compile("causal & window(4)", n=32)  # each query sees itself and the 3 keys before it
 >>> _ = torch.manual_seed(0)
@@ -44,6 +44,7 @@ from torch import nn
 
 from patternc.nn import sparse_attention
 from search.config import ModelConfig
+from search.errors import ConfigError
 
 if TYPE_CHECKING:
     from patternc import CompiledPattern
@@ -127,7 +128,7 @@ class TinyTransformer(nn.Module):
     def __init__(self, vocab: int, pattern: CompiledPattern, cfg: ModelConfig):
         super().__init__()
         if cfg.head_dim % 2:
-            raise ValueError(f"model.head_dim must be even (rotary embeddings pair dimensions), got "
+            raise ConfigError(f"model.head_dim must be even (rotary embeddings pair dimensions), got "
                              f"{cfg.head_dim}")
         self.n = n = pattern.n
         self.embed = nn.Embedding(vocab, cfg.d_model)

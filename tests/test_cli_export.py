@@ -155,14 +155,12 @@ def test_shipped_stack_exports_bsr_with_masks(capsys, tmp_path):
     np.testing.assert_array_equal(tensors["layer11.head7.masks"], cp.to_bsr(11, 7, with_masks=True).masks)
 
 
-# ---- the README's examples run (at a small n) ----------------------------------------------------
+# ---- docs/exports.md's examples run (at a small n) -----------------------------------------------
 
 
 def readme_blocks(language):
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Exports"):]
-    section = section[: section.index("\n## ", 1)]
-    return [block.split("```", 1)[0] for block in section.split(f"```{language}\n")[1:]]
+    text = (ROOT / "docs" / "exports.md").read_text()
+    return [block.split("```", 1)[0] for block in text.split(f"```{language}\n")[1:]]
 
 
 def test_readme_export_commands_run(capsys, tmp_path, monkeypatch):
@@ -183,7 +181,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, *consumers = readme_blocks("python")
     for example in consumers:  # FlashInfer, FlashMask, FA4: their libraries need a GPU; valid Python
-        compile(example, "README.md", "exec")
+        compile(example, "docs/exports.md", "exec")
     assert "n = 4096\n" in code
     namespace: dict = {}
     with warnings.catch_warnings():

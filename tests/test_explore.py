@@ -314,8 +314,8 @@ def test_a_head_outside_the_stack_is_refused(capsys):
 def test_the_readme_explorer_command_runs(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the example names conf/pattern/... relative to the repository
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Seeing it: the explorer") :]
-    (line,) = [x for x in section[: section.index("\n## ", 1)].splitlines() if x.startswith("patternc show")]
+    section = text[text.index("### Show\n") :]
+    (line,) = [x for x in section[: section.index("\n### ", 1)].splitlines() if x.startswith("patternc show")]
     argv = line.replace("outputs/", f"{tmp_path}/").split()[1:]
     argv[argv.index("--n") + 1] = "1024"
     assert main(argv) == 0

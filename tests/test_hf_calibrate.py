@@ -111,7 +111,7 @@ def test_token_files(model_dir, tmp_path, suffix):
 
 @pytest.mark.parametrize("changes, message", [
     pytest.param({"model": "/nonexistent"}, "task.model must be a save_pretrained directory", id="model"),
-    pytest.param({"model": ""}, "give task.model=<directory>", id="no_model"),
+    pytest.param({"model": ""}, "give task.model=<path>", id="no_model"),
     pytest.param({"data": "wiki"}, "task.data must be a .npy or .txt file of token ids, or a proxy task",
                  id="data_kind"),
     pytest.param({"data": "/nonexistent.npy"}, "task.data: no such file", id="data_file"),
@@ -123,7 +123,10 @@ def test_token_files(model_dir, tmp_path, suffix):
     pytest.param({"backend": "triton"}, "task.backend must be one of auto, kernel, flex, sdpa",
                  id="backend"),
     pytest.param({"sequences": 0}, "task.sequences must be an integer >= 1, got 0", id="sequences"),
-    pytest.param({"n": 512}, "task.n = 512 is longer than the model's context", id="context"),
+    pytest.param({"n": 512}, "task.n = 512 is longer than the model's context "
+                             "(config.max_position_embeddings = 256 in ", id="context"),
+    pytest.param({"past_context": "yes"}, "task.past_context must be true or false, got 'yes'",
+                 id="past_context"),
 ])
 def test_bad_values_name_their_key(model_dir, changes, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -147,7 +150,8 @@ def test_token_files_that_do_not_fit(model_dir, tmp_path):
 
 
 def test_what_does_not_define_a_calibration_study(model_dir):
-    a, b = config(model_dir), config(model_dir, threads=2, batch=3, device="cpu", backend="sdpa")
+    a = config(model_dir)
+    b = config(model_dir, threads=2, batch=3, device="cpu", backend="sdpa", past_context=True)
     space, kernel = SpaceConfig(), KernelConfig()
     assert definition(a, space, kernel, 0) == definition(b, space, kernel, 0)
     assert definition(a, space, kernel, 0) != definition(config(model_dir, metric="nll"), space, kernel, 0)
@@ -220,8 +224,8 @@ def test_the_command_line_names_a_missing_model_directory(tmp_path):
                f"task.model={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert "patternc-search: error: task.model must be a save_pretrained directory (with config.json), " \
-           f"got '{tmp_path}/nowhere'" in done.stderr and "Traceback" not in done.stderr
+    assert "patternc-search: error: task.model must be a save_pretrained directory (with config.json) or a " \
+           f"llama2.c .bin file, got '{tmp_path}/nowhere'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_calibration_search_tells_apart_patterns_that_store_the_same_blocks():

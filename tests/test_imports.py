@@ -86,10 +86,10 @@ def test_search_uses_only_patternc_public_api():
     assert found == []
 
 
-def _module_imports(root, packages: tuple[str, ...]) -> dict[str, set[str]]:
+def _module_imports(root, packages: tuple[str, ...], lazy: bool = False) -> dict[str, set[str]]:
     """Module -> the project modules it imports when it is loaded: its module-level imports (a
     function's import is lazy on purpose, and ``if TYPE_CHECKING:`` never runs), resolved to a
-    submodule where the imported name is one."""
+    submodule where the imported name is one. ``lazy``: a function's imports too."""
     import ast
 
     paths = {}
@@ -104,7 +104,7 @@ def _module_imports(root, packages: tuple[str, ...]) -> dict[str, set[str]]:
         for statement in ast.parse(path.read_text()).body:
             if isinstance(statement, ast.If) and "TYPE_CHECKING" in ast.unparse(statement.test):
                 continue
-            if not isinstance(statement, (ast.Import, ast.ImportFrom, ast.If, ast.Try)):
+            if not lazy and not isinstance(statement, (ast.Import, ast.ImportFrom, ast.If, ast.Try)):
                 continue  # a function's or a class's imports run when it is called
             for node in ast.walk(statement):
                 if isinstance(node, ast.Import):
@@ -143,15 +143,31 @@ def test_no_import_circle_in_patternc_or_search():
     assert circles == []
 
 
-@pytest.mark.parametrize("package", ["patternc.kernels", "patternc.hf", "patternc.export", "patternc.native"])
+@pytest.mark.parametrize("package", ["patternc", "patternc.kernels", "patternc.hf", "patternc.export",
+                                     "patternc.native"])
 def test_no_exported_name_shadows_a_module_of_its_package(package):
     """``import patternc.kernels.x as m`` must give the module x: a function of the same name would
-    take its place on the package (``patternc.reach`` is the one kept on purpose, package and function)."""
+    take its place on the package (``patternc.reach`` is the function; its package is
+    ``patternc.reachability``). A package may export a submodule itself (``patternc.nn``)."""
     import importlib
     import pkgutil
+    import types
 
     if package == "patternc.hf":
         pytest.importorskip("transformers")
     module = importlib.import_module(package)
     submodules = {info.name for info in pkgutil.iter_modules(module.__path__)}
-    assert sorted(submodules & set(module.__all__)) == []
+    shadowed = [name for name in sorted(submodules & set(module.__all__))
+                if not isinstance(getattr(module, name), types.ModuleType)]
+    assert shadowed == []
+
+
+def test_the_renamed_hf_state_warns_and_is_the_new_class():
+    pytest.importorskip("transformers")
+    import patternc.hf
+
+    with pytest.warns(DeprecationWarning, match="SparsifiedAttention"):
+        old = patternc.hf.SparseAttention
+    assert old is patternc.hf.SparsifiedAttention
+    with pytest.raises(AttributeError, match="no attribute 'SparseAttn'"):
+        patternc.hf.SparseAttn  # noqa: B018

@@ -191,9 +191,9 @@ def test_second_derivatives_are_refused_not_wrong():
 
 
 def test_readme_kernel_example_runs():
-    """The Python example of the README's "Kernels and cost" section trains through the kernel."""
-    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text[text.index("## Kernels and cost"):]
+    """The Python example of docs/kernels.md's "The CPU kernel" section trains through the kernel."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "kernels.md").read_text()
+    section = text[text.index("## The CPU kernel"):]
     section = section[:section.index("\n## ", 1)]
     (code,) = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
     scope: dict = {}

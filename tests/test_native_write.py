@@ -4,6 +4,8 @@ keeps every pair the stack allows (and more, never fewer)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -176,3 +178,14 @@ def test_trtllm_counts_the_sinks_inside_the_window():
                                           "sink_token_length = 4, got 4"):
         from_trtllm({"max_seq_len": 64, "kv_cache_config": {"max_attention_window": [4],
                                                             "sink_token_length": 4}}, heads=1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("dense",), "a layer's kind is one of full, sliding, chunked, got 'dense'"),
+    (("full", 64), "full attention with size 64 and 0 sinks"),
+    (("sliding",), "sliding attention with size None"),
+    (("chunked", 64, 4), "only sliding layers keep sinks"),
+])
+def test_a_layer_attention_that_means_nothing_is_refused(args, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        LayerAttention(*args)

@@ -111,5 +111,5 @@ def test_analyses_of_whole_sequences_refuse_a_query_range(call, message):
 
 @pytest.mark.parametrize("first", [-1, 64, 1.5, True])
 def test_a_range_outside_the_sequence_is_refused(first):
-    with pytest.raises(patternc.PatternSizeError, match=r"first_query must be an integer in \[0, n = 64\)"):
+    with pytest.raises(patternc.PatternSizeError, match=r"first_query must be an integer in \[0, 63\]"):
         patternc.compile("causal", n=64, first_query=first)

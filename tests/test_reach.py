@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 import patternc
 from patternc import Override, Stack
-from patternc.reach import ReachReport, reach
-from patternc.reach.layers import coarsen, drawn_on_blocks, layer_flows
+from patternc.reachability import ReachReport, reach
+from patternc.reachability.layers import coarsen, drawn_on_blocks, layer_flows
 
 # ---- the oracle ----------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The packed-bit helpers of ``patternc.reach.bits`` against plain numpy booleans.
+"""The packed-bit helpers of ``patternc.reachability.bits`` against plain numpy booleans.
 
 Bit ``k`` of a row lives in word ``k // 64`` at bit ``k % 64``; ``unpack`` below reads rows back
 with ``np.unpackbits`` (little-endian words, so little-endian bytes and bits).
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patternc.reach import bits
-from patternc.reach.bits import count_bits, identity, or_rows_into, prefix_mask, words
+from patternc.reachability import bits
+from patternc.reachability.bits import count_bits, identity, or_rows_into, prefix_mask, words
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="unpack assumes little-endian words")
 

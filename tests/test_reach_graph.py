@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 import patternc
 from patternc import Override, Stack
-from patternc.reach import graph as graph_module
-from patternc.reach import layered_graph, reach
+from patternc.reachability import graph as graph_module
+from patternc.reachability import layered_graph, reach
 from tests.stacks import per_head_stack
 from tests.test_reach import expressions
 
@@ -164,9 +164,9 @@ def test_the_exact_count_is_refused_when_the_heads_alone_allow_it(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"depth": 0}, "depth must be an integer >= 1, got 0"),
-    ({"depth": "2"}, "depth must be an integer >= 1, got '2'"),
-    ({"depth": True}, "depth must be an integer >= 1, got True"),
+    ({"depth": 0}, "depth must be a positive integer, got 0"),
+    ({"depth": "2"}, "depth must be a positive integer, got '2'"),
+    ({"depth": True}, "depth must be a positive integer, got True"),
     ({"exact_limit": -1}, "exact_limit must be an integer >= 0, got -1"),
     ({"exact_limit": 2.5}, "exact_limit must be an integer >= 0, got 2.5"),
 ])

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from search import HopsConfig, MajorityConfig, MQARConfig, make_task
+from search.errors import ConfigError
 from search.tasks import IGNORE, bucket_of
 
 
@@ -168,11 +169,11 @@ def test_bucket_of():
     pytest.param(HopsConfig(values=1), "task.values >= 2", id="hops_values"),
 ])
 def test_bad_task_config_names_the_key(cfg, message):
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ConfigError) as error:
         make_task(cfg)
     assert message in str(error.value)
 
 
 def test_unknown_task_name():
-    with pytest.raises(ValueError, match="unknown task 'mqr'; choose from mqar, majority, hops"):
+    with pytest.raises(ConfigError, match="unknown task 'mqr'; choose from mqar, majority, hops"):
         make_task(MQARConfig(name="mqr"))

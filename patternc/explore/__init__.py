@@ -23,7 +23,7 @@ from pathlib import Path
 from patternc.compiled import CompiledPattern
 from patternc.explore.html import PAGE_LIMIT, check_destination, explorer_html, fill_template, write_page
 from patternc.explore.model import page_data
-from patternc.reach import EXACT_LIMIT
+from patternc.reachability import EXACT_LIMIT
 
 __all__ = ["PAGE_LIMIT", "check_destination", "explorer_html", "fill_template", "page_data", "write_explorer",
            "write_page"]

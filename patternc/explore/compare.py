@@ -25,7 +25,7 @@ from patternc.compiled import CompiledPattern, PatternStats
 from patternc.kv_analysis import kv
 from patternc.layout import Layout
 from patternc.lower.node import Lowered
-from patternc.reach import ReachReport
+from patternc.reachability import ReachReport
 
 __all__ = ["AttentionRow", "comparison_rows", "dense_pairs", "global_key"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from patternc.compiled import CompiledPattern
 from patternc.errors import PatternError, PatternSizeError
 from patternc.explore.model import page_data
-from patternc.reach import EXACT_LIMIT
+from patternc.reachability import EXACT_LIMIT
 
 __all__ = ["PAGE_LIMIT", "SCRIPTS", "check_destination", "explorer_html", "fill_template", "static_text",
            "write_page"]

@@ -32,8 +32,8 @@ from patternc.explore.terms import head_terms
 from patternc.layout import Layout
 from patternc.lower.grid import FULL
 from patternc.lower.node import Lowered
-from patternc.reach import EXACT_LIMIT, ReachReport, reach
-from patternc.reach.path import KeySpread
+from patternc.reachability import EXACT_LIMIT, ReachReport, reach
+from patternc.reachability.path import KeySpread
 from patternc.stack import layer_spans
 
 __all__ = ["DETAIL_BUDGET", "OVERVIEW_BUDGET", "OVERVIEW_CELLS", "SPREAD_CELLS", "SPREAD_KEYS", "page_data"]

@@ -28,6 +28,7 @@ import numpy as np
 from patternc.errors import PatternSizeError
 from patternc.limits import DENSE_LIMIT
 from patternc.lower.node import stored_masks
+from patternc.version import __version__
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
@@ -98,7 +99,6 @@ def save_bsr(cp: CompiledPattern, path, with_masks: bool = False,
 
     >>> save_bsr(patternc.compile("conf/pattern/bigbird.yaml", n=4096), tmp_path / "bigbird.safetensors")
     """
-    from patternc import __version__
     from patternc.export.file import write
 
     limit = DENSE_LIMIT if max_elements is None else max_elements

@@ -31,6 +31,7 @@ from patternc.errors import PatternMeaningError
 from patternc.export.convert import dense_size
 from patternc.export.tables import BlockLists, layer_lists
 from patternc.limits import DENSE_LIMIT
+from patternc.version import __version__
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
@@ -119,7 +120,6 @@ def save_fa4(cp: CompiledPattern, path) -> None:
     ``layers``, ``heads`` (the mask_mod is the pattern: ``patternc.compile`` it from ``stack``)."""
     import json
 
-    from patternc import __version__
     from patternc.export.file import write
 
     tensors = {}

@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from patternc.errors import LayoutFileError, PatternError, PatternSizeError, brief
 from patternc.limits import MAX_LAYOUT_FILE_BYTES, MAX_STACK_BYTES, MAX_TOTAL_BLOCKS, require
 from patternc.stack import Stack
+from patternc.version import __version__
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
@@ -58,8 +59,6 @@ def save(cp: CompiledPattern, path: str | os.PathLike) -> None:
 
 def pack(cp: CompiledPattern) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The tensors and metadata (without its hash) that ``save`` writes."""
-    from patternc import __version__
-
     tensors: dict[str, np.ndarray] = {}
     table = np.zeros((cp.layers, cp.heads), np.int32)  # (L, H) -> distinct layout
     seen: dict[bytes, int] = {}
@@ -220,7 +219,6 @@ def verify(cp: CompiledPattern, file: LayoutFile) -> None:
             for name, want in zip(_DTYPES, cp.layout(l, h), strict=True):
                 got = tensors[f"layout.{table[l, h]}.{name}"]
                 if got.dtype != dtypes[name] or not np.array_equal(got, want):
-                    from patternc import __version__
 
                     raise LayoutFileError(
                         f"the stored {name} of layer {l}, head {h} differs from what patternc "

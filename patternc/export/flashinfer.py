@@ -44,6 +44,7 @@ from patternc.export.partition import (
 )
 from patternc.layout import is_causal
 from patternc.limits import DENSE_LIMIT
+from patternc.version import __version__
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
@@ -160,7 +161,6 @@ def save_flashinfer_variable(cp: CompiledPattern, path, union: bool = False) -> 
     flag per layer), ``exact``, ``n``, ``layers``, ``heads``, ``kv_heads``."""
     import json
 
-    from patternc import __version__
     from patternc.export.file import write
 
     layers = [to_flashinfer_variable(cp, l, union) for l in range(cp.layers)]  # all built before writing

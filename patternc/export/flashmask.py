@@ -38,6 +38,7 @@ from patternc.export.terms import first_failing_term
 from patternc.lang import ast, parse, unparse
 from patternc.limits import DENSE_LIMIT, MAX_INDEX_BYTES, require
 from patternc.stack import layer_spans
+from patternc.version import __version__
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
@@ -207,7 +208,6 @@ def save_flashmask(cp: CompiledPattern, path, union: bool = False) -> None:
     ``n``, ``layers``, ``heads``, ``kv_heads``."""
     import json
 
-    from patternc import __version__
     from patternc.export.file import write
 
     masks = [to_flashmask(cp, l, union) for l in range(cp.layers)]  # all built before writing

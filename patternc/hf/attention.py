@@ -2,7 +2,7 @@
 
 ``sparsify`` registers one attention function, ``patternc``, with transformers'
 ``AttentionInterface`` (and ``key_roles`` as its mask function), switches the model to it and
-hangs a ``SparseAttention`` on the model and on each attention module. Each call then runs its
+hangs a ``SparsifiedAttention`` on the model and on each attention module. Each call then runs its
 layer's pattern (``module.layer_idx``), head by head. The pattern, not the model's own window,
 decides which keys a query reads: a model's ``sliding_window`` or chunked layers give way to it
 (write ``window(...)`` in the pattern to keep one). The model's config is not changed.
@@ -30,34 +30,29 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
 
-import torch
-
-from patternc.errors import ModelError, brief
+from patternc.errors import ModelError, brief, check_int
 from patternc.hf.backends import Patterns
-from patternc.hf.cache import PatternCache, PendingKeys, cache_refusal
-from patternc.hf.calls import key_roles, sequences
+from patternc.hf.cache import PatternCache, cache_refusal
+from patternc.hf.calls import key_roles
 from patternc.hf.model import (
     REFUSED_ARGUMENTS,
-    ModelShape,
     Saved,
     attention_modules,
     cross_attention_modules,
     fit_stack,
     model_shape,
 )
-from patternc.kernels import attend, backend_name
+from patternc.hf.state import STATE, SparsifiedAttention, sparsified
+from patternc.kernels import backend_name
 from patternc.lang import ast
 from patternc.limits import MAX_N
 from patternc.stack import Stack
 
-__all__ = ["NAME", "PREFILL_CHUNK", "SparseAttention", "densify", "pattern_attention", "sparsified",
-           "sparsify"]
+__all__ = ["NAME", "PREFILL_CHUNK", "densify", "pattern_attention", "sparsify"]
 
 NAME = "patternc"  # the attention implementation's name in transformers' registries
 PREFILL_CHUNK = 2048  # generate()'s prompt chunks with a PatternCache: the held keys plus 2,048 new ones
-_STATE = "_patternc_attention"  # the attribute on the model and its attention modules
 _CROSS = "_patternc_cross_attention"  # on cross-attention modules: the model's name, for the refusal
 _PROBE_N = 4096  # sparsify compiles the stack once at min(this, the model's context) to fail early
 _HOOKS = ("generate", "_prepare_cache_for_generation")  # instance attributes sparsify sets
@@ -69,68 +64,12 @@ _IGNORED = frozenset({"sliding_window", "is_causal", "position_ids", "use_cache"
 _PACKED = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 
-@dataclass(frozen=True)
-class SparseAttention:
-    """What a sparsified model's attention calls share: the stack, its compiles, the backend, the
-    length the model serves, and what ``densify`` must restore."""
-
-    stack: Stack
-    shape: ModelShape
-    backend: str
-    patterns: Patterns
-    saved: Saved
-    max_length: int | None = None  # declared by sparsify: the length every call is served at
-    generations: list = field(default_factory=list)  # generate() calls in progress: their lengths
-    verdicts: dict = field(default_factory=dict)  # what was found by running the model (cache_refusal)
-
-    def serving(self, keys: int, continues_cache: bool) -> int:
-        """The length a call that meets ``keys`` tokens is served at (see the module docstring)."""
-        running = self.generations[-1] if self.generations else None
-        served = self.max_length if self.max_length is not None else running
-        if served is None:
-            if continues_cache and self.stack.reads_length():
-                raise ModelError(f"this call continues a cache to {keys:,} tokens, and the pattern's rows "
-                                 f"depend on n ({self.stack.default}): say the length the model serves with "
-                                 "sparsify(..., max_length=...), or use generate(), which serves the prompt "
-                                 "plus max_new_tokens")
-            return keys
-        if keys > served:
-            raise ModelError(f"a sequence of {keys:,} tokens is longer than the {served:,} the model serves "
-                             f"({'max_length in sparsify' if self.max_length else 'this generation'})")
-        return served
-
-    def attend(self, layer: int, q, k, v, mask, scale: float, positions) -> torch.Tensor:
-        """(B, H, S, d) attention of the queries q (B, H, S, d) over k, v (B, Hkv, T, d)."""
-        if isinstance(k, PendingKeys):  # a PatternCache's call: it holds the keys
-            return k.layer.attend(self, q, mask, scale)
-        B, S, T = q.shape[0], q.shape[2], k.shape[2]
-        groups = sequences(mask, B, S, T, positions)
-        if len(groups) == 1 and groups[0].rows is None and groups[0].key_slots is None:
-            return self.run(layer, q, k, v, T, S, scale)  # no padding: the batch as it is
-        out = q.new_zeros(q.shape)  # padding queries and rows of padding only get 0
-        for g in groups:
-            o = self.run(layer, g.gather(q, g.query_slots), g.gather(k, g.key_slots),
-                         g.gather(v, g.key_slots), g.keys, g.queries, scale)  # (G, H, s, d)
-            rows = range(B) if g.rows is None else g.rows.tolist()
-            for i, row in enumerate(rows):
-                slots = slice(None) if g.query_slots is None else g.query_slots[i].to(q.device)
-                out[row, :, slots] = o[i]
-        return out
-
-    def run(self, layer: int, q, k, v, keys: int, queries: int, scale: float, served: int | None = None
-            ) -> torch.Tensor:
-        """The last ``queries`` of ``keys`` tokens, q (G, H, queries, d) over k, v (G, Hkv, keys, d)."""
-        served = self.serving(keys, queries < keys) if served is None else served
-        cp = self.patterns.rows(served, keys, queries)
-        return attend(q, k, v, cp, layer, scale=scale, backend=self.backend)
-
-
 def pattern_attention(module, query, key, value, attention_mask, scaling: float | None = None,
                       dropout: float = 0.0, **kwargs):
     """transformers' attention function ``patternc``: ``(module, query (B, H, S, d), key and value
     (B, Hkv, T, d), attention_mask, ...) -> (output (B, S, H, d), None)``. An argument that would
     change the result and that a pattern's kernels do not apply is refused, naming it."""
-    state: SparseAttention | None = getattr(module, _STATE, None)
+    state: SparsifiedAttention | None = getattr(module, STATE, None)
     layer = getattr(module, "layer_idx", None)
     if state is None and getattr(module, _CROSS, None):
         raise ModelError(f"{getattr(module, _CROSS)}'s {type(module).__name__} (layer {layer}) attends to an "
@@ -177,11 +116,6 @@ def _register() -> None:
     AttentionMaskInterface.register(NAME, key_roles)
 
 
-def sparsified(model) -> SparseAttention | None:
-    """The model's ``SparseAttention`` while it is sparsified, else None."""
-    return getattr(model, _STATE, None)
-
-
 def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
              block: int | tuple[int, int] | None = None, params: dict[str, int | float] | None = None,
              backend: str = "auto", max_length: int | None = None):
@@ -201,8 +135,7 @@ def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
     backend = backend_name(backend, "sparsify's backend")
     shape = model_shape(model)
     if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_N:
-            raise ModelError(f"max_length must be an integer in [1, {MAX_N:,}], got {brief(max_length)}")
+        max_length = check_int(max_length, "max_length", high=MAX_N, error=ModelError)
         if not shape.causal:
             raise ModelError(f"{shape.name} is not a causal model: it reads its whole input at once, so it "
                              "serves no length but the input's (max_length is a decoder's)")
@@ -213,10 +146,10 @@ def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
     patterns.whole(max_length or min(_PROBE_N, context))
     previous = sparsified(model)
     saved = previous.saved if previous else Saved.of(model, _HOOKS)
-    state = SparseAttention(stack, shape, backend, patterns, saved, max_length)
+    state = SparsifiedAttention(stack, shape, backend, patterns, saved, max_length)
     _register()
     for module in (model, *attention_modules(model)):
-        setattr(module, _STATE, state)
+        setattr(module, STATE, state)
     for module in cross_attention_modules(model):
         setattr(module, _CROSS, shape.name)
     _hook_generation(model, state)
@@ -228,7 +161,7 @@ def sparsify(model, spec: str | os.PathLike | ast.Pattern | Stack, *,
     return model
 
 
-def _hook_generation(model, state: SparseAttention) -> None:
+def _hook_generation(model, state: SparsifiedAttention) -> None:
     """Give the model's ``generate()`` the length it serves, and a ``PatternCache`` by default."""
     cls = type(model)
 
@@ -286,7 +219,7 @@ def densify(model):
         raise ModelError(f"{type(model).__name__} is not sparsified: nothing to densify")
     state.saved.restore(model)
     for module in (model, *attention_modules(model), *cross_attention_modules(model)):
-        for name in (_STATE, _CROSS):
+        for name in (STATE, _CROSS):
             if hasattr(module, name):
                 delattr(module, name)
     return model

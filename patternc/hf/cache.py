@@ -33,40 +33,17 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from patternc.errors import ModelError, brief
+from patternc.errors import ModelError, check_int
 from patternc.hf.calls import KEY, KeyRoles
+from patternc.hf.state import SparsifiedAttention, pending, sparsified
 from patternc.kernels.decode import PAGE, DecodeCache
 
 if TYPE_CHECKING:
-    from patternc.hf.attention import SparseAttention
     from patternc.kv_analysis import KVReport
 
-__all__ = ["CacheMemory", "PatternCache", "PatternLayer", "PendingKeys", "cache_refusal"]
+__all__ = ["CacheMemory", "PatternCache", "PatternLayer", "cache_refusal"]
 
 Tensor = torch.Tensor
-
-
-class PendingKeys(Tensor):
-    """The keys (or values) of one ``PatternCache.update``, on their way to the ``patternc``
-    attention function, which alone reads them (through ``.layer``). Any torch operation on them
-    raises: another attention implementation would read them as the whole cache, and it is not."""
-
-    layer: PatternLayer
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        raise ModelError(f"keys from a patternc PatternCache met {getattr(func, '__name__', func)} outside "
-                         "the patternc attention function: another attention (the model's own, after "
-                         "densify, or another model's), or a model that works on its keys after the cache "
-                         "(differential or mixture-of-heads attention). The cache holds only the keys the "
-                         "pattern reads, so only the pattern's attention can read them; start a new "
-                         "generation, or pass cache=DynamicCache() to keep every key")
-
-
-def _pending(x: Tensor, layer: PatternLayer) -> PendingKeys:
-    out = x.as_subclass(PendingKeys)
-    out.layer = layer
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +75,6 @@ class PatternCache(Cache):
     """
 
     def __init__(self, model, max_length: int, *, page: int = PAGE) -> None:
-        from patternc.hf.attention import sparsified
         from patternc.kv_analysis import kv
 
         state = sparsified(model)
@@ -108,8 +84,7 @@ class PatternCache(Cache):
         if not state.shape.causal:
             raise ModelError(f"{state.shape.name} is not a causal model: a KV cache serves a decoder")
         for name, value in (("max_length", max_length), ("page", page)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ModelError(f"PatternCache: {name} must be a positive integer, got {brief(value)}")
+            check_int(value, f"PatternCache: {name}", error=ModelError)
         if state.max_length is not None and max_length > state.max_length:
             raise ModelError(f"PatternCache: max_length {max_length:,} is longer than the max_length "
                              f"{state.max_length:,} that sparsify declared")
@@ -123,7 +98,6 @@ class PatternCache(Cache):
 
     def check(self, model, length: int) -> None:
         """Refuse, naming both sides, to serve ``length`` tokens of ``model`` from this cache."""
-        from patternc.hf.attention import sparsified
 
         own = self._model()
         if own is not model:
@@ -162,7 +136,6 @@ def cache_refusal(model, max_length: int) -> str | None:
     found by running the model: two one-token steps on a throwaway cache, with the random state
     kept as it was. The verdict is kept with the sparsified model.
     """
-    from patternc.hf.attention import sparsified
 
     state = sparsified(model)
     if "cache" not in state.verdicts:
@@ -224,7 +197,7 @@ class PatternLayer(CacheLayerMixin):
                              f"a model that writes the cache without attending is not one patternc.hf runs")
         self._pending = (key_states, value_states)
         self.slots += s
-        return _pending(key_states, self), _pending(value_states, self)
+        return pending(key_states, self), pending(value_states, self)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.slots + query_length, 0
@@ -260,7 +233,7 @@ class PatternLayer(CacheLayerMixin):
 
     # ---- attention ---------------------------------------------------------------------------------
 
-    def attend(self, state: SparseAttention, q: Tensor, mask, scale: float) -> Tensor:
+    def attend(self, state: SparsifiedAttention, q: Tensor, mask, scale: float) -> Tensor:
         """(B, H, S, d): the attention of the call whose keys ``update`` holds, for queries q."""
         if self._pending is None:
             raise ModelError(f"PatternCache layer {self.layer}: attention ran without a cache update")

@@ -25,8 +25,8 @@ from dataclasses import replace
 
 from patternc.compiled import compile
 from patternc.errors import ConfigError, ModelError
-from patternc.hf.attention import sparsified
 from patternc.hf.model import fit_stack, model_shape
+from patternc.hf.state import sparsified
 from patternc.lang import ast
 from patternc.native import LAYER_TYPES, NativeStack, native_layers, read_config
 from patternc.native.read import UNIFORM_WINDOW

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from patternc.errors import ConfigError, brief
 from patternc.stack import Override, Stack
 
 __all__ = ["KINDS", "LayerAttention", "layer_stack"]
@@ -33,9 +34,11 @@ class LayerAttention:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"a layer's kind is one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise ConfigError(f"a layer's kind is one of {', '.join(KINDS)}, got {brief(self.kind)}")
         if (self.kind == "full") != (self.size is None) or (self.sinks and self.kind != "sliding"):
-            raise ValueError(f"{self.kind} attention with size {self.size} and {self.sinks} sinks")
+            raise ConfigError(f"{self.kind} attention with size {brief(self.size)} and {brief(self.sinks)} "
+                              "sinks: full layers have no size, sliding and chunked ones do, and only "
+                              "sliding layers keep sinks")
 
     def __str__(self) -> str:
         if self.kind == "full":

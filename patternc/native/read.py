@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from patternc.errors import ConfigError, brief
+from patternc.errors import ConfigError, brief, check_int
 from patternc.limits import MAX_CONFIG_BYTES
 from patternc.native.layers import LayerAttention, layer_stack
 from patternc.stack import Stack
@@ -153,10 +153,7 @@ def _class_defaults(data: dict, where: str, key: str) -> tuple[dict, dict, bool]
 
 
 def _count(text: Mapping, key: str, where: str, default: int | None = None) -> int:
-    value = text.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {brief(value)}", where=where)
-    return value
+    return check_int(text.get(key, default), key, error=ConfigError, where=where)
 
 
 def _read(data: dict, text: dict, where: str, complete: bool, name: str | None) -> NativeStack:

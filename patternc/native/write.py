@@ -27,7 +27,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from patternc.errors import ConfigError, brief
+from patternc.errors import ConfigError, brief, check_int
 from patternc.native.family import native_layers
 from patternc.native.layers import LayerAttention, layer_stack
 from patternc.native.read import LAYER_TYPES
@@ -73,8 +73,7 @@ def from_trtllm(settings: Mapping, heads: int, kv_heads: int | None = None) -> S
     n = settings.get("max_seq_len")
     if not isinstance(cache, Mapping) or not isinstance(cache.get("max_attention_window"), list):
         raise ConfigError("kv_cache_config.max_attention_window must be a list of windows, one per layer")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"max_seq_len must be a positive integer, got {brief(n)}")
+    n = check_int(n, "max_seq_len", error=ConfigError)
     sinks = cache.get("sink_token_length") or 0
     layers = []
     for l, w in enumerate(cache["max_attention_window"]):

@@ -20,6 +20,7 @@ ValueError: task.n must be at least 8, got 4
 from __future__ import annotations
 
 from search.config import TASK_SCHEMAS, TaskConfig
+from search.errors import ConfigError
 from search.tasks.base import IGNORE, Batch, Task, bucket_of
 from search.tasks.hops import Hops
 from search.tasks.majority import Majority
@@ -34,10 +35,10 @@ TASKS: dict[str, type[Task]] = {"mqar": MQAR, "majority": Majority, "hops": Hops
 def make_task(cfg: TaskConfig) -> Task:
     """The task a config describes, its values checked (bad ones raise ``ValueError`` naming the key)."""
     if cfg.name not in TASKS:
-        raise ValueError(f"unknown task {cfg.name!r}; choose from {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {cfg.name!r}; choose from {', '.join(TASKS)}")
     schema = TASK_SCHEMAS[cfg.name]
     if not isinstance(cfg, schema):
-        raise TypeError(f"task {cfg.name!r} takes a {schema.__name__}, got {type(cfg).__name__}")
+        raise ConfigError(f"task {cfg.name!r} takes a {schema.__name__}, got {type(cfg).__name__}")
     if cfg.n < 8:
-        raise ValueError(f"task.n must be at least 8, got {cfg.n}")
+        raise ConfigError(f"task.n must be at least 8, got {cfg.n}")
     return TASKS[cfg.name](cfg)

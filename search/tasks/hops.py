@@ -30,6 +30,7 @@ from itertools import pairwise
 import numpy as np
 
 from search.config import HopsConfig
+from search.errors import ConfigError
 from search.tasks.base import IGNORE, Batch, Task
 
 __all__ = ["Hops"]
@@ -41,18 +42,18 @@ class Hops(Task):
     def __init__(self, cfg: HopsConfig):
         hops = tuple(int(h) for h in cfg.hops)
         if not hops or hops[0] < 1 or any(b <= a for a, b in pairwise(hops)):
-            raise ValueError(f"task.hops must be increasing hop counts of 1 or more, got {list(cfg.hops)}")
+            raise ConfigError(f"task.hops must be increasing hop counts of 1 or more, got {list(cfg.hops)}")
         if cfg.chains < 1 or cfg.values < 2:
-            raise ValueError(f"task.chains >= 1 and task.values >= 2 are needed, got {cfg.chains}, "
+            raise ConfigError(f"task.chains >= 1 and task.values >= 2 are needed, got {cfg.chains}, "
                              f"{cfg.values}")
         if cfg.chains * hops[-1] > cfg.variables:
-            raise ValueError(f"task.variables = {cfg.variables} is too few for task.chains = {cfg.chains} "
+            raise ConfigError(f"task.variables = {cfg.variables} is too few for task.chains = {cfg.chains} "
                              f"chains of up to {hops[-1]} distinct variables each; raise it to "
                              f"{cfg.chains * hops[-1]}")
         links = cfg.chains * hops[-1]  # the most links a sequence can hold
         if 2 * links > (cfg.n - cfg.chains) // 2:
-            raise ValueError(f"task.chains * max(task.hops) = {links} links take {2 * links} positions; keep "
-                             f"them under half of the {cfg.n - cfg.chains} before the questions (raise "
+            raise ConfigError(f"task.chains * max(task.hops) = {links} links take {2 * links} positions; "
+                             f"keep them under half of the {cfg.n - cfg.chains} before the questions (raise "
                              f"task.n or lower task.chains)")
         self.cfg = cfg
         self.name = "hops"

@@ -25,6 +25,7 @@ from itertools import pairwise
 import numpy as np
 
 from search.config import MajorityConfig
+from search.errors import ConfigError
 from search.tasks.base import IGNORE, Batch, Task, bucket_of
 
 __all__ = ["Majority"]
@@ -35,16 +36,16 @@ class Majority(Task):
         lo, hi = _pair(cfg.count, "task.count")
         edges = tuple(int(e) for e in cfg.margins)
         if cfg.groups < 1 or cfg.markers < 2 or cfg.noise < 1:
-            raise ValueError(f"task.groups >= 1, task.markers >= 2 and task.noise >= 1 are needed, got "
+            raise ConfigError(f"task.groups >= 1, task.markers >= 2 and task.noise >= 1 are needed, got "
                              f"{cfg.groups}, {cfg.markers}, {cfg.noise}")
         if not 2 <= lo <= hi:
-            raise ValueError(f"task.count must be [lo, hi] with 2 <= lo <= hi (a strict winner needs two "
+            raise ConfigError(f"task.count must be [lo, hi] with 2 <= lo <= hi (a strict winner needs two "
                              f"markers at least), got {list(cfg.count)}")
         if cfg.groups * hi > (cfg.n - cfg.groups) // 2:
-            raise ValueError(f"task.groups * task.count[1] = {cfg.groups * hi} markers must fit in half of "
+            raise ConfigError(f"task.groups * task.count[1] = {cfg.groups * hi} markers must fit in half of "
                              f"the {cfg.n - cfg.groups} positions before the questions; raise task.n")
         if not edges or edges[0] != 1 or any(b <= a for a, b in pairwise(edges)):
-            raise ValueError(f"task.margins must be increasing lower bucket edges starting at 1, got "
+            raise ConfigError(f"task.margins must be increasing lower bucket edges starting at 1, got "
                              f"{list(cfg.margins)}")
         self.cfg = cfg
         self.name = "majority"
@@ -90,5 +91,5 @@ class Majority(Task):
 
 def _pair(value, where: str) -> tuple[int, int]:
     if len(value) != 2:
-        raise ValueError(f"{where} must be [lo, hi], got {list(value)}")
+        raise ConfigError(f"{where} must be [lo, hi], got {list(value)}")
     return int(value[0]), int(value[1])

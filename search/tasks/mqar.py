@@ -29,6 +29,7 @@ from itertools import pairwise
 import numpy as np
 
 from search.config import MQARConfig
+from search.errors import ConfigError
 from search.tasks.base import IGNORE, Batch, Task, bucket_names
 
 __all__ = ["MQAR"]
@@ -41,19 +42,19 @@ class MQAR(Task):
     def __init__(self, cfg: MQARConfig):
         edges = tuple(int(e) for e in cfg.distances)
         if len(edges) < 2 or any(b <= a for a, b in pairwise(edges)) or edges[0] < 2:
-            raise ValueError(f"task.distances must be increasing bucket edges starting at 2 or more "
+            raise ConfigError(f"task.distances must be increasing bucket edges starting at 2 or more "
                              f"(a query comes after its key and value), got {list(cfg.distances)}")
         if edges[-1] > cfg.n:
-            raise ValueError(f"task.distances: the last edge {edges[-1]} exceeds the sequence length "
+            raise ConfigError(f"task.distances: the last edge {edges[-1]} exceeds the sequence length "
                              f"task.n = {cfg.n}; a distance is at most n - 1")
         if not 1 <= cfg.pairs <= cfg.keys:
-            raise ValueError(f"task.pairs must be in [1, task.keys = {cfg.keys}] (keys of a sequence are "
+            raise ConfigError(f"task.pairs must be in [1, task.keys = {cfg.keys}] (keys of a sequence are "
                              f"distinct), got {cfg.pairs}")
         if 3 * cfg.pairs > cfg.n // 2:
-            raise ValueError(f"task.pairs = {cfg.pairs} needs {3 * cfg.pairs} positions; keep them under "
+            raise ConfigError(f"task.pairs = {cfg.pairs} needs {3 * cfg.pairs} positions; keep them under "
                              f"half of task.n = {cfg.n} so that pairs can be placed at any distance")
         if cfg.values < 2:
-            raise ValueError(f"task.values must be at least 2, got {cfg.values}")
+            raise ConfigError(f"task.values must be at least 2, got {cfg.values}")
         self.cfg = cfg
         self.name = "mqar"
         self.n = cfg.n
@@ -89,5 +90,5 @@ class MQAR(Task):
             if not (used[key_at] or used[key_at + 1] or used[query_at]):
                 used[[key_at, key_at + 1, query_at]] = True
                 return bucket, key_at, query_at
-        raise ValueError(f"could not place {self.cfg.pairs} pairs in n = {n} at distances {list(edges)}; "
+        raise ConfigError(f"could not place {self.cfg.pairs} pairs in n = {n} at distances {list(edges)}; "
                          f"lower task.pairs or raise task.n")

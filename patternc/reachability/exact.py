@@ -17,8 +17,8 @@ from patternc.lower.grid import FULL, Grid
 from patternc.lower.node import Lowered
 from patternc.lower.rules import simplify
 from patternc.primitives.offsets import Band
-from patternc.reach.bits import OrPlan, count_bits, identity, prefix_mask
-from patternc.reach.layers import LayerFlow, pairs_in_blocks
+from patternc.reachability.bits import OrPlan, count_bits, identity, prefix_mask
+from patternc.reachability.layers import LayerFlow, pairs_in_blocks
 
 __all__ = ["ExactRun", "Step", "apply_layer", "prepare_layer", "run_exact"]
 
@@ -40,7 +40,6 @@ class ExactRun:
     growth: tuple[float, ...]  # covered fraction of the envelope after each layer of the stack
     mixing_depth: int | None  # first depth covering the envelope; None if never or not reached
     never: bool  # True when the state stopped changing without covering the envelope
-    depth_run: int  # layers simulated
     state: np.ndarray  # (n, words) reach bits after the stack's own depth
     envelope: np.ndarray | None  # (n, words) causal envelope bits, None when it is every pair
 
@@ -159,4 +158,4 @@ def run_exact(flows: list[LayerFlow], grid: Grid, causal: bool, max_depth: int) 
     growth += [growth[-1] if growth else covered(state)] * (depth - len(growth))
     if t < depth:
         at_depth = state
-    return ExactRun(tuple(growth), mixing, never, t, at_depth, envelope)
+    return ExactRun(tuple(growth), mixing, never, at_depth, envelope)

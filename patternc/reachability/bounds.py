@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from patternc.lower.grid import Grid
-from patternc.reach.bits import OrPlan, identity, prefix_mask, words
-from patternc.reach.layers import LayerFlow
+from patternc.reachability.bits import OrPlan, identity, prefix_mask, words
+from patternc.reachability.layers import LayerFlow
 
 __all__ = ["BoundRun", "run_lower", "run_upper"]
 

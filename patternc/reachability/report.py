@@ -19,16 +19,16 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from patternc.compiled import CompiledPattern, compile
-from patternc.errors import PatternMeaningError, PatternSizeError, brief
+from patternc.errors import PatternMeaningError, PatternSizeError, check_int
 from patternc.export.gqa import KVGroupMismatch, mixed_kv_groups
 from patternc.limits import MAX_REACH_BYTES, require
 from patternc.lower.grid import Grid
-from patternc.reach.bits import prefix_mask, words
-from patternc.reach.bounds import run_lower, run_upper
-from patternc.reach.exact import run_exact
-from patternc.reach.findings import empty_rows
-from patternc.reach.layers import LayerFlow, coarsen, drawn_on_blocks, layer_flows
-from patternc.reach.path import KeySpread, closest_path, spread_blocks, spread_tokens, token_path
+from patternc.reachability.bits import prefix_mask, words
+from patternc.reachability.bounds import run_lower, run_upper
+from patternc.reachability.exact import run_exact
+from patternc.reachability.findings import empty_rows
+from patternc.reachability.layers import LayerFlow, coarsen, drawn_on_blocks, layer_flows
+from patternc.reachability.path import KeySpread, closest_path, spread_blocks, spread_tokens, token_path
 
 __all__ = ["EXACT_LIMIT", "ReachReport", "check_size", "reach"]
 
@@ -122,7 +122,7 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
     """
     cp = compiled
     if not isinstance(cp, CompiledPattern):
-        raise PatternSizeError(f"reach() takes a CompiledPattern (from patternc.compile), got "
+        raise PatternMeaningError(f"reach() takes a CompiledPattern (from patternc.compile), got "
                                f"{type(cp).__name__}")
     if cp.first_query:
         raise PatternMeaningError(f"reach() follows whole sequences through the layers; this pattern is "
@@ -195,8 +195,8 @@ def check_size(n: int, block: tuple[int, int], exact_limit: int = EXACT_LIMIT,
     patternc.errors.PatternSizeError: bytes of block-level ... state at n = 2,147,483,647: ... (--block) ...
     """
     for name, value, low in (("exact_limit", exact_limit, 0), ("max_depth", max_depth, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise PatternMeaningError(f"reach(): {name} must be an integer >= {low}, got {brief(value)}")
+        if value is not None:
+            check_int(value, f"reach(): {name}", low=low)
     exact = n <= exact_limit
     side = n if exact else -(-n // max(block))
     require(STATES * side * words(side) * 8, MAX_REACH_BYTES,

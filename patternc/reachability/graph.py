@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from patternc.compiled import CompiledPattern
-from patternc.errors import PatternMeaningError, PatternSizeError, brief
+from patternc.errors import PatternMeaningError, PatternSizeError, check_int
 from patternc.layout import Layout
 from patternc.limits import MAX_GRAPH_EDGES, require
 from patternc.lower.grid import FULL, PARTIAL, Grid, expand_ranges
 from patternc.lower.node import PAIR_BUDGET, Lowered, pair_counts
-from patternc.reach.layers import LayerFlow, drawn_on_blocks, layer_flows, pairs_in_blocks
-from patternc.reach.report import EXACT_LIMIT, _square, _square_flows
+from patternc.reachability.layers import LayerFlow, drawn_on_blocks, layer_flows, pairs_in_blocks
+from patternc.reachability.report import EXACT_LIMIT, _square, _square_flows
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -73,9 +73,8 @@ def layered_graph(compiled: CompiledPattern, depth: int | None = None,
         raise PatternMeaningError(f"the layered graph follows whole sequences through the layers; this "
                                   f"pattern is compiled for the queries [{cp.first_query:,}, {cp.n:,}) only")
     for name, value, low in (("depth", depth, 1), ("exact_limit", exact_limit, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                                  or value < low):
-            raise PatternMeaningError(f"graph(): {name} must be an integer >= {low}, got {brief(value)}")
+        if value is not None:
+            check_int(value, f"graph(): {name}", low=low)
     depth = cp.layers if depth is None else int(depth)
     exact = cp.n <= exact_limit
     unit = 1 if exact else (math.lcm(*cp.block) if drawn_on_blocks(cp) else max(cp.block))

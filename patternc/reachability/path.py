@@ -21,9 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from patternc.lower.grid import FULL, Grid
-from patternc.reach.bits import OrPlan, words
-from patternc.reach.exact import apply_layer, prepare_layer  # the exact run's own layer step, so both agree
-from patternc.reach.layers import LayerFlow
+from patternc.reachability.bits import OrPlan, words
+from patternc.reachability.exact import (  # the exact run's own layer step, so both agree
+    apply_layer,
+    prepare_layer,
+)
+from patternc.reachability.layers import LayerFlow
 
 __all__ = ["KeySpread", "closest_path", "spread_blocks", "spread_tokens", "token_path"]
 
