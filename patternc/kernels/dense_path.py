@@ -43,8 +43,10 @@ import torch
 
 from patternc.kernels.call_paths import PATHS
 from patternc.kernels.inputs import dtype_name
+from patternc.kernels.masked_sdpa import masked_sdpa
 from patternc.kernels.paths import resolve_paths
 from patternc.kernels.plan import partial_kinds, segments
+from patternc.kernels.reference import SCORE_BUDGET, block_sparse_attention
 from patternc.machine import cache_dir, cpu_model, write_json
 
 if TYPE_CHECKING:
@@ -163,9 +165,7 @@ def _read(path: Path, settings: dict) -> WalkModel | None:
 
 
 def _timed(head_dim: int, dtype: str, threads: int, torch_version: str, cpu: str) -> WalkModel:
-    import patternc
-    from patternc.kernels.dispatch import attend
-    from patternc.kernels.reference import SCORE_BUDGET, block_sparse_attention
+    import patternc  # the package imports nothing of patternc.kernels: compile only
 
     heads, n, block, specs = _PROBE
     gen = torch.Generator().manual_seed(0)
@@ -173,7 +173,8 @@ def _timed(head_dim: int, dtype: str, threads: int, torch_version: str, cpu: str
     probes = [patternc.compile(spec, n, block=block) for spec in specs]
     work = [walk_work(cp, 0, 1, heads, SCORE_BUDGET) for cp in probes]
     runs = [lambda cp=cp: block_sparse_attention(q, k, v, cp) for cp in probes]
-    runs.append(lambda: attend(q, k, v, probes[1], backend="sdpa"))  # its mask is kept: built once
+    every = np.arange(n)
+    runs.append(lambda: masked_sdpa(q, k, v, probes[1], 0, None, every))  # its mask is kept: built once
     best = [math.inf] * len(runs)
     with torch.inference_mode():
         for round_ in range(_ROUNDS + 1):
