@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from patternc.errors import PatternMeaningError, brief
+from patternc.errors import PatternMeaningError, brief, check_int
 from patternc.limits import require
 from patternc.machine import CACHE_ENV, cache_dir, cpu_model, write_json
 
@@ -229,8 +229,7 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     backend = backend_name(backend, "measure(): backend")
     for name, value, low in (("batch", batch, 1), ("heads", heads, 1), ("head_dim", head_dim, 1),
                              ("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise PatternMeaningError(f"measure(): {name} must be an integer >= {low}, got {brief(value)}")
+        check_int(value, f"measure(): {name}", low=low)
     compiled.node(layer, 0)  # a bad layer is refused before anything is hashed
     if phase not in PHASES:
         raise PatternMeaningError(f"measure(): phase must be one of {', '.join(PHASES)}, got {brief(phase)}")
