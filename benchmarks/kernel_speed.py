@@ -5,6 +5,13 @@ our BlockMask and with ``create_block_mask``'s, each as a fraction of the ideal 
     python benchmarks/kernel_speed.py --quick    # n = 4k, 8k, three densities, two heads (a smoke run)
     python benchmarks/kernel_speed.py --threads 1 --n 16384 32768 --fractions 0.01 0.02 0.05 0.1
     python benchmarks/kernel_speed.py --no-flex --path bf16   # our kernel's bf16 matmul path
+    python benchmarks/kernel_speed.py --breakdown --dtype fp32 --n 2048 4096 8192 16384  # issue 26
+
+``--breakdown``: where one forward's time goes, for issue 26's three layouts (a window of n/8, a
+sink and a window of 512, Sparse Transformer fixed): its calls (of which gathered), milliseconds in
+SDPA's kernel, in log-sum-exp stores and merges, in gathering keys, and the rest (Python, plans,
+masks), against dense causal SDPA, and the ratio and fraction of the ideal speedup of ``attend``
+(the kernel, or masked SDPA where the machine's cost model prefers it), timed in turns with dense.
 
 Patterns are ``causal & (window(W) | sink(64))`` with W a fraction of n. The ideal speedup is the
 dense causal block density over the pattern's block density (the work skipped, if every stored
@@ -19,6 +26,10 @@ table is the fastest block size per pattern for our kernel. On a busy machine us
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import dataclasses
+import os
 import statistics
 import time
 import warnings
@@ -27,9 +38,13 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
 import patternc
-from patternc.kernels import block_sparse_attention, causal_sdpa, compiled_flex
+from patternc.kernels import attend, block_sparse_attention, causal_sdpa, compiled_flex, reference
+from patternc.machine import cpu_model
 
 SINKS = 64  # attention sinks, as StreamingLLM keeps
+ISSUE_26 = {"window(n/8)": "causal & window({n} // 8)",
+            "sink64+window512": "causal & (window(512) | sink(64))",
+            "fixed": "causal & fixed({n} // 16, max(1, {n} // 1024))"}
 
 
 def median_seconds(fns: dict, repeats: int) -> dict[str, float]:
@@ -45,6 +60,69 @@ def median_seconds(fns: dict, repeats: int) -> dict[str, float]:
                 fn()
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+@contextlib.contextmanager
+def timers():
+    """Seconds and counts of the walk's parts while the block runs: the calls' compute (every path),
+    stores and merges, key gathers."""
+    seconds: dict[str, float] = collections.defaultdict(float)
+    counts: collections.Counter = collections.Counter()
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            seconds[name] += time.perf_counter() - start
+            counts[name] += 1
+            return out
+        return run
+
+    saved = dict(reference.PATHS), reference._store_or_merge, reference._Call.read
+    reference.PATHS.update({name: dataclasses.replace(path, forward=timed("sdpa", path.forward))
+                            for name, path in saved[0].items()})
+    reference._store_or_merge = timed("merge", saved[1])
+    reference._Call.read = lambda call, x: timed("gather", saved[2])(call, x) if call.index is not None else x
+    try:
+        yield seconds, counts
+    finally:
+        reference.PATHS.update(saved[0])
+        reference._store_or_merge, reference._Call.read = saved[1], saved[2]
+
+
+def breakdown(ns: list[int], heads: int, head_dim: int, dtype: torch.dtype, repeats: int) -> None:
+    """Issue 26's layouts: where a forward's time goes, and attend's speed against dense causal."""
+    print(f"\nbreakdown of one forward (median of {repeats}; ms), and attend against dense causal SDPA")
+    print(f"{'n':>6} {'layout':<17} {'calls':>9} {'walk':>8} {'sdpa':>8} {'merge':>7} {'gather':>7} "
+          f"{'rest':>7} {'dense':>8} {'ideal':>6} {'ratio':>6} {'of ideal':>8}")
+    for n in ns:
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen).to(dtype) for _ in range(3))
+        causal = block_density(patternc.compile("causal", n))
+        for name, spec in ISSUE_26.items():
+            cp = patternc.compile(spec.format(n=n), n)
+            ideal = causal / block_density(cp)
+            parts = []
+            with torch.inference_mode():
+                block_sparse_attention(q, k, v, cp)  # plans and masks built outside the timing
+                for _ in range(repeats):
+                    with timers() as (seconds, counts):
+                        start = time.perf_counter()
+                        block_sparse_attention(q, k, v, cp)
+                        seconds["walk"] = time.perf_counter() - start
+                    parts.append((dict(seconds), counts["sdpa"], counts["gather"]))
+            ms = {key: 1e3 * statistics.median(p[0].get(key, 0.0) for p in parts)
+                  for key in ("walk", "sdpa", "merge", "gather")}
+            rest = ms["walk"] - ms["sdpa"] - ms["merge"] - ms["gather"]
+            qkv = (q, k, v)
+            times = median_seconds({"dense": lambda qkv=qkv: causal_sdpa(*qkv),
+                                    "attend": lambda cp=cp, qkv=qkv: attend(*qkv, cp, backend="kernel")},
+                                   repeats)
+            ratio = times["attend"] / times["dense"]
+            calls = f"{parts[0][1]} ({parts[0][2] // 2})"  # a gathered call reads k and v
+            print(f"{n:>6} {name:<17} {calls:>9} {ms['walk']:8.1f} {ms['sdpa']:8.1f} {ms['merge']:7.1f} "
+                  f"{ms['gather']:7.1f} {rest:7.1f} {1e3 * times['dense']:8.1f} {ideal:6.2f} {ratio:6.3f} "
+                  f"{1 / (ratio * ideal):8.2f}", flush=True)
 
 
 def their_block_mask(window: int, n: int, block: int):
@@ -101,6 +179,8 @@ def main() -> None:
     parser.add_argument("--no-best-block", action="store_true", help="skip the block size table")
     parser.add_argument("--path", choices=("auto", "fused", "fused_fp32", "bf16", "math"), default=None,
                         help="our kernel's compute path (default: $PATTERNC_KERNEL_PATH, else auto)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only where one forward's time goes, for issue 26's three layouts")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,7 +191,13 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     warnings.filterwarnings("ignore")  # torch.compile's chatter
     print(f"{heads} heads, d = {args.head_dim}, {args.dtype}, block {args.block}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {cpu_model()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    if args.breakdown:
+        ns = args.n or [2048, 4096, 8192, 16384]
+        breakdown(ns, args.heads or 8, args.head_dim, dtype, args.repeats or 5)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     print("speedup over dense causal SDPA (fraction of ideal)")
     print(f"{'n':>6} {'window':>6} {'density':>7} {'ideal':>6}  {'ours':>14}  {'flex+ours':>14}  "
           f"{'flex+cbm':>14}  {'ours/cbm':>8}")

@@ -3,7 +3,12 @@ timed in the same process, cached on disk.
 
 The kernel and the baseline take turns, repeat by repeat, so a burst of load on a shared machine
 slows both rather than one; the ratio is the median of the per-repeat ratios, which cancels slow
-drifts that the two medians alone would not.
+drifts that the two medians alone would not. Each repeat runs long enough (``MIN_REPEAT_SECONDS``,
+by running the pair several times when one run is short) that a scheduler's tick on a busy core is
+a small part of it. The spread is kept with the result: the middle half of the per-repeat ratios,
+``[ratio_low, ratio_high]``; while it is wider than ``MAX_SPREAD`` of the ratio, another batch of
+repeats is timed and pooled, at most ``MAX_ROUNDS`` batches (then the result says how wide it is).
+Two costs whose spreads overlap (``Measurement.overlaps``) are not told apart by the measurement.
 
 The cache key is everything the figure depends on: a sha256 of the layer's block CSR (every head)
 with ``n`` and the block shape, the shapes, backend, dtype, thread count, torch version and CPU
@@ -17,6 +22,8 @@ timed between two ``torch.cuda.synchronize()`` calls, so the figure is the kerne
 >>> m = patternc.measure(cp, backend="kernel", dtype=torch.float32, cache=False)
 >>> m.backend, m.n, m.block, m.repeats  # m.ratio: our latency / dense causal SDPA's; below 1 is faster
 ('kernel', 1024, (128, 128), 9)
+>>> m.ratio_low <= m.ratio <= m.ratio_high and 1 <= m.rounds <= MAX_ROUNDS  # the spread comes with it
+True
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -32,19 +40,26 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from patternc.errors import PatternMeaningError, brief
+from patternc.errors import PatternMeaningError, brief, check_int
 from patternc.limits import require
 from patternc.machine import CACHE_ENV, cache_dir, cpu_model, write_json
 
 if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
 
-__all__ = ["CACHE_ENV", "KERNELS_REVISION", "PHASES", "Measurement", "cache_dir", "layout_hash", "measure",
-           "resolve_device"]
+__all__ = ["CACHE_ENV", "KERNELS_REVISION", "MAX_ROUNDS", "MAX_SPREAD", "MIN_REPEAT_SECONDS", "PHASES",
+           "Measurement", "cache_dir", "layout_hash", "measure", "resolve_device"]
 
-# Raised whenever a change to patternc's kernels can change how fast a layout runs (2: a dense causal
-# layer runs SDPA's causal kernel), so that results measured on the old kernels are not read back.
-KERNELS_REVISION = 2
+# Raised whenever a change to patternc's kernels or to how they are timed can change a layout's
+# figure, so that results measured the old way are not read back (2: a dense causal layer runs
+# SDPA's causal kernel; 3: gathered fixed-place runs, one call per segment, the masked-SDPA fallback,
+# repeats of at least MIN_REPEAT_SECONDS re-measured while wider than MAX_SPREAD).
+KERNELS_REVISION = 3
+# a repeat at least this long: a scheduler tick (~4 ms) lost to another process on a shared core
+# then moves one repeat by a fifth at most, and the median of the repeats by far less
+MIN_REPEAT_SECONDS = 0.02
+MAX_SPREAD = 0.10  # the middle half of the per-repeat ratios, relative to their median
+MAX_ROUNDS = 3  # batches of repeats at most: a machine too busy to agree is reported, never waited on
 PHASES = ("prefill", "decode")  # measure(phase=...): the whole sequence, or one decode step
 
 
@@ -55,6 +70,10 @@ class Measurement:
     seconds: float  # median over repeats, after warm-up
     baseline_seconds: float  # dense causal SDPA, same shapes, same process, timed in turns
     ratio: float  # median of the repeats' seconds / baseline seconds: below 1 is faster
+    ratio_low: float  # the first and third quartiles of the repeats' ratios: the spread
+    ratio_high: float
+    rounds: int  # batches of ``repeats`` timed (more than 1 when the first was wider than MAX_SPREAD)
+    calls_per_repeat: int  # runs of the kernel (and of the baseline) in one timed repeat
     backend: str
     n: int
     block: tuple[int, int]
@@ -74,12 +93,33 @@ class Measurement:
     context: int | None = None  # decode: the tokens already cached when the step runs
     kernels: int = KERNELS_REVISION  # our kernels' revision: a faster kernel is measured afresh
 
+    @property
+    def spread(self) -> float:
+        """The middle half of the repeats' ratios, relative to the ratio: 0.04 is +-2%."""
+        return (self.ratio_high - self.ratio_low) / self.ratio
+
+    def overlaps(self, other: Measurement) -> bool:
+        """Whether the two costs lie within each other's spread: the measurement does not rank them.
+
+        >>> a = Measurement.from_dict({**EXAMPLE, "ratio": 0.40, "ratio_low": 0.39, "ratio_high": 0.42})
+        >>> b = dataclasses.replace(a, ratio=0.43, ratio_low=0.41, ratio_high=0.45)
+        >>> a.overlaps(b), a.overlaps(dataclasses.replace(b, ratio_low=0.425))
+        (True, False)
+        """
+        return self.ratio_low <= other.ratio_high and other.ratio_low <= self.ratio_high
+
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "block": list(self.block)}
 
     @classmethod
     def from_dict(cls, data: dict) -> Measurement:
         return cls(**{**data, "block": tuple(data["block"])})
+
+
+EXAMPLE = dict(seconds=0.004, baseline_seconds=0.01, ratio=0.4, ratio_low=0.39, ratio_high=0.42, rounds=1,
+               calls_per_repeat=3, backend="kernel", n=8192, block=[128, 128], layer=0, batch=1, heads=8,
+               head_dim=64, dtype="float32", threads=2, repeats=9, warmup=2, torch_version="2.13.0+cpu",
+               cpu="Intel Xeon", layout_hash="0" * 64)  # a stored result, for the examples
 
 
 def layout_hash(cp: CompiledPattern, layer: int) -> str:
@@ -99,34 +139,63 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _seconds(run, q, k, v) -> float:
+def _seconds(run, q, k, v, calls: int = 1) -> float:
+    """Seconds of one run of ``run``: ``calls`` runs timed together, divided by ``calls``."""
     gpu = q.device.type == "cuda"
     if gpu:
         torch.cuda.synchronize(q.device)
     start = time.perf_counter()
-    run(q, k, v)
+    for _ in range(calls):
+        run(q, k, v)
     if gpu:
         torch.cuda.synchronize(q.device)  # kernels run asynchronously: wait for them to finish
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / calls
 
 
-def _timed_in_turns(run, baseline, q, k, v, repeats: int, warmup: int) -> tuple[float, float, float]:
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    seconds: float
+    baseline_seconds: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    rounds: int
+    calls_per_repeat: int
+
+
+def _timed_in_turns(run, baseline, q, k, v, repeats: int, warmup: int) -> _Timing:
     """Median seconds of ``run`` and ``baseline``, timed alternately (the order flips each repeat,
-    so neither always runs on the other's warm cache), and the median of the per-repeat ratios."""
+    so neither always runs on the other's warm cache), the median of the per-repeat ratios and
+    their quartiles; batches of ``repeats`` are added while the quartiles are too far apart."""
     with torch.inference_mode():
-        for _ in range(warmup):
-            run(q, k, v)
-            baseline(q, k, v)
+        warm = [(_seconds(run, q, k, v), _seconds(baseline, q, k, v)) for _ in range(warmup)]
+        # the warm-up's last pair says how many runs make a repeat of MIN_REPEAT_SECONDS
+        calls = max(1, min(64, math.ceil(MIN_REPEAT_SECONDS / max(min(warm[-1]), 1e-9)))) if warm else 1
         ours, theirs = [], []
-        for i in range(repeats):
-            if i % 2:
-                theirs.append(_seconds(baseline, q, k, v))
-                ours.append(_seconds(run, q, k, v))
-            else:
-                ours.append(_seconds(run, q, k, v))
-                theirs.append(_seconds(baseline, q, k, v))
-    ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
-    return statistics.median(ours), statistics.median(theirs), ratio
+        rounds = 0
+        while rounds < MAX_ROUNDS:
+            rounds += 1
+            for i in range(repeats):
+                if i % 2:
+                    theirs.append(_seconds(baseline, q, k, v, calls))
+                    ours.append(_seconds(run, q, k, v, calls))
+                else:
+                    ours.append(_seconds(run, q, k, v, calls))
+                    theirs.append(_seconds(baseline, q, k, v, calls))
+            ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+            ratio = statistics.median(ratios)
+            low, high = _quartiles(ratios)
+            if high - low <= MAX_SPREAD * ratio:
+                break
+    return _Timing(statistics.median(ours), statistics.median(theirs), ratio, low, high, rounds, calls)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the values themselves when there are fewer than 2)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4, method="inclusive")
+    return first, third
 
 
 def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None, head_dim: int = 64,
@@ -143,8 +212,10 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     ``heads`` defaults to the stack's and must equal it, unless the pattern has one head, which
     then applies to every head. Threads are ``torch.get_num_threads()`` at the call, recorded and
     part of the cache key. ``device``: where the kernel and the baseline run (``"cuda"``, ``"cuda:1"``).
-    ``repeats`` 9: on a shared 2-core machine, repeated calls' ratios then
-    agree within ~3% (5 repeats: ~6-12%; ``benchmarks/cost_repeat.py``).
+    ``repeats`` 9 a batch (more batches while the spread is wide; see the module docstring): on a
+    2-core machine at a load average of 7-8 plus one busy core, ten fresh calls at 8k agreed within
+    6.7% of their median for a window of n/8 and 9.2% for a sink and a window of 512, but only within
+    38% for Sparse Transformer fixed, whose time flips between two levels (``benchmarks/cost_repeat.py``).
 
     >>> m = measure(patternc.compile("causal & window(256)", n=1024), backend="sdpa", repeats=3, cache=False)
     >>> m.backend, m.n, m.heads, m.dtype
@@ -158,8 +229,7 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
     backend = backend_name(backend, "measure(): backend")
     for name, value, low in (("batch", batch, 1), ("heads", heads, 1), ("head_dim", head_dim, 1),
                              ("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise PatternMeaningError(f"measure(): {name} must be an integer >= {low}, got {brief(value)}")
+        check_int(value, f"measure(): {name}", low=low)
     compiled.node(layer, 0)  # a bad layer is refused before anything is hashed
     if phase not in PHASES:
         raise PatternMeaningError(f"measure(): phase must be one of {', '.join(PHASES)}, got {brief(phase)}")
@@ -201,8 +271,8 @@ def measure(compiled: CompiledPattern, batch: int = 1, heads: int | None = None,
         q, k, v = (torch.randn(batch, heads, compiled.n, head_dim, generator=gen).to(target, dtype)
                    for _ in range(3))
         run, baseline = prepare(backend, compiled, layer, str(target)), lambda q, k, v: causal_sdpa(q, k, v)
-    seconds, baseline, ratio = _timed_in_turns(run, baseline, q, k, v, repeats, warmup)
-    result = Measurement(seconds=seconds, baseline_seconds=baseline, ratio=ratio, **settings)
+    timing = _timed_in_turns(run, baseline, q, k, v, repeats, warmup)
+    result = Measurement(**dataclasses.asdict(timing), **settings)
     if cache:
         _write(path, result)
     return result

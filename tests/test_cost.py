@@ -69,6 +69,59 @@ def test_kernel_and_baseline_take_turns(monkeypatch):
     assert (m.seconds, m.baseline_seconds, m.ratio) == (1.0, 4.0, 0.25)
 
 
+def fake_clock(monkeypatch, ours, theirs):
+    """The kernel's and the baseline's n-th run take ``ours(n)`` and ``theirs(n)`` seconds (n counts
+    every run, warm-up included); returns the list of runs."""
+    now, order = [0.0], []
+
+    def runner(name, seconds):
+        def run(q, k, v):
+            order.append(name)
+            now[0] += seconds(sum(o == name for o in order) - 1)
+
+        return run
+
+    monkeypatch.setattr(patternc.kernels, "prepare", lambda *a, **kw: runner("ours", ours))
+    monkeypatch.setattr(patternc.kernels, "causal_sdpa", runner("sdpa", theirs))
+    monkeypatch.setattr(patternc.cost, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    return order
+
+
+def test_the_spread_is_recorded_stored_and_returned(cache, monkeypatch):
+    """Ratios 0.2, 0.4, 0.2, 0.4, ...: the quartiles of the repeats' ratios come with the median."""
+    fake_clock(monkeypatch, lambda i: 1.0 if i % 2 else 0.5, lambda i: 2.5)
+    m = patternc.measure(cp_of(), head_dim=16, repeats=4, warmup=0)
+    assert (m.ratio_low, m.ratio, m.ratio_high) == pytest.approx((0.2, 0.3, 0.4))
+    assert m.spread == pytest.approx(0.2 / 0.3) and m.rounds == patternc.cost.MAX_ROUNDS
+    (path,) = cache.glob("*.json")
+    stored = json.loads(path.read_text())
+    assert [stored[k] for k in ("ratio_low", "ratio_high", "rounds")] == [m.ratio_low, m.ratio_high, m.rounds]
+    forbid_kernels(monkeypatch)
+    assert patternc.measure(cp_of(), head_dim=16, repeats=4, warmup=0) == m  # a hit returns it
+
+
+def test_a_wide_spread_is_measured_again_and_a_narrow_one_is_not(monkeypatch):
+    """The first batch of repeats is noisy (every other kernel run 3x slower), the second is quiet:
+    one more batch narrows the spread and stops; a machine noisy throughout stops at MAX_ROUNDS."""
+    order = fake_clock(monkeypatch, lambda i: 3.0 if i < 5 and i % 2 else 1.0, lambda i: 4.0)
+    m = patternc.measure(cp_of(), head_dim=16, repeats=5, warmup=1, cache=False)
+    assert m.rounds == 2 and order.count("ours") == 1 + 2 * 5
+    assert m.ratio == 0.25 and m.spread <= patternc.cost.MAX_SPREAD
+    order = fake_clock(monkeypatch, lambda i: 1.0, lambda i: 4.0)
+    assert patternc.measure(cp_of(), head_dim=16, repeats=5, warmup=1, cache=False).rounds == 1
+    order = fake_clock(monkeypatch, lambda i: 3.0 if i % 2 else 1.0, lambda i: 4.0)
+    assert patternc.measure(cp_of(), head_dim=16, repeats=5, warmup=1, cache=False).rounds == 3
+    assert order.count("ours") == 1 + 3 * 5  # bounded: never a hang
+
+
+def test_short_runs_are_repeated_within_one_timed_repeat(monkeypatch):
+    """Runs of 2 ms: each repeat times 10 of them (MIN_REPEAT_SECONDS 20 ms), the result per run."""
+    order = fake_clock(monkeypatch, lambda i: 0.002, lambda i: 0.004)
+    m = patternc.measure(cp_of(), head_dim=16, repeats=3, warmup=1, cache=False)
+    assert m.calls_per_repeat == 10 and order.count("ours") == 1 + 3 * 10
+    assert m.seconds == pytest.approx(0.002) and m.ratio == pytest.approx(0.5)
+
+
 def test_cache_hit_returns_identical_result_without_running(monkeypatch):
     first = quick(cp_of())
     forbid_kernels(monkeypatch)

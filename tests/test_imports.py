@@ -171,3 +171,43 @@ def test_the_renamed_hf_state_warns_and_is_the_new_class():
     assert old is patternc.hf.SparsifiedAttention
     with pytest.raises(AttributeError, match="no attribute 'SparseAttn'"):
         patternc.hf.SparseAttn  # noqa: B018
+
+
+# A method of the compiled pattern that hands it to the subsystem that analyses it: the one import
+# that runs against the layering, on purpose (``cp.graph()`` is ``patternc.reachability``'s).
+FACADE_IMPORTS = {("patternc.compiled", "patternc.reachability.graph")}
+
+
+def test_no_function_imports_its_callers_module():
+    """A function's import does not close a circle either (one that does is a circle put off until
+    the call, which hides which module depends on which), except the compiled pattern's facade."""
+    from pathlib import Path
+
+    graph = _module_imports(Path(__file__).resolve().parents[1], ("patternc",), lazy=True)
+    for module, imported in FACADE_IMPORTS:
+        graph[module].discard(imported)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def strong(module: str) -> None:  # Tarjan: the circles are the components of more than one module
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for imported in graph[module]:
+            if imported not in index:
+                strong(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = [stack.pop()]
+            while component[-1] != module:
+                component.append(stack.pop())
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            strong(module)
+    assert circles == []

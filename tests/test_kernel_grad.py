@@ -35,6 +35,10 @@ CASES = [
     pytest.param("causal", 16 * (MASK_SPAN + 5) - 3, 16, 0, 1, 1, id="long_full_runs"),
     pytest.param("diagonals([-40, 0, 40]) | sink(8)", 210, 16, 0, 2, 2, id="bands_not_causal"),
     pytest.param("causal & (window(48) | sink(20))", 333, (16, 32), 0, 2, 2, id="band_rows_step2"),
+    # gathered keys: dk and dv are scattered back to the tokens each gathered call copied
+    pytest.param("causal & (fixed(48, 5) | sink(7) | global(100))", 301, (16, 32), 0, 4, 2,
+                 id="fixed_gathered_gqa"),
+    pytest.param("causal & fixed(16, 2)", 200, 16, 0, 2, 1, id="fixed_lone_run_gathered_mqa"),
 ]
 
 

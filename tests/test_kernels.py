@@ -53,6 +53,10 @@ CASES = [
     pytest.param("causal & (window(100) | global(3))", 250, (32, 8), 0, id="band_tall_blocks"),
     pytest.param("diagonals([-40, 0, 40]) | sink(8)", 210, 16, 0, id="bands_not_causal"),
     pytest.param("causal", 16 * (MASK_SPAN + 5) - 3, 16, 0, id="long_full_runs"),
+    # fixed-place runs joined into one gathered call: summary columns, sinks, a global column
+    pytest.param("causal & fixed(64, 3)", 333, 16, 0, id="fixed_gathered"),
+    pytest.param("causal & fixed(16, 2)", 200, 16, 0, id="fixed_lone_run_gathered"),  # 2 of 16 columns read
+    pytest.param("causal & (fixed(48, 5) | sink(7) | global(100))", 301, (16, 32), 0, id="fixed_sink_global"),
 ]
 
 
@@ -131,6 +135,12 @@ def test_plan_covers_every_stored_block_once(spec, n, block, layer, max_blocks):
                 assert start % grid.bk == 0 and start + seg.k_len <= n
                 assert seg.q_len == min(grid.bq, n - row * grid.bq)
                 cols = np.arange(start // grid.bk, -(-(start + seg.k_len) // grid.bk))
+                if seg.gather is not None:  # fixed-place runs joined: their ranges, in order, apart
+                    assert seg.k_step == 0 and sum(b - a for a, b in seg.gather) == seg.k_len
+                    assert all(a % grid.bk == 0 and a < b <= c for (a, b), (c, _) in
+                               zip(seg.gather, (*seg.gather[1:], (n + 1, None)), strict=True))
+                    cols = np.concatenate([np.arange(a // grid.bk, -(-b // grid.bk)) for a, b in seg.gather])
+                    assert seg.kinds is None or len(seg.kinds) == len(cols)
                 seen[row, cols] += 1
                 is_full[row, cols] = seg.kinds is None or np.array(seg.kinds) < 0
                 stored[row] |= seg.fresh

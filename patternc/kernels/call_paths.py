@@ -198,5 +198,6 @@ PATHS: dict[str, Path] = {
     "fused_fp32": Path("fused_fp32", _fused_forward, _fused_backward, work=torch.float32),
     # its scores and probabilities are materialised: calls that fit in L2 / L3 (512 KiB of bf16)
     "bf16": Path("bf16", _bf16_forward, _bf16_backward, work=torch.bfloat16, call_scores=1 << 18),
-    "math": Path("math", _math_forward, _math_backward),
+    # scores, probabilities and their gradients are materialised in float32: 64 MiB a call at most
+    "math": Path("math", _math_forward, _math_backward, call_scores=1 << 24),
 }

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from patternc.errors import KernelInputError, brief
+from patternc.errors import KernelInputError, brief, check_int
 from patternc.kernels.inputs import DTYPES, device_memory, dtype_name
 from patternc.limits import require
 
@@ -172,8 +172,7 @@ class DecodeCache:
         cp.node(layer, 0)  # refuses a layer outside the stack
         kv_heads = cp.stack.kv_heads if kv_heads is None else kv_heads
         for name, value in (("batch", batch), ("head_dim", head_dim), ("kv_heads", kv_heads), ("page", page)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise KernelInputError(f"DecodeCache: {name} must be a positive integer, got {brief(value)}")
+            check_int(value, f"DecodeCache: {name}", error=KernelInputError)
         if not isinstance(dtype, torch.dtype) or dtype not in DTYPES:
             raise KernelInputError(f"DecodeCache: dtype must be one of {', '.join(map(dtype_name, DTYPES))}, "
                                    f"got {brief(dtype)}")
@@ -241,9 +240,7 @@ class DecodeCache:
     def _pools_of(self, kv_head: int | None) -> list[tuple[_Pool, list[int]]]:
         if kv_head is None:
             return [(pool, pool.kv_heads) for pool in self.pools]
-        if isinstance(kv_head, bool) or not isinstance(kv_head, int) or not 0 <= kv_head < self.kv_heads:
-            raise KernelInputError(f"DecodeCache: kv_head must be in [0, {self.kv_heads}), got "
-                                   f"{brief(kv_head)}")
+        check_int(kv_head, "DecodeCache: kv_head", low=0, high=self.kv_heads - 1, error=KernelInputError)
         return [(pool, [kv_head]) for pool in self.pools if kv_head in pool.kv_heads]
 
     # ---- writing ---------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ step or a chunk after cached keys otherwise) or the rows at the positions ``rows
   kernel of its device (``flex`` on CUDA when the blocks allow, ``kernel`` elsewhere); query rows
   and a sequence of one key block (nothing to skip) go to ``sdpa``.
 
+Never slower than dense: a whole sequence for ``kernel`` on CPU, without gradients, whose mask fits
+one SDPA call (``ROW_MASK_ELEMENTS``) runs as ``sdpa`` where this machine's measured cost model
+says the block walk would take longer (``dense_path``: short sequences cut into many calls).
+
 A backend that cannot run the rows asked for hands them to ``sdpa`` (``kernel`` runs no query
 range; ``flex`` runs the last rows, not arbitrary positions). Every backend gives a query with no
 allowed key the output 0, and every one is exact against the dense mask.
@@ -36,6 +40,7 @@ True
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,20 +48,20 @@ import torch
 import torch.nn.functional as F
 
 from patternc.errors import KernelInputError, brief
-from patternc.kernels.reference import block_sparse_attention
+from patternc.kernels.dense_path import dense_is_cheaper
+from patternc.kernels.flex import compiled_flex
+from patternc.kernels.masked_sdpa import ROW_MASK_ELEMENTS, masked_sdpa
+from patternc.kernels.reference import SCORE_BUDGET, block_sparse_attention, is_dense_causal
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from patternc.compiled import CompiledPattern
 
-__all__ = ["BACKENDS", "CUDA_FLEX_TILE", "RENAMED", "ROW_MASK_ELEMENTS", "attend", "backend_name", "choose",
-           "row_mask"]
+__all__ = ["BACKENDS", "BASELINE", "CUDA_FLEX_TILE", "RENAMED", "Run", "attend", "backend_name",
+           "causal_sdpa", "check_flex_tiles", "choose", "prepare"]
 
 BACKENDS = ("auto", "kernel", "flex", "sdpa")
 RENAMED = {"reference": "kernel"}  # old name -> the name it has now
 CUDA_FLEX_TILE = 128  # FlexAttention's CUDA kernels tile q and kv by up to 128: blocks must divide by it
-ROW_MASK_ELEMENTS = 1 << 24  # booleans of one SDPA call's mask (16 MiB): larger row sets go in slices
 FLEX_ATTENTION: Callable | None = None  # None: compiled flex_attention; tests put eager flex here
 
 Tensor = torch.Tensor
@@ -105,7 +110,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int = 0,
     """
     backend = backend_name(backend)
     chosen = choose(backend, cp, q.shape[2], q.device, positions=rows is not None)
-    if chosen == "kernel":
+    if chosen == "kernel" and not _walk_loses(q, k, v, cp, layer):
         return block_sparse_attention(q, k, v, cp, layer, scale=scale)
     if chosen == "flex":
         return _flex(q, k, v, cp, layer, scale)
@@ -114,7 +119,20 @@ def attend(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int = 0,
         positions = np.arange(first, first + q.shape[2])
     else:
         positions = rows.detach().cpu().numpy().astype(np.int64)
-    return _sdpa(q, k, v, cp, layer, scale, positions)
+    return masked_sdpa(q, k, v, cp, layer, scale, positions)
+
+
+def _walk_loses(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern, layer: int) -> bool:
+    """Whether the whole sequence ``q`` (B, H, n, d) runs faster as one masked SDPA call (exact, the
+    mask kept with ``cp``) than as the block walk, by ``dense_path``'s model of this machine. Never
+    for a dense causal layer (the kernel runs SDPA's causal kernel), nor for keys or values with a
+    NaN or inf (SDPA would spread a masked one through 0 * NaN; the walk keeps it inert)."""
+    B, H, n, d = q.shape
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    if grad or q.device.type != "cpu" or cp.heads * n * n > ROW_MASK_ELEMENTS or q.dtype != k.dtype:
+        return False
+    cheaper = not is_dense_causal(cp, layer) and dense_is_cheaper(cp, layer, B, H, d, q.dtype, SCORE_BUDGET)
+    return cheaper and all(bool(torch.isfinite(x.sum())) for x in (k, v))
 
 
 def check_flex_tiles(cp: CompiledPattern, device: torch.device) -> None:
@@ -131,8 +149,6 @@ def _flex_tiles_fit(cp: CompiledPattern) -> bool:
 
 
 def _flex(q, k, v, cp: CompiledPattern, layer: int, scale: float | None) -> Tensor:
-    from patternc.kernels import compiled_flex
-
     check_flex_tiles(cp, q.device)
     block_mask = cp.derived(("block_mask", layer, str(q.device)),
                             lambda: cp.to_block_mask(layer, device=str(q.device)))
@@ -144,46 +160,36 @@ def _flex(q, k, v, cp: CompiledPattern, layer: int, scale: float | None) -> Tens
     return out[:, :, extra:]
 
 
-def row_mask(cp: CompiledPattern, layer: int, positions: np.ndarray) -> np.ndarray:
-    """(H, r, n) bool: what the queries at ``positions`` (r,) read in ``cp``'s layer ``layer``,
-    exact, evaluated once per distinct head pattern."""
-    q = np.asarray(positions, np.int64)[:, None]  # (r, 1)
-    k = np.arange(cp.n)[None, :]  # (1, n)
-    out = np.empty((cp.heads, len(q), cp.n), bool)
-    done: dict[object, np.ndarray] = {}
-    for h in range(cp.heads):
-        node = cp.node(layer, h)
-        if node not in done:
-            done[node] = cp.allows(q, k, layer, h)
-        out[h] = done[node]
-    return out
+Run = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def _row_masks(cp: CompiledPattern, layer: int, positions: np.ndarray, device: torch.device, whole: bool
-               ) -> tuple[Tensor, Tensor]:
-    """(H, r, n) bool and (H, r, 1) bool (the row has a key) for the queries at ``positions``; kept
-    with ``cp`` when they are its last rows in one slice (a training loop's every step)."""
-    def build() -> tuple[Tensor, Tensor]:
-        mask = torch.from_numpy(row_mask(cp, layer, positions)).to(device)
-        return mask, mask.any(-1, keepdim=True)
-
-    last = whole and len(positions) and positions[-1] == cp.n - 1 \
-        and positions[-1] - positions[0] == len(positions) - 1
-    if not last:
-        return build()
-    return cp.derived(("sdpa_rows", layer, str(device), int(positions[0])), build)
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Dense causal SDPA, the baseline: (B, H, n, d) -> (B, H, n, d)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def _sdpa(q, k, v, cp: CompiledPattern, layer: int, scale: float | None, positions: np.ndarray) -> Tensor:
-    """SDPA of the queries at ``positions`` with their rows' masks, in slices of bounded size."""
-    H, r = q.shape[1], q.shape[2]
-    step = max(1, ROW_MASK_ELEMENTS // (H * cp.n))
-    outs = []
-    for a in range(0, r, step):
-        b = min(r, a + step)
-        mask, has_key = _row_masks(cp, layer, positions[a:b], q.device, whole=step >= r)
-        # a row with no allowed key is opened to every key (a finite softmax) and its output zeroed
-        out = F.scaled_dot_product_attention(q[:, :, a:b], k, v, attn_mask=(mask | ~has_key)[None],
-                                             scale=scale, enable_gqa=k.shape[1] != H)  # (B, H, r', d)
-        outs.append(out if bool(has_key.all()) else out * has_key.to(out.dtype))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+BASELINE = "dense_causal"  # prepare()'s name for causal_sdpa, the baseline of every ratio
+
+
+def prepare(name: str, cp: CompiledPattern, layer: int = 0, device: str = "cpu") -> Run:
+    """``run(q, k, v)`` for backend ``name`` (or ``BASELINE``) on layer ``layer`` of ``cp``; what a
+    layout needs is built here, outside any timing.
+
+    >>> import torch
+    >>> cp = patternc.compile("causal & window(64)", n=256, block=32)
+    >>> q, k, v = torch.randn(3, 1, 2, 256, 16, generator=torch.Generator().manual_seed(0))  # (B, H, n, d)
+    >>> out = prepare("kernel", cp)(q, k, v)
+    >>> torch.allclose(out, prepare("sdpa", cp)(q, k, v), atol=1e-5)  # block-sparse = dense masked SDPA
+    True
+
+    ``flex`` runs the same way; on CPU its first call compiles FlexAttention (about 20 s).
+    """
+    if name == BASELINE:
+        return causal_sdpa
+    name = backend_name(name)
+    cp.node(layer, 0)  # refuses a bad layer now, not at the first call
+    target = torch.device(device)
+    if name == "flex":  # the block mask, and the tiles refused, before any timing
+        check_flex_tiles(cp, target)
+        cp.derived(("block_mask", layer, str(target)), lambda: cp.to_block_mask(layer, device=str(target)))
+    return lambda q, k, v: attend(q, k, v, cp, layer, backend=name)

@@ -5,7 +5,8 @@ A run of key blocks that holds PARTIAL blocks needs the pattern's token predicat
 scores (``where`` / ``masked_fill``), and ``additive`` (0 or -inf, in the working dtype) for SDPA's
 fused kernel, which only takes an additive mask. Key columns that no query of the run may see are
 cut off (``sink(64)`` in a block of 128 reads 64 keys, unmasked), and the queries with no allowed
-key in the run are listed, so that the caller can give them nothing.
+key in the run are listed, so that the caller can give them nothing. A gathered run (``Segment.gather``)
+keeps exactly the key columns some query sees (``columns``), wherever they lie: the keys it copies.
 
 >>> import torch
 >>> from patternc.kernels.plan import segments
@@ -48,6 +49,7 @@ class CallMask:
     dead: torch.Tensor | None  # (m,) query positions with no allowed key, or None
     k_skip: int
     k_len: int
+    columns: torch.Tensor | None = None  # gathered runs: (k_len,) the run's key columns kept, int64
 
     @property
     def allowed_t(self) -> torch.Tensor | None:
@@ -63,31 +65,48 @@ class MaskCache:
                  dtype: torch.dtype) -> None:
         self.kind_masks = _device_masks(cp, layer, head, str(device))  # (u, bq, bk) bool
         self.dtype = dtype
-        self.built: dict[tuple, CallMask] = {}
+        self.built: dict[tuple, CallMask | torch.Tensor] = {}
 
-    def get(self, kinds: tuple[int, ...] | None, q_len: int, k_len: int, tiles: int) -> CallMask:
+    def get(self, kinds: tuple[int, ...] | None, q_len: int, k_len: int, tiles: int,
+            gathered: bool = False) -> CallMask:
         if kinds is None:
             return CallMask(None, None, None, 0, k_len)
-        key = (kinds, q_len, k_len, tiles)
+        key = (kinds, q_len, k_len, tiles, gathered)
         if key not in self.built:
-            self.built[key] = self._build(kinds, q_len, k_len, tiles)
+            self.built[key] = self._build(kinds, q_len, k_len, tiles, gathered)
         return self.built[key]
 
-    def _build(self, kinds, q_len, k_len, tiles) -> CallMask:
+    def gather_index(self, ranges: tuple[tuple[int, int], ...], kinds: tuple[int, ...] | None,
+                     q_len: int) -> torch.Tensor:
+        """(k_len,) int64: the key tokens a gathered run over ``ranges`` reads (the columns its mask
+        keeps), on the masks' device."""
+        key = ("gather", ranges, kinds, q_len)
+        if key not in self.built:
+            tokens = torch.cat([torch.arange(start, end) for start, end in ranges]).to(self.kind_masks.device)
+            columns = self.get(kinds, q_len, len(tokens), 1, gathered=True).columns
+            self.built[key] = tokens if columns is None else tokens[columns]
+        return self.built[key]
+
+    def _build(self, kinds, q_len, k_len, tiles, gathered) -> CallMask:
         ids = torch.tensor(kinds, device=self.kind_masks.device)  # (c,)
         allowed = self.kind_masks[ids.clamp(min=0)]  # (c, bq, bk)
         allowed[ids < 0] = True
         allowed = allowed.transpose(0, 1).reshape(allowed.shape[1], -1)[:q_len, :k_len]  # (q_len, k_len)
         seen = torch.nonzero(allowed.any(0)).flatten()  # never empty: a PARTIAL block allows a pair
-        skip, end = int(seen[0]), int(seen[-1]) + 1
-        allowed = allowed[:, skip:end]
+        columns = None
+        if gathered:  # every unseen column is left out, not only those before and after the seen
+            skip, end, columns = 0, len(seen), seen
+            allowed = allowed[:, seen]
+        else:
+            skip, end = int(seen[0]), int(seen[-1]) + 1
+            allowed = allowed[:, skip:end]
         if bool(allowed.all()):
-            return CallMask(None, None, None, skip, end - skip)
+            return CallMask(None, None, None, skip, end - skip, columns)
         allowed = allowed.repeat(tiles, 1).contiguous()  # (tiles * q_len, k_len)
         additive = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
         additive.masked_fill_(~allowed, -math.inf)
         dead = torch.nonzero(~allowed.any(-1)).flatten()
-        return CallMask(allowed, additive, dead if len(dead) else None, skip, end - skip)
+        return CallMask(allowed, additive, dead if len(dead) else None, skip, end - skip, columns)
 
 
 @per_pattern

@@ -10,6 +10,11 @@ their rows form an arithmetic progression, so queries, keys and outputs are all 
 A run that holds PARTIAL blocks carries a token mask; a long stretch of FULL blocks is cut out
 of it and called without one (see ``MASK_SPAN``).
 
+A row's fixed-place runs (the summary columns of Sparse Transformer's ``fixed``, a sink and global
+columns) are joined into one call whose keys are gathered (``Segment.gather``): a copy of the keys
+(O(keys x d), a block row's compute is 2 x bq times that) saves a call and a log-sum-exp merge per
+run, which cost more than the run's scores when only a few of its columns are read.
+
 >>> p = segments(patternc.compile("causal & window(64)", n=256, block=64), 0, 0, max_blocks=64)
 >>> [(s.row0, s.rows, s.k_start, s.k_step, s.k_len) for s in p.segments]  # rows 1-3 slide; row 0 alone
 [(1, 3, 0, 64, 128), (0, 1, 0, 0, 64)]
@@ -53,6 +58,9 @@ class Segment:
     k_len: int
     kinds: tuple[int, ...] | None  # content id per key block (-1 FULL); None: all FULL, no mask
     fresh: bool  # no earlier segment writes these rows: store instead of merge
+    # the key token ranges [start, end) this call gathers into one run, block-aligned and in order
+    # (k_len is their total); None: the keys lie contiguously at k_start, read in place
+    gather: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +112,7 @@ class _Run:
     k_start: int
     k_len: int
     kinds: tuple[int, ...] | None
-
+    gather: tuple[tuple[int, int], ...] | None = None  # see ``Segment.gather``
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +125,12 @@ class _Group:
     k_len: int
     kinds: tuple[int, ...] | None
     sliding: bool
+    gather: tuple[tuple[int, int], ...] | None = None
 
     @classmethod
     def of(cls, run: _Run, sliding: bool, bq: int) -> _Group:
         anchor = run.k_start - run.row * bq if sliding else run.k_start
-        return cls(run.q_len, anchor, run.k_len, run.kinds, sliding)
+        return cls(run.q_len, anchor, run.k_len, run.kinds, sliding, run.gather)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +153,7 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
     """
     grid = cp.grid
     _, indices, _ = cp.layout(layer, head)
-    kind, _ = partial_kinds(cp, layer, head)
+    kind, masks = partial_kinds(cp, layer, head)
     runs = []
     for piece in _pieces(cp, layer, head, max_blocks):
         col = int(indices[piece.slot])
@@ -157,16 +166,23 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
     slide = Counter(_Group.of(run, True, grid.bq) for run in runs)
     still = Counter(_Group.of(run, False, grid.bq) for run in runs)
     groups: dict[_Group, list[int]] = defaultdict(list)
+    fixed: dict[int, list[_Run]] = defaultdict(list)  # per row, its runs that stay put
     for run in runs:
-        sliding = slide[_Group.of(run, True, grid.bq)] > still[_Group.of(run, False, grid.bq)]
-        groups[_Group.of(run, sliding, grid.bq)].append(run.row)
+        if slide[_Group.of(run, True, grid.bq)] > still[_Group.of(run, False, grid.bq)]:
+            groups[_Group.of(run, True, grid.bq)].append(run.row)
+        else:
+            fixed[run.row].append(run)
+    seen = np.concatenate([masks.any(1).sum(-1), [grid.bk]])  # key columns each kind reads; [-1]: FULL
+    for row_runs in fixed.values():
+        for run in _joined(row_runs, grid.bk, max_blocks, seen):
+            groups[_Group.of(run, False, grid.bq)].append(run.row)
     calls = []
     for g, rows in groups.items():
         for row0, step, count in _progressions(sorted(rows)):
             calls.append(Segment(row0=row0, row_step=step, rows=count, q_len=g.q_len,
                                  k_start=g.anchor + row0 * grid.bq if g.sliding else g.anchor,
                                  k_step=step * grid.bq if g.sliding else 0, k_len=g.k_len, kinds=g.kinds,
-                                 fresh=False))
+                                 fresh=False, gather=g.gather))
     calls.sort(key=lambda call: -call.rows * call.k_len)
     written = np.zeros(grid.nbq, bool)
     stored = np.zeros(grid.nbq, bool)
@@ -180,6 +196,42 @@ def segments(cp: CompiledPattern, layer: int, head: int, max_blocks: int) -> Pla
     edges = np.flatnonzero(np.diff(np.concatenate([[False], ~stored, [False]])))  # starts, ends
     unstored = tuple((int(a) * grid.bq, min(int(b) * grid.bq, grid.n)) for a, b in edges.reshape(-1, 2))
     return Plan(tuple(out), unstored)
+
+
+def _joined(runs: list[_Run], bk: int, max_blocks: int, seen: np.ndarray) -> list[_Run]:
+    """A row's fixed-place runs (in key order), joined into gathered runs of at most ``max_blocks``
+    blocks; a long FULL stretch (``MASK_SPAN``) keeps its own call, read in place without a mask. A
+    lone run is gathered too when its queries read at most half of its key columns (``seen``: the
+    columns each kind reads, ``seen[-1]`` a FULL block's): the summary columns of ``fixed`` next to
+    a row's own chunk, which would otherwise be computed whole and masked."""
+    out: list[_Run] = []
+    group: list[_Run] = []
+
+    def flush() -> None:
+        if len(group) == 1:
+            run = group[0]
+            sparse = run.kinds is not None and 2 * int(seen[list(run.kinds)].sum()) <= run.k_len
+            out.append(replace(run, gather=((run.k_start, run.k_start + run.k_len),)) if sparse else run)
+        elif group:
+            kinds = tuple(kind for run in group for kind in (run.kinds or (-1,) * -(-run.k_len // bk)))
+            out.append(_Run(row=group[0].row, q_len=group[0].q_len, k_start=group[0].k_start,
+                            k_len=sum(run.k_len for run in group), kinds=None if max(kinds) < 0 else kinds,
+                            gather=tuple((run.k_start, run.k_start + run.k_len) for run in group)))
+        group.clear()
+
+    blocks = 0
+    for run in runs:
+        size = -(-run.k_len // bk)
+        if run.kinds is None and size >= MASK_SPAN:
+            out.append(run)
+            continue
+        if blocks + size > max_blocks:
+            flush()
+            blocks = 0
+        group.append(run)
+        blocks += size
+    flush()
+    return out
 
 
 @dataclass(frozen=True, slots=True)

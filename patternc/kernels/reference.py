@@ -2,10 +2,11 @@
 
 Each query block row's stored blocks fall into runs of consecutive key blocks (``plan.segments``);
 a run's keys lie contiguously in ``k``, so every call reads queries, keys and values as strided
-views, never a copy. Rows whose runs look alike share one call. A call is computed by a path
-(``call_paths``: SDPA's fused CPU kernel, bfloat16 matmuls, or unfused math), chosen by ``paths``. The
-token predicate enters only for runs with PARTIAL blocks. A row's calls are merged through their
-log-sum-exp, into outputs of the working dtype.
+views, never a copy, except a row's fixed-place runs (sinks, summary columns), whose keys are
+gathered into one call (``Segment.gather``). Rows whose runs look alike share one call. A call
+is computed by a path (``call_paths``: SDPA's fused CPU kernel, bfloat16 matmuls, or unfused
+math), chosen by ``paths``. The token predicate enters only for runs with PARTIAL blocks. A row's
+calls are merged through their log-sum-exp, into outputs of the working dtype.
 
 The backward walks the same calls. It keeps only the inputs, the output and the log-sum-exp
 (O(n d) beyond the inputs, never the scores): each call recomputes its scores and, given the
@@ -62,9 +63,12 @@ if TYPE_CHECKING:
     from patternc.compiled import CompiledPattern
     from patternc.lower.grid import Grid
 
-__all__ = ["SCORE_BUDGET", "block_sparse_attention"]
+__all__ = ["SCORE_BUDGET", "block_sparse_attention", "is_dense_causal"]
 
-SCORE_BUDGET = 1 << 24  # scores one call would hold if materialised (64 MiB of float32)
+# scores of one call, as if materialised: SDPA's fused kernel holds none (its forward calls are as
+# large as this allows: each call costs a kernel launch and a log-sum-exp merge, which on a shared
+# machine's busy cores cost more than their work); the paths that do hold them cap it lower
+SCORE_BUDGET = 1 << 30
 BACKWARD_SCORES = 1 << 20  # a backward call's gradients then stay within a few MiB (in cache)
 
 Tensor = torch.Tensor
@@ -120,12 +124,18 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern,
 
 
 def _dense_causal(run: _Run) -> bool:
-    """Every head of the layer allows exactly ``k <= q`` (its pattern lowers to ``causal``'s band),
-    on a path that is SDPA's fused kernel anyway."""
-    if run.paths.forward not in ("fused", "fused_fp32"):
-        return False
-    nodes = (run.cp.node(run.layer, h) for h in range(run.cp.heads))
-    return all(isinstance(node, Band) and node.is_causal(run.cp.n) for node in nodes)
+    """A dense causal layer, on a path that is SDPA's fused kernel anyway."""
+    return run.paths.forward in ("fused", "fused_fp32") and is_dense_causal(run.cp, run.layer)
+
+
+def is_dense_causal(cp: CompiledPattern, layer: int) -> bool:
+    """Every head of the layer allows exactly ``k <= q`` (its pattern lowers to ``causal``'s band).
+
+    >>> is_dense_causal(patternc.compile("causal | (causal & window(8))", n=64), 0)
+    True
+    """
+    nodes = (cp.node(layer, h) for h in range(cp.heads))
+    return all(isinstance(node, Band) and node.is_causal(cp.n) for node in nodes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,9 +279,21 @@ class _Windows:
 @dataclass(frozen=True, slots=True)
 class _Call:
     queries: _Windows
-    keys: _Windows
+    keys: _Windows  # windows of ``read(k)``
     mask: CallMask
     fresh: bool  # no earlier call writes these rows: store instead of merge
+    index: Tensor | None = None  # (K,) the key tokens a gathered call copies; None: read in place
+
+    def read(self, x: Tensor) -> Tensor:
+        """What ``keys`` windows: ``x`` (BH, n, *) itself, or the gathered tokens (BH, K, *)."""
+        return x if self.index is None else x.index_select(1, self.index)
+
+    def add_keys(self, total: Tensor, part: Tensor) -> None:
+        """``total`` (BH, n, d) += a key gradient ``part`` (BH, R, K, d) at the keys it belongs to."""
+        if self.index is None:
+            self.keys.add(total, part)
+        else:  # every row of a gathered call reads the same keys (k_step 0)
+            total.index_add_(1, self.index, part.sum(1).to(total.dtype))
 
 
 def _calls(plan: Plan, grid: Grid, bh: int, budget: int, masks: MaskCache) -> Iterator[_Call]:
@@ -283,13 +305,15 @@ def _calls(plan: Plan, grid: Grid, bh: int, budget: int, masks: MaskCache) -> It
         per_call = max(1, budget // (bh * seg.q_len * seg.k_len))
         for first in range(0, seg.rows, per_call):
             rows = min(per_call, seg.rows - first)
-            mask = masks.get(seg.kinds, seg.q_len, seg.k_len, rows if fold else 1)
+            gathered = seg.gather is not None
+            mask = masks.get(seg.kinds, seg.q_len, seg.k_len, rows if fold else 1, gathered)
             q0 = (seg.row0 + first * seg.row_step) * grid.bq  # first query token of the call
-            k0 = seg.k_start + first * seg.k_step + mask.k_skip
+            k0 = 0 if gathered else seg.k_start + first * seg.k_step + mask.k_skip
             queries = (_Windows(q0, 0, 1, rows * seg.q_len) if fold
                        else _Windows(q0, seg.row_step * grid.bq, rows, seg.q_len))
             keys = _Windows(k0, seg.k_step, 1 if fold else rows, mask.k_len)
-            yield _Call(queries, keys, mask, seg.fresh)
+            index = masks.gather_index(seg.gather, seg.kinds, seg.q_len) if gathered else None
+            yield _Call(queries, keys, mask, seg.fresh, index)
 
 
 def _nonfinite_tokens(*xs: Tensor) -> Tensor | None:
@@ -305,7 +329,7 @@ def _path_of(call: _Call, chosen: str, bad_keys: Tensor | None, bad_queries: Ten
     """``chosen``, or ``math`` where a masked pair could carry a non-finite value."""
     if call.mask.allowed is None:
         return chosen  # every pair of the call is allowed: nothing to keep inert
-    if bad_keys is not None and bool(call.keys.view(bad_keys).any()):
+    if bad_keys is not None and bool(call.keys.view(call.read(bad_keys)).any()):
         return "math"
     if bad_queries is not None and bool(call.queries.view(bad_queries).any()):
         return "math"
@@ -346,7 +370,7 @@ def _layout_forward(q, k, v, run: _Run, head: int) -> tuple[Tensor, Tensor]:
         path = PATHS[_path_of(call, run.paths.forward, bad_keys)]
         # o (BH, R, q, d), l (BH, R, q): R rows (1 when folded) of q queries each
         qs, ks = call.queries, call.keys
-        o, l = path.forward(qs.view(xq), ks.view(xk), ks.view(xv), call.mask, run.scale)
+        o, l = path.forward(qs.view(xq), ks.view(call.read(xk)), ks.view(call.read(xv)), call.mask, run.scale)
         if call.mask.dead is not None:  # these queries' lse is 0 or NaN: they must weigh nothing
             o[:, :, call.mask.dead] = 0.0
             l[:, :, call.mask.dead] = FLOOR
@@ -371,14 +395,14 @@ def _layout_backward(grad, q, k, v, out, lse, run: _Run, head: int, needs):
     for call in _calls(plan, grid, B * Hg, budget, masks):
         path = PATHS[_path_of(call, run.paths.backward, bad_keys, bad_queries)]
         qs, ks = call.queries, call.keys
-        gq, gk, gv = path.backward(qs.view(xg), qs.view(xq), ks.view(xk), ks.view(xv), qs.view(xo),
-                                   qs.view(xl), call.mask, run.scale, needs)
+        gq, gk, gv = path.backward(qs.view(xg), qs.view(xq), ks.view(call.read(xk)), ks.view(call.read(xv)),
+                                   qs.view(xo), qs.view(xl), call.mask, run.scale, needs)
         if dq is not None:
             qs.view(dq).add_(gq)
         if dk is not None:
-            ks.add(dk, gk)
+            call.add_keys(dk, gk)
         if dv is not None:
-            ks.add(dv, gv)
+            call.add_keys(dv, gv)
     return tuple(None if g is None else g.view(B, Hg, n, d) for g in (dq, dk, dv))
 
 
