@@ -43,7 +43,8 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 import patternc
-from search.config import SpaceConfig, TaskConfig, register_configs
+from search.app import register_configs
+from search.config import SpaceConfig, TaskConfig
 from search.evaluate import evaluate
 from search.objective import density_vs_causal
 from search.space import TEMPLATE, build, suggest
