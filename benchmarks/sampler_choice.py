@@ -3,7 +3,7 @@ runs (``search.study.run_search``: references, initial design, the space's check
 and compared by the hypervolume of the feasible front each finds.
 
     python benchmarks/sampler_choice.py                                   # the default space and task
-    python benchmarks/sampler_choice.py --trials 30 --seeds 0 1 2 task.train.adapt_steps=0
+    python benchmarks/sampler_choice.py task.train.adapt_steps=0 --trials 30 --seeds 0 1 2
     python benchmarks/sampler_choice.py --samplers tpe gp space=window_global
 
 Hypervolume (accuracy up, cost down) is the area the front dominates above accuracy 0 and below
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import pathlib
 import statistics
@@ -40,10 +41,12 @@ def hypervolume(points: list[tuple[float, float]], ref_cost: float) -> float:
 
     >>> hypervolume([(0.5, 0.5), (1.0, 1.0)], ref_cost=2.0)  # 0.5 x 1.5 + 0.5 x 1.0
     1.25
+    >>> hypervolume([], ref_cost=1.0)  # nothing feasible found
+    0.0
     """
     front = sorted({(a, c) for a, c in points if c < ref_cost and a > 0}, key=lambda p: p[1])
     area, best = 0.0, 0.0
-    for (accuracy, cost), nxt in zip(front, [*front[1:], (None, ref_cost)], strict=True):
+    for (accuracy, cost), nxt in itertools.pairwise([*front, (None, ref_cost)]):
         best = max(best, accuracy)
         area += best * (nxt[1] - cost)
     return area
