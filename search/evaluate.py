@@ -74,7 +74,7 @@ class EvalResult:
     threads: int
     pattern: str  # the expression, or the stack's description
     failure: str | None = None  # why a diverged run stopped
-    screen_accuracy: float | None = None  # the checkpoint's score, with task.train.screen and promote
+    screen_accuracy: float | None = None  # the last rung's score, with task.train.rungs and promote
     extra: dict = field(default_factory=dict)
 
     @property

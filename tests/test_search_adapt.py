@@ -125,9 +125,11 @@ def test_the_initial_design_covers_every_layer_choice_and_each_parameter_s_ends(
 
 
 def test_a_search_scores_its_initial_design_first(tmp_path):
-    task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=6", "search.references=false",
-                                                 "space.layer_choices=[template,causal]"))
+    task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=6", "search.references=false"))
     study = run_search(task, space, kernel, settings, progress=False)
     expected = design(space)[:6]
     drawn = [t.params for t in sorted(study.trials, key=lambda t: t.number)[:len(expected)]]
     assert drawn == expected
+    # each trial's findings are one record, written once (no attribute per finding)
+    assert all(set(t.user_attrs) == {record.RECORD} for t in study.trials)
+    assert all(record.read(t).status in ("ok", "rejected") for t in study.trials)
