@@ -3,6 +3,7 @@
     python benchmarks/proxy_fidelity.py                                # default space and task, CPU
     python benchmarks/proxy_fidelity.py --sampled 10 --jobs 2 --out fidelity.json
     python benchmarks/proxy_fidelity.py task=hops space.proxy.layers=4 # any patternc-search override
+    python benchmarks/proxy_fidelity.py --adapt --store outputs/fidelity_store  # adaptation's fidelity
 
 The patterns: the classic ones at the space's scale (dense causal, sliding window, Longformer,
 BigBird, Sparse Transformer strided and fixed, StreamingLLM, each written in fractions of ``n`` so
@@ -15,6 +16,12 @@ accuracy over the task's difficulty buckets) at
 - the default budget and proxy length, seeds 0, 1, 2 (the rows' mean and standard error);
 - ``--budget-factor`` (4) times the training steps, seed 0;
 - ``--n-factor`` (4) times the proxy length (and its block, so the block grid is the same), seed 0.
+
+With ``--adapt`` the seeds' rows are the adaptation scores a search with ``task.train.init=dense``
+records (``search.scorer.Adapt``: the dense proxy trained once per seed at the default budget, each
+pattern adapted ``task.train.adapt_steps`` steps from it), set against from-scratch training at
+``--budget-factor`` times the budget (seed 0); the longer proxy is left out. The dense proxies are
+kept in ``--store`` (an artifact store), so a rerun or another job trains none again.
 
 It prints the table and three Spearman rank correlations: (a) default budget against the longer
 one, (b) default length against the longer one, (c) the mean over pairs of seeds; then which pairs
@@ -43,9 +50,12 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 import patternc
-from search.config import SpaceConfig, TaskConfig, register_configs
+from search.app import register_configs
+from search.artifacts import open_store
+from search.config import SearchConfig, SpaceConfig, TaskConfig
 from search.evaluate import evaluate
 from search.objective import density_vs_causal
+from search.scorer import Adapt, make_scorer
 from search.space import TEMPLATE, build, suggest
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
@@ -110,9 +120,24 @@ def candidate_of(space: SpaceConfig, spec: dict):
     return build(space, spec["values"], spec["layers"])
 
 
+_SCORERS: dict[tuple, Adapt] = {}  # (seed, store) -> the prepared adaptation scorer of this process
+
+
+def _adapted(job: dict, cp) -> object:
+    """The pattern's adaptation score (``search.scorer.Adapt``) from the dense proxy of ``job``'s seed."""
+    key = (job["seed"], job["store"])
+    if key not in _SCORERS:
+        task = dataclasses.replace(job["task"], train=dataclasses.replace(
+            job["task"].train, init="dense", threads=job["threads"], rungs=[]))
+        scorer = make_scorer(task, job["space"], seed=job["seed"])
+        scorer.prepare(open_store(SearchConfig(artifacts=job["store"])) if job["store"] else None)
+        _SCORERS[key] = scorer
+    return _SCORERS[key].score(cp)
+
+
 def run_one(job: dict) -> dict:
-    """One training: ``job`` holds the pattern, the variant (seed, steps factor, length factor) and
-    the configs as dicts (a worker process rebuilds them)."""
+    """One training: ``job`` holds the pattern, the variant (seed, steps factor, length factor,
+    adaptation) and the configs as dicts (a worker process rebuilds them)."""
     task, space = job["task"], job["space"]
     space = dataclasses.replace(space, proxy=dataclasses.replace(
         space.proxy, n=space.proxy.n * job["n_factor"], block=space.proxy.block * job["n_factor"]))
@@ -121,15 +146,17 @@ def run_one(job: dict) -> dict:
     proxy = candidate_of(space, job["spec"]).proxy
     cp = patternc.compile(proxy, space.proxy.n, block=space.proxy.block)
     start = time.perf_counter()
-    result = evaluate(cp, task, seed=job["seed"])
+    result = _adapted(job, cp) if job.get("adapt") else evaluate(cp, task, seed=job["seed"])
     return {"key": job["key"], "score": result.score, "accuracy": result.accuracy, "buckets": result.buckets,
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def variants(budget_factor: int, n_factor: int) -> dict[str, dict]:
-    out = {f"seed {s}": {"seed": s, "steps_factor": 1, "n_factor": 1} for s in SEEDS}
+def variants(budget_factor: int, n_factor: int, adapt: bool = False) -> dict[str, dict]:
+    name = "adapted, seed" if adapt else "seed"
+    out = {f"{name} {s}": {"seed": s, "steps_factor": 1, "n_factor": 1, "adapt": adapt} for s in SEEDS}
     out[f"{budget_factor}x steps"] = {"seed": 0, "steps_factor": budget_factor, "n_factor": 1}
-    out[f"{n_factor}x n"] = {"seed": 0, "steps_factor": 1, "n_factor": n_factor}
+    if not adapt:
+        out[f"{n_factor}x n"] = {"seed": 0, "steps_factor": 1, "n_factor": n_factor}
     return out
 
 
@@ -146,19 +173,24 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once, one process each")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per training")
     parser.add_argument("--out", default=None, help="JSON results, appended as they finish; reruns resume")
+    parser.add_argument("--adapt", action="store_true",
+                        help="score the seeds' rows by adaptation from the dense proxy "
+                             "(task.train.adapt_steps)")
+    parser.add_argument("--store", default=None, help="artifact store for the dense proxies (--adapt)")
     args = parser.parse_args()
     task, space = configs(args.overrides)
     specs = {name: {"expr": expr} for name, expr in CLASSICS.items()}
     if space.proxy.layers == 2 and "causal" in space.layer_choices:
         specs.update(STACKS)
     specs.update(sampled(space, args.sampled, seed=0))
-    kinds = variants(args.budget_factor, args.n_factor)
+    kinds = variants(args.budget_factor, args.n_factor, args.adapt)
     done: dict[str, dict] = {}
     out = pathlib.Path(args.out) if args.out else None
     if out is not None and out.exists():
         done = {r["key"]: r for r in map(json.loads, out.read_text().splitlines()) if r.get("key")}
     jobs = [{"key": f"{name} | {kind}", "spec": spec, "task": task, "space": space, "threads": args.threads,
-             **variant} for kind, variant in kinds.items() for name, spec in specs.items()]
+             "store": args.store, **variant}
+            for kind, variant in kinds.items() for name, spec in specs.items()]
     todo = [job for job in jobs if job["key"] not in done]
     print(f"space {space.name}, task {task.name}, proxy n {space.proxy.n} ({space.proxy.layers} layers x "
           f"{space.proxy.heads} heads), {task.train.steps} steps; {len(jobs)} trainings, {len(todo)} to run, "
@@ -185,8 +217,8 @@ def main() -> None:
 
 def report(specs: dict, kinds: dict, done: dict, space: SpaceConfig) -> None:
     score = {(name, kind): done[f"{name} | {kind}"]["score"] for name in specs for kind in kinds}
-    seeds = [f"seed {s}" for s in SEEDS]
-    longer_steps, longer_n = list(kinds)[len(SEEDS):]
+    seeds = list(kinds)[:len(SEEDS)]
+    longer_steps, longer_n = [*list(kinds)[len(SEEDS):], None][:2]
     density = {name: density_vs_causal(patternc.compile(candidate_of(space, spec).target, space.target.n,
                                                          block=space.target.block))
                for name, spec in specs.items()}
@@ -195,22 +227,24 @@ def report(specs: dict, kinds: dict, done: dict, space: SpaceConfig) -> None:
           for name in specs}
     width = max(map(len, specs)) + 2
     print(f"{'pattern':<{width}}{'density':>8}  {'mean +- se (3 seeds)':>21}  {longer_steps:>9}  "
-          f"{longer_n:>7}  expression or parameters")
+          f"{longer_n or '':>7}  expression or parameters")
     for name, spec in specs.items():
         layers = spec.get("layers", [TEMPLATE])
         what = (spec.get("expr") or json.dumps(spec["values"])) + (
             f" layers {layers}" if any(c != TEMPLATE for c in layers) else "")
         print(f"{name:<{width}}{density[name]:>8.3f}  {mean[name]:>13.3f} +- {se[name]:.3f}  "
-              f"{score[name, longer_steps]:>9.3f}  {score[name, longer_n]:>7.3f}  {what}")
+              f"{score[name, longer_steps]:>9.3f}  "
+              f"{'' if longer_n is None else format(score[name, longer_n], '.3f'):>7}  {what}")
     names = list(specs)
     base = [score[name, seeds[0]] for name in names]
     a = spearman(base, [score[name, longer_steps] for name in names])
-    b = spearman(base, [score[name, longer_n] for name in names])
+    b = None if longer_n is None else spearman(base, [score[name, longer_n] for name in names])
     c = float(np.mean([spearman([score[name, x] for name in names], [score[name, y] for name in names])
                        for x, y in itertools.combinations(seeds, 2)]))
     print(f"\nSpearman rank correlation over {len(names)} patterns (target: each at least 0.8):")
-    print(f"  (a) default budget vs {longer_steps}: {a:.3f}")
-    print(f"  (b) default proxy length vs {longer_n}: {b:.3f}")
+    print(f"  (a) {seeds[0]} vs {longer_steps} from scratch: {a:.3f}")
+    if b is not None:
+        print(f"  (b) default proxy length vs {longer_n}: {b:.3f}")
     print(f"  (c) across seeds (mean of the 3 pairs): {c:.3f}")
     ties = [(x, y) for x, y in itertools.combinations(CLASSICS, 2)
             if abs(mean[x] - mean[y]) <= 2 * math.hypot(se[x], se[y])]

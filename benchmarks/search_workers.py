@@ -25,8 +25,8 @@ import uuid
 
 import optuna
 
+from search import record
 from search.accounting import account, counted
-from search.record import REFERENCE, WORKER
 
 
 def run(storage: str, workers: int, trials: int, launcher: str, extra: list[str], folder: str) -> dict:
@@ -48,11 +48,11 @@ def run(storage: str, workers: int, trials: int, launcher: str, extra: list[str]
     found = loaded.get_trials()
     references = loaded.user_attrs["definition"]["space"]["references"]
     optuna.delete_study(study_name=study, storage=storage)
-    scored = collections.Counter(t.user_attrs[REFERENCE] for t in found
-                                 if counted(t) and REFERENCE in t.user_attrs)
+    scored = collections.Counter(record.read(t).reference for t in found
+                                 if counted(t) and record.read(t).reference is not None)
     return {"wall": wall, "trials": found, "account": account(found, trials, references),
             "references_once": sorted(scored) == sorted(references) and set(scored.values()) == {1},
-            "by_worker": collections.Counter(t.user_attrs.get(WORKER, {}).get("index") for t in found
+            "by_worker": collections.Counter((record.read(t).worker or {}).get("index") for t in found
                                              if counted(t))}
 
 

@@ -43,7 +43,7 @@ def counted(trial: FrozenTrial) -> bool:
     (an outcome of the candidate). Rejected candidates (PRUNED, milliseconds) do not, nor do trials
     failed because their worker died or a fault stopped them: those are retried."""
     return trial.state == TrialState.COMPLETE or (
-        trial.state == TrialState.FAIL and trial.user_attrs.get(record.STATUS) == "diverged")
+        trial.state == TrialState.FAIL and record.read(trial).status == "diverged")
 
 
 def spent(trials: Iterable[FrozenTrial]) -> int:
@@ -51,8 +51,8 @@ def spent(trials: Iterable[FrozenTrial]) -> int:
 
 
 def _copies(trials: Iterable[FrozenTrial], name: str) -> list[FrozenTrial]:
-    return [t for t in trials if t.user_attrs.get(record.REFERENCE) == name
-            and t.user_attrs.get(record.STATUS) != "duplicate"]
+    return [t for t in trials if record.read(t).reference == name
+            and record.read(t).status != "duplicate"]
 
 
 def reference_state(trials: Sequence[FrozenTrial], name: str) -> str:
@@ -130,8 +130,8 @@ def rejection_reasons(trials: Iterable[FrozenTrial]) -> list[tuple[int, str, boo
     Numbers are masked for the grouping, so "density 0.61 > 0.5" and "density 0.72 > 0.5" are one."""
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for t in trials:
-        if t.user_attrs.get(record.STATUS) == "rejected":
-            reason = str(t.user_attrs.get(record.REJECTED) or "no reason recorded")
+        if record.read(t).status == "rejected":
+            reason = str(record.read(t).rejected or "no reason recorded")
             groups[re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", reason)].append(reason)
     return [(len(examples), examples[0], len(set(examples)) > 1)
             for examples in sorted(groups.values(), key=len, reverse=True)]

@@ -31,17 +31,44 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from patternc import PatternError
-from search.config import MODES, PatternConfig, register_configs
+from search.calibrate import CalibrateConfig
+from search.config import (
+    MODES,
+    TASK_SCHEMAS,
+    AppConfig,
+    KernelConfig,
+    PatternConfig,
+    SearchConfig,
+    SpaceConfig,
+)
 from search.definition import definition
 from search.errors import SpaceRejectsAll
-from search.evaluate import evaluate
 from search.report import Report, write_report
+from search.scorer import check_task, score_pattern
 from search.study import load_existing, run_search, study_account
-from search.validate import check_seed, check_task
+from search.validate import check_seed
 
-__all__ = ["main", "report_study", "run_evaluate", "run_report_mode", "run_search_mode"]
+__all__ = ["main", "register_configs", "report_study", "run_evaluate", "run_report_mode", "run_search_mode"]
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"  # the repository's conf/ (editable install)
+
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra: ``app_schema`` for ``conf/config.yaml``, one
+    ``<task>_schema`` per task (``calibrate_schema`` too), and ``space_schema``, ``kernel_schema``,
+    ``search_schema``, which the group files name in their defaults lists."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="app_schema", node=AppConfig)
+    cs.store(group="space", name="space_schema", node=SpaceConfig)
+    cs.store(group="kernel", name="kernel_schema", node=KernelConfig)
+    cs.store(group="search", name="search_schema", node=SearchConfig)
+    for name, schema in TASK_SCHEMAS.items():
+        cs.store(group="task", name=f"{name}_schema", node=schema)
+    cs.store(group="task", name="calibrate_schema", node=CalibrateConfig)  # a pretrained model, no training
+
 
 register_configs()
 
@@ -87,7 +114,7 @@ def run_evaluate(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
     check_seed(cfg.seed)
     check_task(task)  # named as on the command line: task.train.steps, ...
     pattern: PatternConfig = OmegaConf.to_object(cfg.pattern)
-    result = evaluate(pattern, task, seed=cfg.seed).to_dict()
+    result = score_pattern(pattern, task, seed=cfg.seed).to_dict()
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

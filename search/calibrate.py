@@ -3,8 +3,11 @@
 The model is a local ``save_pretrained`` directory or a llama2.c ``.bin`` checkpoint (``task.model``,
 ``search.calibrate_model``; nothing is downloaded). In a
 search it *is* the target: ``space.target``'s layers, heads, KV heads and head size must be the
-model's, the proxy is the target itself (``space.proxy`` equal to it: nothing is trained), and the
-candidate's target stack runs inside the model at ``space.target.n``. The dense model runs once per
+model's, and so must the proxy's layers and heads (nothing is trained). Two lengths: the candidate
+runs inside the model at the calibration length ``space.proxy.n`` (within the model's context:
+quality is measured there), while its cost and KV cache are measured at the deployment length
+``space.target.n`` (which may exceed the context), so a pattern that saves at deployment is not
+charged for the kernel's fixed costs at a short calibration length. The dense model runs once per
 process over the calibration sequences (``search.calibrate_data``) and its outputs are kept; each
 candidate then runs the same model through ``patternc.hf.sparsify`` (our block-sparse kernel on the
 CPU, FlexAttention on CUDA) and is compared with them at the scored positions:
@@ -46,10 +49,10 @@ from search.calibrate_data import CalibrationData, load_data
 from search.calibrate_model import check_model, load_model, read_config
 from search.config import DTYPES, ModelConfig, SpaceConfig
 from search.errors import ConfigError
-from search.evaluate import EvalResult, _threads, resolve_pattern
+from search.evaluate import EvalResult, _threads, describe, resolve_pattern
+from search.validate import backend_choice
 
-__all__ = ["METRICS", "CalibrateConfig", "calibrate", "calibration_task", "check_calibration",
-           "check_calibration_space"]
+__all__ = ["METRICS", "CalibrateConfig", "calibrate", "check_calibration", "check_calibration_space"]
 
 METRICS = ("kl", "nll")
 DENSE_LIMIT = 1 << 28  # float32 log-probabilities of the dense model kept for KL (1 GiB)
@@ -60,7 +63,7 @@ class CalibrateConfig:
     """``task=calibrate`` (``conf/task/calibrate.yaml``): score patterns on a pretrained model."""
 
     name: str = "calibrate"
-    n: int = 4096  # calibration length for mode=evaluate; a search calibrates at space.target.n
+    n: int = 4096  # calibration length; a search calibrates at space.proxy.n (the spaces: task.n)
     model: str = ""  # a save_pretrained directory (config.json and the weights), or a llama2.c .bin file
     data: str = "mqar"  # a .npy / .txt file of token ids, or a proxy task (mqar, majority, hops)
     generator: dict[str, Any] = field(default_factory=dict)  # that task's settings, e.g. {pairs: 64}
@@ -76,12 +79,7 @@ class CalibrateConfig:
     past_context: bool = False
 
 
-def calibration_task(task: Any) -> bool:
-    """Is ``task`` a calibration (``task=calibrate``)? Where evaluation and checks turn to this module."""
-    return isinstance(task, CalibrateConfig)
-
-
-# ---- checks (search.validate calls these for task=calibrate) ---------------------------------------
+# ---- checks (search.scorer.Calibrate calls these at start-up) ---------------------------------------
 
 def _model_config(cfg: CalibrateConfig, prefix: str):
     """The model's text config (layers, heads, vocabulary), read without loading the weights."""
@@ -125,8 +123,6 @@ def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool
     for key, test, needs in rules:
         if not test(getattr(cfg, key)):
             raise ConfigError(f"{prefix}{key} must be {needs}, got {getattr(cfg, key)!r}")
-    from search.validate import backend_choice  # search.validate reads task configs, this one's too
-
     cfg.backend = backend_choice(cfg.backend, f"{prefix}backend")
     if devices:
         resolve_device(cfg.device, where=f"{prefix}device")
@@ -138,9 +134,11 @@ def check_calibration(cfg: CalibrateConfig, prefix: str = "task.", devices: bool
 
 
 def check_calibration_space(cfg: CalibrateConfig, space: SpaceConfig) -> None:
-    """The space's target must be the model, and its proxy the target (nothing is trained)."""
+    """The space's target must be the model; its proxy is the model too (nothing is trained), at the
+    calibration length ``space.proxy.n``, within the model's context: quality is measured there,
+    while cost and the KV cache are the target's, at the deployment length ``space.target.n``
+    (which may exceed the context: nothing runs the model there)."""
     config = _model_config(cfg, "task.")
-    _check_context(cfg, config, space.target.n, "space.target.n")  # a search calibrates at target.n
     model = _shape(config)
     target = {key: getattr(space.target, key) for key in model}
     if target["kv_heads"] is None:
@@ -152,12 +150,14 @@ def check_calibration_space(cfg: CalibrateConfig, space: SpaceConfig) -> None:
                           + f" while the model {cfg.model} has "
                           + ", ".join(f"{key} = {model[key]}" for key in wrong)
                           + ": set " + " ".join(f"space.target.{key}={model[key]}" for key in wrong))
-    proxy = [key for key in ("layers", "heads", "n", "block")
-             if getattr(space.proxy, key) != getattr(space.target, key)]
+    proxy = [key for key in ("layers", "heads") if getattr(space.proxy, key) != getattr(space.target, key)]
     if proxy:
-        raise ConfigError("task=calibrate trains no proxy: the model is scored as the target, so "
+        raise ConfigError("task=calibrate trains no proxy: the model is scored under the target's stack, so "
                           + ", ".join(f"space.proxy.{key} = {getattr(space.proxy, key)} must equal "
                                       f"space.target.{key} = {getattr(space.target, key)}" for key in proxy))
+    # the calibration length: the deployment length space.target.n may exceed the context (cost is
+    # measured there, the model never runs there)
+    _check_context(cfg, config, space.proxy.n, "space.proxy.n")
 
 
 # ---- the model, the data and the dense outputs, each loaded once per process -----------------------
@@ -229,7 +229,7 @@ def _dense(cfg: CalibrateConfig, device: str, data_key: tuple,
 
 def _stack_of(pattern, params: dict | None, shape: dict[str, int], n: int) -> CompiledPattern:
     """The pattern compiled at the calibration length with the model's layers and heads."""
-    if isinstance(pattern, CompiledPattern):  # a search trial: the target, compiled at target.n
+    if isinstance(pattern, CompiledPattern):  # a search trial: compiled at space.proxy.n
         if pattern.n != n:
             raise ConfigError(f"the pattern is compiled at n = {pattern.n} but the calibration length is {n}")
         return pattern
@@ -313,6 +313,4 @@ def _compare(cfg: CalibrateConfig, data: CalibrationData, dense: _Outputs, spars
 
 
 def _describe(stack) -> str:
-    from search.objective import describe  # with optuna, loaded by the search that asks
-
     return stack.description or describe(stack)

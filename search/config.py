@@ -41,7 +41,6 @@ __all__ = [
     "TargetConfig",
     "TaskConfig",
     "TrainConfig",
-    "register_configs",
 ]
 
 
@@ -72,12 +71,16 @@ class TrainConfig:
     log_every: int = 10  # one point of the loss curve per this many steps (their mean loss)
     threads: int | None = None  # torch threads during the run; None keeps the process's setting
     device: str = "cpu"  # cpu or cuda: where the proxy model trains (bit-exact reruns on cpu only)
-    # multi-fidelity: a search scores a checkpoint at the fraction `screen` of the steps (of the full
-    # schedule, so overriding `steps` moves it along) and
-    # trains on only candidates within `promote_within` of the front so far; 0: every trial in full
-    screen: float = 0.0
+    # where a search's candidate starts: scratch (trained from its initialisation for `steps`) or
+    # dense (the dense reference, trained once for `steps`, adapted `adapt_steps` under the pattern)
+    init: str = "scratch"
+    adapt_steps: int = 50  # K: 0 scores the dense proxy zero-shot, exp(-KL) against it
+    # screening rungs: fractions of a candidate's steps (of the full schedule, so overriding `steps`
+    # moves them along) at which it is scored and goes on only if no earlier trial at that rung
+    # was better by `promote_within` at no more cost; []: every trial in full
+    rungs: list[float] = field(default_factory=list)
     promote_within: float = 0.05
-    screen_sequences: int = 128  # held-out sequences for the checkpoint's score
+    screen_sequences: int = 128  # held-out sequences for a rung's score
 
 
 @dataclass
@@ -255,6 +258,10 @@ class SearchConfig:
     workers: int = 1  # workers sharing the study (at most 64); with -m, the launcher starts this many jobs
     worker: int = 0  # this worker's index in [0, workers): its seed stream (set per job with -m)
     storage_retry: float = 60  # seconds a worker keeps retrying a lost database server before giving up
+    # where the dense reference's weights and scores reusable across studies are kept (an Optuna
+    # artifact store on this path); None: outputs/search/artifacts beside the sqlite studies
+    artifacts: str | None = None
+    design: bool = True  # first sample a design covering each layer choice and each parameter's ends
 
 
 MODES = {"evaluate": "train and score one pattern on one task",
@@ -277,21 +284,3 @@ class AppConfig:
 
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {"mqar": MQARConfig, "majority": MajorityConfig,
                                               "hops": HopsConfig}
-
-
-def register_configs() -> None:
-    """Register the schemas with Hydra: ``app_schema`` for ``conf/config.yaml``, one
-    ``<task>_schema`` per task, and ``space_schema``, ``kernel_schema``, ``search_schema``, which
-    the group files name in their defaults lists."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="app_schema", node=AppConfig)
-    cs.store(group="space", name="space_schema", node=SpaceConfig)
-    cs.store(group="kernel", name="kernel_schema", node=KernelConfig)
-    cs.store(group="search", name="search_schema", node=SearchConfig)
-    for name, schema in TASK_SCHEMAS.items():
-        cs.store(group="task", name=f"{name}_schema", node=schema)
-    from search.calibrate import CalibrateConfig  # task=calibrate: a pretrained model, no training
-
-    cs.store(group="task", name="calibrate_schema", node=CalibrateConfig)

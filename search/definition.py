@@ -65,7 +65,24 @@ def definition(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed:
             node = node.get(part, {})  # task=calibrate has no task.train
         for key in keys:
             node.pop(key, None)
+    train = out["task"].get("train")
+    if train is not None:
+        _as_before(train)
     return _plain(out)
+
+
+def _as_before(train: dict) -> None:
+    """Write ``task.train`` as studies from before adaptation and rungs recorded it, where it means
+    what it meant then, so their studies keep their names and resume: a candidate trained from
+    scratch (``init`` and ``adapt_steps`` then say nothing) and at most one rung, the old
+    ``screen`` (0: none)."""
+    if train.get("init") == "scratch":
+        train.pop("init")
+        train.pop("adapt_steps", None)
+    rungs = train.get("rungs")
+    if rungs is not None and len(rungs) <= 1:
+        train.pop("rungs")
+        train["screen"] = rungs[0] if rungs else 0.0
 
 
 def study_name(defined: dict) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -45,9 +46,10 @@ from search.model import TinyTransformer
 from search.tasks import IGNORE, Task, make_task
 from search.validate import check_task
 
-__all__ = ["EvalResult", "evaluate", "resolve_pattern", "screen_step"]
+__all__ = ["EvalResult", "compiled_at", "describe", "evaluate", "resolve_pattern", "rung_steps"]
 
-_TRAIN_STREAM, _EVAL_STREAM, _SCREEN_STREAM = 0, 1, 2  # numpy seed sequences [seed, stream]: disjoint data
+# numpy seed sequences [seed, stream]: disjoint data (adaptation draws its own training batches)
+_TRAIN_STREAM, _EVAL_STREAM, _SCREEN_STREAM, ADAPT_STREAM = 0, 1, 2, 3
 
 
 @dataclass
@@ -72,7 +74,7 @@ class EvalResult:
     threads: int
     pattern: str  # the expression, or the stack's description
     failure: str | None = None  # why a diverged run stopped
-    screen_accuracy: float | None = None  # the checkpoint's score, with task.train.screen and promote
+    screen_accuracy: float | None = None  # the last rung's score, with task.train.rungs and promote
     extra: dict = field(default_factory=dict)
 
     @property
@@ -97,6 +99,31 @@ class EvalResult:
         out["score"] = self.score
         out["loss_curve"] = [[step, loss] for step, loss in self.loss_curve]
         return out
+
+
+def describe(stack: Stack) -> str:
+    """One line for a stack: its expression, or each layer's when they differ, and its parameters.
+
+    >>> describe(Stack(default="causal & window(ceil($w * n))", layers=2, params=(("w", 0.05),)))
+    'causal & window(ceil($w * n)) with $w = 0.05'
+    >>> describe(Stack.from_dict({"default": "causal & window(64)", "layers": 12,
+    ...                           "overrides": [{"layers": "0:6", "expr": "causal"}]}))
+    'layers 0-5: causal; layers 6-11: causal & window(64)'
+    """
+    by_layer = []
+    for l in range(stack.layers):
+        exprs = {stack.rule_at(l, h)[0] for h in range(stack.heads)}
+        by_layer.append(next(iter(exprs)) if len(exprs) == 1 else " / ".join(sorted(exprs)))
+    runs, first = [], 0  # (first layer, last layer, text) of each run of equal layers
+    for text, group in itertools.groupby(by_layer):
+        last = first + len(list(group)) - 1
+        runs.append(f"layer {first}: {text}" if first == last else f"layers {first}-{last}: {text}")
+        first = last + 1
+    text = by_layer[0] if len(runs) == 1 else "; ".join(runs)
+    if stack.params:
+        text += " with " + ", ".join(f"${name} = {value:.4g}" if isinstance(value, float) else
+                                      f"${name} = {value}" for name, value in stack.params)
+    return text
 
 
 def resolve_pattern(pattern: str | os.PathLike | Stack | PatternConfig | CompiledPattern,
@@ -161,14 +188,15 @@ def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = None,
-             promote: Callable[[float], bool] | None = None) -> EvalResult:
+             promote: Callable[[int, float], bool] | None = None) -> EvalResult:
     """Train the tiny model under ``pattern`` on ``task`` from ``seed``; held-out accuracy.
 
     ``pattern``: an expression (``"causal & window(16)"``), a stack YAML path, a ``Stack``, a
     ``PatternConfig`` or a ``CompiledPattern`` compiled at ``task.n``. ``params`` bind ``$names``.
-    With ``promote`` and ``task.train.screen``, a checkpoint at ``screen_step`` (the learning-rate schedule
-    is the full budget's) is scored on ``screen_sequences`` held-out sequences and training goes on
-    only if ``promote(accuracy)`` says so; the result is then scored where training stopped.
+    With ``promote`` and ``task.train.rungs``, the model is scored at each rung's step (the
+    learning-rate schedule is the full budget's) on ``screen_sequences`` held-out sequences and
+    training goes on only if ``promote(step, accuracy)`` says so; the result is then scored where
+    training stopped.
 
     >>> from search.config import MQARConfig, TrainConfig
     >>> task = MQARConfig(n=32, pairs=3, distances=[2, 8, 32], model=ModelConfig(d_model=16, head_dim=4),
@@ -181,75 +209,99 @@ def evaluate(pattern, task: TaskConfig, seed: int = 0, params: dict | None = Non
       ...
     ValueError: the pattern is compiled at n = 64 but task.n = 32
     """
-    from search.calibrate import calibrate, calibration_task
-
-    if calibration_task(task):  # task=calibrate: a pretrained model, scored without training
-        return calibrate(pattern, task, seed=seed, params=params)
     check_task(task, prefix="")
     problem = make_task(task)
+    cp = compiled_at(pattern, task, params)
+    return _run(cp, problem, task, seed, promote)
+
+
+def compiled_at(pattern, task: TaskConfig, params: dict | None = None) -> CompiledPattern:
+    """``pattern`` (what ``evaluate`` takes) compiled at ``task.n``."""
     spec = resolve_pattern(pattern, task.model)
     if isinstance(spec, CompiledPattern):
         if spec.n != task.n:
             raise ValueError(f"the pattern is compiled at n = {spec.n} but task.n = {task.n}")
-        cp = spec
-    else:
-        cp = patternc.compile(spec, task.n, params=params)
+        return spec
+    return patternc.compile(spec, task.n, params=params)
+
+
+def _run(cp: CompiledPattern, problem: Task, task: TaskConfig, seed: int,
+         promote: Callable[[int, float], bool] | None = None, start_from: dict | None = None,
+         stream: int = _TRAIN_STREAM, reference: TinyTransformer | None = None,
+         keep: list | None = None) -> EvalResult:
+    """Train the tiny model under ``cp`` for ``task.train.steps`` (from ``start_from``'s weights, a
+    state dict, when given; else from ``seed``'s initialisation) on data stream ``stream``, then
+    score it on held-out data: accuracy, or with ``reference`` (a model to compare with) and no
+    steps, exp(-KL(reference || model)) at the answered positions. ``keep``: a list the trained
+    model is appended to."""
     device = resolve_device(task.train.device, where="train.device")
     with _threads(task.train.threads) as threads, torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = TinyTransformer(problem.vocab, cp, task.model).to(device)  # CPU init: same weights
+        model = TinyTransformer(problem.vocab, cp, task.model)  # CPU init: same weights
+        if start_from is not None:
+            model.load_state_dict(start_from)
+        model.to(device)
         start = time.perf_counter()
-        screened: list[float] = []
+        screened: list[tuple[int, float]] = []
 
-        def checkpoint() -> bool:  # at screen_step(task.train): score, and ask whether to go on
+        def checkpoint(step: int) -> bool:  # at each rung: score, and ask whether to go on
             sub = dataclasses.replace(task, train=dataclasses.replace(
                 task.train, eval_sequences=task.train.screen_sequences))
             rng = np.random.default_rng([seed, _SCREEN_STREAM])
             correct, total = _score(model, problem, sub, rng, device)
             model.train()
-            screened.append(_mean_over_buckets(correct, total))  # as EvalResult.score
-            return promote(screened[-1])
+            screened.append((step, _mean_over_buckets(correct, total)))  # as EvalResult.score
+            return promote(step, screened[-1][1])
 
-        screen = screen_step(task.train) if promote is not None else None
-        curve, steps, failure = _train(model, problem, task, np.random.default_rng([seed, _TRAIN_STREAM]),
-                                       device, screen, checkpoint)
+        rungs = rung_steps(task.train) if promote is not None else ()
+        curve, steps, failure = _train(model, problem, task, np.random.default_rng([seed, stream]),
+                                       device, rungs, checkpoint)
         trained = time.perf_counter()
-        if failure is None:
-            correct, total = _score(model, problem, task, np.random.default_rng([seed, _EVAL_STREAM]),
-                                    device)
-        else:
+        rng = np.random.default_rng([seed, _EVAL_STREAM])
+        if failure is not None:
             correct = total = np.zeros(len(problem.bucket_names), np.int64)
+        elif reference is not None and task.train.steps == 0:
+            correct, total = _divergence(reference.to(device), model, problem, task, rng, device)
+        else:
+            correct, total = _score(model, problem, task, rng, device)
         scored = time.perf_counter()
+        if keep is not None:
+            keep.append(model.cpu())
     names = problem.bucket_names
+    zero_shot = reference is not None and task.train.steps == 0
+    # zero-shot: `correct` holds summed KL, and a bucket's score is exp(-mean KL) (as calibration's)
+    mean = (lambda c, t: math.exp(-c / t)) if zero_shot else (lambda c, t: c / t)
     return EvalResult(
         status="ok" if failure is None else "diverged",
-        accuracy=float(correct.sum() / total.sum()) if failure is None else None,
-        buckets={name: (float(c / t) if t else None)
+        accuracy=float(mean(correct.sum(), total.sum())) if failure is None else None,
+        buckets={name: (float(mean(c, t)) if t else None)
                  for name, c, t in zip(names, correct, total, strict=True)},
-        bucket_counts={name: int(t) for name, t in zip(names, total, strict=True)},
-        chance=problem.chance, loss_curve=curve, steps=steps,
+        bucket_counts={name: round(float(t)) for name, t in zip(names, total, strict=True)},
+        chance=None if zero_shot else problem.chance, loss_curve=curve, steps=steps,
         train_seconds=trained - start, eval_seconds=scored - trained,
         task=problem.name, n=task.n, layers=cp.layers, heads=cp.heads,
         parameters=sum(p.numel() for p in model.parameters()), seed=seed, threads=threads,
-        pattern=_describe(cp), failure=failure, screen_accuracy=screened[0] if screened else None)
+        pattern=_describe(cp), failure=failure, screen_accuracy=screened[-1][1] if screened else None,
+        extra={"rungs": [[step, score] for step, score in screened]} if screened else {})
 
 
-def screen_step(train: TrainConfig) -> int | None:
-    """The step after which a screened trial is scored: ``screen`` of ``steps``, at least one step
-    in and one before the end; None without screening (``screen`` 0, or a budget too short).
+def rung_steps(train: TrainConfig) -> tuple[int, ...]:
+    """The steps after which a screened trial is scored: each of ``rungs`` (fractions of ``steps``)
+    rounded to a step, at least one step in and one before the end, without repeats.
 
-    >>> screen_step(TrainConfig(steps=400, screen=0.375)), screen_step(TrainConfig(steps=400))
-    (150, None)
+    >>> rung_steps(TrainConfig(steps=400, rungs=[0.125, 0.375])), rung_steps(TrainConfig(steps=400))
+    ((50, 150), ())
     """
-    if train.screen <= 0 or train.steps < 2:
-        return None
-    return min(max(1, round(train.screen * train.steps)), train.steps - 1)
+    if train.steps < 2:
+        return ()
+    return tuple(sorted({min(max(1, round(r * train.steps)), train.steps - 1) for r in train.rungs}))
 
 
 def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.random.Generator,
-           device: torch.device, screen: int | None = None, checkpoint: Callable[[], bool] | None = None):
-    """Train in place; returns (loss curve, steps done, failure or None). After ``screen`` steps,
-    ``checkpoint()`` decides whether training goes on."""
+           device: torch.device, rungs: tuple[int, ...] = (),
+           checkpoint: Callable[[int], bool] | None = None):
+    """Train in place for ``task.train.steps``; returns (loss curve, steps done, failure or None).
+    After each step of ``rungs``, ``checkpoint(step)`` decides whether training goes on."""
     t = task.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     curve: list[tuple[int, float]] = []
@@ -274,9 +326,36 @@ def _train(model: TinyTransformer, problem: Task, task: TaskConfig, rng: np.rand
         if len(window) == t.log_every or step == t.steps - 1:
             curve.append((step + 1, round(float(np.mean(window)), 5)))
             window.clear()
-        if step + 1 == screen and not checkpoint():
-            return curve, screen, None
+        if step + 1 in rungs and not checkpoint(step + 1):
+            return curve, step + 1, None
     return curve, t.steps, None
+
+
+@torch.no_grad()
+def _divergence(reference: TinyTransformer, model: TinyTransformer, problem: Task, task: TaskConfig,
+                rng: np.random.Generator, device: torch.device):
+    """Summed KL(reference || model) of the answer distributions, and answers, per bucket, on
+    held-out sequences: how far ``model`` (the reference's weights under another pattern) has moved
+    from what the reference answers."""
+    model.eval()
+    reference.eval()
+    k = len(problem.bucket_names)
+    kl, total = np.zeros(k), np.zeros(k, np.int64)
+    remaining = task.train.eval_sequences
+    while remaining:
+        size = min(remaining, task.train.batch * 4)
+        batch = problem.batch(rng, size)
+        rows, labels = _asked(batch.labels)
+        tokens = torch.from_numpy(batch.tokens).to(device)
+        theirs = torch.log_softmax(reference(tokens, _on(rows, device)).float(), -1)  # (B, n or r, V)
+        ours = torch.log_softmax(model(tokens, _on(rows, device)).float(), -1)
+        gap = F.kl_div(ours, theirs, log_target=True, reduction="none").sum(-1).clamp(min=0.0)  # (B, n or r)
+        answer = labels != IGNORE
+        bucket = (batch.buckets if rows is None else batch.buckets[:, rows])[answer]
+        kl += np.bincount(bucket, weights=gap.cpu().numpy()[answer], minlength=k)
+        total += np.bincount(bucket, minlength=k)
+        remaining -= size
+    return kl, total
 
 
 @torch.no_grad()

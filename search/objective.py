@@ -14,10 +14,12 @@
 4. a candidate whose layouts at both lengths equal an earlier trial's reuses that trial's result;
 5. cost: ``patternc.measure`` on every distinct layer at ``target.n`` with the target's heads and
    head size (cached on disk), the mean latency as a fraction of dense causal SDPA's;
-6. accuracy: ``search.evaluate`` on the proxy task at ``proxy.n``; with ``task.train.screen``, a
-   checkpoint is scored first and only candidates near the front so far train their full budget.
+6. accuracy: the scorer's (``search.scorer``: from scratch, adapted from the dense proxy, or a
+   calibrated pretrained model) on the proxy layout at ``proxy.n``, or a full score kept in the
+   artifact store by a study of the same scorer definition; with ``task.train.rungs``, a candidate
+   is scored at each rung and only those near the front so far go on.
 
-Everything found is a trial attribute (keys in ``search.record``).
+Everything found is one ``search.record.TrialRecord``, written once when the trial ends.
 
 >>> from search.config import ModelConfig, MQARConfig, ParamSpec, ProxyConfig, TargetConfig, TrainConfig
 >>> task = MQARConfig(n=32, pairs=3, distances=[2, 8, 32], model=ModelConfig(d_model=16, head_dim=4),
@@ -30,20 +32,19 @@ Everything found is a trial attribute (keys in ``search.record``).
 >>> study.enqueue_trial({"w": 0.05})
 >>> study.enqueue_trial({"w": 0.5})  # a window of half the sequence: over the density budget
 >>> study.optimize(Objective(task, space, KernelConfig(repeats=1, warmup=0), seed=0), n_trials=2)
->>> [(t.state.name, t.user_attrs["status"]) for t in study.trials]
+>>> [(t.state.name, record.read(t).status) for t in study.trials]
 [('COMPLETE', 'ok'), ('PRUNED', 'rejected')]
->>> study.trials[1].user_attrs["rejected"]  # doctest: +ELLIPSIS
+>>> record.read(study.trials[1]).rejected  # doctest: +ELLIPSIS
 'density 0.833 of dense causal at n = 512 is over the budget 0.5; ...'
->>> study.trials[0].user_attrs["cost"]["n"], sorted(study.trials[0].constraints)  # cost measured at target.n
+>>> record.read(study.trials[0]).cost["n"], sorted(study.trials[0].constraints)  # cost measured at target.n
 (512, ['density', 'mixing', 'proxy_density'])
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
-import itertools
+import json
 import time
 
 import numpy as np
@@ -51,43 +52,19 @@ import optuna
 import torch
 
 import patternc
-from patternc import CompiledPattern, PatternError, Stack, layout_hash
+from patternc import CompiledPattern, PatternError, layout_hash
 from search import record
-from search.calibrate import calibration_task
+from search.artifacts import Store
 from search.config import KernelConfig, SpaceConfig, TaskConfig
-from search.evaluate import EvalResult, evaluate
+from search.evaluate import EvalResult, describe
+from search.scorer import Scorer, make_scorer, result_from_dict
 from search.space import reference, suggest
 
-__all__ = ["Diverged", "Objective", "density_vs_causal", "describe", "layout_key"]
+__all__ = ["Diverged", "Objective", "density_vs_causal", "describe", "layout_key", "pairs_key"]
 
 
 class Diverged(RuntimeError):
     """Training under the candidate ended with a NaN or infinite loss (the trial is FAIL)."""
-
-
-def describe(stack: Stack) -> str:
-    """One line for a stack: its expression, or each layer's when they differ, and its parameters.
-
-    >>> describe(Stack(default="causal & window(ceil($w * n))", layers=2, params=(("w", 0.05),)))
-    'causal & window(ceil($w * n)) with $w = 0.05'
-    >>> describe(Stack.from_dict({"default": "causal & window(64)", "layers": 12,
-    ...                           "overrides": [{"layers": "0:6", "expr": "causal"}]}))
-    'layers 0-5: causal; layers 6-11: causal & window(64)'
-    """
-    by_layer = []
-    for l in range(stack.layers):
-        exprs = {stack.rule_at(l, h)[0] for h in range(stack.heads)}
-        by_layer.append(next(iter(exprs)) if len(exprs) == 1 else " / ".join(sorted(exprs)))
-    runs, first = [], 0  # (first layer, last layer, text) of each run of equal layers
-    for text, group in itertools.groupby(by_layer):
-        last = first + len(list(group)) - 1
-        runs.append(f"layer {first}: {text}" if first == last else f"layers {first}-{last}: {text}")
-        first = last + 1
-    text = by_layer[0] if len(runs) == 1 else "; ".join(runs)
-    if stack.params:
-        text += " with " + ", ".join(f"${name} = {value:.4g}" if isinstance(value, float) else
-                                      f"${name} = {value}" for name, value in stack.params)
-    return text
 
 
 @functools.lru_cache(maxsize=32)
@@ -107,21 +84,35 @@ def density_vs_causal(cp: CompiledPattern) -> float:
 
 
 class Objective:
-    """Callable for ``study.optimize``: returns ``(accuracy, cost)``."""
+    """Callable for ``study.optimize``: returns ``(accuracy, cost)``; records one ``TrialRecord``.
 
-    def __init__(self, task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed: int = 0):
-        # every value is checked before the first trial: search.validate.check_search (run_search)
-        self.task = dataclasses.replace(task, n=space.proxy.n)
-        self.space, self.kernel, self.seed = space, kernel, seed
+    ``scorer`` (``search.scorer.make_scorer``: chosen once from the task) scores the proxy's layout;
+    ``store``, when given, holds full scores any study of the same scorer definition reuses."""
+
+    def __init__(self, task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, seed: int = 0,
+                 scorer: Scorer | None = None, store: Store | None = None):
+        # every value is checked before the first trial: search.scorer.check_search (run_search)
+        self.scorer = scorer if scorer is not None else make_scorer(task, space, seed)
+        self.space, self.kernel, self.seed, self.store = space, kernel, seed, store
+        self.worker: dict | None = None  # set by the study's wrapper: who runs the trials
+        self._prepared = False
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        found: dict = {"scorer": self.scorer.name, "worker": self.worker,
+                       "reference": trial.user_attrs.get(record.REFERENCE)}
+        try:
+            return self._run(trial, found)
+        finally:  # written once, whatever ended the trial (a rejection, a divergence, a score)
+            trial.set_user_attr(record.RECORD, record.TrialRecord(**found).to_attr())
+
+    def _run(self, trial: optuna.Trial, found: dict) -> tuple[float, float]:
         durations: dict[str, float] = {}
+        found["durations"] = durations
         start = time.perf_counter()
-        ref = trial.user_attrs.get(record.REFERENCE)
+        ref = found["reference"]
         candidate = reference(self.space, ref, trial) if ref else suggest(trial, self.space)
-        trial.set_user_attr(record.STACK, candidate.target.to_dict())
-        trial.set_user_attr(record.PROXY_STACK, candidate.proxy.to_dict())
-        trial.set_user_attr(record.EXPRESSION, describe(candidate.target))
+        found.update(stack=candidate.target.to_dict(), proxy_stack=candidate.proxy.to_dict(),
+                     expression=describe(candidate.target))
         target_cfg, proxy_cfg = self.space.target, self.space.proxy
         try:
             target = patternc.compile(candidate.target, target_cfg.n, block=target_cfg.block)
@@ -131,8 +122,7 @@ class Objective:
             proxy_density = sum(s.token_density for s in proxy_per_head) / len(proxy_per_head)
         except PatternError as error:  # e.g. a parameter that makes a window 0 wide
             durations["compile"] = time.perf_counter() - start
-            trial.set_user_attr(record.DURATIONS, durations)
-            self._reject(trial, f"does not compile: {error.message}")
+            self._reject(found, f"does not compile: {error.message}")
         durations["compile"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -140,73 +130,83 @@ class Objective:
         kv = self._kv(target)
         durations["reach"] = time.perf_counter() - start
         certain, possible = mixing.covered_bounds  # at the target's own depth
-        trial.set_user_attr(record.DENSITY, density)
-        trial.set_user_attr(record.PROXY_DENSITY, proxy_density)
-        trial.set_user_attr(record.MIXING_DEPTH, mixing.mixing_depth)
-        trial.set_user_attr(record.MIXING_CERTIFIED, certain == 1.0)
-        trial.set_user_attr(record.KV, kv)
-        trial.set_user_attr(record.DURATIONS, durations)
-        key = layout_key(target, proxy, target_pairs=calibration_task(self.task))
-        trial.set_user_attr(record.LAYOUT_KEY, key)
+        key = layout_key(target, proxy)
+        found.update(density=density, proxy_density=proxy_density, mixing_depth=mixing.mixing_depth,
+                     mixing_certified=certain == 1.0, kv=kv, layout_key=key)
         reasons = []
         for name, excess, reason in self._constraints(density, proxy_density, possible, kv["ratio"]):
             trial.set_constraint(name, excess)
             if excess > 0:
                 reasons.append(reason)
         if reasons and not ref:
-            self._reject(trial, "; ".join(reasons))
+            self._reject(found, "; ".join(reasons))
 
         earlier = _scored_with(trial.study, key)
-        if earlier is not None and not ref:  # the same layouts: the same scores (search.record)
-            for name in (record.COST, record.BUCKETS, record.CHANCE, record.ACCURACY, record.POOLED_ACCURACY,
-                         record.FIDELITY, record.SCREEN_ACCURACY):
-                if name in earlier.user_attrs:
-                    trial.set_user_attr(name, earlier.user_attrs[name])
-            trial.set_user_attr(record.REUSED_FROM, earlier.number)
-            trial.set_user_attr(record.STATUS, "ok")
+        if earlier is not None and not ref:  # the same layouts: the same scores
+            theirs = record.read(earlier)
+            found.update(cost=theirs.cost, buckets=theirs.buckets, chance=theirs.chance,
+                         accuracy=theirs.accuracy, pooled_accuracy=theirs.pooled_accuracy,
+                         fidelity=theirs.fidelity, screen_accuracy=theirs.screen_accuracy,
+                         rungs=theirs.rungs, reused_from=earlier.number, status="ok")
             return tuple(earlier.values)
 
         start = time.perf_counter()
         cost = self._cost(target)
         durations["cost"] = time.perf_counter() - start
-        trial.set_user_attr(record.COST, cost)
-        trial.set_user_attr(record.DURATIONS, durations)
+        found["cost"] = cost
 
-        # references score at the checkpoint too (the yardsticks later candidates are screened
-        # against) and always train on
-        promote = lambda screened: self._promote(trial, screened, cost["ratio"], always=ref)  # noqa: E731
-        # task=calibrate: the target's stack runs inside the pretrained model (its proxy is the target)
-        result = evaluate(target if calibration_task(self.task) else proxy, self.task, seed=self.seed,
-                          promote=promote)
+        stored = self._stored(proxy)
+        if stored is not None:  # scored in full by a study of the same scorer definition
+            found["reused_from"] = "store"
+            self._record_result(found, stored)
+            return stored.score, cost["ratio"]
+        if not self._prepared:
+            self.scorer.prepare(self.store)  # the dense reference, trained or loaded once
+            self._prepared = True
+        # references score at each rung too (the yardsticks later candidates are screened against)
+        # and always go on
+        promote = lambda step, score: self._promote(trial, step, score, cost["ratio"], always=bool(ref))  # noqa: E731
+        result = self.scorer.score(proxy, promote)
         durations["train"] = result.wall_seconds
-        trial.set_user_attr(record.DURATIONS, durations)
-        self._record_result(trial, result)
+        self._record_result(found, result)
+        if found["fidelity"] == "full" and result.status == "ok":
+            self._keep(proxy, result)
         return result.score, cost["ratio"]
 
-    def _record_result(self, trial: optuna.Trial, result: EvalResult) -> None:
-        trial.set_user_attr(record.BUCKETS, result.buckets)
-        trial.set_user_attr(record.CHANCE, result.chance)
-        if result.screen_accuracy is not None:
-            trial.set_user_attr(record.SCREEN_ACCURACY, result.screen_accuracy)
-        full = calibration_task(self.task) or result.steps == self.task.train.steps
-        trial.set_user_attr(record.FIDELITY, "full" if full else "screen")
-        if result.status != "ok":
-            trial.set_user_attr(record.STATUS, "diverged")
-            raise Diverged(result.failure)
-        trial.set_user_attr(record.STATUS, "ok")
-        trial.set_user_attr(record.ACCURACY, result.score)
-        trial.set_user_attr(record.POOLED_ACCURACY, result.accuracy)
+    def _score_name(self, proxy: CompiledPattern) -> str:
+        digest = hashlib.sha256((self.scorer.definition_hash() + pairs_key(proxy)).encode()).hexdigest()[:32]
+        return f"score-{digest}.json"
 
-    def _promote(self, trial: optuna.Trial, screened: float, cost: float, always: bool = False) -> bool:
-        """Train on past the checkpoint unless an earlier trial, screened at the same step, was more
-        accurate by ``promote_within`` at no more cost: the candidate is then off the front."""
-        trial.set_user_attr(record.SCREEN_ACCURACY, screened)
+    def _stored(self, proxy: CompiledPattern) -> EvalResult | None:
+        data = self.store.get(self._score_name(proxy)) if self.store is not None else None
+        return None if data is None else result_from_dict(json.loads(data))
+
+    def _keep(self, proxy: CompiledPattern, result: EvalResult) -> None:
+        if self.store is not None:
+            self.store.put(self._score_name(proxy), json.dumps(result.to_dict()).encode())
+
+    def _record_result(self, found: dict, result: EvalResult) -> None:
+        rungs = result.extra.get("rungs")
+        found.update(buckets=result.buckets, chance=result.chance, fidelity=self.scorer.fidelity(result),
+                     rungs=rungs, screen_accuracy=rungs[-1][1] if rungs else None)
+        if result.status != "ok":
+            found["status"] = "diverged"
+            raise Diverged(result.failure)
+        found.update(status="ok", accuracy=result.score, pooled_accuracy=result.accuracy)
+
+    def _promote(self, trial: optuna.Trial, step: int, score: float, cost: float,
+                 always: bool = False) -> bool:
+        """Go on past rung ``step`` unless an earlier trial, scored at the same rung, was better by
+        ``promote_within`` at no more cost: the candidate is then off the front."""
         if always:
             return True
-        margin = self.task.train.promote_within
+        margin = self.scorer.task.train.promote_within
         for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            theirs = other.user_attrs.get(record.SCREEN_ACCURACY)
-            if theirs is not None and other.values[1] <= cost and theirs >= screened + margin:
+            found = record.read(other)
+            theirs = dict(map(tuple, found.rungs or ()))
+            if found.rungs is None and found.screen_accuracy is not None:  # a study from before rungs:
+                theirs = {step: found.screen_accuracy}  # its one checkpoint, where the one rung is
+            if step in theirs and other.values[1] <= cost and theirs[step] >= score + margin:
                 return False
         return True
 
@@ -269,32 +269,37 @@ class Objective:
                 "distinct_layers": len(by_layout)}
 
     @staticmethod
-    def _reject(trial: optuna.Trial, reason: str):
-        trial.set_user_attr(record.STATUS, "rejected")
-        trial.set_user_attr(record.REJECTED, reason)
+    def _reject(found: dict, reason: str):
+        found.update(status="rejected", rejected=reason)
         raise optuna.TrialPruned(reason)
 
 
-def layout_key(target: CompiledPattern, proxy: CompiledPattern, target_pairs: bool = False) -> str:
-    """One hash of what a trial is scored on: two candidates with equal keys score alike. The
-    proxy's token pairs (what the model trains on: ``sink(4)`` and ``sink(64)`` store the same
-    32-token blocks but not the same pairs) and the target's blocks (cost, density and reach are
-    per block), or with ``target_pairs`` its pairs too (task=calibrate runs the target stack in a
-    pretrained model, whose output changes with every pair)."""
+def pairs_key(cp: CompiledPattern) -> str:
+    """One hash of every token pair ``cp`` allows, layer by layer and head by head: what a model
+    under it computes with (``sink(4)`` and ``sink(64)`` store the same 32-token blocks, not the
+    same pairs)."""
     digest = hashlib.sha256()
-    for cp, pairs in ((target, target_pairs), (proxy, True)):
-        for layer in range(cp.layers):
-            digest.update(layout_hash(cp, layer).encode())
-            for head in range(cp.heads if pairs else 0):
-                digest.update(np.packbits(cp.to_bsr(layer, head, with_masks=True).masks).tobytes())
+    for layer in range(cp.layers):
+        digest.update(layout_hash(cp, layer).encode())
+        for head in range(cp.heads):
+            digest.update(np.packbits(cp.to_bsr(layer, head, with_masks=True).masks).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def layout_key(target: CompiledPattern, proxy: CompiledPattern) -> str:
+    """One hash of what a trial is scored on: two candidates with equal keys score alike. The
+    proxy's token pairs (what the proxy is scored under: ``pairs_key``) and the target's blocks
+    (cost, density and reach are per block)."""
+    digest = hashlib.sha256(pairs_key(proxy).encode())
+    for layer in range(target.layers):
+        digest.update(layout_hash(target, layer).encode())
     return digest.hexdigest()[:32]
 
 
 def _scored_with(study: optuna.Study, key: str) -> optuna.trial.FrozenTrial | None:
-    """An earlier trial scored on these layouts (complete, trained, not itself reused), or None."""
+    """An earlier trial scored on these layouts (complete, scored, not itself reused), or None."""
     for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        attrs = other.user_attrs
-        if attrs.get(record.LAYOUT_KEY) == key and attrs.get(record.STATUS) == "ok" \
-                and record.REUSED_FROM not in attrs:
+        theirs = record.read(other)
+        if theirs.layout_key == key and theirs.status == "ok" and theirs.reused_from is None:
             return other
     return None

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import math
 import pathlib
 import re
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 import optuna
 import yaml
 from matplotlib.figure import Figure  # no pyplot: no global figure state; savefig renders with Agg
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 import patternc
 from patternc import Stack
@@ -47,6 +46,7 @@ from search import record as R
 from search.accounting import Account, rejection_reasons
 from search.config import SpaceConfig
 from search.pareto import dominated_pairs, pareto_front
+from search.record import comparable, feasible, fidelity, scored
 from search.report_html import write_report_html
 
 __all__ = ["Report", "comparable", "feasible", "fidelity", "front_trials", "pareto_figure", "pareto_markdown",
@@ -70,37 +70,6 @@ class Report:
     dominated: dict[int, list[str]]  # front trial number -> names of the references it dominates
 
 
-def feasible(trial: FrozenTrial) -> bool | None:
-    """Optuna's feasibility (every constraint <= 0); a COMPLETE trial without constraints counts as
-    feasible, as Optuna's samplers count it; None when a trial has not got that far."""
-    if trial.constraints:
-        return all(v <= 0 for v in trial.constraints.values())
-    return True if trial.state == TrialState.COMPLETE else None
-
-
-def scored(trial: FrozenTrial) -> bool:
-    """COMPLETE with finite [accuracy, cost]: something that can be plotted and compared."""
-    return (trial.state == TrialState.COMPLETE and trial.values is not None
-            and all(math.isfinite(v) for v in trial.values))
-
-
-def fidelity(trial: FrozenTrial) -> str | None:
-    """At what budget a scored trial's accuracy was measured: ``"full"``, or ``"checkpoint"`` for a
-    trial that screening stopped there (``task.train.screen``); None for a trial without a score.
-    A scored trial that records no fidelity trained in full (studies from before screening).
-    """
-    if not scored(trial):
-        return None
-    return "checkpoint" if trial.user_attrs.get(R.FIDELITY) == "screen" else "full"
-
-
-def comparable(trial: FrozenTrial) -> bool:
-    """The one rule for what the report may compare and recommend: a scored trial trained in full.
-    A checkpoint score was measured on part of the budget (it can beat every full one, or trail
-    them), so it stands beside none: never on the front, never the best, never dominating."""
-    return fidelity(trial) == "full"
-
-
 def front_trials(trials: list[FrozenTrial], directions: Sequence[str] = R.DIRECTIONS) -> list[FrozenTrial]:
     """The Pareto front among ``comparable`` feasible trials, cheapest first (ties: more accurate
     first). A screened trial was judged off the front at its checkpoint.
@@ -119,7 +88,7 @@ def front_trials(trials: list[FrozenTrial], directions: Sequence[str] = R.DIRECT
 def _cost(trial: FrozenTrial) -> float | None:
     if trial.values is not None:
         return trial.values[1]
-    cost = trial.user_attrs.get(R.COST)
+    cost = R.read(trial).cost
     return cost.get("ratio") if isinstance(cost, dict) else None
 
 
@@ -146,8 +115,8 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
     """
     params = sorted({p for t in trials for p in t.params})
     constraints = sorted({c for t in trials for c in t.constraints})
-    buckets = _ordered([b for t in trials for b in t.user_attrs.get(R.BUCKETS) or {}])
-    stages = _ordered([s for t in trials for s in t.user_attrs.get(R.DURATIONS) or {}], _STAGES)
+    buckets = _ordered([b for t in trials for b in R.read(t).buckets or {}])
+    stages = _ordered([s for t in trials for s in R.read(t).durations or {}], _STAGES)
     columns = (["number", "state", "reference", "status", "expression"]
                + [f"param_{p}" for p in params]
                + ["accuracy", "fidelity", "cost", "density", "mixing_depth", "feasible"]
@@ -156,20 +125,20 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
                + ["worker", "datetime_start", "datetime_complete"])
     rows = []
     for t in trials:
-        a = t.user_attrs
-        row = {"number": t.number, "state": t.state.name, "reference": a.get(R.REFERENCE),
-               "status": a.get(R.STATUS), "expression": a.get(R.EXPRESSION),
-               "accuracy": t.values[0] if t.values else a.get(R.ACCURACY), "fidelity": fidelity(t),
+        a = R.read(t)
+        row = {"number": t.number, "state": t.state.name, "reference": a.reference,
+               "status": a.status, "expression": a.expression,
+               "accuracy": t.values[0] if t.values else a.accuracy, "fidelity": fidelity(t),
                "cost": _cost(t),
-               "density": a.get(R.DENSITY), "mixing_depth": a.get(R.MIXING_DEPTH),
-               "feasible": feasible(t), "rejected_reason": a.get(R.REJECTED),
-               "worker": (a.get(R.WORKER) or {}).get("index"),
+               "density": a.density, "mixing_depth": a.mixing_depth,
+               "feasible": feasible(t), "rejected_reason": a.rejected,
+               "worker": (a.worker or {}).get("index"),
                "datetime_start": t.datetime_start and t.datetime_start.isoformat(),
                "datetime_complete": t.datetime_complete and t.datetime_complete.isoformat()}
         row.update({f"param_{k}": v for k, v in t.params.items()})
         row.update({f"constraint_{k}": v for k, v in t.constraints.items()})
-        row.update({f"bucket_{k}": v for k, v in (a.get(R.BUCKETS) or {}).items()})
-        row.update({f"seconds_{k}": v for k, v in (a.get(R.DURATIONS) or {}).items()})
+        row.update({f"bucket_{k}": v for k, v in (a.buckets or {}).items()})
+        row.update({f"seconds_{k}": v for k, v in (a.durations or {}).items()})
         rows.append({c: "" if row.get(c) is None else row[c] for c in columns})
     return columns, rows
 
@@ -189,15 +158,15 @@ def _slug(text: str, limit: int = 40) -> str:
 def _pattern_files(trial: FrozenTrial, rank: str, study: str, space: SpaceConfig, task: str,
                    folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path] | None:
     """Write one front member's stack YAML and its compiled layout at target.n; None without a stack."""
-    data = trial.user_attrs.get(R.STACK)
+    data = R.read(trial).stack
     if not isinstance(data, dict):
         return None
     acc, cost = trial.values
     # a sampled candidate's expression is the space's template (its values are in params): name it by
     # space and trial, which trials.csv and the study resolve
-    name = trial.user_attrs.get(R.REFERENCE) or f"{space.name}_trial{trial.number}"
+    name = R.read(trial).reference or f"{space.name}_trial{trial.number}"
     stem = f"{rank}_{_slug(name)}"
-    density = trial.user_attrs.get(R.DENSITY)
+    density = R.read(trial).density
     description = (f"Pareto #{int(rank)} of study {study} (trial {trial.number}; space {space.name}, task "
                    f"{task}): accuracy {acc:.3f}, cost {cost:.2f}x dense causal at n={space.target.n}"
                    + ("" if density is None else f", block density {density:.3f}"))
@@ -237,7 +206,7 @@ def pareto_figure(trials: list[FrozenTrial], front: list[FrozenTrial], title: st
                         "label": "classic, infeasible (over budget or no mixing)"},
     }
     for (ref, ok), style in groups.items():
-        members = [t for t in pts if comparable(t) and bool(t.user_attrs.get(R.REFERENCE)) == ref
+        members = [t for t in pts if comparable(t) and bool(R.read(t).reference) == ref
                    and bool(feasible(t)) == ok]
         if members:
             ax.scatter([t.values[1] for t in members], [t.values[0] for t in members], zorder=2, **style)
@@ -246,8 +215,8 @@ def pareto_figure(trials: list[FrozenTrial], front: list[FrozenTrial], title: st
         ax.scatter([t.values[1] for t in stopped], [t.values[0] for t in stopped], zorder=2, s=24, marker="x",
                    color="0.6", label="stopped at the checkpoint (accuracy on part of the budget)")
     for t in pts:
-        if t.user_attrs.get(R.REFERENCE):
-            ax.annotate(t.user_attrs[R.REFERENCE], (t.values[1], t.values[0]), xytext=(5, -10),
+        if R.read(t).reference:
+            ax.annotate(R.read(t).reference, (t.values[1], t.values[0]), xytext=(5, -10),
                         textcoords="offset points", fontsize=8, color="C3")
     if front:
         xs, ys = [t.values[1] for t in front], [t.values[0] for t in front]
@@ -256,7 +225,7 @@ def pareto_figure(trials: list[FrozenTrial], front: list[FrozenTrial], title: st
         for rank, (x, y) in enumerate(zip(xs, ys, strict=True), 1):
             ax.annotate(f"#{rank}", (x, y), xytext=(-4, 6), textcoords="offset points", fontsize=8,
                         color="C0", ha="right")
-    chance = next((t.user_attrs[R.CHANCE] for t in trials if t.user_attrs.get(R.CHANCE) is not None), None)
+    chance = next((R.read(t).chance for t in trials if R.read(t).chance is not None), None)
     if chance is not None:
         ax.axhline(chance, color="0.5", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
     costs = [t.values[1] for t in pts]
@@ -282,7 +251,7 @@ def _code(text, table: bool = False) -> str:
 
 
 def _who(t: FrozenTrial) -> str:
-    return t.user_attrs.get(R.REFERENCE) or f"trial {t.number}"
+    return R.read(t).reference or f"trial {t.number}"
 
 
 def _beats(front: list[FrozenTrial], dominated: dict[int, list[str]], refs: list[FrozenTrial]) -> list[str]:
@@ -308,11 +277,11 @@ def pareto_markdown(front: list[FrozenTrial], files: list[str], dominated: dict[
     rows = ["| rank | expression | accuracy | cost | density | mixing depth | pattern file |",
             "|---:|---|---:|---:|---:|---:|---|"]
     for rank, (t, name) in enumerate(zip(front, files, strict=True), 1):
-        a = t.user_attrs
-        density = "" if a.get(R.DENSITY) is None else f"{a[R.DENSITY]:.3f}"
-        depth = a.get(R.MIXING_DEPTH)
-        label = _code(a.get(R.EXPRESSION), table=True)
-        label += f" ({a[R.REFERENCE]})" if a.get(R.REFERENCE) else ""
+        a = R.read(t)
+        density = "" if a.density is None else f"{a.density:.3f}"
+        depth = a.mixing_depth
+        label = _code(a.expression, table=True)
+        label += f" ({a.reference})" if a.reference else ""
         link = f"[{name}](patterns/{name})" if name else ""
         rows.append(f"| {rank} | {label} | {t.values[0]:.3f} | {t.values[1]:.2f}x dense | {density} | "
                     f"{'none' if depth is None else depth} | {link} |")
@@ -322,7 +291,7 @@ def pareto_markdown(front: list[FrozenTrial], files: list[str], dominated: dict[
 
 def _rejections(trials: list[FrozenTrial]) -> list[str]:
     """Rejected candidates grouped by reason (``rejection_reasons``), the three commonest shown."""
-    rejected = [t for t in trials if t.user_attrs.get(R.STATUS) == "rejected"]
+    rejected = [t for t in trials if R.read(t).status == "rejected"]
     if not rejected:
         return ["Rejected before training: none."]
     violated = collections.Counter(c for t in rejected for c, v in t.constraints.items() if v > 0)
@@ -335,13 +304,13 @@ def _rejections(trials: list[FrozenTrial]) -> list[str]:
 
 
 def _describe(t: FrozenTrial) -> str:
-    return (f"{_who(t)} {_code(t.user_attrs.get(R.EXPRESSION))}: accuracy {t.values[0]:.3f}, "
+    return (f"{_who(t)} {_code(R.read(t).expression)}: accuracy {t.values[0]:.3f}, "
             f"cost {t.values[1]:.2f}x dense")
 
 
 def _kernel(trials: list[FrozenTrial]) -> str:
     """`` with reference (float32) on cpu``: how the first measured trial was timed, or nothing."""
-    cost = next((t.user_attrs[R.COST] for t in trials if isinstance(t.user_attrs.get(R.COST), dict)), None)
+    cost = next((R.read(t).cost for t in trials if isinstance(R.read(t).cost, dict)), None)
     if cost is None or "backend" not in cost:
         return ""
     where = f" on {cost['device']}" if cost.get("device") else ""
@@ -354,7 +323,7 @@ def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[Fro
     """``summary.md``: whether the study is finished, counts, rejections, the front, the best and the
     cheapest good-enough pattern, what beats the classics, and the time taken."""
     states = collections.Counter(t.state.name for t in trials)
-    statuses = collections.Counter(str(t.user_attrs[R.STATUS]) for t in trials if R.STATUS in t.user_attrs)
+    statuses = collections.Counter(str(R.read(t).status) for t in trials if R.read(t).status is not None)
     facts = ([f"Study {account.describe()}."] if account is not None else []) + [
              f"Trials: {len(trials)}" + (" (" + ", ".join(f"{s} {k}" for s, k in sorted(states.items())) + ")"
                                          if trials else ""),
@@ -364,7 +333,7 @@ def summary_markdown(study: str, space: SpaceConfig, task: str, trials: list[Fro
     good = [t for t in pool if feasible(t)]
     stopped = sum(fidelity(t) == "checkpoint" for t in trials)
     if stopped:
-        facts.append(f"Stopped at the checkpoint (task.train.screen): {stopped} trial{'s' * (stopped > 1)}, "
+        facts.append(f"Stopped at a screening rung (task.train.rungs): {stopped} trial{'s' * (stopped > 1)}, "
                      "scored on part of the budget and compared with no fully trained one (the fidelity "
                      "column of trials.csv).")
     beats = []
@@ -422,10 +391,10 @@ def write_report(study: optuna.Study, space: SpaceConfig, out_dir: pathlib.Path,
     trials = study.get_trials(deepcopy=False)
     front = front_trials(trials, directions)
     on_front = {t.number for t in front}
-    refs = [t for t in trials if comparable(t) and t.user_attrs.get(R.REFERENCE) and t.number not in on_front]
+    refs = [t for t in trials if comparable(t) and R.read(t).reference and t.number not in on_front]
     dominated: dict[int, list[str]] = collections.defaultdict(list)
     for i, j in dominated_pairs([t.values for t in front], [t.values for t in refs], directions):
-        dominated[front[i].number].append(refs[j].user_attrs[R.REFERENCE])
+        dominated[front[i].number].append(R.read(refs[j]).reference)
 
     columns, rows = trial_rows(trials)  # first, so the raw data is on disk whatever follows
     paths = {name: out_dir / name for name in ("trials.csv", "pareto.csv", "pareto.md", "pareto.png",

@@ -33,20 +33,19 @@ import patternc
 from patternc.explore import fill_template, write_explorer, write_page
 from search import record as R
 from search.config import SpaceConfig
+from search.record import feasible, fidelity
 
 __all__ = ["write_report_html"]
 
 
 def _point(t: FrozenTrial, page: str | None, front_rank: int | None) -> dict:
-    from search.report import feasible, fidelity  # here: search.report imports this module
-
-    a = t.user_attrs
-    values = t.values or [a.get(R.ACCURACY), (a.get(R.COST) or {}).get("ratio")]
-    return {"number": t.number, "state": t.state.name, "reference": a.get(R.REFERENCE),
-            "status": a.get(R.STATUS), "expression": a.get(R.EXPRESSION), "params": dict(t.params),
-            "accuracy": values[0], "fidelity": fidelity(t), "cost": values[1], "density": a.get(R.DENSITY),
-            "mixing_depth": a.get(R.MIXING_DEPTH), "buckets": a.get(R.BUCKETS) or {},
-            "feasible": feasible(t), "rejected": a.get(R.REJECTED), "front": front_rank, "page": page}
+    a = R.read(t)
+    values = t.values or [a.accuracy, (a.cost or {}).get("ratio")]
+    return {"number": t.number, "state": t.state.name, "reference": a.reference,
+            "status": a.status, "expression": a.expression, "params": dict(t.params),
+            "accuracy": values[0], "fidelity": fidelity(t), "cost": values[1], "density": a.density,
+            "mixing_depth": a.mixing_depth, "buckets": a.buckets or {},
+            "feasible": feasible(t), "rejected": a.rejected, "front": front_rank, "page": page}
 
 
 def _explorer_pages(out_dir: pathlib.Path, pattern_files: list, space: SpaceConfig) -> list[str | None]:

@@ -69,7 +69,7 @@ class EscapeRejections(optuna.samplers.BaseSampler):
     def _rejected_streak(self, study: optuna.Study) -> bool:
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         last = finished[-self.streak:]  # in trial-number order
-        return len(last) == self.streak and all(t.user_attrs.get(record.STATUS) == "rejected" for t in last)
+        return len(last) == self.streak and all(record.read(t).status == "rejected" for t in last)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._rejected_streak(study):

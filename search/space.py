@@ -37,8 +37,8 @@ import optuna
 from patternc import Override, PatternError, Stack, StackError, ast, parse, unparse
 from search.config import ParamSpec, SpaceConfig
 
-__all__ = ["TEMPLATE", "Candidate", "bind_names", "build", "check_space", "enqueue_params", "head_param",
-           "layer_group", "reference", "suggest"]
+__all__ = ["TEMPLATE", "Candidate", "bind_names", "build", "check_space", "design", "enqueue_params",
+           "head_param", "layer_group", "reference", "suggest"]
 
 TEMPLATE = "template"  # in layer_choices: the space's template
 
@@ -278,6 +278,46 @@ def enqueue_params(space: SpaceConfig, name: str) -> dict[str, Any]:
     for p, row in enumerate(_reference_heads(space, ref) or ()):
         params.update({head_param(p, j): choice for j, choice in enumerate(row)})
     return params
+
+
+def design(space: SpaceConfig, limit: int = 8) -> list[dict[str, Any]]:
+    """An initial design of at most ``limit`` points that covers the space's structure before a
+    sampler learns: each number parameter at both ends of its range (parameters alternate, so the
+    ends are not all drawn together), each categorical's every choice, and each proxy layer's (and
+    head's) every choice, in every combination the points allow (the first positions count in
+    base ``len(choices)``: all-template, then one layer dense, ...).
+
+    >>> space = SpaceConfig(template="causal & window(ceil($w * n))", layer_choices=["template", "causal"],
+    ...                     params={"w": ParamSpec(type="float", low=0.01, high=0.25)})
+    >>> for point in design(space):
+    ...     print(point)
+    {'w': 0.01, 'layer0': 'template', 'layer1': 'template'}
+    {'w': 0.25, 'layer0': 'causal', 'layer1': 'template'}
+    {'w': 0.01, 'layer0': 'template', 'layer1': 'causal'}
+    {'w': 0.25, 'layer0': 'causal', 'layer1': 'causal'}
+    """
+    positions = [f"layer{p}" for p in range(space.proxy.layers)] if space.layer_choices else []
+    if space.head_choices:
+        positions += [head_param(p, j) for p in range(space.proxy.layers) for j in range(space.proxy.heads)]
+    base = len(space.layer_choices or space.head_choices or [TEMPLATE])
+    sizes = [len(spec.choices) for spec in space.params.values() if spec.type == "categorical"]
+    count = min(limit, max([2, *sizes, base ** len(positions) if base > 1 else 1]))
+    points = []
+    for i in range(count):
+        point: dict[str, Any] = {}
+        for k, (name, spec) in enumerate(space.params.items()):
+            if spec.type == "categorical":
+                point[name] = list(spec.choices)[(i + k) % len(spec.choices)]
+            else:
+                end = spec.low if (i + k) % 2 == 0 else spec.high
+                point[name] = int(end) if spec.type == "int" else float(end)
+        for q, name in enumerate(positions):
+            choices = space.layer_choices if name.startswith("layer") else space.head_choices
+            digit = (i // base ** q) % base if base ** q < count else (i + q) % base
+            point[name] = list(choices)[digit % len(choices)]
+        if point not in points:
+            points.append(point)
+    return points
 
 
 def _reference_heads(space: SpaceConfig, ref: dict) -> list[list[str]] | None:

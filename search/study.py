@@ -48,18 +48,20 @@ from tqdm import tqdm
 
 from search import record
 from search.accounting import Account, account, missing_references, rejection_reasons, speaks_for, spent
+from search.artifacts import open_store
 from search.config import KernelConfig, SearchConfig, SpaceConfig, TaskConfig
 from search.definition import DEFINITION, definition, differences, study_name
 from search.errors import SpaceRejectsAll, StudyMismatch
 from search.objective import Diverged, Objective
 from search.samplers import make_sampler
-from search.space import enqueue_params
+from search.scorer import check_search
+from search.space import design, enqueue_params
 from search.storage import fail_stale, make_storage, shown, url_of
-from search.validate import check_search
 
 __all__ = ["load_existing", "open_study", "run_search", "study_account", "trial_line"]
 
 log = logging.getLogger("patternc.search")
+DESIGNED = "design_enqueued"  # study attribute: the initial design is in the queue
 
 
 def _where(settings: SearchConfig, name: str) -> str:
@@ -82,6 +84,12 @@ def open_study(settings: SearchConfig, space: SpaceConfig, defined: dict, name: 
     if settings.references:
         for reference in missing_references(study.get_trials(deepcopy=False), space.references):
             study.enqueue_trial(enqueue_params(space, reference), user_attrs={record.REFERENCE: reference})
+    if settings.design and not study.user_attrs.get(DESIGNED):
+        # once per study (a rerun or another worker finds it done): the sampler learns from these
+        study.set_user_attr(DESIGNED, True)
+        room = settings.n_trials - (len(space.references) if settings.references else 0)
+        for params in design(space)[:max(0, room)]:  # never more than the budget holds
+            study.enqueue_trial(params, skip_if_exists=True)
     return study
 
 
@@ -174,25 +182,29 @@ class _Accounted:
     """The objective, run only when a trial is still needed: a reference that another trial already
     speaks for is pruned as a duplicate, and a sampled trial as over budget once the budget is spent
     or committed to trials running elsewhere. Each trial records which worker ran it
-    (``record.WORKER``)."""
+    (its record's ``worker``)."""
 
     def __init__(self, objective: Objective, budget: int, worker: int):
         self.objective, self.budget = objective, budget
         self.worker = {"index": worker, "host": socket.gethostname(), "pid": os.getpid()}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        trial.set_user_attr(record.WORKER, self.worker)
         trials = trial.study.get_trials(deepcopy=False)
         reference = trial.user_attrs.get(record.REFERENCE)
         if reference:
             other = speaks_for(trials, reference, trial.number)
             if other is not None:
-                trial.set_user_attr(record.STATUS, "duplicate")
+                self._skip(trial, "duplicate", reference)
                 raise optuna.TrialPruned(f"reference {reference} is trial {other}'s")
         elif _committed(trials) - 1 >= self.budget:  # - 1: this trial, RUNNING itself
-            trial.set_user_attr(record.STATUS, "over budget")
+            self._skip(trial, "over budget", reference)
             raise optuna.TrialPruned("the study's budget was spent by other trials")
+        self.objective.worker = self.worker
         return self.objective(trial)
+
+    def _skip(self, trial: optuna.Trial, status: str, reference: str | None) -> None:
+        found = record.TrialRecord(status=status, reference=reference, worker=self.worker)
+        trial.set_user_attr(record.RECORD, found.to_attr())
 
 
 def _wait_for_others(study: optuna.Study, settings: SearchConfig, running: tuple[int, ...], say) -> bool:
@@ -215,14 +227,16 @@ def _wait_for_others(study: optuna.Study, settings: SearchConfig, running: tuple
 def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, settings: SearchConfig,
                seed: int = 0, progress: bool = True) -> optuna.Study:
     """Run (or resume) the study until it is finished, or this worker's time or patience runs out."""
-    check_search(task, space, kernel, settings, seed)
+    scorer = check_search(task, space, kernel, settings, seed)
     defined = definition(task, space, kernel, seed)
     name = settings.study or study_name(defined)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     study = open_study(settings, space, defined, name)
     study.sampler = make_sampler(settings.sampler, _seed_stream(study, settings),
                                  n_startup=max(4, settings.n_trials // 3))
-    objective = _Accounted(Objective(task, space, kernel, seed=seed), settings.n_trials, settings.worker)
+    store = open_store(settings)  # checked writable: the dense reference and reusable scores
+    objective = _Accounted(Objective(task, space, kernel, seed=seed, scorer=scorer, store=store),
+                           settings.n_trials, settings.worker)
     done = spent(study.get_trials(deepcopy=False))
     bar = tqdm(total=settings.n_trials, initial=min(done, settings.n_trials),
                unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True)
@@ -237,7 +251,7 @@ def run_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, setti
         bar.n = min(finished, settings.n_trials)
         bar.refresh()
         say(trial_line(trial, finished, settings.n_trials))
-        if trial.user_attrs.get(record.STATUS) == "rejected":
+        if record.read(trial).status == "rejected":
             rejected_here += 1
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if rejected_here >= settings.max_rejected or (_committed(trials) >= settings.n_trials
@@ -277,20 +291,21 @@ def _hopeless(study: optuna.Study, rejected: int, space: SpaceConfig) -> str:
 
 def trial_line(trial: FrozenTrial, finished: int, budget: int) -> str:
     """One log line per finished trial: state, objectives, checks, expression, seconds."""
-    attrs = trial.user_attrs
-    name = f" [{attrs[record.REFERENCE]}]" if record.REFERENCE in attrs else ""
-    pattern = attrs.get(record.EXPRESSION)
-    seconds = sum(attrs.get(record.DURATIONS, {}).values())
+    found = record.read(trial)
+    name = f" [{found.reference}]" if found.reference else ""
+    pattern = found.expression
+    seconds = sum((found.durations or {}).values())
     head = f"trial {trial.number:>3} ({finished}/{budget}){name}"
-    status = attrs.get(record.STATUS)
+    status = found.status
     if trial.state == TrialState.PRUNED and status in ("duplicate", "over budget"):
         return f"{head} skipped: {status}"
     if trial.state == TrialState.PRUNED:
-        return f"{head} rejected in {1e3 * seconds:.0f} ms: {attrs.get(record.REJECTED)} | {pattern}"
+        return f"{head} rejected in {1e3 * seconds:.0f} ms: {found.rejected} | {pattern}"
     if trial.state == TrialState.FAIL:
         return f"{head} failed ({status or 'error'}) | {pattern}"
     accuracy, cost = trial.values
     feasible = all(v <= 0 for v in trial.constraints.values())
-    return (f"{head} accuracy {accuracy:.3f} cost {cost:.3f}x density {attrs.get(record.DENSITY, 0):.3f} "
-            f"mixing {attrs.get(record.MIXING_DEPTH)}{'' if feasible else ' (infeasible)'} "
-            f"in {seconds:.0f} s | {pattern}")
+    reused = " (reused)" if found.reused_from is not None else ""
+    return (f"{head} accuracy {accuracy:.3f} cost {cost:.3f}x density {found.density or 0:.3f} "
+            f"mixing {found.mixing_depth}{'' if feasible else ' (infeasible)'} "
+            f"in {seconds:.0f} s{reused} | {pattern}")

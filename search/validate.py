@@ -15,7 +15,7 @@ search.errors.ConfigError: task.train.steps must be an integer >= 1, got 0
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import math
 import warnings
 from collections.abc import Callable
@@ -29,8 +29,8 @@ from search.errors import ConfigError
 from search.space import check_space
 from search.tasks import make_task
 
-__all__ = ["backend_choice", "check_kernel", "check_search", "check_seed", "check_settings", "check_task",
-           "is_sqlite"]
+__all__ = ["INITS", "backend_choice", "check_kernel", "check_run", "check_seed", "check_settings",
+           "check_task", "is_sqlite"]
 
 
 def _int(low: int, high: float = math.inf) -> Callable[[Any], bool]:
@@ -46,6 +46,7 @@ def _optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 AT_LEAST_1 = (_int(1), "an integer >= 1")
+INITS = ("scratch", "dense")  # task.train.init: search.scorer
 ATTENTION = ("auto", "kernel", "sdpa", "flex")  # patternc.nn's backends (search.model.attention_backend)
 MAX_WORKERS = 64  # search.workers: see its rule
 SEED = (_int(0, 2**32 - 1), "an integer in [0, 2**32) (numpy and Optuna seed their generators with it)")
@@ -70,10 +71,16 @@ TRAIN_RULES = [
     ("train.weight_decay", _real(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
     ("train.clip", _real(lambda v: v > 0), "a positive finite number (the gradient-norm clip)"),
     ("train.threads", _optional(_int(1)), "null (keep the process's setting) or an integer >= 1"),
-    ("train.screen", _real(lambda v: 0 <= v < 1),
-     "a number in [0, 1): the checkpoint as a fraction of train.steps, 0 to train every trial in full"),
+    ("train.rungs", lambda v: isinstance(v, list) and all(_real(lambda r: 0 < r < 1)(r) for r in v)
+     and all(a < b for a, b in itertools.pairwise(v)),
+     "a list of increasing fractions in (0, 1): the steps, as fractions of a candidate's, at which "
+     "it is scored before going on ([]: every candidate in full)"),
     ("train.promote_within", _real(lambda v: 0 <= v <= 1),
-     "a number in [0, 1] (below 0 a candidate as good as the front would be stopped)"),
+     "a number in [0, 1] (below 0 a rung promotes nothing: a candidate as good as the front is "
+     "stopped)"),
+    ("train.init", lambda v: v in INITS,
+     "one of " + ", ".join(INITS) + " (where a search's candidate starts)"),
+    ("train.adapt_steps", _int(0), "an integer >= 0 (0: the dense proxy scored zero-shot)"),
     ("train.screen_sequences", *AT_LEAST_1),
 ]
 KERNEL_RULES = [
@@ -99,6 +106,9 @@ SEARCH_RULES = [
      f"which PostgreSQL serves 100 of by default)"),
     ("worker", _int(0), "an integer >= 0"),
     ("storage_retry", _real(lambda v: v >= 0), "a number of seconds >= 0"),
+    ("artifacts", _optional(lambda v: isinstance(v, str) and v != ""),
+     "null (outputs/search/artifacts) or a directory path"),
+    ("design", lambda v: isinstance(v, bool), "true or false"),
 ]
 
 
@@ -118,13 +128,10 @@ def check_seed(seed: Any, key: str = "seed") -> None:
 
 
 def check_task(task: TaskConfig, prefix: str = "task.", devices: bool = True) -> None:
-    """The model, the training and the task's own values; a task whose answers cannot be placed
-    (a too crowded ``task.pairs``) is found by drawing two sequences, here rather than in trial 0.
-    ``devices=False`` leaves ``train.device`` to the machine that trains (a cluster's GPU node)."""
-    from search.calibrate import calibration_task, check_calibration
-
-    if calibration_task(task):  # task=calibrate: a model directory and data, no training
-        return check_calibration(task, prefix, devices)
+    """The model, the training and the task's own values of a task that trains (mqar, majority,
+    hops); a task whose answers cannot be placed (a too crowded ``task.pairs``) is found by drawing
+    two sequences, here rather than in trial 0. ``devices=False`` leaves ``train.device`` to the
+    machine that trains (a cluster's GPU node). ``search.scorer.check_task`` takes any task."""
     _apply(MODEL_RULES + TRAIN_RULES, task, prefix)
     if devices:
         resolve_device(task.train.device, where=f"{prefix}train.device")
@@ -179,17 +186,14 @@ def check_settings(settings: SearchConfig, space: SpaceConfig) -> None:
                           f"always run: raise it, or set search.references=false")
 
 
-def check_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, settings: SearchConfig,
-                 seed: int, devices: bool = True) -> None:
-    """Everything a search run uses, before its first trial; ``devices=False`` (a launcher checking
-    its jobs) leaves the devices to the machines the jobs run on.
+def check_run(space: SpaceConfig, kernel: KernelConfig, settings: SearchConfig, seed: int,
+              devices: bool = True) -> None:
+    """What a search uses besides its task (``search.scorer.check_search`` adds the task's scorer).
 
-    >>> from search.config import MQARConfig
     >>> space = SpaceConfig(name="window", references={"dense": {"expr": "causal"},
     ...                                                "local": {"expr": "causal & window(16)"}})
-    >>> check_search(MQARConfig(), space, KernelConfig(), SearchConfig(), seed=0)  # all good: nothing
-    >>> check_search(MQARConfig(), space, KernelConfig(), SearchConfig(n_trials=1), seed=0)
-    ... # doctest: +ELLIPSIS
+    >>> check_run(space, KernelConfig(), SearchConfig(), seed=0)  # all good: nothing
+    >>> check_run(space, KernelConfig(), SearchConfig(n_trials=1), seed=0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
       ...
     search.errors.ConfigError: search.n_trials = 1 is fewer than the 2 reference trials of space window ...
@@ -201,8 +205,3 @@ def check_search(task: TaskConfig, space: SpaceConfig, kernel: KernelConfig, set
     if kernel.context is not None and not kernel.context < space.target.n:
         raise ConfigError(f"kernel.context = {kernel.context} must be below space.target.n = "
                           f"{space.target.n}: the decode step's query is at position kernel.context")
-    from search.calibrate import calibration_task, check_calibration_space
-
-    if calibration_task(task):  # the model is the target (before its data is drawn at proxy.n)
-        check_calibration_space(task, space)
-    check_task(dataclasses.replace(task, n=space.proxy.n), devices=devices)  # trials train at proxy.n

@@ -7,7 +7,7 @@ is one study and 8 jobs: the sweeper adds ``search.worker=range(8)`` (unless the
 works: ``submitit_slurm`` on a cluster, ``submitit_local`` or ``joblib`` on one machine, Hydra's basic
 launcher (one job after another).
 
-Before any job starts, every job's config is composed and checked (``search.validate``; devices
+Before any job starts, every job's config is composed and checked (``search.scorer.check_search``; devices
 are left to the jobs, on their own nodes): a bad value, or an embedded sqlite store shared by
 several workers, ends the command with ``patternc-search: error: ...`` and status 2.
 
@@ -34,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from search.definition import definition, differences, study_name
 from search.errors import SearchError, StudyMismatch
+from search.scorer import check_search
 from search.storage import fail_stale, url_of
-from search.validate import check_search
 
 __all__ = ["job_configs", "sweep", "with_workers"]
 

@@ -17,7 +17,7 @@ import optuna
 
 import patternc
 import search.app
-import search.objective
+import search.scorer
 from search.storage import ResilientRDBStorage
 
 
@@ -44,7 +44,7 @@ STAGES = {
     "compile": lambda: _at_call(patternc, "compile"),
     "reach": lambda: _at_call(patternc, "reach"),
     "cost": lambda: _at_call(patternc, "measure"),
-    "train": lambda: _at_call(search.objective, "evaluate"),
+    "train": lambda: _at_call(search.scorer, "evaluate"),
     "store": lambda: _at_call(ResilientRDBStorage, "set_trial_state_values",
                               when=lambda self, trial_id, state, values=None: state.is_finished()),
     "report": lambda: _at_call(search.app, "write_report"),

@@ -166,7 +166,7 @@ def _compose(model_dir, tmp_path, *overrides):
             "task=calibrate", f"task.model={model_dir}",
             f"task.generator={json.dumps(GENERATOR)}".replace('"', ""), "task.sequences=2", "task.threads=1",
             f"search.storage=sqlite:///{tmp_path}/s.db", "space=duo_attention", *target,
-            f"space.target.n={N}", "space.target.block=16", *overrides])
+            f"task.n={N}", f"space.target.n={N}", "space.target.block=16", *overrides])
 
 
 def _objects(cfg) -> list:
@@ -183,7 +183,7 @@ def test_a_reference_outside_its_choices_is_refused_at_start_up(model_dir, tmp_p
 
 
 def test_mode_evaluate_on_a_calibration(model_dir, tmp_path):
-    cfg = _compose(model_dir, tmp_path, "mode=evaluate", "pattern.expr='causal & window(8)'", f"task.n={N}")
+    cfg = _compose(model_dir, tmp_path, "mode=evaluate", "pattern.expr='causal & window(8)'")
     result = run_evaluate(cfg, tmp_path)
     assert result["task"] == "calibrate" and 0 < result["score"] < 1
     assert json.loads((tmp_path / "result.json").read_text())["extra"]["metric"] == "kl"
@@ -193,7 +193,7 @@ def test_a_calibration_search_through_the_app(model_dir, tmp_path):
     cfg = _compose(model_dir, tmp_path, "space.params.w.choices=[4,8]", "space.params.s.choices=[1,4]",
                    "space.references.streaming_llm.params.w=8",
                    "space.density_budget=1.0", "search.n_trials=7", "kernel.repeats=1", "kernel.warmup=0")
-    assert OmegaConf.to_object(cfg.space).proxy.n == N  # the proxy follows the target
+    assert OmegaConf.to_object(cfg.space).proxy.n == N  # the calibration length, task.n
     report = run_search_mode(cfg, tmp_path / "run")
     trials = {t.user_attrs.get("reference") or t.number: t for t in report.front}
     assert report.front and all(0 < t.values[0] <= 1.0 for t in report.front)
@@ -208,12 +208,15 @@ def test_a_calibration_search_through_the_app(model_dir, tmp_path):
     ("space.target.heads=8",
      r"space.target.heads = 8 while the model .* has heads = 4: set space.target.heads=4"),
     ("space.target.kv_heads=4", r"space.target.kv_heads = 4 while the model .* has kv_heads = 2"),
-    ("space.proxy.n=32", r"space.proxy.n = 32 must equal space.target.n = 64"),
+    ("space.proxy.heads=2", r"space.proxy.heads = 2 must equal space.target.heads = 4"),
+    ("task.n=512 space.target.n=1024",
+     r"space.proxy.n = 512 is the calibration length, longer than the model's context "
+     r"\(config.max_position_embeddings = 256"),
 ])
 def test_a_space_for_another_model_is_refused_before_any_trial(model_dir, tmp_path, override, message):
     from search.study import run_search
 
-    task, space, kernel, settings = _objects(_compose(model_dir, tmp_path, override))
+    task, space, kernel, settings = _objects(_compose(model_dir, tmp_path, *override.split()))
     with pytest.raises(ConfigError, match=message):
         run_search(task, space, kernel, settings)
     assert not (tmp_path / "s.db").exists()  # refused before the study is opened
@@ -229,12 +232,42 @@ def test_the_command_line_names_a_missing_model_directory(tmp_path):
 
 
 def test_a_calibration_search_tells_apart_patterns_that_store_the_same_blocks():
+    """The model runs under the proxy's layout (the target's stack at the calibration length): its
+    pairs, not only its blocks, decide a score."""
     import patternc
-    from search.objective import layout_key
+    from search.objective import layout_key, pairs_key
 
     few, more = (patternc.compile(f"causal & (sink({s}) | window(8))", N, block=16) for s in (1, 4))
-    assert layout_key(few, few, target_pairs=True) != layout_key(more, few, target_pairs=True)
-    assert layout_key(few, few) == layout_key(more, few)  # the target's blocks are the same 16-token blocks
+    assert pairs_key(few) != pairs_key(more) and layout_key(few, few) != layout_key(few, more)
+    assert layout_key(few, few) != layout_key(more, more)
+
+
+def test_calibration_scores_at_the_calibration_length_and_costs_at_the_deployment_length(model_dir, tmp_path,
+                                                                                         monkeypatch):
+    """Issue 25 item 4: quality at space.proxy.n (task.n, within the model's context of 256), cost and
+    the KV cache at space.target.n = 1024, past the context: the model never runs there."""
+    import search.scorer
+    from search import record
+
+    lengths, calibrate = [], search.scorer.calibrate
+
+    def spy(pattern, cfg, seed=0):
+        lengths.append((pattern.n, cfg.n))
+        return calibrate(pattern, cfg, seed=seed)
+
+    monkeypatch.setattr(search.scorer, "calibrate", spy)
+
+    cfg = _compose(model_dir, tmp_path, "space.params.w.choices=[4,8]", "space.params.s.choices=[1,4]",
+                   "space.references.streaming_llm.params.w=8", "space.target.n=1024",
+                   "space.density_budget=1.0", "search.n_trials=4", "kernel.repeats=1", "kernel.warmup=0")
+    report = run_search_mode(cfg, tmp_path / "run")
+    assert lengths and set(lengths) == {(N, N)}  # the model ran at the calibration length only
+    scored = list(report.front)
+    assert scored
+    for trial in scored:
+        found = record.read(trial)
+        assert found.cost["n"] == 1024 and found.scorer == "calibrate"
+        assert 0 < trial.values[0] <= 1.0
 
 
 def test_proxy_trials_that_store_the_same_blocks_but_not_the_same_pairs_are_scored_apart():

@@ -97,11 +97,13 @@ def test_faults_of_head_choices_are_named(changes, message):
 @pytest.mark.parametrize("name", ["duo_attention", "moa", "minference"])
 def test_the_calibration_spaces_compose_and_their_references_compile(name):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"space={name}", "task=calibrate", "space.target.n=1024"])
+        cfg = compose("config", overrides=[f"space={name}", "task=calibrate", "task.n=512",
+                                           "space.target.n=1024"])
     space = OmegaConf.to_object(cfg.space)
     check_space(space)
-    assert space.proxy == ProxyConfig(layers=space.target.layers, heads=space.target.heads, n=1024,
-                                      block=space.target.block)  # the proxy follows the target
+    # the proxy is the model (the target's layers and heads) at the calibration length, task.n
+    assert space.proxy == ProxyConfig(layers=space.target.layers, heads=space.target.heads, n=512,
+                                      block=space.target.block)
     assert {"dense_causal", "streaming_llm", "sliding_window"} <= set(space.references)
     for ref in space.references:
         candidate = reference(space, ref)

@@ -29,9 +29,9 @@ import pytest
 from optuna.trial import TrialState
 from searchconf import objects, tiny
 
+from search import record
 from search.accounting import account, counted
 from search.errors import StorageError
-from search.record import FIDELITY, REFERENCE
 from search.report import write_report
 from search.study import run_search
 from tests.test_report import SPACE, _study, _trial
@@ -90,7 +90,7 @@ def test_kill_9_at_every_step_loses_nothing(tmp_path):
     trials = study.get_trials()
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     references = study.user_attrs["definition"]["space"]["references"]
-    scored = [t.user_attrs[REFERENCE] for t in trials if counted(t) and REFERENCE in t.user_attrs]
+    scored = [record.read(t).reference for t in trials if counted(t) and record.read(t).reference is not None]
     assert sorted(scored) == sorted(references)
     assert account(trials, 5, references).finished
     assert all(trials[n].state == TrialState.COMPLETE for n in kept)
@@ -230,12 +230,12 @@ def _running(url: str) -> bool:
 # ---- what the report may recommend -----------------------------------------------------------------
 
 def _fidelity(trial, fidelity: str):
-    trial.user_attrs[FIDELITY] = fidelity
+    trial.user_attrs[record.RECORD] = {**trial.user_attrs.get(record.RECORD, {}), "fidelity": fidelity}
     return trial
 
 
 def test_a_checkpoint_score_is_never_recommended(tmp_path):
-    """The repro of issue 23 item 3 (``task.train.screen=0.5 task.train.promote_within=0``): a trial
+    """The repro of issue 23 item 3 (then ``task.train.screen=0.5 task.train.promote_within=0``): a trial
     stopped at its checkpoint scored 0.252 on half the budget, every fully trained one 0.227. Its
     score stands beside no full one: not the best accuracy, not the cheapest near it, not on the
     front; trials.csv and report.html say which scores are checkpoint scores."""
@@ -248,7 +248,7 @@ def test_a_checkpoint_score_is_never_recommended(tmp_path):
     for fact in ("Best accuracy: trial 0 `causal & window(64)`: accuracy 0.227",
                  "Best feasible accuracy: trial 0",
                  "Cheapest feasible within 0.02 of the best accuracy: trial 0",
-                 "Stopped at the checkpoint (task.train.screen): 1 trial"):
+                 "Stopped at a screening rung (task.train.rungs): 1 trial"):
         assert fact in summary, summary
     assert [t.number for t in report.front] == [0]
     rows = list(csv.DictReader(report.trials_csv.open(encoding="utf-8")))

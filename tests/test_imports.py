@@ -179,11 +179,13 @@ FACADE_IMPORTS = {("patternc.compiled", "patternc.reachability.graph")}
 
 
 def test_no_function_imports_its_callers_module():
-    """A function's import does not close a circle either (one that does is a circle put off until
-    the call, which hides which module depends on which), except the compiled pattern's facade."""
+    """A function's import does not close a circle either, in patternc/ or search/ (one that does is
+    a circle put off until the call, which hides which module depends on which: search.calibrate and
+    search.validate, search.report and search.report_html were such), except the compiled pattern's
+    facade."""
     from pathlib import Path
 
-    graph = _module_imports(Path(__file__).resolve().parents[1], ("patternc",), lazy=True)
+    graph = _module_imports(Path(__file__).resolve().parents[1], ("patternc", "search"), lazy=True)
     for module, imported in FACADE_IMPORTS:
         graph[module].discard(imported)
     index: dict[str, int] = {}

@@ -30,19 +30,19 @@ def _trial(expr: str, acc: float | None = None, cost: float | None = None, *, re
            density: float = 0.2, mixing: int = 0, params: dict | None = None, rejected: str | None = None,
            state: TrialState = TrialState.COMPLETE) -> optuna.trial.FrozenTrial:
     """A trial as the objective leaves it: constraints, attributes, and values only when scored."""
-    attrs = {R.STACK: {"default": expr, "layers": 2, "heads": 2}, R.EXPRESSION: expr, R.DENSITY: density,
-             R.MIXING_DEPTH: None if mixing else 2, R.CHANCE: 1 / 32,
-             R.DURATIONS: {"compile": 0.01, "reach": 0.002}}
+    attrs = {"stack": {"default": expr, "layers": 2, "heads": 2}, "expression": expr, "density": density,
+             "mixing_depth": None if mixing else 2, "chance": 1 / 32,
+             "durations": {"compile": 0.01, "reach": 0.002}}
     if reference:
         attrs[R.REFERENCE] = reference
     if rejected:
-        attrs.update({R.STATUS: "rejected", R.REJECTED: rejected})
+        attrs.update({"status": "rejected", "rejected": rejected})
     elif state == TrialState.COMPLETE:
         buckets = dict(zip(BUCKETS, (1.0, acc, acc / 2), strict=True))
-        attrs.update({R.STATUS: "ok", R.ACCURACY: acc, R.BUCKETS: buckets,
-                      R.COST: {"ratio": cost, "seconds": cost * 0.01, "baseline_seconds": 0.01,
+        attrs.update({"status": "ok", "accuracy": acc, "buckets": buckets,
+                      "cost": {"ratio": cost, "seconds": cost * 0.01, "baseline_seconds": 0.01,
                                "backend": "reference", "n": 1024, "dtype": "float32", "device": "cpu"},
-                      R.DURATIONS: {"compile": 0.01, "reach": 0.002, "cost": 0.4, "train": 3.0}})
+                      "durations": {"compile": 0.01, "reach": 0.002, "cost": 0.4, "train": 3.0}})
     params = params or {}
     return optuna.trial.create_trial(
         state=state, values=None if acc is None else [acc, cost], params=params,
@@ -190,7 +190,7 @@ def test_pattern_files_load_and_compile(report):
     assert len(yamls) == len(layouts) == len(FRONT)
     for yaml_path, layout_path, trial in zip(yamls, layouts, report.front, strict=True):
         stack = patternc.load_stack(yaml_path)
-        assert stack.default == trial.user_attrs[R.EXPRESSION]
+        assert stack.default == R.read(trial).expression
         assert (stack.layers, stack.heads, stack.block) == (2, 2, (128, 128))
         assert f"trial {trial.number}" in stack.description and "accuracy" in stack.description
         cp = patternc.load(layout_path)

@@ -10,7 +10,7 @@ import pytest
 from searchconf import objects, tiny
 
 import patternc
-import search.objective
+import search.scorer
 from search import record
 from search.accounting import counted
 from search.app import CONF, run_report_mode, run_search_mode
@@ -53,7 +53,7 @@ def test_report_mode_reports_the_study_as_it_stands_and_runs_nothing(tmp_path, m
     def boom(*args, **kwargs):
         raise AssertionError("mode=report trained or measured")
 
-    monkeypatch.setattr(search.objective, "evaluate", boom)
+    monkeypatch.setattr(search.scorer, "evaluate", boom)
     monkeypatch.setattr(patternc, "measure", boom)
     report = run_report_mode(tiny(tmp_path, "mode=report"), tmp_path / "final")
     worker, final = ((tmp_path / d / "trials.csv").read_text() for d in ("worker", "final"))
@@ -69,7 +69,7 @@ def test_report_mode_names_the_studies_it_could_have_meant(tmp_path):
 
 def test_infeasible_candidates_never_reach_cost_or_training(tmp_path, monkeypatch):
     trained, measured = [], []
-    evaluate, measure = search.objective.evaluate, patternc.measure
+    evaluate, measure = search.scorer.evaluate, patternc.measure
 
     def spy_evaluate(cp, task, seed, promote=None):
         trained.append(cp)
@@ -79,7 +79,7 @@ def test_infeasible_candidates_never_reach_cost_or_training(tmp_path, monkeypatc
         measured.append(cp)
         return measure(cp, **kwargs)
 
-    monkeypatch.setattr(search.objective, "evaluate", spy_evaluate)
+    monkeypatch.setattr(search.scorer, "evaluate", spy_evaluate)
     monkeypatch.setattr(patternc, "measure", spy_measure)
     # at target.n = 1024 on 128-token blocks every candidate exceeds a 0.3 budget; references still train
     task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=4", "space.density_budget=0.3",
@@ -87,17 +87,17 @@ def test_infeasible_candidates_never_reach_cost_or_training(tmp_path, monkeypatc
     with pytest.raises(SpaceRejectsAll, match="commonest reason") as error:
         run_search(task, space, kernel, settings, progress=False)
     study = error.value.study
-    rejected = [t for t in study.trials if t.user_attrs.get(record.STATUS) == "rejected"]
+    rejected = [t for t in study.trials if record.read(t).status == "rejected"]
     assert rejected, "the budget should reject some candidates"
     for t in rejected:
-        assert t.state.name == "PRUNED" and t.user_attrs[record.REJECTED]
-        assert record.COST not in t.user_attrs and record.ACCURACY not in t.user_attrs
+        assert t.state.name == "PRUNED" and record.read(t).rejected
+        assert record.read(t).cost is None and record.read(t).accuracy is None
         assert max(t.constraints.values()) > 0
     scored = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(trained) == len(measured) == len(scored) == sum(counted(t) for t in study.trials) == 3
     for t in scored:
         feasible = max(t.constraints.values()) <= 0
-        assert feasible or record.REFERENCE in t.user_attrs  # only yardsticks train when infeasible
+        assert feasible or record.read(t).reference is not None  # only yardsticks train when infeasible
 
 
 def test_rerun_with_the_same_study_resumes_it(tmp_path):
@@ -108,7 +108,7 @@ def test_rerun_with_the_same_study_resumes_it(tmp_path):
     again = run_search(task, space, kernel, settings, progress=False)
     after = {t.number: t.values for t in again.trials if t.state.name == "COMPLETE"}
     assert {k: after[k] for k in before} == before and len(after) == 4
-    references = [t.user_attrs[record.REFERENCE] for t in again.trials if record.REFERENCE in t.user_attrs]
+    references = [record.read(t).reference for t in again.trials if record.read(t).reference is not None]
     assert sorted(references) == sorted(set(references))  # enqueued once, by the run that created it
 
 
@@ -233,9 +233,9 @@ def test_a_run_of_rejections_is_escaped_by_a_random_candidate():
     def objective(trial):
         x = trial.suggest_float("x", 0.0, 1.0)
         if x > 0.9:  # the checks reject this region, before any training
-            trial.set_user_attr(record.STATUS, "rejected")
+            trial.set_user_attr(record.RECORD, {"status": "rejected"})
             raise optuna.TrialPruned()
-        trial.set_user_attr(record.STATUS, "ok")
+        trial.set_user_attr(record.RECORD, {"status": "ok"})
         return x
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

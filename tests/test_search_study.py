@@ -31,7 +31,7 @@ def cost_cache(tmp_path, monkeypatch):
 
 
 def names_of(trials):
-    return [t.user_attrs[record.REFERENCE] for t in trials if counted(t) and record.REFERENCE in t.user_attrs]
+    return [record.read(t).reference for t in trials if counted(t) and record.read(t).reference is not None]
 
 
 def test_the_definition_leaves_out_what_does_not_change_a_score():
@@ -111,7 +111,7 @@ def test_a_reference_enqueued_twice_is_scored_once(tmp_path):
         study.enqueue_trial(enqueue_params(space, name), user_attrs={record.REFERENCE: name})
     done = run_search(task, space, kernel, settings, progress=False)
     assert sorted(names_of(done.trials)) == sorted(space.references)
-    duplicates = [t for t in done.trials if t.user_attrs.get(record.STATUS) == "duplicate"]
+    duplicates = [t for t in done.trials if record.read(t).status == "duplicate"]
     assert [t.state for t in duplicates] == [TrialState.PRUNED]
     assert sum(map(counted, done.trials)) == settings.n_trials
 
@@ -166,52 +166,54 @@ def test_a_report_says_when_a_study_is_not_finished(tmp_path):
 
 def test_screening_scores_every_trial_at_the_checkpoint_and_keeps_stopped_ones_off_the_front(tmp_path,
                                                                                             monkeypatch):
-    """task.train.screen: references score at the checkpoint and train in full; a candidate the rule
-    stops keeps its checkpoint score, says fidelity "screen", and never stands on the front."""
+    """task.train.rungs: references score at each rung and train in full; a candidate the rule
+    stops keeps its rung score, says fidelity "screen", and never stands on the front."""
     from search.objective import Objective
     from search.report import front_trials
 
     rule = Objective._promote
 
-    def stop_every_candidate(self, trial, screened, cost, always=False):
-        rule(self, trial, screened, cost, always)
+    def stop_every_candidate(self, trial, step, screened, cost, always=False):
+        rule(self, trial, step, screened, cost, always)
         return always
 
     monkeypatch.setattr(Objective, "_promote", stop_every_candidate)
     task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=5", "task.train.steps=8",
-                                                 "task.train.screen=0.5"))
+                                                 "task.train.rungs=[0.25,0.5]"))
     done = run_search(task, space, kernel, settings, progress=False)
-    scored = [t for t in done.trials if t.user_attrs.get(record.STATUS) == "ok" and
-              record.REUSED_FROM not in t.user_attrs]
-    references = [t for t in scored if record.REFERENCE in t.user_attrs]
-    candidates = [t for t in scored if record.REFERENCE not in t.user_attrs]
+    scored = [t for t in done.trials if record.read(t).status == "ok" and
+              record.read(t).reused_from is None]
+    references = [t for t in scored if record.read(t).reference is not None]
+    candidates = [t for t in scored if record.read(t).reference is None]
     assert len(references) == len(space.references) and candidates
-    assert all(t.user_attrs[record.FIDELITY] == "full" and record.SCREEN_ACCURACY in t.user_attrs
-               for t in references)
-    assert all(t.user_attrs[record.FIDELITY] == "screen" and record.SCREEN_ACCURACY in t.user_attrs
-               for t in candidates)
+    assert all(record.read(t).fidelity == "full" and [s for s, _ in record.read(t).rungs] == [2, 4]
+               for t in references)  # scored at both rungs, then trained in full
+    assert all(record.read(t).fidelity == "screen" and [s for s, _ in record.read(t).rungs] == [2]
+               for t in candidates)  # stopped at the first rung, with its score there
     front = front_trials(done.trials)
     assert front and not {t.number for t in front} & {t.number for t in candidates}
 
 
-@pytest.mark.parametrize("screened, cost, promoted", [
-    pytest.param(0.50, 0.40, False, id="dominated-by-more-than-the-margin"),
-    pytest.param(0.57, 0.40, True, id="within-the-margin"),
-    pytest.param(0.50, 0.20, True, id="cheaper-than-every-earlier-trial"),
+@pytest.mark.parametrize("step, screened, cost, promoted", [
+    pytest.param(50, 0.50, 0.40, False, id="dominated-by-more-than-the-margin"),
+    pytest.param(50, 0.57, 0.40, True, id="within-the-margin"),
+    pytest.param(50, 0.50, 0.20, True, id="cheaper-than-every-earlier-trial"),
+    pytest.param(100, 0.50, 0.40, True, id="no-earlier-trial-at-this-rung"),
 ])
-def test_the_promotion_rule(screened, cost, promoted):
-    """Stopped only when an earlier trial screened at no more cost was better by promote_within."""
+def test_the_promotion_rule(step, screened, cost, promoted):
+    """Stopped only when an earlier trial scored at the same rung at no more cost was better by
+    promote_within."""
     from types import SimpleNamespace
 
     from search.objective import Objective
 
     study = optuna.create_study(directions=list(record.DIRECTIONS))
-    study.add_trial(optuna.trial.create_trial(values=[0.7, 0.3], user_attrs={record.SCREEN_ACCURACY: 0.6}))
+    study.add_trial(optuna.trial.create_trial(values=[0.7, 0.3],
+                                              user_attrs={record.RECORD: {"rungs": [[50, 0.6]]}}))
     study.add_trial(optuna.trial.create_trial(values=[0.9, 0.9]))  # never screened: not a yardstick
-    objective = SimpleNamespace(task=MQARConfig())  # promote_within 0.05
+    objective = SimpleNamespace(scorer=SimpleNamespace(task=MQARConfig()))  # promote_within 0.05
     trial = study.ask()
-    assert Objective._promote(objective, trial, screened, cost) is promoted
-    assert study.trials[-1].user_attrs[record.SCREEN_ACCURACY] == screened
+    assert Objective._promote(objective, trial, step, screened, cost) is promoted
 
 
 def test_a_search_can_take_decode_cost_as_its_cost(tmp_path):
@@ -219,7 +221,7 @@ def test_a_search_can_take_decode_cost_as_its_cost(tmp_path):
     the pattern keeps, against dense decode."""
     task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=3", "kernel.phase=decode"))
     done = run_search(task, space, kernel, settings, progress=False)
-    costs = [t.user_attrs[record.COST] for t in done.trials if t.user_attrs.get(record.STATUS) == "ok"]
+    costs = [record.read(t).cost for t in done.trials if record.read(t).status == "ok"]
     assert costs and all(c["phase"] == "decode" and c["context"] == space.target.n - 1 for c in costs)
 
 
@@ -235,7 +237,7 @@ def test_a_search_can_take_decode_cost_as_its_cost(tmp_path):
 ])
 def test_bad_decode_settings_are_refused_at_start_up(tmp_path, overrides, message):
     from search.errors import ConfigError
-    from search.validate import check_search
+    from search.scorer import check_search
 
     task, space, kernel, settings = objects(tiny(tmp_path, *overrides))
     with pytest.raises(ConfigError) as error:

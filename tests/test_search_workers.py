@@ -24,9 +24,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from optuna.trial import FrozenTrial, TrialState
 
+from search import record
 from search.accounting import counted
 from search.app import CONF
-from search.record import ACCURACY, REFERENCE, STATUS, WORKER
 
 DEADLINE = 600  # seconds for one search process: generous, for a slow 2-core machine shared with others
 HEARTBEAT = 1  # search.heartbeat in the resume test: a killed trial is stale after 2 s
@@ -85,20 +85,20 @@ def originals(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 def assert_references_once(trials: list[FrozenTrial]) -> None:
     """Each classic pattern scored exactly once. Workers starting together may both enqueue one (any
     worker completes the set): the later copy must then be pruned as a duplicate, never trained."""
-    references = [t for t in trials if REFERENCE in t.user_attrs]
-    scored = [t.user_attrs[REFERENCE] for t in references if counted(t)]
+    references = [t for t in trials if record.read(t).reference is not None]
+    scored = [record.read(t).reference for t in references if counted(t)]
     assert sorted(scored) == sorted(reference_names()), f"references scored: {scored}"
     for t in references:
         assert counted(t) or t.state == TrialState.FAIL or (
-            t.state == TrialState.PRUNED and t.user_attrs.get(STATUS) == "duplicate"
-            and ACCURACY not in t.user_attrs), f"reference trial {t.number} ended {t.state.name}"
+            t.state == TrialState.PRUNED and record.read(t).status == "duplicate"
+            and record.read(t).accuracy is None), f"reference trial {t.number} ended {t.state.name}"
 
 
 def sampled_params(trials: list[FrozenTrial]) -> list[tuple]:
     """The parameters of each sampled candidate (not a classic pattern, not a retry, not a trial
     refused before sampling because the budget was spent)."""
     return [tuple(sorted(t.params.items())) for t in originals(trials)
-            if REFERENCE not in t.user_attrs and t.params]
+            if record.read(t).reference is None and t.params]
 
 
 def test_a_search_killed_mid_trial_resumes_and_finishes_the_budget(tmp_path):
@@ -167,7 +167,7 @@ def test_a_search_killed_mid_trial_resumes_and_finishes_the_budget(tmp_path):
         retry = retries[0]
         assert retry.system_attrs["retry_history"] == [stale.number]
         assert {key: retry.params.get(key) for key in stale.params} == stale.params
-        assert retry.user_attrs.get(REFERENCE) == stale.user_attrs.get(REFERENCE)
+        assert record.read(retry).reference == record.read(stale).reference
         assert counted(retry), f"the retry of trial {stale.number} ended {retry.state}"
     assert_references_once(after)  # run2 resumed the study: it did not enqueue the classics again
     for name in ("summary.md", "trials.csv", "pareto.png"):
@@ -267,7 +267,7 @@ def test_workers_through_a_launcher_share_one_study(tmp_path, launcher, workers)
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=study, storage=POSTGRES)
     assert_accounted(trials, budget, workers)
-    assert {t.user_attrs[WORKER]["index"] for t in trials if counted(t)} <= set(range(workers))
+    assert {record.read(t).worker["index"] for t in trials if counted(t)} <= set(range(workers))
     for job in range(workers):  # each worker its own run directory, with its config
         overrides = (tmp_path / "sweep" / str(job) / ".hydra" / "overrides.yaml").read_text()
         assert f"search.worker={job}" in overrides
@@ -292,9 +292,9 @@ def test_a_preempted_worker_leaves_its_trial_to_the_heartbeat_retry(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, tail(tmp_path, "sweep")
             with contextlib.suppress(Exception):  # no study yet
                 victim = next((t for t in read_trials(POSTGRES, study) if t.state == TrialState.RUNNING
-                               and t.user_attrs.get(WORKER, {}).get("index") == 1), None)
+                               and (record.read(t).worker or {}).get("index") == 1), None)
             time.sleep(0.1)
-        pid = victim.user_attrs[WORKER]["pid"]
+        pid = record.read(victim).worker["pid"]
         os.kill(pid, signal.SIGTERM)
         time.sleep(1.0)
         os.kill(pid, signal.SIGKILL)
@@ -306,7 +306,7 @@ def test_a_preempted_worker_leaves_its_trial_to_the_heartbeat_retry(tmp_path):
             optuna.delete_study(study_name=study, storage=POSTGRES)
     assert trials[victim.number].state == TrialState.FAIL
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert len(retries) == 1 and counted(retries[0]) and retries[0].user_attrs[WORKER]["index"] == 0
+    assert len(retries) == 1 and counted(retries[0]) and record.read(retries[0]).worker["index"] == 0
     assert_accounted(trials, budget, 2)
     assert "a worker job failed or was killed" in tail(tmp_path, "sweep")
     assert "- Study finished:" in (tmp_path / "sweep" / study / "summary.md").read_text()
