@@ -247,10 +247,11 @@ class Objective:
                 "max_live_keys": max(max(row) for row in report.max_live_keys)}
 
     def _cost(self, cp: CompiledPattern) -> dict:
-        """Mean measured latency over the layers (each distinct layer timed once), against dense."""
+        """Mean measured latency over the layers (each distinct layer timed once), against dense, with
+        the mean of the layers' spreads (the middle half of each one's repeated ratios)."""
         k, t = self.kernel, self.space.target
         by_layout: dict[str, patternc.Measurement] = {}
-        ratios, seconds, baseline = [], [], []
+        ratios, lows, highs, seconds, baseline = [], [], [], [], []
         for layer in range(cp.layers):
             key = layout_hash(cp, layer)
             if key not in by_layout:
@@ -260,9 +261,12 @@ class Objective:
                                                   phase=k.phase, context=k.context)
             m = by_layout[key]
             ratios.append(m.ratio)
+            lows.append(m.ratio_low)
+            highs.append(m.ratio_high)
             seconds.append(m.seconds)
             baseline.append(m.baseline_seconds)
-        return {"ratio": sum(ratios) / len(ratios), "seconds": sum(seconds),
+        return {"ratio": sum(ratios) / len(ratios), "ratio_low": sum(lows) / len(lows),
+                "ratio_high": sum(highs) / len(highs), "seconds": sum(seconds),
                 "baseline_seconds": sum(baseline), "backend": k.backend, "n": cp.n, "dtype": k.dtype,
                 "phase": k.phase, "context": next(iter(by_layout.values())).context,
                 "device": next(iter(by_layout.values())).device,

@@ -63,7 +63,7 @@ class TrialRecord:
     fidelity: str | None = None  # "full", or "screen" (stopped at a screening rung)
     screen_accuracy: float | None = None  # the score at the last screening rung it reached
     rungs: list | None = None  # [[step, score], ...]: each screening rung reached
-    cost: dict | None = None  # {"ratio", "seconds", "baseline_seconds", "backend", "n", ...}
+    cost: dict | None = None  # {"ratio", "ratio_low", "ratio_high", "seconds", "backend", "n", ...}
     accuracy: float | None = None  # the first objective value: the mean over difficulty buckets
     pooled_accuracy: float | None = None  # over every answer, whatever its bucket
     buckets: dict | None = None  # {bucket name: score}

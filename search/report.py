@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import itertools
 import pathlib
 import re
 from collections.abc import Sequence
@@ -85,6 +86,16 @@ def front_trials(trials: list[FrozenTrial], directions: Sequence[str] = R.DIRECT
     return sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
 
 
+def cost_range(trial: FrozenTrial) -> tuple[float, float] | None:
+    """The middle half of the trial's repeated cost measurements (``patternc.Measurement``'s
+    ``ratio_low``, ``ratio_high``, averaged over the layers), or None where it was not recorded
+    (a reused score's source has it; studies before the spread was kept do not)."""
+    cost = R.read(trial).cost
+    if not isinstance(cost, dict) or "ratio_low" not in cost or "ratio_high" not in cost:
+        return None
+    return cost["ratio_low"], cost["ratio_high"]
+
+
 def _cost(trial: FrozenTrial) -> float | None:
     if trial.values is not None:
         return trial.values[1]
@@ -119,7 +130,8 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
     stages = _ordered([s for t in trials for s in R.read(t).durations or {}], _STAGES)
     columns = (["number", "state", "reference", "status", "expression"]
                + [f"param_{p}" for p in params]
-               + ["accuracy", "fidelity", "cost", "density", "mixing_depth", "feasible"]
+               + ["accuracy", "fidelity", "cost", "cost_low", "cost_high", "density", "mixing_depth",
+                  "feasible"]
                + [f"constraint_{c}" for c in constraints] + ["rejected_reason"]
                + [f"bucket_{b}" for b in buckets] + [f"seconds_{s}" for s in stages]
                + ["worker", "datetime_start", "datetime_complete"])
@@ -129,7 +141,8 @@ def trial_rows(trials: list[FrozenTrial]) -> tuple[list[str], list[dict]]:
         row = {"number": t.number, "state": t.state.name, "reference": a.reference,
                "status": a.status, "expression": a.expression,
                "accuracy": t.values[0] if t.values else a.accuracy, "fidelity": fidelity(t),
-               "cost": _cost(t),
+               "cost": _cost(t), "cost_low": (cost_range(t) or (None, None))[0],
+               "cost_high": (cost_range(t) or (None, None))[1],
                "density": a.density, "mixing_depth": a.mixing_depth,
                "feasible": feasible(t), "rejected_reason": a.rejected,
                "worker": (a.worker or {}).get("index"),
@@ -283,10 +296,24 @@ def pareto_markdown(front: list[FrozenTrial], files: list[str], dominated: dict[
         label = _code(a.expression, table=True)
         label += f" ({a.reference})" if a.reference else ""
         link = f"[{name}](patterns/{name})" if name else ""
-        rows.append(f"| {rank} | {label} | {t.values[0]:.3f} | {t.values[1]:.2f}x dense | {density} | "
+        spread = cost_range(t)
+        cost = f"{t.values[1]:.2f}x dense" + (f" [{spread[0]:.2f}-{spread[1]:.2f}]" if spread else "")
+        rows.append(f"| {rank} | {label} | {t.values[0]:.3f} | {cost} | {density} | "
                     f"{'none' if depth is None else depth} | {link} |")
-    return "\n".join([*head, *rows, "", "Classic patterns dominated by the front:", "",
-                      *_beats(front, dominated, refs), ""])
+    return "\n".join([*head, *rows, "", *_within_spread(front), "Classic patterns dominated by the front:",
+                      "", *_beats(front, dominated, refs), ""])
+
+
+def _within_spread(front: list[FrozenTrial]) -> list[str]:
+    """Neighbours on the front (cheapest first) whose cost ranges overlap: the measurement does not
+    tell their costs apart, so their order by cost is not a finding."""
+    ranges = [cost_range(t) for t in front]
+    tied = [f"{rank} and {rank + 1}" for rank, (a, b) in enumerate(itertools.pairwise(ranges), 1)
+            if a and b and a[0] <= b[1] and b[0] <= a[1]]
+    if not tied:
+        return []
+    return [f"Costs within each other's spread (the middle half of their repeated measurements), so not "
+            f"told apart by cost: ranks {', '.join(tied)}.", ""]
 
 
 def _rejections(trials: list[FrozenTrial]) -> list[str]:

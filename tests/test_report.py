@@ -28,7 +28,8 @@ DISTS = {"w": IntDistribution(4, 1024, log=True), "g": IntDistribution(0, 64)}
 
 def _trial(expr: str, acc: float | None = None, cost: float | None = None, *, reference: str | None = None,
            density: float = 0.2, mixing: int = 0, params: dict | None = None, rejected: str | None = None,
-           state: TrialState = TrialState.COMPLETE) -> optuna.trial.FrozenTrial:
+           state: TrialState = TrialState.COMPLETE, spread: tuple[float, float] | None = None
+           ) -> optuna.trial.FrozenTrial:
     """A trial as the objective leaves it: constraints, attributes, and values only when scored."""
     attrs = {"stack": {"default": expr, "layers": 2, "heads": 2}, "expression": expr, "density": density,
              "mixing_depth": None if mixing else 2, "chance": 1 / 32,
@@ -41,7 +42,8 @@ def _trial(expr: str, acc: float | None = None, cost: float | None = None, *, re
         buckets = dict(zip(BUCKETS, (1.0, acc, acc / 2), strict=True))
         attrs.update({"status": "ok", "accuracy": acc, "buckets": buckets,
                       "cost": {"ratio": cost, "seconds": cost * 0.01, "baseline_seconds": 0.01,
-                               "backend": "reference", "n": 1024, "dtype": "float32", "device": "cpu"},
+                               "backend": "reference", "n": 1024, "dtype": "float32", "device": "cpu",
+                               **({"ratio_low": spread[0], "ratio_high": spread[1]} if spread else {})},
                       "durations": {"compile": 0.01, "reach": 0.002, "cost": 0.4, "train": 3.0}})
     params = params or {}
     return optuna.trial.create_trial(
@@ -158,7 +160,8 @@ def test_trials_csv(report):
     assert len(rows) == len(TRIALS)
     columns = list(rows[0])
     assert columns == ["number", "state", "reference", "status", "expression", "param_g", "param_w",
-                       "accuracy", "fidelity", "cost", "density", "mixing_depth", "feasible",
+                       "accuracy", "fidelity", "cost", "cost_low", "cost_high", "density", "mixing_depth",
+                       "feasible",
                        "constraint_density", "constraint_mixing", "rejected_reason",
                        *(f"bucket_{b}" for b in BUCKETS),
                        "seconds_compile", "seconds_reach", "seconds_cost", "seconds_train",
@@ -254,3 +257,19 @@ def test_costs_spanning_decades_use_a_log_axis(tmp_path):
     study = _study(*trials)
     assert pareto_figure(study.trials, front_trials(study.trials), "t").axes[0].get_xscale() == "log"
     assert pareto_figure(TRIALS, [], "t").axes[0].get_xscale() == "linear"  # 0.12x to 1x: linear
+
+
+def test_costs_within_each_others_spread_are_said_so(tmp_path):
+    """The cost's spread (the middle half of its repeated measurements) is kept in trials.csv and
+    pareto.md; neighbours on the front whose spreads overlap are named as not told apart by cost."""
+    study = _study(_trial("causal", 0.95, 1.0, reference="dense_causal", density=1.0, spread=(0.97, 1.04)),
+                   _trial("causal & window(32)", 0.45, 0.12, params={"w": 32}, density=0.1,
+                          spread=(0.11, 0.13)),
+                   _trial("causal & window(64)", 0.55, 0.20, params={"w": 64}, spread=(0.18, 0.24)),
+                   _trial("causal & window(128)", 0.60, 0.22, params={"w": 128}, spread=(0.21, 0.25)))
+    report = write_report(study, SPACE, tmp_path, "mqar")
+    rows = {int(r["number"]): r for r in _rows(report.trials_csv)}
+    assert (float(rows[2]["cost_low"]), float(rows[2]["cost_high"])) == (0.18, 0.24)
+    md = report.pareto_md.read_text()
+    assert "| 0.12x dense [0.11-0.13] |" in md
+    assert "not told apart by cost: ranks 2 and 3." in md  # 0.18-0.24 and 0.21-0.25; not 1 and 2

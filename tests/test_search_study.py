@@ -223,6 +223,7 @@ def test_a_search_can_take_decode_cost_as_its_cost(tmp_path):
     done = run_search(task, space, kernel, settings, progress=False)
     costs = [record.read(t).cost for t in done.trials if record.read(t).status == "ok"]
     assert costs and all(c["phase"] == "decode" and c["context"] == space.target.n - 1 for c in costs)
+    assert all(c["ratio_low"] <= c["ratio"] <= c["ratio_high"] for c in costs)  # the spread is kept
 
 
 @pytest.mark.parametrize("overrides, message", [
