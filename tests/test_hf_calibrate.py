@@ -210,8 +210,8 @@ def test_a_calibration_search_through_the_app(model_dir, tmp_path):
     ("space.target.kv_heads=4", r"space.target.kv_heads = 4 while the model .* has kv_heads = 2"),
     ("space.proxy.heads=2", r"space.proxy.heads = 2 must equal space.target.heads = 4"),
     ("task.n=512 space.target.n=1024",
-     r"space.proxy.n = 512 is the calibration length, longer than the model's context "
-     r"\(config.max_position_embeddings = 256"),
+     r"space.proxy.n = 512 is longer than the model's context "
+     r"\(config.max_position_embeddings = 256 in .*\): lower it, or set task.past_context=true"),
 ])
 def test_a_space_for_another_model_is_refused_before_any_trial(model_dir, tmp_path, override, message):
     from search.study import run_search

@@ -94,12 +94,11 @@ def _compose(samples, tmp_path, *overrides):
         return compose("config", overrides=[
             "task=calibrate", f"task.model={STORIES}", f"task.data={samples}", "task.sequences=2",
             "task.threads=1", f"search.storage=sqlite:///{tmp_path}/s.db", "space=duo_attention", *target,
-            f"space.target.n={N}", "space.target.block=16", *overrides])
+            f"task.n={N}", f"space.target.n={N}", "space.target.block=16", *overrides])
 
 
 def test_mode_evaluate_on_the_bin_file(samples, tmp_path):
-    cfg = _compose(samples, tmp_path, "mode=evaluate", "pattern.expr='causal & (sink(4) | window(32))'",
-                   f"task.n={N}")
+    cfg = _compose(samples, tmp_path, "mode=evaluate", "pattern.expr='causal & (sink(4) | window(32))'")
     result = run_evaluate(cfg, tmp_path)
     assert result["task"] == "calibrate" and 0 < result["score"] < 1
     saved = json.loads((tmp_path / "result.json").read_text())
@@ -117,12 +116,14 @@ def test_a_calibration_search_on_the_bin_file(samples, tmp_path):
 
 
 def test_a_search_past_the_models_context_is_refused_naming_the_space_key(samples, tmp_path):
+    """The calibration length (space.proxy.n, task.n in the calibration spaces) must be within the
+    model's context; the deployment length space.target.n may exceed it (the model never runs there)."""
     from search.study import run_search
 
-    cfg = _compose(samples, tmp_path, "space.target.n=1024")
+    cfg = _compose(samples, tmp_path, "task.n=1024", "space.target.n=2048")
     task, space, kernel, settings = (OmegaConf.to_object(cfg[k]) for k in ("task", "space", "kernel",
                                                                            "search"))
-    message = "space.target.n = 1024 is longer than the model's context (config.max_position_embeddings = 512"
+    message = "space.proxy.n = 1024 is longer than the model's context (config.max_position_embeddings = 512"
     with pytest.raises(ConfigError, match=re.escape(message)):
         run_search(task, space, kernel, settings)
     assert not (tmp_path / "s.db").exists()  # refused before the study is opened
