@@ -100,9 +100,14 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         found: dict = {"scorer": self.scorer.name, "worker": self.worker,
                        "reference": trial.user_attrs.get(record.REFERENCE)}
+        # while it runs, the record says who runs it (an operator, or a test, pre-empting a worker
+        # finds its process there); the trial's end replaces it with what the trial found
+        running = record.TrialRecord(status="running", scorer=self.scorer.name, worker=self.worker,
+                                     reference=found["reference"])
+        trial.set_user_attr(record.RECORD, running.to_attr())
         try:
             return self._run(trial, found)
-        finally:  # written once, whatever ended the trial (a rejection, a divergence, a score)
+        finally:  # the final record, whatever ended the trial (a rejection, a divergence, a score)
             trial.set_user_attr(record.RECORD, record.TrialRecord(**found).to_attr())
 
     def _run(self, trial: optuna.Trial, found: dict) -> tuple[float, float]:

@@ -46,7 +46,7 @@ REFERENCE = "reference"  # set when a reference trial is enqueued: the classic p
 class TrialRecord:
     """Everything one trial found. ``None``: not reached (a rejected candidate has no cost)."""
 
-    status: str | None = None  # ok, rejected, diverged, duplicate, over budget
+    status: str | None = None  # running (until it ends), ok, rejected, diverged, duplicate, over budget
     reference: str | None = None  # the classic pattern a reference trial reproduces
     scorer: str | None = None  # scratch, adapt or calibrate (search.scorer)
     stack: dict | None = None  # the target's stack (patternc.Stack.to_dict()): drops into conf/pattern/

@@ -74,7 +74,16 @@ def finish(proc: subprocess.Popen, tmp_path, name: str, deadline: float) -> str:
 
 
 def read_trials(storage: optuna.storages.RDBStorage | str, study: str) -> list[FrozenTrial]:
-    return optuna.load_study(study_name=study, storage=storage).get_trials()
+    """The study's trials. A URL opens a storage of its own, closed after the read: the tests below
+    poll ten times a second while workers train, and an engine left to the garbage collector keeps
+    its connection (PostgreSQL's 100 ran out while the workers trained their dense proxy)."""
+    if not isinstance(storage, str):
+        return optuna.load_study(study_name=study, storage=storage).get_trials()
+    opened = optuna.storages.RDBStorage(storage)
+    try:
+        return optuna.load_study(study_name=study, storage=opened).get_trials()
+    finally:
+        opened.engine.dispose()
 
 
 def originals(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -285,7 +294,7 @@ def test_a_preempted_worker_leaves_its_trial_to_the_heartbeat_retry(tmp_path):
     study, budget = f"preempted-{uuid.uuid4().hex[:12]}", 5
     proc = sweep(tmp_path, "hydra/launcher=submitit_local", "search.workers=2", f"search.storage={POSTGRES}",
                  f"search.study={study}", f"search.n_trials={budget}", f"search.heartbeat={HEARTBEAT}",
-                 "task.train.steps=150")
+                 "task.train.steps=150", "task.train.init=scratch")  # trials long enough to pre-empt one
     try:
         deadline, victim = time.monotonic() + DEADLINE, None
         while victim is None:
