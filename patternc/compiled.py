@@ -563,6 +563,25 @@ def _grid(stack: Stack, n: int, block, first_query: int) -> Grid:
     return Grid(n, *block_shape(stack, n, block), first_query)
 
 
+def whole_pattern(cp: object, caller: str, needs: str) -> CompiledPattern:
+    """``cp`` when it is a compiled pattern of every query; else ``PatternMeaningError`` naming
+    ``caller`` and why it ``needs`` every query (reach, the layered graph and kv follow whole
+    sequences through the layers).
+
+    >>> whole_pattern("causal", "kv()", "needs every query")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    patternc.errors.PatternMeaningError: kv() takes a CompiledPattern and works from ..., got str
+    """
+    if not isinstance(cp, CompiledPattern):
+        raise PatternMeaningError(f"{caller} takes a CompiledPattern and works from a CompiledPattern "
+                                  f"(patternc.compile makes one), got {type(cp).__name__}")
+    if cp.first_query:
+        raise PatternMeaningError(f"{caller} {needs}; this pattern is compiled for the queries "
+                                  f"[{cp.first_query:,}, {cp.n:,}) only")
+    return cp
+
+
 def block_shape(stack: Stack, n: int, block: int | tuple[int, int] | None = None) -> tuple[int, int]:
     """The ``(bq, bk)`` that ``compile(stack, n, block)`` uses: ``block``, else the stack's, else
     128; a side longer than ``n`` is ``n`` (one block row or column is the same layout).

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from patternc.compiled import CompiledPattern
+from patternc.compiled import CompiledPattern, whole_pattern
 from patternc.errors import PatternMeaningError, brief, check_int
 from patternc.layout import Layout
 from patternc.lower.node import Lowered, block_masks, distinct_blocks
@@ -167,13 +167,7 @@ def kv(compiled: CompiledPattern, kv_heads: int | None = None, head_dim: int = 1
     >>> r.forever[0][0], r.max_live_keys[0][0]
     (('stride(128)',), 3969)
     """
-    cp = compiled
-    if not isinstance(cp, CompiledPattern):
-        raise PatternMeaningError(f"kv() takes a CompiledPattern (from patternc.compile), got "
-                                  f"{type(cp).__name__}")
-    if cp.first_query:
-        raise PatternMeaningError(f"kv() needs every query (it follows keys to their last reader); this "
-                                  f"pattern is compiled for the queries [{cp.first_query:,}, {cp.n:,}) only")
+    cp = whole_pattern(compiled, "kv()", "needs every query (it follows keys to their last reader)")
     if not cp.causal:
         raise PatternMeaningError("kv(): the stack is not causal, so there is no order in which keys are "
                                   "written and read: a KV cache needs causal & ... in every head")

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from patternc.compiled import CompiledPattern
-from patternc.errors import PatternMeaningError, PatternSizeError, check_int
+from patternc.compiled import CompiledPattern, whole_pattern
+from patternc.errors import PatternSizeError, check_int
 from patternc.layout import Layout
 from patternc.limits import MAX_GRAPH_EDGES, require
 from patternc.lower.grid import FULL, PARTIAL, Grid, expand_ranges
@@ -65,13 +65,7 @@ def layered_graph(compiled: CompiledPattern, depth: int | None = None,
     >>> nx.has_path(g, (0, 0), (2, 63)), nx.has_path(g, (0, 1), (2, 63))
     (True, False)
     """
-    cp = compiled
-    if not isinstance(cp, CompiledPattern):
-        raise PatternMeaningError(f"the layered graph is built from a CompiledPattern (patternc.compile), "
-                                  f"got {type(cp).__name__}")
-    if cp.first_query:
-        raise PatternMeaningError(f"the layered graph follows whole sequences through the layers; this "
-                                  f"pattern is compiled for the queries [{cp.first_query:,}, {cp.n:,}) only")
+    cp = whole_pattern(compiled, "the layered graph", "follows whole sequences through the layers")
     for name, value, low in (("depth", depth, 1), ("exact_limit", exact_limit, 0)):
         if value is not None:
             check_int(value, f"graph(): {name}", low=low)

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from patternc.compiled import CompiledPattern, compile
-from patternc.errors import PatternMeaningError, PatternSizeError, check_int
+from patternc.compiled import CompiledPattern, compile, whole_pattern
+from patternc.errors import PatternSizeError, check_int
 from patternc.export.gqa import KVGroupMismatch, mixed_kv_groups
 from patternc.limits import MAX_REACH_BYTES, require
 from patternc.lower.grid import Grid
@@ -120,13 +120,7 @@ def reach(compiled: CompiledPattern, exact_limit: int = EXACT_LIMIT, max_depth: 
     ``keys``: positions to follow through the stack's layers (``ReachReport.spread``); when any
     are given, the key of the unreachable pair is followed too, to show where it does get.
     """
-    cp = compiled
-    if not isinstance(cp, CompiledPattern):
-        raise PatternMeaningError(f"reach() takes a CompiledPattern (from patternc.compile), got "
-                               f"{type(cp).__name__}")
-    if cp.first_query:
-        raise PatternMeaningError(f"reach() follows whole sequences through the layers; this pattern is "
-                                  f"compiled for the queries [{cp.first_query:,}, {cp.n:,}) only")
+    cp = whole_pattern(compiled, "reach()", "follows whole sequences through the layers")
     check_size(cp.n, cp.block, exact_limit, max_depth)
     max_depth = max(2 * cp.layers, 8) if max_depth is None else max_depth
     keys = [int(k) for k in keys]
