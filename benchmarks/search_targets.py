@@ -4,26 +4,48 @@
     python benchmarks/search_targets.py outputs/search-multirun/<date>_<time>/<study> --near 0.02 --cost 0.25
     python benchmarks/search_targets.py --run                                # time the default search
     python benchmarks/search_targets.py --run experiment=large               # any patternc-search overrides
+    python benchmarks/search_targets.py outputs/search/<date>_<time> --seeds 0 1 2 --cost 0.6
 
 It prints what the issue's targets are about: how long the run took, how fast candidates were
 rejected (compile and reach checks, before any kernel or training), which classic patterns a
 feasible sampled pattern dominates, and the cheapest feasible pattern within ``--near`` of dense
 causal's accuracy, against the ``--cost`` bound (a fraction of dense causal's measured time).
+
+With ``--seeds`` it scores the classic references and the sampled patterns on the run's front again
+under each seed (the run's own scorer, rebuilt from the run's Hydra overrides, scored in full: each
+seed its own model initialisation and data, and with adaptation its own dense proxy, kept in
+``--store``), and says which classics a sampled pattern dominates by more than 2 standard errors
+of the difference of their mean scores, at no more measured cost (costs do not depend on the seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
+import math
 import pathlib
 import statistics
 import subprocess
 import sys
 import time
 
+import numpy as np
+import optuna
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import patternc
 from search import record
-from search.pareto import dominates
+from search.app import register_configs
+from search.artifacts import open_store
+from search.config import SpaceConfig
+from search.pareto import dominates, pareto_front
+from search.scorer import make_scorer
+from search.space import reference, suggest
+
+CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
 
 
 def read_trials(run: pathlib.Path) -> list[dict]:
@@ -79,6 +101,88 @@ def report(rows: list[dict], near: float, cost_bound: float) -> None:
                   f"| {cheapest['expression']}")
 
 
+def _params(row: dict, space: SpaceConfig) -> dict:
+    """The trial's Optuna params from its ``param_*`` columns, typed as the space declares them."""
+    out = {}
+    for column, text in row.items():
+        if not column.startswith("param_") or text == "":
+            continue
+        name = column.removeprefix("param_")
+        spec = space.params.get(name)
+        if spec is None or spec.type == "categorical":  # a layer or head choice, or a categorical
+            choices = spec.choices if spec is not None else [*space.layer_choices, *space.head_choices]
+            out[name] = next(c for c in choices if str(c) == text)
+        else:
+            out[name] = int(text) if spec.type == "int" else float(text)
+    return out
+
+
+def rescore(run: pathlib.Path, rows: list[dict], seeds: list[int], store: str | None, near: float,
+            cost_bound: float) -> None:
+    """Score the classics and the front's sampled patterns again under each of ``seeds``."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(OmegaConf.load(run / ".hydra" / "overrides.yaml")))
+    task, space = OmegaConf.to_object(cfg.task), OmegaConf.to_object(cfg.space)
+    task = dataclasses.replace(task, train=dataclasses.replace(task.train, rungs=[]))  # scored in full
+    settings = OmegaConf.to_object(cfg.search)
+    kept = open_store(settings if store is None else dataclasses.replace(settings, artifacts=store))
+    scored = [r for r in rows if r["state"] == "COMPLETE" and r["accuracy"] and r["feasible"] == "True"]
+    front = [scored[i] for i in pareto_front([(float(r["accuracy"]), float(r["cost"])) for r in scored],
+                                             record.DIRECTIONS)]
+    picked = [r for r in scored if r["reference"]] + [r for r in front if not r["reference"]]
+    patterns = {}  # name -> (its trials.csv row, its proxy layout)
+    for r in picked:
+        candidate = reference(space, r["reference"]) if r["reference"] else \
+            suggest(optuna.trial.FixedTrial(_params(r, space)), space)
+        patterns[_name(r)] = (r, patternc.compile(candidate.proxy, space.proxy.n, block=space.proxy.block))
+    references = [name for name, (r, _) in patterns.items() if r["reference"]]
+    sampled = [name for name in patterns if name not in references]
+    print(f"\nscoring the {len(references)} references and the front's {len(sampled)} sampled patterns "
+          f"under seeds {seeds} (task.train.init={task.train.init})", flush=True)
+    scores: dict[str, list[float]] = {name: [] for name in patterns}
+    for seed in seeds:
+        scorer = make_scorer(task, space, seed=seed)
+        scorer.prepare(kept)
+        for name, (_, cp) in patterns.items():
+            scores[name].append(scorer.score(cp).score)
+        print(f"  seed {seed}: " + ", ".join(f"{name} {scores[name][-1]:.3f}" for name in patterns),
+              flush=True)
+    mean = {name: float(np.mean(v)) for name, v in scores.items()}
+    se = {name: float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+          for name, v in scores.items()}
+    cost = {name: float(r["cost"]) for name, (r, _) in patterns.items()}
+    spread = {name: (_number(r, "cost_low"), _number(r, "cost_high")) for name, (r, _) in patterns.items()}
+    print(f"\n{'pattern':<26} {'cost':>6} {'cost range':>13}  {'mean +- se':>15}  seeds")
+    for name in patterns:
+        low, high = spread[name]
+        shown = f"[{low:.2f}-{high:.2f}]" if low is not None and high is not None else ""
+        print(f"{name:<26} {cost[name]:>5.3f}x {shown:>13}  {mean[name]:>7.3f} +- {se[name]:.3f}  "
+              + " ".join(f"{x:.3f}" for x in scores[name]))
+    print(f"\nclassics dominated (at no more cost) by a sampled pattern on the front, in standard errors of "
+          f"the difference of means over {len(seeds)} seeds (target: more than 2):")
+    for classic in (name for name in references if name != "dense_causal"):
+        margins = {s: (mean[s] - mean[classic]) / math.hypot(se[s], se[classic])
+                   for s in sampled if cost[s] <= cost[classic]}
+        if not margins:
+            print(f"  {classic}: no sampled pattern on the front costs as little ({cost[classic]:.3f}x)")
+            continue
+        who = max(margins, key=margins.get)
+        (_, high), (low, _) = spread[who], spread[classic]
+        apart = high is not None and low is not None and high < low
+        print(f"  {classic} ({mean[classic]:.3f} +- {se[classic]:.3f} at {cost[classic]:.3f}x): "
+              f"{'dominated' if margins[who] > 2 else 'not dominated'}; best {who} ({mean[who]:.3f} +- "
+              f"{se[who]:.3f} at {cost[who]:.3f}x) by {margins[who]:.1f} standard errors"
+              + ("" if apart else ", their cost ranges overlap"))
+    if "dense_causal" in mean:
+        good = [s for s in sampled if mean[s] >= mean["dense_causal"] - near]
+        cheapest = min(good, key=cost.get, default=None)
+        print(f"\ncheapest sampled pattern whose mean is within {near} of dense causal's "
+              f"({mean['dense_causal']:.3f}): " + ("none" if cheapest is None else
+              f"{cheapest}, {mean[cheapest]:.3f} at {cost[cheapest]:.3f}x: "
+              f"{'meets' if cost[cheapest] <= cost_bound else 'misses'} the {cost_bound}x bound"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", help="a search run's report directory (with trials.csv)")
@@ -86,6 +190,10 @@ def main() -> None:
                         help="run patternc-search with these overrides first, timed, into a fresh directory")
     parser.add_argument("--near", type=float, default=0.02, help="accuracy margin below dense causal")
     parser.add_argument("--cost", type=float, default=0.25, help="cost bound, a fraction of dense causal's")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="score the classics and the front's sampled patterns again under these seeds")
+    parser.add_argument("--store", default=None,
+                        help="artifact store for the seeds' dense proxies (default: the run's own)")
     args = parser.parse_args()
     if args.run is not None:
         name = f"targets_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
@@ -99,7 +207,10 @@ def main() -> None:
         run = pathlib.Path(args.run_dir)
     else:
         parser.error("give a run directory, or --run")
-    report(read_trials(run), args.near, args.cost)
+    rows = read_trials(run)
+    report(rows, args.near, args.cost)
+    if args.seeds:
+        rescore(run, rows, args.seeds, args.store, args.near, args.cost)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ import functools
 import hashlib
 import json
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
@@ -58,9 +60,10 @@ from search.artifacts import Store
 from search.config import KernelConfig, SpaceConfig, TaskConfig
 from search.evaluate import EvalResult, describe
 from search.scorer import Scorer, make_scorer, result_from_dict
-from search.space import reference, suggest
+from search.space import Candidate, reference, suggest
 
-__all__ = ["Diverged", "Objective", "density_vs_causal", "describe", "layout_key", "pairs_key"]
+__all__ = ["Assessment", "Diverged", "Objective", "assess", "density_vs_causal", "describe", "fits",
+           "layout_key", "pairs_key"]
 
 
 class Diverged(RuntimeError):
@@ -81,6 +84,101 @@ def density_vs_causal(cp: CompiledPattern) -> float:
     """
     per_head = cp.stats().per_head
     return sum(s.block_density for s in per_head) / len(per_head) / _causal_block_density(cp.n, cp.block)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A candidate's layouts and what the space's budgets say of them, before any kernel or training."""
+
+    target: CompiledPattern  # at target.n on the kernel's tile
+    proxy: CompiledPattern  # at proxy.n
+    density: float  # density_vs_causal(target)
+    proxy_density: float  # share of the causal pairs the proxy allows (mean over layers and heads)
+    mixing_depth: int | None
+    mixing_certified: bool  # certainly reaches every causal pair within target.layers
+    kv: dict  # ratio to a dense cache, bytes, max_live_keys
+    constraints: list[tuple[str, float, str]]  # (name, excess: feasible when <= 0, why it is rejected)
+    seconds: dict[str, float]  # compile, reach
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the candidate is rejected: one reason per constraint it exceeds (empty: feasible)."""
+        return [reason for _, excess, reason in self.constraints if excess > 0]
+
+
+def assess(candidate: Candidate, space: SpaceConfig, dtype: str = "float32") -> Assessment:
+    """Compile ``candidate`` at both lengths and check it against ``space``'s budgets (step 3 above):
+    what a trial records and rejects on, and what the initial design is filtered by. Raises
+    ``PatternError`` when a stack does not compile.
+
+    >>> from search.config import ParamSpec
+    >>> from search.space import build
+    >>> space = SpaceConfig(template="causal & window(ceil($w * n))", density_budget=0.5,
+    ...                     params={"w": ParamSpec(type="float", low=0.01, high=0.5)}, require_mixing=False)
+    >>> assess(build(space, {"w": 0.5}, ["template"] * 2), space).reasons  # doctest: +ELLIPSIS
+    ['density 0.762 of dense causal at n = 8192 is over the budget 0.5', 'allows 0.749 ...']
+    >>> assess(build(space, {"w": 0.05}, ["template"] * 2), space).reasons
+    []
+    """
+    target_cfg, proxy_cfg = space.target, space.proxy
+    start = time.perf_counter()
+    target = patternc.compile(candidate.target, target_cfg.n, block=target_cfg.block)
+    proxy = patternc.compile(candidate.proxy, proxy_cfg.n, block=proxy_cfg.block)
+    density = density_vs_causal(target)
+    proxy_per_head = proxy.stats().per_head
+    proxy_density = sum(s.token_density for s in proxy_per_head) / len(proxy_per_head)
+    compiled = time.perf_counter()
+    mixing = patternc.reach(target, max_depth=target_cfg.layers)
+    kv = _kv(target, space, dtype)
+    certain, possible = mixing.covered_bounds  # at the target's own depth
+    constraints = [
+        ("density", density - space.density_budget,
+         f"density {density:.3f} of dense causal at n = {target_cfg.n} is over the budget "
+         f"{space.density_budget}"),
+        # a pattern that rounds to (nearly) dense at the proxy length would be credited with dense
+        # accuracy while it is sparse at target.n: its proxy accuracy says nothing
+        ("proxy_density", proxy_density - space.density_budget,
+         f"allows {proxy_density:.3f} of the causal pairs at n = {proxy_cfg.n}, over the budget "
+         f"{space.density_budget}: its proxy accuracy would not speak for n = {target_cfg.n}"),
+        # the upper bound: only a candidate that certainly does not mix is refused
+        ("mixing", 0.0 if possible == 1.0 or not space.require_mixing else 1.0,
+         f"does not reach every causal pair within the target's {target_cfg.layers} layers at n = "
+         f"{target_cfg.n} (at most {possible:.1%} of them)"),
+    ]
+    if space.kv_budget is not None:
+        constraints.append(("kv", kv["ratio"] - space.kv_budget,
+                            f"keeps {kv['ratio']:.3f} of a dense KV cache at n = {target_cfg.n}, over the "
+                            f"budget {space.kv_budget}"))
+    return Assessment(target=target, proxy=proxy, density=density, proxy_density=proxy_density,
+                      mixing_depth=mixing.mixing_depth, mixing_certified=certain == 1.0, kv=kv,
+                      constraints=constraints,
+                      seconds={"compile": compiled - start, "reach": time.perf_counter() - compiled})
+
+
+def fits(space: SpaceConfig, params: dict[str, Any]) -> bool:
+    """Whether the candidate Optuna ``params`` describe compiles and meets every budget of ``space``.
+
+    >>> from search.config import ParamSpec
+    >>> space = SpaceConfig(template="causal & window(ceil($w * n))", density_budget=0.5,
+    ...                     params={"w": ParamSpec(type="float", low=0.01, high=0.5)}, require_mixing=False)
+    >>> fits(space, {"w": 0.5}), fits(space, {"w": 0.05})
+    (False, True)
+    """
+    try:
+        return not assess(suggest(optuna.trial.FixedTrial(params), space), space).reasons
+    except PatternError:
+        return False
+
+
+def _kv(cp: CompiledPattern, space: SpaceConfig, dtype: str) -> dict:
+    """The target's KV cache against a dense one (a causal target; 1.0 when it is not causal)."""
+    t = space.target
+    if not cp.causal:
+        return {"ratio": 1.0, "bytes": None, "max_live_keys": None}
+    report = patternc.kv(cp, kv_heads=t.kv_heads, head_dim=t.head_dim,
+                         dtype={"float32": "float32"}.get(dtype, "bfloat16"))
+    return {"ratio": report.ratio, "bytes": report.bytes,
+            "max_live_keys": max(max(row) for row in report.max_live_keys)}
 
 
 class Objective:
@@ -118,33 +216,21 @@ class Objective:
         candidate = reference(self.space, ref, trial) if ref else suggest(trial, self.space)
         found.update(stack=candidate.target.to_dict(), proxy_stack=candidate.proxy.to_dict(),
                      expression=describe(candidate.target))
-        target_cfg, proxy_cfg = self.space.target, self.space.proxy
         try:
-            target = patternc.compile(candidate.target, target_cfg.n, block=target_cfg.block)
-            proxy = patternc.compile(candidate.proxy, proxy_cfg.n, block=proxy_cfg.block)
-            density = density_vs_causal(target)
-            proxy_per_head = proxy.stats().per_head
-            proxy_density = sum(s.token_density for s in proxy_per_head) / len(proxy_per_head)
+            checked = assess(candidate, self.space, self.kernel.dtype)
         except PatternError as error:  # e.g. a parameter that makes a window 0 wide
             durations["compile"] = time.perf_counter() - start
             self._reject(found, f"does not compile: {error.message}")
-        durations["compile"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        mixing = patternc.reach(target, max_depth=target_cfg.layers)
-        kv = self._kv(target)
-        durations["reach"] = time.perf_counter() - start
-        certain, possible = mixing.covered_bounds  # at the target's own depth
+        durations.update(checked.seconds)
+        target, proxy = checked.target, checked.proxy
         key = layout_key(target, proxy)
-        found.update(density=density, proxy_density=proxy_density, mixing_depth=mixing.mixing_depth,
-                     mixing_certified=certain == 1.0, kv=kv, layout_key=key)
-        reasons = []
-        for name, excess, reason in self._constraints(density, proxy_density, possible, kv["ratio"]):
+        found.update(density=checked.density, proxy_density=checked.proxy_density,
+                     mixing_depth=checked.mixing_depth, mixing_certified=checked.mixing_certified,
+                     kv=checked.kv, layout_key=key)
+        for name, excess, _ in checked.constraints:
             trial.set_constraint(name, excess)
-            if excess > 0:
-                reasons.append(reason)
-        if reasons and not ref:
-            self._reject(found, "; ".join(reasons))
+        if checked.reasons and not ref:
+            self._reject(found, "; ".join(checked.reasons))
 
         earlier = _scored_with(trial.study, key)
         if earlier is not None and not ref:  # the same layouts: the same scores
@@ -214,42 +300,6 @@ class Objective:
             if step in theirs and other.values[1] <= cost and theirs[step] >= score + margin:
                 return False
         return True
-
-    def _constraints(self, density: float, proxy_density: float, possible: float,
-                     kv_ratio: float) -> list[tuple[str, float, str]]:
-        """(name, value, reason): Optuna's constraint values (feasible when <= 0) and, for each, why
-        a candidate exceeding it is rejected."""
-        space = self.space
-        target, proxy = space.target, space.proxy
-        constraints = [
-            ("density", density - space.density_budget,
-             f"density {density:.3f} of dense causal at n = {target.n} is over the budget "
-             f"{space.density_budget}"),
-            # a pattern that rounds to (nearly) dense at the proxy length would be credited with dense
-            # accuracy while it is sparse at target.n: its proxy accuracy says nothing
-            ("proxy_density", proxy_density - space.density_budget,
-             f"allows {proxy_density:.3f} of the causal pairs at n = {proxy.n}, over the budget "
-             f"{space.density_budget}: its proxy accuracy would not speak for n = {target.n}"),
-            # the upper bound: only a candidate that certainly does not mix is refused
-            ("mixing", 0.0 if possible == 1.0 or not space.require_mixing else 1.0,
-             f"does not reach every causal pair within the target's {target.layers} layers at n = "
-             f"{target.n} (at most {possible:.1%} of them)"),
-        ]
-        if space.kv_budget is not None:
-            constraints.append(("kv", kv_ratio - space.kv_budget,
-                                f"keeps {kv_ratio:.3f} of a dense KV cache at n = {target.n}, over the "
-                                f"budget {space.kv_budget}"))
-        return constraints
-
-    def _kv(self, cp: CompiledPattern) -> dict:
-        """The target's KV cache against a dense one (a causal target; 1.0 when it is not causal)."""
-        t = self.space.target
-        if not cp.causal:
-            return {"ratio": 1.0, "bytes": None, "max_live_keys": None}
-        report = patternc.kv(cp, kv_heads=t.kv_heads, head_dim=t.head_dim,
-                             dtype={"float32": "float32"}.get(self.kernel.dtype, "bfloat16"))
-        return {"ratio": report.ratio, "bytes": report.bytes,
-                "max_live_keys": max(max(row) for row in report.max_live_keys)}
 
     def _cost(self, cp: CompiledPattern) -> dict:
         """Mean measured latency over the layers (each distinct layer timed once), against dense, with

@@ -28,7 +28,9 @@ length); ``build`` maps one onto the other (see its docstring).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,12 +282,19 @@ def enqueue_params(space: SpaceConfig, name: str) -> dict[str, Any]:
     return params
 
 
-def design(space: SpaceConfig, limit: int = 8) -> list[dict[str, Any]]:
+def design(space: SpaceConfig, limit: int = 8,
+           fits: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
     """An initial design of at most ``limit`` points that covers the space's structure before a
     sampler learns: each number parameter at both ends of its range (parameters alternate, so the
     ends are not all drawn together), each categorical's every choice, and each proxy layer's (and
     head's) every choice, in every combination the points allow (the first positions count in
     base ``len(choices)``: all-template, then one layer dense, ...).
+
+    With ``fits`` (``search.objective.fits``: the space's budgets), a point that does not fit keeps
+    its layer and head choices and takes the nearest parameter values that do (other ends, then
+    middles, then other categorical choices); a structure no values fit is left out. A dense first
+    layer, say, fits a density budget only with the template's sparsest values, which the
+    alternating ends alone may never give it.
 
     >>> space = SpaceConfig(template="causal & window(ceil($w * n))", layer_choices=["template", "causal"],
     ...                     params={"w": ParamSpec(type="float", low=0.01, high=0.25)})
@@ -315,9 +324,38 @@ def design(space: SpaceConfig, limit: int = 8) -> list[dict[str, Any]]:
             choices = space.layer_choices if name.startswith("layer") else space.head_choices
             digit = (i // base ** q) % base if base ** q < count else (i + q) % base
             point[name] = list(choices)[digit % len(choices)]
-        if point not in points:
+        if fits is not None:
+            # where no layer or head takes the template, its values change nothing: only the point
+            values = _nearest_values(space, point) if any(point[name] == TEMPLATE for name in positions) \
+                or not positions else [point]
+            point = next((p for p in values if fits(p)), None)
+        if point is not None and point not in points:
             points.append(point)
     return points
+
+
+def _nearest_values(space: SpaceConfig, point: dict[str, Any], limit: int = 64) -> list[dict[str, Any]]:
+    """``point`` and, after it, the points with its layer and head choices and other parameter
+    values: each number at its other end or its middle (geometric on a log scale), each categorical
+    at its other choices; fewest categorical changes first, then fewest number changes."""
+    options: dict[str, list] = {}
+    for name, spec in space.params.items():
+        if spec.type == "categorical":
+            options[name] = [point[name], *(c for c in spec.choices if c != point[name])]
+            continue
+        other = spec.high if point[name] == spec.low else spec.low
+        middle = math.sqrt(spec.low * spec.high) if spec.log else (spec.low + spec.high) / 2
+        number = round if spec.type == "int" else float
+        options[name] = [point[name], number(other), number(middle)]
+    kinds = [space.params[name].type == "categorical" for name in options]
+
+    def changes(picks: tuple[int, ...]) -> tuple[int, int]:
+        return (sum(p > 0 for p, categorical in zip(picks, kinds, strict=True) if categorical),
+                sum(p > 0 for p in picks))
+
+    combos = sorted(itertools.product(*(range(len(values)) for values in options.values())), key=changes)
+    return [{**point, **{name: options[name][p] for name, p in zip(options, picks, strict=True)}}
+            for picks in combos[:limit]]
 
 
 def _reference_heads(space: SpaceConfig, ref: dict) -> list[list[str]] | None:

@@ -35,6 +35,7 @@ a live worker's heartbeat goes on, and that worker accounts for its own trial.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -52,7 +53,7 @@ from search.artifacts import open_store
 from search.config import KernelConfig, SearchConfig, SpaceConfig, TaskConfig
 from search.definition import DEFINITION, definition, differences, study_name
 from search.errors import SpaceRejectsAll, StudyMismatch
-from search.objective import Diverged, Objective
+from search.objective import Diverged, Objective, fits
 from search.samplers import make_sampler
 from search.scorer import check_search
 from search.space import design, enqueue_params
@@ -88,7 +89,8 @@ def open_study(settings: SearchConfig, space: SpaceConfig, defined: dict, name: 
         # once per study (a rerun or another worker finds it done): the sampler learns from these
         study.set_user_attr(DESIGNED, True)
         room = settings.n_trials - (len(space.references) if settings.references else 0)
-        for params in design(space)[:max(0, room)]:  # never more than the budget holds
+        # only points within the space's budgets: a rejected one would teach the sampler nothing
+        for params in design(space, fits=functools.partial(fits, space))[:max(0, room)]:
             study.enqueue_trial(params, skip_if_exists=True)
     return study
 

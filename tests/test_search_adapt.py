@@ -4,6 +4,9 @@ each refused at start-up naming its key."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import pytest
 from searchconf import objects, tiny
 
@@ -11,6 +14,7 @@ import search.scorer
 from search import record
 from search.config import ParamSpec, ProxyConfig, SpaceConfig
 from search.errors import ConfigError
+from search.objective import fits
 from search.scorer import Adapt, Scratch, check_search, make_scorer
 from search.space import design
 from search.study import run_search
@@ -124,12 +128,33 @@ def test_the_initial_design_covers_every_layer_choice_and_each_parameter_s_ends(
                                                             ("template", "causal")}
 
 
-def test_a_search_scores_its_initial_design_first(tmp_path):
+def test_the_design_gives_each_structure_the_nearest_values_within_the_budgets_and_drops_what_none_fit(
+        tmp_path):
+    # the default space: a dense first layer fits its 0.7 density budget only with the template's
+    # sparsest values (0.62 of dense causal at w = f = 0.01, m = 8), not at the high ends it alternates to
+    _, space, _, _ = objects(tiny(tmp_path, "space=fixed_window"))
+    space = dataclasses.replace(space, target=dataclasses.replace(space.target, n=8192, block=128),
+                                density_budget=0.7)
+    unfiltered = design(space)
+    dense_first = next(p for p in unfiltered if (p["layer0"], p["layer1"]) == ("causal", "template"))
+    assert not fits(space, dense_first)
+    points = design(space, fits=functools.partial(fits, space))
+    assert all(fits(space, p) for p in points)
+    structures = [(p["layer0"], p["layer1"]) for p in points]
+    assert ("causal", "template") in structures
+    assert ("causal", "causal") not in structures  # dense everywhere: no values make it fit
+    kept = points[structures.index(("causal", "template"))]
+    assert kept["m"] == dense_first["m"]  # the categorical kept; the numbers moved to fit
+    assert (kept["w"], kept["f"]) == (0.01, 0.01)
+
+
+def test_a_search_scores_its_initial_design_first_and_each_design_point_is_scored(tmp_path):
     task, space, kernel, settings = objects(tiny(tmp_path, "search.n_trials=6", "search.references=false"))
     study = run_search(task, space, kernel, settings, progress=False)
-    expected = design(space)[:6]
-    drawn = [t.params for t in sorted(study.trials, key=lambda t: t.number)[:len(expected)]]
-    assert drawn == expected
+    expected = design(space, fits=functools.partial(fits, space))[:6]
+    trials = sorted(study.trials, key=lambda t: t.number)[:len(expected)]
+    assert [t.params for t in trials] == expected
+    assert all(record.read(t).status == "ok" for t in trials)  # none rejected by a budget
     # each trial's findings are one record, written once (no attribute per finding)
     assert all(set(t.user_attrs) == {record.RECORD} for t in study.trials)
     assert all(record.read(t).status in ("ok", "rejected") for t in study.trials)
