@@ -9,7 +9,7 @@ from search import record
 from search.config import SAMPLERS
 from search.errors import ConfigError
 
-__all__ = ["EscapeRejections", "make_sampler"]
+__all__ = ["EscapeRejections", "WithParams", "make_sampler"]
 
 
 def make_sampler(name: str, seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
@@ -46,6 +46,8 @@ class EscapeRejections(optuna.samplers.BaseSampler):
     proposes that region again and again (seen: 40 rejections in a row, ending the run on
     ``search.max_rejected``). A random draw lands elsewhere; once scored, it moves the model on.
 
+    ``base`` also sees the study without its finished trials that have no parameters (``WithParams``).
+
     >>> class Half(optuna.samplers.RandomSampler):  # a base that always proposes x = 0.5
     ...     def sample_independent(self, *args):
     ...         return 0.5
@@ -74,22 +76,56 @@ class EscapeRejections(optuna.samplers.BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._rejected_streak(study):
             self._escaping.add(trial.number)
-        self.base.before_trial(study, trial)
+        self.base.before_trial(WithParams(study), trial)
 
     def infer_relative_search_space(self, study, trial):
-        return {} if trial.number in self._escaping else self.base.infer_relative_search_space(study, trial)
+        if trial.number in self._escaping:
+            return {}
+        return self.base.infer_relative_search_space(WithParams(study), trial)
 
     def sample_relative(self, study, trial, search_space):
-        return {} if trial.number in self._escaping else self.base.sample_relative(study, trial, search_space)
+        if trial.number in self._escaping:
+            return {}
+        return self.base.sample_relative(WithParams(study), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        sampler = self.random if trial.number in self._escaping else self.base
-        return sampler.sample_independent(study, trial, param_name, param_distribution)
+        if trial.number in self._escaping:
+            return self.random.sample_independent(study, trial, param_name, param_distribution)
+        return self.base.sample_independent(WithParams(study), trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:
         self._escaping.discard(trial.number)
-        self.base.after_trial(study, trial, state, values)
+        self.base.after_trial(WithParams(study), trial, state, values)
 
     def reseed_rng(self) -> None:
         self.base.reseed_rng()
         self.random.reseed_rng()
+
+
+class WithParams:
+    """``study`` as a model-based sampler should see it: without its finished trials that have no
+    parameters, the classic references written as an expression (``causal & window(ceil(n / 8))``
+    is no point of the space). GP, NSGA-II and multivariate TPE model the parameters that every
+    finished trial has (the intersection of their search spaces); one trial with none leaves them
+    nothing to model together, and they draw each parameter on its own, GP and NSGA-II at random.
+
+    >>> study = optuna.create_study()
+    >>> study.enqueue_trial({})  # a reference written as an expression
+    >>> study.optimize(lambda t: 1.0, n_trials=1)
+    >>> study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    >>> together = optuna.search_space.intersection_search_space
+    >>> list(together(study.get_trials())), list(together(WithParams(study).get_trials()))
+    ([], ['x'])
+    """
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
+        return [t for t in self._study._get_trials(*args, **kwargs) if t.params or not t.state.is_finished()]
+
+    def get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
+        return [t for t in self._study.get_trials(*args, **kwargs) if t.params or not t.state.is_finished()]

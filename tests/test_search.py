@@ -17,7 +17,7 @@ from search.app import CONF, run_report_mode, run_search_mode
 from search.errors import SpaceRejectsAll
 from search.objective import density_vs_causal
 from search.pareto import dominates
-from search.samplers import EscapeRejections
+from search.samplers import EscapeRejections, make_sampler
 from search.study import run_search
 
 
@@ -245,6 +245,22 @@ def test_a_run_of_rejections_is_escaped_by_a_random_candidate():
     assert states.count("COMPLETE") >= 10  # StuckSampler alone: 0 of 60
     runs = "".join("P" if state == "PRUNED" else "C" for state in states).split("C")
     assert max(len(run) for run in runs) <= 3 + 2  # 3 rejections, then random draws until one passes
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2", "gp"])
+def test_model_based_samplers_model_the_space_jointly_beside_references_written_as_expressions(name):
+    # a classic reference written as an expression is a finished trial with no parameters; it once
+    # emptied the search space these samplers model jointly, so GP and NSGA-II drew at random
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(name, seed=0, n_startup=2)
+    study = optuna.create_study(directions=list(record.DIRECTIONS), sampler=sampler)
+    study.enqueue_trial({})
+    study.optimize(lambda t: (0.5, 1.0), n_trials=1)  # the reference
+    study.optimize(lambda t: (t.suggest_float("w", 0.01, 0.25, log=True),
+                              float(t.suggest_categorical("layer0", ["template", "causal"]) == "causal")),
+                   n_trials=6)
+    trial = study.ask()
+    assert set(sampler.infer_relative_search_space(study, trial)) == {"w", "layer0"}
 
 
 def test_density_vs_causal_is_the_mean_block_density_over_dense_causals():
