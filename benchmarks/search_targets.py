@@ -40,7 +40,7 @@ import patternc
 from search import record
 from search.app import register_configs
 from search.artifacts import open_store
-from search.config import SpaceConfig
+from search.config import SearchConfig, SpaceConfig, TaskConfig
 from search.pareto import dominates, pareto_front
 from search.scorer import make_scorer
 from search.space import reference, suggest
@@ -117,19 +117,25 @@ def _params(row: dict, space: SpaceConfig) -> dict:
     return out
 
 
-def rescore(run: pathlib.Path, rows: list[dict], seeds: list[int], store: str | None, near: float,
-            cost_bound: float) -> None:
-    """Score the classics and the front's sampled patterns again under each of ``seeds``."""
+def run_config(run: pathlib.Path) -> tuple[TaskConfig, SpaceConfig, SearchConfig]:
+    """The task, space and search settings of a run, from the overrides Hydra kept in its directory."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=list(OmegaConf.load(run / ".hydra" / "overrides.yaml")))
-    task, space = OmegaConf.to_object(cfg.task), OmegaConf.to_object(cfg.space)
+    return OmegaConf.to_object(cfg.task), OmegaConf.to_object(cfg.space), OmegaConf.to_object(cfg.search)
+
+
+def rescore(rows: list[dict], task: TaskConfig, space: SpaceConfig, settings: SearchConfig, seeds: list[int],
+            near: float, cost_bound: float) -> dict[str, list[float]]:
+    """Score the classics and the front's sampled patterns of ``rows`` (a run's ``trials.csv``) again
+    under each of ``seeds``, print the comparison, and return each pattern's scores."""
     task = dataclasses.replace(task, train=dataclasses.replace(task.train, rungs=[]))  # scored in full
-    settings = OmegaConf.to_object(cfg.search)
-    kept = open_store(settings if store is None else dataclasses.replace(settings, artifacts=store))
-    scored = [r for r in rows if r["state"] == "COMPLETE" and r["accuracy"] and r["feasible"] == "True"]
-    front = [scored[i] for i in pareto_front([(float(r["accuracy"]), float(r["cost"])) for r in scored],
-                                             record.DIRECTIONS)]
+    kept = open_store(settings)
+    scored = [r for r in rows if r["state"] == "COMPLETE" and r["accuracy"]]
+    feasible = [r for r in scored if r["feasible"] == "True"]
+    front = [feasible[i] for i in pareto_front([(float(r["accuracy"]), float(r["cost"])) for r in feasible],
+                                               record.DIRECTIONS)]
+    # every reference (a yardstick, feasible or not) and the front's sampled patterns
     picked = [r for r in scored if r["reference"]] + [r for r in front if not r["reference"]]
     patterns = {}  # name -> (its trials.csv row, its proxy layout)
     for r in picked:
@@ -181,6 +187,7 @@ def rescore(run: pathlib.Path, rows: list[dict], seeds: list[int], store: str | 
               f"({mean['dense_causal']:.3f}): " + ("none" if cheapest is None else
               f"{cheapest}, {mean[cheapest]:.3f} at {cost[cheapest]:.3f}x: "
               f"{'meets' if cost[cheapest] <= cost_bound else 'misses'} the {cost_bound}x bound"))
+    return scores
 
 
 def main() -> None:
@@ -210,7 +217,10 @@ def main() -> None:
     rows = read_trials(run)
     report(rows, args.near, args.cost)
     if args.seeds:
-        rescore(run, rows, args.seeds, args.store, args.near, args.cost)
+        task, space, settings = run_config(run)
+        if args.store is not None:
+            settings = dataclasses.replace(settings, artifacts=args.store)
+        rescore(rows, task, space, settings, args.seeds, args.near, args.cost)
 
 
 if __name__ == "__main__":

@@ -271,11 +271,34 @@ def test_density_vs_causal_is_the_mean_block_density_over_dense_causals():
     assert density_vs_causal(cp) == pytest.approx(((15 / 64) + (36 / 64)) / 2 / (36 / 64))
 
 
-def test_search_targets_reads_a_run_back(tmp_path, capsys):
+def _search_targets():
     path = CONF.parent / "benchmarks" / "search_targets.py"
     spec = importlib.util.spec_from_file_location("search_targets", path)
     search_targets = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(search_targets)
+    return search_targets
+
+
+def test_search_targets_scores_the_classics_and_the_front_again_under_each_seed(tmp_path, capsys):
+    search_targets = _search_targets()
+    cfg = tiny(tmp_path, "task.train.init=dense", "search.n_trials=5", f"search.artifacts={tmp_path}/store")
+    run_search_mode(cfg, tmp_path)
+    rows = search_targets.read_trials(tmp_path)
+    task, space, _, settings = objects(cfg)
+    scores = search_targets.rescore(rows, task, space, settings, [0, 1], near=1.0, cost_bound=1e9)
+    references = {r["reference"] for r in rows if r["reference"] and r["state"] == "COMPLETE"}
+    assert references <= set(scores) and len(references) == 3
+    assert all(len(v) == 2 and all(0.0 <= x <= 1.0 for x in v) for v in scores.values())
+    # seed 0 is the run's own scorer: its full scores are the run's
+    run_scores = {r["reference"]: float(r["accuracy"]) for r in rows if r["reference"]}
+    assert all(scores[name][0] == pytest.approx(run_scores[name]) for name in references)
+    out = capsys.readouterr().out
+    assert "standard errors" in out and "sparse_transformer_fixed" in out
+    assert len([n for n in (tmp_path / "store").iterdir() if n.name.startswith("dense-")]) == 4  # 2 seeds
+
+
+def test_search_targets_reads_a_run_back(tmp_path, capsys):
+    search_targets = _search_targets()
     run_search_mode(tiny(tmp_path, "search.n_trials=4"), tmp_path)
     rows = search_targets.read_trials(tmp_path)
     search_targets.report(rows, near=1.0, cost_bound=1e9)  # every scored feasible trial qualifies
