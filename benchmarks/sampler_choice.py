@@ -11,7 +11,8 @@ Hypervolume (accuracy up, cost down) is the area the front dominates above accur
 uncovered. The scorer is the config's (``task.train.init=dense`` by default: adapted candidates;
 ``task.train.adapt_steps=0`` scores them zero-shot, the cheapest measurement of the same space).
 Each (sampler, seed) run is its own study in a scratch directory, and reuses scores across runs
-only through the artifact store (the same layout is never scored twice), so the comparison costs
+only through the artifact store (a fresh one, or ``--store``: the same layout is never scored
+twice, and the dense proxy is trained once), so the comparison costs
 what the distinct candidates cost. Prints one line per run, then the mean and standard error per
 sampler, best first.
 """
@@ -79,9 +80,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=36)
     parser.add_argument("--ref-cost", type=float, default=1.0, help="hypervolume's cost bound (x dense)")
+    parser.add_argument("--store", default=None,
+                        help="artifact store to reuse (the dense proxy, scores); default: a fresh one")
     args, overrides = parser.parse_known_args()
     results: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as store:
+    with tempfile.TemporaryDirectory() as scratch:
+        store = args.store or scratch
         for seed in args.seeds:
             for sampler in args.samplers:
                 r = run(sampler, seed, args.trials, overrides, pathlib.Path(store), args.ref_cost)
