@@ -63,7 +63,7 @@ from search.scorer import Scorer, make_scorer, result_from_dict
 from search.space import Candidate, reference, suggest
 
 __all__ = ["Assessment", "Diverged", "Objective", "assess", "density_vs_causal", "describe", "fits",
-           "layout_key", "pairs_key"]
+           "keep_score", "layout_key", "pairs_key", "stored_score"]
 
 
 class Diverged(RuntimeError):
@@ -246,7 +246,7 @@ class Objective:
         durations["cost"] = time.perf_counter() - start
         found["cost"] = cost
 
-        stored = self._stored(proxy)
+        stored = stored_score(self.store, self.scorer, proxy)
         if stored is not None:  # scored in full by a study of the same scorer definition
             found["reused_from"] = "store"
             self._record_result(found, stored)
@@ -261,20 +261,8 @@ class Objective:
         durations["train"] = result.wall_seconds
         self._record_result(found, result)
         if found["fidelity"] == "full" and result.status == "ok":
-            self._keep(proxy, result)
+            keep_score(self.store, self.scorer, proxy, result)
         return result.score, cost["ratio"]
-
-    def _score_name(self, proxy: CompiledPattern) -> str:
-        digest = hashlib.sha256((self.scorer.definition_hash() + pairs_key(proxy)).encode()).hexdigest()[:32]
-        return f"score-{digest}.json"
-
-    def _stored(self, proxy: CompiledPattern) -> EvalResult | None:
-        data = self.store.get(self._score_name(proxy)) if self.store is not None else None
-        return None if data is None else result_from_dict(json.loads(data))
-
-    def _keep(self, proxy: CompiledPattern, result: EvalResult) -> None:
-        if self.store is not None:
-            self.store.put(self._score_name(proxy), json.dumps(result.to_dict()).encode())
 
     def _record_result(self, found: dict, result: EvalResult) -> None:
         rungs = result.extra.get("rungs")
@@ -331,6 +319,24 @@ class Objective:
     def _reject(found: dict, reason: str):
         found.update(status="rejected", rejected=reason)
         raise optuna.TrialPruned(reason)
+
+
+def _score_name(scorer: Scorer, proxy: CompiledPattern) -> str:
+    digest = hashlib.sha256((scorer.definition_hash() + pairs_key(proxy)).encode()).hexdigest()[:32]
+    return f"score-{digest}.json"
+
+
+def stored_score(store: Store | None, scorer: Scorer, proxy: CompiledPattern) -> EvalResult | None:
+    """The full score of ``proxy`` under ``scorer``'s definition that a study (or a benchmark) kept in
+    ``store``, if any: the same layout under the same definition scores the same."""
+    data = store.get(_score_name(scorer, proxy)) if store is not None else None
+    return None if data is None else result_from_dict(json.loads(data))
+
+
+def keep_score(store: Store | None, scorer: Scorer, proxy: CompiledPattern, result: EvalResult) -> None:
+    """Keep ``result``, a full score of ``proxy`` under ``scorer``, for ``stored_score``."""
+    if store is not None:
+        store.put(_score_name(scorer, proxy), json.dumps(result.to_dict()).encode())
 
 
 def pairs_key(cp: CompiledPattern) -> str:

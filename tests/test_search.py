@@ -279,7 +279,8 @@ def _search_targets():
     return search_targets
 
 
-def test_search_targets_scores_the_classics_and_the_front_again_under_each_seed(tmp_path, capsys):
+def test_search_targets_scores_the_classics_and_the_front_again_under_each_seed(tmp_path, capsys,
+                                                                               monkeypatch):
     search_targets = _search_targets()
     cfg = tiny(tmp_path, "task.train.init=dense", "search.n_trials=5", f"search.artifacts={tmp_path}/store")
     run_search_mode(cfg, tmp_path)
@@ -295,6 +296,12 @@ def test_search_targets_scores_the_classics_and_the_front_again_under_each_seed(
     out = capsys.readouterr().out
     assert "standard errors" in out and "sparse_transformer_fixed" in out
     assert len([n for n in (tmp_path / "store").iterdir() if n.name.startswith("dense-")]) == 4  # 2 seeds
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("scored again: the store holds every score")
+
+    monkeypatch.setattr("search.scorer.Adapt.score", no_training)
+    assert search_targets.rescore(rows, task, space, settings, [0, 1], near=1.0, cost_bound=1e9) == scores
 
 
 def test_search_targets_reads_a_run_back(tmp_path, capsys):
