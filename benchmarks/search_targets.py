@@ -181,7 +181,7 @@ def rescore(rows: list[dict], task: TaskConfig, space: SpaceConfig, settings: Se
         shown = f"[{low:.2f}-{high:.2f}]" if low is not None and high is not None else ""
         print(f"{name:<26} {cost[name]:>5.3f}x {shown:>13}  {mean[name]:>7.3f} +- {se[name]:.3f}  "
               + " ".join(f"{x:.3f}" for x in scores[name]))
-    print(f"\nclassics dominated (at no more cost) by a sampled pattern on the front, in standard errors of "
+    print(f"\nclassics dominated (at no more cost) by a sampled pattern, in standard errors of "
           f"the difference of means over {len(seeds)} seeds (target: more than 2):")
     for classic in (name for name in references if name != "dense_causal"):
         margins = {s: (mean[s] - mean[classic]) / math.hypot(se[s], se[classic])
