@@ -115,11 +115,16 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, cp: CompiledPattern,
                shapes=shapes)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _Attention.apply(q, k, v, run)
-    if _dense_causal(run) and bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all()):
+    if _dense_causal(run):
         work = run.paths.forward_work
         out = F.scaled_dot_product_attention(q.to(work), k.to(work), v.to(work), is_causal=True,
                                              scale=run.scale, enable_gqa=run.shapes.group > 1)
-        return out.to(q.dtype)
+        # a NaN or inf in a future key or value reaches earlier rows of its tile through a zero weight
+        # (0 * NaN), so a finite output is the exact one; anything else takes the block walk, which
+        # keeps masked keys inert. One reduction over the output, not four passes over k and v: on a
+        # busy machine every parallel op can wait a scheduler slice (40 ms against 70 of SDPA at 4k)
+        if bool(torch.isfinite(out.sum())):
+            return out.to(q.dtype)
     return _forward(q, k, v, run)[0]
 
 
