@@ -53,8 +53,9 @@ __all__ = ["CACHE_ENV", "KERNELS_REVISION", "MAX_ROUNDS", "MAX_SPREAD", "MIN_REP
 # Raised whenever a change to patternc's kernels or to how they are timed can change a layout's
 # figure, so that results measured the old way are not read back (2: a dense causal layer runs
 # SDPA's causal kernel; 3: gathered fixed-place runs, one call per segment, the masked-SDPA fallback,
-# repeats of at least MIN_REPEAT_SECONDS re-measured while wider than MAX_SPREAD).
-KERNELS_REVISION = 3
+# repeats of at least MIN_REPEAT_SECONDS re-measured while wider than MAX_SPREAD; 4: a dense causal
+# layer checks its output, not its inputs, for a non-finite value).
+KERNELS_REVISION = 4
 # a repeat at least this long: a scheduler tick (~4 ms) lost to another process on a shared core
 # then moves one repeat by a fifth at most, and the median of the repeats by far less
 MIN_REPEAT_SECONDS = 0.02
