@@ -35,7 +35,9 @@ def make_sampler(name: str, seed: int, n_startup: int) -> optuna.samplers.BaseSa
         return optuna.samplers.RandomSampler(seed=seed)
     else:
         raise ConfigError(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
-    return EscapeRejections(base, seed=seed)
+    # NSGA-II finds its generations by indexing the study's trials with trial numbers, so it must see
+    # every trial: on a space whose references are expressions it has no joint space to cross over
+    return EscapeRejections(base, seed=seed, hide_paramless=name != "nsga2")
 
 
 class EscapeRejections(optuna.samplers.BaseSampler):
@@ -46,7 +48,8 @@ class EscapeRejections(optuna.samplers.BaseSampler):
     proposes that region again and again (seen: 40 rejections in a row, ending the run on
     ``search.max_rejected``). A random draw lands elsewhere; once scored, it moves the model on.
 
-    ``base`` also sees the study without its finished trials that have no parameters (``WithParams``).
+    With ``hide_paramless``, ``base`` sees the study without its finished trials that have no
+    parameters (``WithParams``).
 
     >>> class Half(optuna.samplers.RandomSampler):  # a base that always proposes x = 0.5
     ...     def sample_independent(self, *args):
@@ -63,8 +66,9 @@ class EscapeRejections(optuna.samplers.BaseSampler):
     3 0.5488135039273248
     """
 
-    def __init__(self, base: optuna.samplers.BaseSampler, seed: int | None = None, streak: int = 3):
-        self.base, self.streak = base, streak
+    def __init__(self, base: optuna.samplers.BaseSampler, seed: int | None = None, streak: int = 3,
+                 hide_paramless: bool = False):
+        self.base, self.streak, self.hide_paramless = base, streak, hide_paramless
         self.random = optuna.samplers.RandomSampler(seed=seed)
         self._escaping: set[int] = set()  # numbers of the trials being drawn at random
 
@@ -73,29 +77,32 @@ class EscapeRejections(optuna.samplers.BaseSampler):
         last = finished[-self.streak:]  # in trial-number order
         return len(last) == self.streak and all(record.read(t).status == "rejected" for t in last)
 
+    def _view(self, study: optuna.Study):
+        return WithParams(study) if self.hide_paramless else study
+
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._rejected_streak(study):
             self._escaping.add(trial.number)
-        self.base.before_trial(WithParams(study), trial)
+        self.base.before_trial(self._view(study), trial)
 
     def infer_relative_search_space(self, study, trial):
         if trial.number in self._escaping:
             return {}
-        return self.base.infer_relative_search_space(WithParams(study), trial)
+        return self.base.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(self, study, trial, search_space):
         if trial.number in self._escaping:
             return {}
-        return self.base.sample_relative(WithParams(study), trial, search_space)
+        return self.base.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         if trial.number in self._escaping:
             return self.random.sample_independent(study, trial, param_name, param_distribution)
-        return self.base.sample_independent(WithParams(study), trial, param_name, param_distribution)
+        return self.base.sample_independent(self._view(study), trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:
         self._escaping.discard(trial.number)
-        self.base.after_trial(WithParams(study), trial, state, values)
+        self.base.after_trial(self._view(study), trial, state, values)
 
     def reseed_rng(self) -> None:
         self.base.reseed_rng()

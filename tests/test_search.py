@@ -247,7 +247,7 @@ def test_a_run_of_rejections_is_escaped_by_a_random_candidate():
     assert max(len(run) for run in runs) <= 3 + 2  # 3 rejections, then random draws until one passes
 
 
-@pytest.mark.parametrize("name", ["tpe", "nsga2", "gp"])
+@pytest.mark.parametrize("name", ["tpe", "gp"])
 def test_model_based_samplers_model_the_space_jointly_beside_references_written_as_expressions(name):
     # a classic reference written as an expression is a finished trial with no parameters; it once
     # emptied the search space these samplers model jointly, so GP and NSGA-II drew at random
@@ -261,6 +261,16 @@ def test_model_based_samplers_model_the_space_jointly_beside_references_written_
                    n_trials=6)
     trial = study.ask()
     assert set(sampler.infer_relative_search_space(study, trial)) == {"w", "layer0"}
+
+
+def test_nsga2_runs_its_generations_beside_a_reference_written_as_an_expression():
+    # NSGA-II finds its generations by indexing the trials with their numbers: it sees every trial
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=list(record.DIRECTIONS), sampler=make_sampler("nsga2", 0, 2))
+    study.enqueue_trial({})
+    study.optimize(lambda t: (0.5, 1.0), n_trials=1)  # the reference
+    study.optimize(lambda t: (t.suggest_float("w", 0.01, 0.25), t.suggest_float("f", 0.01, 0.5)), n_trials=16)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 17
 
 
 def test_density_vs_causal_is_the_mean_block_density_over_dense_causals():
