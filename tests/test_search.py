@@ -267,10 +267,11 @@ def test_nsga2_runs_its_generations_beside_a_reference_written_as_an_expression(
     # NSGA-II finds its generations by indexing the trials with their numbers: it sees every trial
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=list(record.DIRECTIONS), sampler=make_sampler("nsga2", 0, 2))
-    study.enqueue_trial({})
-    study.optimize(lambda t: (0.5, 1.0), n_trials=1)  # the reference
+    for _ in range(3):
+        study.enqueue_trial({})
+    study.optimize(lambda t: (0.5, 1.0), n_trials=3)  # the references
     study.optimize(lambda t: (t.suggest_float("w", 0.01, 0.25), t.suggest_float("f", 0.01, 0.5)), n_trials=16)
-    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 17
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 19
 
 
 def test_density_vs_causal_is_the_mean_block_density_over_dense_causals():
