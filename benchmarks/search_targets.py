@@ -37,7 +37,7 @@ import time
 import numpy as np
 import optuna
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import patternc
 from search import record
@@ -121,12 +121,11 @@ def _params(row: dict, space: SpaceConfig) -> dict:
     return out
 
 
-def run_config(run: pathlib.Path) -> tuple[TaskConfig, SpaceConfig, SearchConfig]:
-    """The task, space and search settings of a run, from the overrides Hydra kept in its directory."""
+def run_config(run: pathlib.Path) -> DictConfig:
+    """A run's config, composed again from the overrides Hydra kept in its directory."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=list(OmegaConf.load(run / ".hydra" / "overrides.yaml")))
-    return OmegaConf.to_object(cfg.task), OmegaConf.to_object(cfg.space), OmegaConf.to_object(cfg.search)
+        return compose("config", overrides=list(OmegaConf.load(run / ".hydra" / "overrides.yaml")))
 
 
 def rescore(rows: list[dict], task: TaskConfig, space: SpaceConfig, settings: SearchConfig, seeds: list[int],
@@ -233,7 +232,8 @@ def main() -> None:
     rows = read_trials(run)
     report(rows, args.near, args.cost)
     if args.seeds:
-        task, space, settings = run_config(run)
+        cfg = run_config(run)
+        task, space, settings = (OmegaConf.to_object(cfg[key]) for key in ("task", "space", "search"))
         if args.store is not None:
             settings = dataclasses.replace(settings, artifacts=args.store)
         rescore(rows, task, space, settings, args.seeds, args.near, args.cost)

@@ -57,13 +57,13 @@ import patternc
 from patternc import CompiledPattern, PatternError, layout_hash
 from search import record
 from search.artifacts import Store
-from search.config import KernelConfig, SpaceConfig, TaskConfig
+from search.config import KernelConfig, SpaceConfig, TargetConfig, TaskConfig
 from search.evaluate import EvalResult, describe
 from search.scorer import Scorer, make_scorer, result_from_dict
 from search.space import Candidate, reference, suggest
 
 __all__ = ["Assessment", "Diverged", "Objective", "assess", "density_vs_causal", "describe", "fits",
-           "keep_score", "layout_key", "pairs_key", "stored_score"]
+           "keep_score", "layout_key", "measured_cost", "pairs_key", "stored_score"]
 
 
 class Diverged(RuntimeError):
@@ -242,7 +242,7 @@ class Objective:
             return tuple(earlier.values)
 
         start = time.perf_counter()
-        cost = self._cost(target)
+        cost = measured_cost(target, self.kernel, self.space.target)
         durations["cost"] = time.perf_counter() - start
         found["cost"] = cost
 
@@ -289,36 +289,39 @@ class Objective:
                 return False
         return True
 
-    def _cost(self, cp: CompiledPattern) -> dict:
-        """Mean measured latency over the layers (each distinct layer timed once), against dense, with
-        the mean of the layers' spreads (the middle half of each one's repeated ratios)."""
-        k, t = self.kernel, self.space.target
-        by_layout: dict[str, patternc.Measurement] = {}
-        ratios, lows, highs, seconds, baseline = [], [], [], [], []
-        for layer in range(cp.layers):
-            key = layout_hash(cp, layer)
-            if key not in by_layout:
-                by_layout[key] = patternc.measure(cp, batch=k.batch, head_dim=t.head_dim, backend=k.backend,
-                                                  dtype=getattr(torch, k.dtype), layer=layer,
-                                                  repeats=k.repeats, warmup=k.warmup, device=k.device,
-                                                  phase=k.phase, context=k.context)
-            m = by_layout[key]
-            ratios.append(m.ratio)
-            lows.append(m.ratio_low)
-            highs.append(m.ratio_high)
-            seconds.append(m.seconds)
-            baseline.append(m.baseline_seconds)
-        return {"ratio": sum(ratios) / len(ratios), "ratio_low": sum(lows) / len(lows),
-                "ratio_high": sum(highs) / len(highs), "seconds": sum(seconds),
-                "baseline_seconds": sum(baseline), "backend": k.backend, "n": cp.n, "dtype": k.dtype,
-                "phase": k.phase, "context": next(iter(by_layout.values())).context,
-                "device": next(iter(by_layout.values())).device,
-                "distinct_layers": len(by_layout)}
-
     @staticmethod
     def _reject(found: dict, reason: str):
         found.update(status="rejected", rejected=reason)
         raise optuna.TrialPruned(reason)
+
+
+def measured_cost(cp: CompiledPattern, kernel: KernelConfig, target: TargetConfig,
+                  cache: bool = True) -> dict:
+    """Mean measured latency of ``cp`` over its layers (each distinct layer timed once), against dense,
+    with the mean of the layers' spreads (the middle half of each one's repeated ratios): a trial's
+    cost. ``cache=False`` measures afresh instead of reading a figure kept on disk."""
+    by_layout: dict[str, patternc.Measurement] = {}
+    ratios, lows, highs, seconds, baseline = [], [], [], [], []
+    for layer in range(cp.layers):
+        key = layout_hash(cp, layer)
+        if key not in by_layout:
+            by_layout[key] = patternc.measure(cp, batch=kernel.batch, head_dim=target.head_dim,
+                                              backend=kernel.backend, dtype=getattr(torch, kernel.dtype),
+                                              layer=layer, repeats=kernel.repeats, warmup=kernel.warmup,
+                                              device=kernel.device, phase=kernel.phase,
+                                              context=kernel.context, cache=cache)
+        m = by_layout[key]
+        ratios.append(m.ratio)
+        lows.append(m.ratio_low)
+        highs.append(m.ratio_high)
+        seconds.append(m.seconds)
+        baseline.append(m.baseline_seconds)
+    first = next(iter(by_layout.values()))
+    return {"ratio": sum(ratios) / len(ratios), "ratio_low": sum(lows) / len(lows),
+            "ratio_high": sum(highs) / len(highs), "seconds": sum(seconds),
+            "baseline_seconds": sum(baseline), "backend": kernel.backend, "n": cp.n, "dtype": kernel.dtype,
+            "phase": kernel.phase, "context": first.context, "device": first.device,
+            "distinct_layers": len(by_layout)}
 
 
 def _score_name(scorer: Scorer, proxy: CompiledPattern) -> str:

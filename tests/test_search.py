@@ -7,6 +7,7 @@ import importlib.util
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from searchconf import objects, tiny
 
 import patternc
@@ -313,6 +314,23 @@ def test_search_targets_scores_the_classics_and_the_front_again_under_each_seed(
 
     monkeypatch.setattr("search.scorer.Adapt.score", no_training)
     assert search_targets.rescore(rows, task, space, settings, [0, 1], near=1.0, cost_bound=1e9) == scores
+
+
+def test_cost_remeasure_times_each_scored_trial_again_beside_its_recorded_cost(tmp_path, capsys, monkeypatch):
+    overrides = ["experiment=tiny", f"search.storage=sqlite:///{tmp_path}/s.db", "search.n_trials=3"]
+    run_search_mode(tiny(tmp_path, *overrides[2:]), tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))  # as Hydra keeps them
+    monkeypatch.syspath_prepend(str(CONF.parent / "benchmarks"))
+    path = CONF.parent / "benchmarks" / "cost_remeasure.py"
+    spec = importlib.util.spec_from_file_location("cost_remeasure", path)
+    cost_remeasure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost_remeasure)
+    monkeypatch.setattr("sys.argv", ["cost_remeasure.py", str(tmp_path)])
+    cost_remeasure.main()
+    out = capsys.readouterr().out
+    scored = sum(row["state"] == "COMPLETE" for row in _search_targets().read_trials(tmp_path))
+    assert out.count(" recorded ") == scored and f"{scored} trials measured again" in out
 
 
 def test_search_targets_reads_a_run_back(tmp_path, capsys):
