@@ -326,8 +326,8 @@ def design(space: SpaceConfig, limit: int = 8,
             point[name] = list(choices)[digit % len(choices)]
         if fits is not None:
             # where no layer or head takes the template, its values change nothing: only the point
-            values = _nearest_values(space, point) if any(point[name] == TEMPLATE for name in positions) \
-                or not positions else [point]
+            uses_template = not positions or any(point[name] == TEMPLATE for name in positions)
+            values = _nearest_values(space, point) if uses_template else [point]
             point = next((p for p in values if fits(p)), None)
         if point is not None and point not in points:
             points.append(point)
