@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from omegaconf import OmegaConf
 from search_targets import run_config
 
 import patternc
 from search import record
+from search.config import config_objects
 from search.definition import definition
 from search.objective import measured_cost
 from search.study import load_existing
@@ -31,8 +31,7 @@ def main() -> None:
                         help="only trials whose recorded cost was above this ratio to dense")
     args = parser.parse_args()
     cfg = run_config(pathlib.Path(args.run_dir))
-    task, space, kernel, settings = (OmegaConf.to_object(cfg[key])
-                                     for key in ("task", "space", "kernel", "search"))
+    task, space, kernel, settings = config_objects(cfg)
     study = load_existing(settings, definition(task, space, kernel, cfg.seed))
     rows = []
     for trial in study.get_trials(deepcopy=False):

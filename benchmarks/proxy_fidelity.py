@@ -45,20 +45,16 @@ from multiprocessing import get_context
 
 import numpy as np
 import optuna
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 import patternc
-from search.app import register_configs
+from search.app import compose_config
 from search.artifacts import open_store
-from search.config import SearchConfig, SpaceConfig, TaskConfig
+from search.config import SearchConfig, SpaceConfig, TaskConfig, config_objects
 from search.evaluate import evaluate
 from search.objective import density_vs_causal
 from search.scorer import Adapt, make_scorer
 from search.space import TEMPLATE, build, suggest
-
-CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
 
 CLASSICS = {  # at the space's scale: every size a fraction of n (at n = 8192 the sizes in conf/pattern/)
     "dense causal": "causal",
@@ -80,10 +76,8 @@ SEEDS = (0, 1, 2)
 
 
 def configs(overrides: list[str]) -> tuple[TaskConfig, SpaceConfig]:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return OmegaConf.to_object(cfg.task), OmegaConf.to_object(cfg.space)
+    task, space, _, _ = config_objects(compose_config(overrides))
+    return task, space
 
 
 def classic(space: SpaceConfig, expr: str, layers: list[str] | None = None):

@@ -28,10 +28,8 @@ import statistics
 import tempfile
 import time
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from search.app import CONF
+from search.app import compose_config
+from search.config import config_objects
 from search.pareto import pareto_front
 from search.record import comparable, feasible
 from search.study import run_search
@@ -55,11 +53,9 @@ def hypervolume(points: list[tuple[float, float]], ref_cost: float) -> float:
 
 def run(sampler: str, seed: int, trials: int, overrides: list[str], store: pathlib.Path,
         ref_cost: float) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"search.sampler={sampler}", f"search.seed={seed}",
-                                           f"search.n_trials={trials}"])
-    task, space, kernel, settings = (OmegaConf.to_object(cfg[k])
-                                     for k in ("task", "space", "kernel", "search"))
+    cfg = compose_config([*overrides, f"search.sampler={sampler}", f"search.seed={seed}",
+                          f"search.n_trials={trials}"])
+    task, space, kernel, settings = config_objects(cfg)
     with tempfile.TemporaryDirectory() as folder:
         settings = dataclasses.replace(settings, storage=f"sqlite:///{folder}/s.db", artifacts=str(store))
         start = time.perf_counter()

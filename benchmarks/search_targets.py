@@ -36,20 +36,17 @@ import time
 
 import numpy as np
 import optuna
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import patternc
 from search import record
-from search.app import register_configs
+from search.app import compose_config
 from search.artifacts import open_store
-from search.config import SearchConfig, SpaceConfig, TaskConfig
+from search.config import SearchConfig, SpaceConfig, TaskConfig, config_objects
 from search.objective import keep_score, stored_score
 from search.pareto import dominates, pareto_front
 from search.scorer import make_scorer
 from search.space import reference, suggest
-
-CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
 
 
 def read_trials(run: pathlib.Path) -> list[dict]:
@@ -123,9 +120,7 @@ def _params(row: dict, space: SpaceConfig) -> dict:
 
 def run_config(run: pathlib.Path) -> DictConfig:
     """A run's config, composed again from the overrides Hydra kept in its directory."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(OmegaConf.load(run / ".hydra" / "overrides.yaml")))
+    return compose_config(list(OmegaConf.load(run / ".hydra" / "overrides.yaml")))
 
 
 def rescore(rows: list[dict], task: TaskConfig, space: SpaceConfig, settings: SearchConfig, seeds: list[int],
@@ -233,7 +228,7 @@ def main() -> None:
     report(rows, args.near, args.cost)
     if args.seeds:
         cfg = run_config(run)
-        task, space, settings = (OmegaConf.to_object(cfg[key]) for key in ("task", "space", "search"))
+        task, space, _, settings = config_objects(cfg)
         if args.store is not None:
             settings = dataclasses.replace(settings, artifacts=args.store)
         rescore(rows, task, space, settings, args.seeds, args.near, args.cost)

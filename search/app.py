@@ -40,6 +40,7 @@ from search.config import (
     PatternConfig,
     SearchConfig,
     SpaceConfig,
+    config_objects,
 )
 from search.definition import definition
 from search.errors import SpaceRejectsAll
@@ -48,7 +49,8 @@ from search.scorer import check_task, score_pattern
 from search.study import load_existing, run_search, study_account
 from search.validate import check_seed
 
-__all__ = ["main", "register_configs", "report_study", "run_evaluate", "run_report_mode", "run_search_mode"]
+__all__ = ["CONF", "compose_config", "main", "register_configs", "report_study", "run_evaluate",
+           "run_report_mode", "run_search_mode"]
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"  # the repository's conf/ (editable install)
 
@@ -73,14 +75,16 @@ def register_configs() -> None:
 register_configs()
 
 
-def _objects(cfg: DictConfig):
-    return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]
+def compose_config(overrides: list[str]) -> DictConfig:
+    """``conf/config.yaml`` composed with ``overrides``, as ``patternc-search`` would (without running)."""
+    with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra.compose("config", overrides=list(overrides))
 
 
 def run_search_mode(cfg: DictConfig, out_dir: pathlib.Path) -> Report | None:
     """The study from the composed config, then its report in ``out_dir``; None for one of several
     workers (``search.workers``), whose study is reported once, when the last one ends."""
-    task, space, kernel, settings = _objects(cfg)
+    task, space, kernel, settings = config_objects(cfg)
     try:
         study = run_search(task, space, kernel, settings, seed=cfg.seed)
     except SpaceRejectsAll as error:  # the rejections are worth a report: trials.csv says why
@@ -96,7 +100,7 @@ def run_search_mode(cfg: DictConfig, out_dir: pathlib.Path) -> Report | None:
 def run_report_mode(cfg: DictConfig, out_dir: pathlib.Path) -> Report:
     """The report of an existing study (the one this config defines, or ``search.study``) in
     ``out_dir``: what a distributed search ends with once every worker has stopped."""
-    task, space, kernel, settings = _objects(cfg)
+    task, space, kernel, settings = config_objects(cfg)
     return report_study(load_existing(settings, definition(task, space, kernel, cfg.seed)), cfg, out_dir)
 
 

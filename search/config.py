@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 __all__ = [
     "DTYPES",
     "MODES",
@@ -41,6 +43,7 @@ __all__ = [
     "TargetConfig",
     "TaskConfig",
     "TrainConfig",
+    "config_objects",
 ]
 
 
@@ -284,3 +287,8 @@ class AppConfig:
 
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {"mqar": MQARConfig, "majority": MajorityConfig,
                                               "hops": HopsConfig}
+
+
+def config_objects(cfg: DictConfig) -> list:
+    """(task, space, kernel, search) of a composed config, as ``search.study.run_search`` takes them."""
+    return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]

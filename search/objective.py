@@ -211,15 +211,15 @@ class Objective:
     def _run(self, trial: optuna.Trial, found: dict) -> tuple[float, float]:
         durations: dict[str, float] = {}
         found["durations"] = durations
-        start = time.perf_counter()
         ref = found["reference"]
         candidate = reference(self.space, ref, trial) if ref else suggest(trial, self.space)
         found.update(stack=candidate.target.to_dict(), proxy_stack=candidate.proxy.to_dict(),
                      expression=describe(candidate.target))
+        start = time.perf_counter()
         try:
             checked = assess(candidate, self.space, self.kernel.dtype)
         except PatternError as error:  # e.g. a parameter that makes a window 0 wide
-            durations["compile"] = time.perf_counter() - start
+            durations["compile"] = time.perf_counter() - start  # as assess times a compile that succeeds
             self._reject(found, f"does not compile: {error.message}")
         durations.update(checked.seconds)
         target, proxy = checked.target, checked.proxy

@@ -115,6 +115,7 @@ class WithParams:
     is no point of the space). GP, NSGA-II and multivariate TPE model the parameters that every
     finished trial has (the intersection of their search spaces); one trial with none leaves them
     nothing to model together, and they draw each parameter on its own, GP and NSGA-II at random.
+    The view drops trials, so a sampler that indexes the trials by number (NSGA-II) cannot use it.
 
     >>> study = optuna.create_study()
     >>> study.enqueue_trial({})  # a reference written as an expression
@@ -132,7 +133,11 @@ class WithParams:
         return getattr(self._study, name)
 
     def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
-        return [t for t in self._study._get_trials(*args, **kwargs) if t.params or not t.state.is_finished()]
+        return _with_params(self._study._get_trials(*args, **kwargs))
 
     def get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
-        return [t for t in self._study.get_trials(*args, **kwargs) if t.params or not t.state.is_finished()]
+        return _with_params(self._study.get_trials(*args, **kwargs))
+
+
+def _with_params(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.params or not t.state.is_finished()]

@@ -105,8 +105,7 @@ class Scorer(ABC):
                 "proxy": dataclasses.asdict(self.space.proxy)}
 
     def definition_hash(self) -> str:
-        text = json.dumps(self.definition(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _digest(self.definition())
 
 
 class Scratch(Scorer):
@@ -182,8 +181,7 @@ class Adapt(Scorer):
         them there: once per definition, for every worker and study."""
         if self.dense is not None:
             return
-        digest = hashlib.sha256(json.dumps(self.dense_definition(), sort_keys=True,
-                                           default=str).encode()).hexdigest()[:16]
+        digest = _digest(self.dense_definition())
         problem = make_task(self.task)
         cp = self._dense_pattern()
         weights = store.get(f"dense-{digest}.pt") if store is not None else None
@@ -233,6 +231,11 @@ class Calibrate(Scorer):
 
     def definition(self) -> dict:
         return {"scorer": self.name, "task": dataclasses.asdict(self.task), "seed": self.seed}
+
+
+def _digest(definition: dict) -> str:
+    """A short hash naming what ``definition`` defines (artifact store entries)."""
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _is_dense(ref: Any) -> bool:

@@ -30,8 +30,9 @@ from typing import Any
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from search.config import config_objects
 from search.definition import definition, differences, study_name
 from search.errors import SearchError, StudyMismatch
 from search.scorer import check_search
@@ -63,10 +64,6 @@ def job_configs(sweeper, arguments: list[str]) -> Iterator[DictConfig]:
             yield loader.load_sweep_config(sweeper.config, list(job))
 
 
-def _objects(cfg: DictConfig) -> list:
-    return [OmegaConf.to_object(cfg[key]) for key in ("task", "space", "kernel", "search")]
-
-
 def _shared_studies(configs: Iterable[DictConfig]) -> dict[str, DictConfig]:
     """Check every search job, and that jobs naming one study define it alike; the studies that
     several workers share, by storage and name (one job's config each)."""
@@ -75,7 +72,7 @@ def _shared_studies(configs: Iterable[DictConfig]) -> dict[str, DictConfig]:
     for job, cfg in enumerate(configs):
         if cfg.mode != "search":
             continue
-        task, space, kernel, settings = _objects(cfg)
+        task, space, kernel, settings = config_objects(cfg)
         check_search(task, space, kernel, settings, cfg.seed, devices=False)
         defined = definition(task, space, kernel, cfg.seed)
         name = settings.study or study_name(defined)
@@ -121,7 +118,7 @@ def sweep(sweeper, arguments: list[str], launch: Callable[[list[str]], Any]) -> 
         failure, returns = error, []
     unfinished = []
     for cfg in shared.values():
-        task, space, kernel, settings = _objects(cfg)
+        task, space, kernel, settings = config_objects(cfg)
         study = load_existing(settings, definition(task, space, kernel, cfg.seed))
         if failure is not None:
             _settle(study, settings.heartbeat)
